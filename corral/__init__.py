@@ -1,0 +1,78 @@
+"""corral: MapReduce jobs written once in Python, run on threads, processes, a local Lambda emulator,
+AWS Lambda or Google Cloud Functions, with data in any fsspec filesystem."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+from corral.errors import CorralError, InputError, JobFailed, UsageError
+from corral.executor import (
+    INFRASTRUCTURE,
+    INPUT_ERROR,
+    OUT_OF_MEMORY,
+    THROTTLED,
+    TIMEOUT,
+    USER_ERROR,
+    Executor,
+    ExecutorSpec,
+    Failure,
+    JobSource,
+    Outcome,
+    outcome_from_result,
+)
+from corral.fs import FileInfo, FileSystem, get_filesystem
+from corral.job import Job, Step
+from corral.options import Command, Option, int_in_range, parse_bool, parse_size
+from corral.plugins import hookimpl
+from corral.worker import run_task
+
+
+def run(job_class: type[Job], inputs: list[str] | str, out: str, **settings: Any) -> dict[str, Any]:
+    """Run ``job_class`` on ``inputs`` into ``out`` from Python; return the manifest.
+
+    ``settings`` are the CLI's options by name (``backend="threads"``, ``reducers=4``,
+    ``split_size="1MB"``), resolved like flags (over ``CORRAL_*`` variables and config files).
+    Raises ``JobFailed`` if a task fails after its retries, ``UsageError`` for bad input.
+    """
+    from corral.config import load_settings
+    from corral.driver import Driver
+
+    settings.setdefault("quiet", True)
+    resolved = load_settings(settings)
+    return Driver(job_class, [inputs] if isinstance(inputs, str) else list(inputs), out, resolved).run()
+
+
+__all__ = [
+    "INFRASTRUCTURE",
+    "INPUT_ERROR",
+    "OUT_OF_MEMORY",
+    "THROTTLED",
+    "TIMEOUT",
+    "USER_ERROR",
+    "Command",
+    "CorralError",
+    "Executor",
+    "ExecutorSpec",
+    "Failure",
+    "FileInfo",
+    "FileSystem",
+    "InputError",
+    "Job",
+    "JobFailed",
+    "JobSource",
+    "Option",
+    "Outcome",
+    "Step",
+    "UsageError",
+    "__version__",
+    "get_filesystem",
+    "hookimpl",
+    "int_in_range",
+    "outcome_from_result",
+    "parse_bool",
+    "parse_size",
+    "run",
+    "run_task",
+]

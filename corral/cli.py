@@ -1,0 +1,181 @@
+"""The ``corral`` command: ``run``, ``backends``, and the sub-commands plugins add."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+from corral.errors import CorralError, UsageError
+from corral.job import Job
+
+
+def _add_settings(parser: argparse.ArgumentParser) -> None:
+    from corral.config import all_options
+
+    parser.add_argument("--out", "-o", required=True, metavar="OUT", help="output folder or URL")
+    for option in all_options():
+        names = [f"--{option.name}"] + ([option.short] if option.short else [])
+        if option.name == "verbose":
+            parser.add_argument(*names, dest="verbose", action="count", default=None, help=option.help)
+        elif option.switch:
+            parser.add_argument(*names, dest=option.dest, action="store_const", const=True, help=option.help)
+        elif option.repeat:
+            parser.add_argument(*names, dest=option.dest, action="append", metavar=option.metavar, help=option.help)
+        else:
+            parser.add_argument(*names, dest=option.dest, metavar=option.metavar, help=option.help)
+
+
+def resolve_job(spec: str) -> type[Job]:
+    """``path/to/job.py``, ``path/to/job.py:Class`` or ``module:Class`` -> the Job class."""
+    import importlib
+
+    from corral.worker import load_module_from_path
+
+    target, _, class_name = spec.partition(":") if not os.path.exists(spec) else (spec, "", "")
+    if target.endswith(".py") or os.sep in target or os.path.exists(target):
+        path = os.path.abspath(target)
+        if not os.path.isfile(path):
+            raise UsageError(f"job file not found: {target}")
+        name = os.path.splitext(os.path.basename(path))[0]
+        where = target
+        try:
+            module = load_module_from_path(path, name)
+        except Exception as exc:
+            raise UsageError(f"cannot import job file {target}: {type(exc).__name__}: {exc}") from None
+    else:
+        where = target
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise UsageError(f"cannot import job module {target}: {exc}") from None
+    if class_name:
+        job_class = getattr(module, class_name, None)
+        if not (isinstance(job_class, type) and issubclass(job_class, Job)):
+            raise UsageError(f"{where} has no Job subclass named {class_name}")
+        return job_class
+    found = [
+        obj
+        for obj in vars(module).values()
+        if isinstance(obj, type) and issubclass(obj, Job) and obj is not Job and obj.__module__ == module.__name__
+    ]
+    if not found:
+        raise UsageError(f"{where} defines no corral.Job subclass")
+    if len(found) > 1:
+        names = ", ".join(sorted(c.__name__ for c in found))
+        raise UsageError(f"{where} defines several Job subclasses ({names}): name one as {where}:Class")
+    return found[0]
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    skip = {"job", "inputs", "out", "command", "_command"}
+    return {k: v for k, v in vars(args).items() if k not in skip}
+
+
+def _run(job_class: type[Job], args: argparse.Namespace) -> int:
+    from corral.config import load_settings
+    from corral.driver import Driver
+
+    settings = load_settings(_flags(args))
+    level = {0: logging.WARNING, 1: logging.INFO}.get(settings.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="corral: %(message)s", stream=sys.stderr)
+    manifest = Driver(job_class, args.inputs, args.out, settings).run()
+    if not settings.quiet:
+        _print_summary(manifest)
+    return 0
+
+
+def _print_summary(manifest: dict[str, Any]) -> None:
+    err = sys.stderr
+    if manifest["counters"]:
+        print("Counters:", file=err)
+        for group, names in manifest["counters"].items():
+            print(f"  {group}", file=err)
+            for name, value in names.items():
+                print(f"    {name}: {value}", file=err)
+    tasks = sum(len(s["tasks"]) for s in manifest["stages"])
+    print(f"corral: job succeeded in {manifest['seconds']:.2f} s ({tasks} tasks); output in {manifest['out']}",
+          file=err)
+
+
+def _backends(args: argparse.Namespace) -> int:
+    from importlib.metadata import packages_distributions
+
+    from corral.plugins import get_plugin_manager, plugin_distribution
+
+    pm = get_plugin_manager()
+    print("executors (--backend):")
+    for impl in pm.hook.corral_executors.get_hookimpls():
+        for spec in impl.function():
+            print(f"  {spec.name:<12} {plugin_distribution(impl.plugin):<20} {spec.description}")
+    print("filesystems (URL protocols):")
+    dists = packages_distributions()
+    from fsspec.registry import known_implementations
+
+    for impl in pm.hook.corral_filesystem_protocols.get_hookimpls():
+        provider = plugin_distribution(impl.plugin)
+        for protocol in impl.function():
+            spec = known_implementations.get(protocol)
+            module = spec["class"].split(".", 1)[0] if spec else ""
+            via = dists.get(module, [module])[0] if module and module != "fsspec" else "fsspec"
+            print(f"  {protocol:<12} {provider:<20} via {via}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from corral.plugins import get_plugin_manager
+
+    parser = argparse.ArgumentParser(prog="corral", description="MapReduce in Python, anywhere.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run a job", description="Run a MapReduce job.")
+    run.add_argument("job", metavar="JOB", help="path/to/job.py, path/to/job.py:Class or module:Class")
+    run.add_argument("inputs", nargs="+", metavar="INPUT", help="input files, folders, globs or URLs")
+    _add_settings(run)
+    sub.add_parser("backends", help="list executors and filesystems, and who provides them")
+    for commands in get_plugin_manager().hook.corral_commands():
+        for command in commands:
+            cmd_parser = sub.add_parser(command.name, help=command.help)
+            command.configure(cmd_parser)
+            cmd_parser.set_defaults(_command=command)
+    return parser
+
+
+def _guard(action: Any) -> int:
+    """Run ``action``; turn corral's errors into one line on stderr and their exit code."""
+    try:
+        return action()
+    except CorralError as exc:
+        label = "job failed" if exc.exit_code == 1 else "error"
+        print(f"corral: {label}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("corral: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``corral`` console script."""
+
+    def action() -> int:
+        args = build_parser().parse_args(argv)
+        if args.command == "run":
+            return _run(resolve_job(args.job), args)
+        if args.command == "backends":
+            return _backends(args)
+        return args._command.run(args)
+
+    return _guard(action)
+
+
+def run_job_main(job_class: type[Job], argv: list[str] | None = None) -> int:
+    """``Job.main()``: ``python job.py INPUT... --out OUT [options]``."""
+
+    def action() -> int:
+        parser = argparse.ArgumentParser(prog=os.path.basename(sys.argv[0]), description=job_class.__doc__)
+        parser.add_argument("inputs", nargs="+", metavar="INPUT", help="input files, folders, globs or URLs")
+        _add_settings(parser)
+        return _run(job_class, parser.parse_args(argv))
+
+    return _guard(action)

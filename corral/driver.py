@@ -1,0 +1,349 @@
+"""The driver: plan -> map wave -> reduce wave -> commit, stage after stage; retries; the manifest.
+
+The driver decides everything that matters for correctness: which attempt of a task is committed
+(the first to succeed; any later duplicate is discarded), when a task is retried, and the final
+commit (part files moved into place, then ``_SUCCESS``). Attempts only ever write under their own
+attempt names, so retries and duplicates can neither lose nor duplicate a record.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import random
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from corral import __version__
+from corral.errors import JobFailed, UsageError
+from corral.events import JobFinished, JobStarted, PhaseFinished, PhaseStarted, TaskFinished
+from corral.executor import THROTTLED, Executor, JobSource, Outcome
+from corral.fs import FileInfo, display, get_filesystem, join
+from corral.job import Job, Step
+from corral.planner import choose_reducers, effective_split_size, list_inputs, make_splits, pack_bins
+from corral.plugins import get_plugin_manager
+from corral.worker import job_ref
+
+log = logging.getLogger("corral")
+
+#: Retry backoff: base * 2**(failures-1), capped, with full jitter on the upper half.
+BACKOFF_BASE = 0.1
+BACKOFF_CAP = 30.0
+
+
+def create_executor(settings: Any) -> Executor:
+    """Build the executor named by ``settings.backend`` from the plugins' ``corral_executors``."""
+    specs = {spec.name: spec for specs in get_plugin_manager().hook.corral_executors() for spec in specs}
+    spec = specs.get(settings.backend)
+    if spec is None:
+        raise UsageError(f"unknown backend {settings.backend!r} (available: {', '.join(sorted(specs))})")
+    return spec.create(settings)
+
+
+@dataclass
+class TaskState:
+    task: str
+    make_payload: Callable[[int], dict[str, Any]]
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    failures: int = 0  # failures that count toward --retries (not throttles)
+    committed: dict[str, Any] | None = None
+
+
+class Driver:
+    """Runs one job. ``run()`` returns the manifest or raises ``JobFailed`` / ``UsageError``."""
+
+    def __init__(self, job_class: type[Job], inputs: Sequence[str], out: str, settings: Any) -> None:
+        self.job_class = job_class
+        self.inputs = list(inputs)
+        self.out = out.rstrip("/") if len(out) > 1 else out
+        self.settings = settings
+        self.hook = get_plugin_manager().hook
+        self.run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+        self.work = join(settings.work_dir or join(self.out, "_corral", "work"), self.run_id)
+        self.stages: list[dict[str, Any]] = []
+        self.counters: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.started = time.time()
+
+    # --- the job --------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        job = self.job_class()
+        steps = job.steps()
+        if not steps:
+            raise UsageError(f"{self.job_class.__name__}.steps() returned no stages")
+        out_fs = get_filesystem(self.out)
+        self._prepare_output(out_fs)
+        files = list_inputs(self.inputs)
+        executor = create_executor(self.settings)
+        error: str | None = None
+        try:
+            with executor:
+                self.concurrency = executor.max_concurrency
+                executor.deploy(JobSource(job_ref(self.job_class), tuple(job.requirements)))
+                self.hook.corral_job_started(
+                    event=JobStarted(self._job_name(), len(steps), self.inputs, self.out, self.settings)
+                )
+                final: list[tuple[str, str]] = []
+                for index, step in enumerate(steps):
+                    last = index == len(steps) - 1
+                    files, final = self._run_stage(executor, job, index, step, files, last)
+            for src, name in final:
+                out_fs.move(src, join(self.out, name))
+            manifest = self._manifest("succeeded", None)
+            self._write_manifest(out_fs, manifest)
+            out_fs.write_bytes(join(self.out, "_SUCCESS"), b"")
+        except JobFailed as exc:
+            error = str(exc)
+            manifest = self._manifest("failed", error)
+            self._write_manifest(out_fs, manifest)
+            raise
+        finally:
+            if not self.settings.keep_intermediate:
+                get_filesystem(self.work).remove(self.work, recursive=True)
+                if not self.settings.work_dir:
+                    out_fs.remove(join(self.out, "_corral", "work"), recursive=True)
+            self.hook.corral_job_finished(
+                event=JobFinished(
+                    ok=error is None and "manifest" in locals(),
+                    out=self.out,
+                    seconds=time.time() - self.started,
+                    counters=self._plain_counters(),
+                    manifest=locals().get("manifest", {}),
+                    error=error,
+                    settings=self.settings,
+                )
+            )
+        return manifest
+
+    def _job_name(self) -> str:
+        return f"{self.job_class.__module__}:{self.job_class.__qualname__}"
+
+    def _prepare_output(self, out_fs: Any) -> None:
+        if not out_fs.exists(self.out):
+            return
+        try:
+            existing = out_fs.expand(self.out)
+        except FileNotFoundError:
+            existing = []
+        leftovers = existing or out_fs.exists(join(self.out, "_SUCCESS"))
+        if leftovers:
+            if not self.settings.overwrite:
+                raise UsageError(
+                    f"output folder {display(self.out)} already holds output (use --overwrite to replace it)"
+                )
+            out_fs.remove(self.out, recursive=True)
+        else:
+            out_fs.remove(join(self.out, "_SUCCESS"))
+
+    # --- one stage ------------------------------------------------------------------------------
+    def _run_stage(
+        self, executor: Executor, job: Job, index: int, step: Step, files: list[FileInfo], last: bool
+    ) -> tuple[list[FileInfo], list[tuple[str, str]]]:
+        settings = self.settings
+        kind = "text" if index == 0 else "records"
+        total = sum(f.size for f in files)
+        split_size = effective_split_size(
+            total, settings.split_size, "split_size" in settings.explicit, self.concurrency
+        )
+        bins = pack_bins(make_splits(files, split_size, kind), settings.map_bin_size)
+        map_only = step.reduce is None
+        partitions = 0 if map_only else (step.reducers or choose_reducers(
+            total, len(bins), settings.reducers, settings.reduce_bin_size,
+            "reduce_bin_size" in settings.explicit, self.concurrency,
+        ))
+        stage_dir = join(self.work, f"stage-{index}")
+        map_output_kind = "shuffle" if not map_only else ("text" if last else "records")
+        record: dict[str, Any] = {
+            "stage": index,
+            "map_tasks": len(bins),
+            "reduce_tasks": partitions,
+            "split_size": split_size,
+            "input_bytes": total,
+            "plan": [[[s.url, s.start, s.end] for s in b] for b in bins],
+            "tasks": {},
+        }
+        self.stages.append(record)
+        base = {"job": job_ref(self.job_class), "stage": index, "memory_budget": settings.memory_budget}
+
+        def map_payload(task: str, splits: list, attempt: int) -> dict[str, Any]:
+            suffix = {"shuffle": ".bin", "records": ".rec", "text": ""}[map_output_kind]
+            name = f"{task}.a{attempt}-{secrets.token_hex(3)}{suffix}"
+            return {
+                **base,
+                "kind": "map",
+                "task": task,
+                "attempt": attempt,
+                "splits": [s.to_json() for s in splits],
+                "partitions": partitions,
+                "output": join(stage_dir, name),
+                "output_kind": map_output_kind,
+                "input_format": type(job).input_format,
+                "input_errors": type(job).input_errors,
+            }
+
+        map_tasks = [
+            TaskState(f"map-{j:04d}", lambda attempt, t=f"map-{j:04d}", b=b: map_payload(t, b, attempt))
+            for j, b in enumerate(bins)
+        ]
+        self._run_wave(executor, index, "map", map_tasks, record)
+        if map_only:
+            outputs = [t.committed for t in map_tasks]
+        else:
+            reduce_kind = "text" if last else "records"
+
+            def reduce_payload(r: int, attempt: int) -> dict[str, Any]:
+                task = f"reduce-{r:04d}"
+                suffix = "" if last else ".rec"
+                return {
+                    **base,
+                    "kind": "reduce",
+                    "task": task,
+                    "attempt": attempt,
+                    "partition": r,
+                    "sources": [
+                        [t.committed["output"], *t.committed["index"][r]] for t in map_tasks  # type: ignore[index]
+                    ],
+                    "output": join(stage_dir, f"{task}.a{attempt}-{secrets.token_hex(3)}{suffix}"),
+                    "output_kind": reduce_kind,
+                }
+
+            reduce_tasks = [
+                TaskState(f"reduce-{r:04d}", lambda attempt, r=r: reduce_payload(r, attempt))
+                for r in range(partitions)
+            ]
+            self._run_wave(executor, index, "reduce", reduce_tasks, record)
+            outputs = [t.committed for t in reduce_tasks]
+        assert all(outputs)
+        record["intermediate_objects"] = 0 if map_only else len(map_tasks)
+        if last:
+            return [], [(o["output"], f"part-{n:05d}") for n, o in enumerate(outputs)]  # type: ignore[index]
+        return [FileInfo(o["output"], o["bytes_out"]) for o in outputs], []  # type: ignore[index]
+
+    # --- a wave of tasks, with retries ----------------------------------------------------------
+    def _run_wave(
+        self, executor: Executor, stage: int, phase: str, tasks: list[TaskState], record: dict[str, Any]
+    ) -> None:
+        started = time.time()
+        self.hook.corral_phase_started(event=PhaseStarted(stage, phase, len(tasks), self.settings))
+        ready: list[TaskState] = list(reversed(tasks))
+        delayed: list[tuple[float, int, TaskState]] = []  # (due time, tie-breaker, task)
+        running: dict[Future[Outcome], tuple[TaskState, dict[str, Any]]] = {}
+        limit = executor.max_concurrency
+        while ready or delayed or running:
+            now = time.monotonic()
+            while delayed and delayed[0][0] <= now:
+                ready.append(heapq.heappop(delayed)[2])
+            while ready and len(running) < limit:
+                state = ready.pop()
+                payload = state.make_payload(len(state.attempts) + 1)
+                state.attempts.append({"attempt": payload["attempt"], "output": payload["output"]})
+                running[executor.submit(payload)] = (state, payload)
+            timeout = max(0.0, delayed[0][0] - time.monotonic()) if delayed else None
+            if not running:
+                time.sleep(timeout or 0)
+                continue
+            done, _ = wait(running, timeout=timeout, return_when=FIRST_COMPLETED)
+            for future in done:
+                state, payload = running.pop(future)
+                self._finish_attempt(stage, phase, state, payload, future.result(), delayed)
+        for state in tasks:
+            record["tasks"][state.task] = {
+                "phase": phase,
+                "committed_attempt": state.committed["attempt"] if state.committed else None,
+                "attempts": state.attempts,
+            }
+            self._add_counters(state.committed)
+        self.hook.corral_phase_finished(
+            event=PhaseFinished(stage, phase, len(tasks), time.time() - started, self.settings)
+        )
+
+    def _finish_attempt(
+        self,
+        stage: int,
+        phase: str,
+        state: TaskState,
+        payload: dict[str, Any],
+        outcome: Outcome,
+        delayed: list[tuple[float, int, TaskState]],
+    ) -> None:
+        attempt = payload["attempt"]
+        entry = state.attempts[attempt - 1]
+        entry["stats"] = outcome.stats
+        committed = will_retry = False
+        if outcome.ok and state.committed is None:
+            state.committed = outcome.result
+            entry["status"] = "committed"
+            committed = True
+        else:
+            entry["status"] = "discarded" if outcome.ok else "failed"
+            self._discard(payload["output"])
+        if not outcome.ok:
+            failure = outcome.failure
+            assert failure is not None
+            entry["failure"] = {"kind": failure.kind, "message": failure.describe(), "traceback": failure.traceback}
+            if failure.kind != THROTTLED:
+                state.failures += 1
+            if state.failures > self.settings.retries:
+                self.hook.corral_task_finished(
+                    event=TaskFinished(stage, phase, state.task, attempt, outcome, False, False, self.settings)
+                )
+                self._fail(stage, state, attempt, failure)
+            delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, state.failures - 1)) * (0.5 + random.random() / 2)
+            log.info(
+                "retrying %s (attempt %d %s: %s) in %.2f s",
+                state.task, attempt, failure.kind, failure.describe(), delay,
+            )
+            heapq.heappush(delayed, (time.monotonic() + delay, id(state), state))
+            will_retry = True
+        self.hook.corral_task_finished(
+            event=TaskFinished(stage, phase, state.task, attempt, outcome, committed, will_retry, self.settings)
+        )
+
+    def _fail(self, stage: int, state: TaskState, attempt: int, failure: Any) -> None:
+        where = f"stage {stage + 1} " if len(self.stages) > 1 or stage else ""
+        message = f"{where}task {state.task} attempt {attempt}: {failure.describe()}"
+        if failure.traceback:
+            message += "\n" + failure.traceback.rstrip()
+        raise JobFailed(message)
+
+    def _discard(self, url: str) -> None:
+        try:
+            get_filesystem(url).remove(url)
+        except OSError as exc:  # leftovers are harmless: nothing reads an uncommitted attempt
+            log.debug("could not remove %s: %s", url, exc)
+
+    # --- counters and manifest ------------------------------------------------------------------
+    def _add_counters(self, result: dict[str, Any] | None) -> None:
+        for group, name, amount in (result or {}).get("counters", ()):
+            self.counters[group][name] += amount
+
+    def _plain_counters(self) -> dict[str, dict[str, int]]:
+        return {group: dict(sorted(names.items())) for group, names in sorted(self.counters.items())}
+
+    def _manifest(self, status: str, error: str | None) -> dict[str, Any]:
+        return {
+            "corral_version": __version__,
+            "job": self._job_name(),
+            "run_id": self.run_id,
+            "status": status,
+            "error": error,
+            "started": self.started,
+            "seconds": round(time.time() - self.started, 3),
+            "inputs": self.inputs,
+            "out": self.out,
+            "backend": self.settings.backend,
+            "settings": self.settings.to_json(),
+            "counters": self._plain_counters(),
+            "stages": self.stages,
+        }
+
+    def _write_manifest(self, out_fs: Any, manifest: dict[str, Any]) -> None:
+        out_fs.write_bytes(
+            join(self.out, "_corral", "manifest.json"),
+            json.dumps(manifest, indent=1, default=str).encode("utf-8"),
+        )

@@ -1,0 +1,109 @@
+"""The executor contract: run task payloads somewhere, report each attempt's outcome and measurements.
+
+Executors know nothing about MapReduce: they get a job to deploy once, then opaque JSON-able payloads.
+Retries, ordering and commits are the driver's; measuring an attempt (duration, peak memory, cold
+start, failure kind) is the executor's.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Failure kinds. Throttling is backpressure and does not count toward the retry limit.
+USER_ERROR = "user error"
+INPUT_ERROR = "input error"
+TIMEOUT = "timed out"
+OUT_OF_MEMORY = "out of memory"
+THROTTLED = "throttled"
+INFRASTRUCTURE = "infrastructure"
+
+
+@dataclass
+class Failure:
+    kind: str
+    message: str
+    traceback: str | None = None
+    limit: float | None = None  # the memory limit (MB) or timeout (s) that was hit
+    peak: float | None = None  # peak memory (MB) when it was hit
+
+    def describe(self) -> str:
+        """One line: ``ValueError: bad record`` or ``ran out of memory at the 256 MB limit``."""
+        if self.kind == OUT_OF_MEMORY and self.limit:
+            return f"ran out of memory at the {self.limit:g} MB limit"
+        if self.kind == TIMEOUT and self.limit:
+            return f"timed out after the {self.limit:g} s limit"
+        return self.message
+
+
+@dataclass
+class Outcome:
+    """What one attempt came to: the task's result, or a failure; plus what the executor measured."""
+
+    result: dict[str, Any] | None = None
+    failure: Failure | None = None
+    stats: dict[str, Any] = field(default_factory=dict)  # seconds, peak_memory_mb, cold_start, billed_ms…
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+def outcome_from_result(result: dict[str, Any], stats: dict[str, Any] | None = None) -> Outcome:
+    """Turn ``corral.worker.run_task``'s answer into an Outcome (every executor receives one)."""
+    stats = dict(stats or {})
+    if result.get("ok"):
+        stats.setdefault("seconds", result.get("seconds"))
+        stats.setdefault("peak_memory_mb", result.get("peak_memory_mb"))
+        return Outcome(result=result, stats=stats)
+    error = result.get("error") or {}
+    kind = INPUT_ERROR if error.get("kind") == "input" else USER_ERROR
+    message = f"{error.get('type', 'Error')}: {error.get('message', '')}"
+    if kind == INPUT_ERROR:
+        message = error.get("message", "")
+    return Outcome(failure=Failure(kind, message, error.get("traceback")), stats=stats)
+
+
+@dataclass(frozen=True)
+class JobSource:
+    """What a remote executor deploys: the job module and class, and its third-party requirements."""
+
+    ref: dict[str, Any]  # corral.worker.job_ref(...)
+    requirements: tuple[str, ...] = ()
+
+
+class Executor(ABC):
+    """Runs task payloads with at most ``max_concurrency`` at once."""
+
+    name: str = ""
+
+    def __init__(self, max_concurrency: int) -> None:
+        self.max_concurrency = max_concurrency
+
+    def deploy(self, job: JobSource) -> None:  # noqa: B027 - optional for local executors
+        """Called once before any task: make ``job`` runnable where tasks run."""
+
+    @abstractmethod
+    def submit(self, payload: dict[str, Any]) -> Future[Outcome]:
+        """Start one attempt. The future never raises: failures come back as ``Outcome.failure``."""
+
+    def close(self) -> None:  # noqa: B027
+        """Release workers, connections, emulators."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class ExecutorSpec:
+    """An executor a plugin provides: ``create(settings)`` builds it for one run."""
+
+    name: str
+    create: Callable[[Any], Executor]
+    description: str = ""

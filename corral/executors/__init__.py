@@ -1,0 +1,1 @@
+"""Built-in executors, registered as plugins exactly like external ones."""

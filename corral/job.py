@@ -1,0 +1,113 @@
+"""The Job base class: what a user subclasses to write a MapReduce job."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+Pair = tuple[str, Any]
+
+
+@dataclass
+class Step:
+    """One stage of a job: a map, an optional combine and an optional reduce (map-only without it).
+
+    The callables are usually bound methods of the job. ``sort_values`` makes values reach ``reduce``
+    in sorted order (secondary sort), ordered by ``value_key`` when given.
+    """
+
+    map: Callable[[Any, Any], Iterable[Pair]]
+    combine: Callable[[str, Iterator[Any]], Iterable[Pair]] | None = None
+    reduce: Callable[[str, Iterator[Any]], Iterable[Pair]] | None = None
+    map_init: Callable[[], None] | None = None
+    map_final: Callable[[], Iterable[Pair] | None] | None = None
+    reduce_init: Callable[[], None] | None = None
+    reduce_final: Callable[[], Iterable[Pair] | None] | None = None
+    partition: Callable[[str, int], int] | None = None
+    sort_values: bool = False
+    value_key: Callable[[Any], Any] | None = None
+    reducers: int | None = None
+
+
+class Job:
+    """Subclass and define ``map`` (and ``reduce``, ``combine`` as needed); each yields ``(key, value)``.
+
+    Keys are ``str``; values are ``str``, ``int``, ``float``, ``bool``, ``None``, or lists and dicts of
+    those. ``values`` given to ``combine`` and ``reduce`` is a lazy iterator. Override ``steps`` to
+    chain several stages.
+    """
+
+    #: "lines": key None, value the line. "tsv": a line with exactly one tab is (key, value).
+    input_format: ClassVar[str] = "lines"
+    #: "strict": undecodable UTF-8 input fails the task, naming file and byte offset.
+    #: "replace": undecodable bytes become U+FFFD.  "surrogateescape": kept losslessly.
+    input_errors: ClassVar[str] = "strict"
+    #: values reach reduce sorted (by ``value_key`` if defined).
+    sort_values: ClassVar[bool] = False
+    #: third-party requirements shipped with the job to remote backends ("pkg==1.0", ...).
+    requirements: ClassVar[list[str]] = []
+
+    def __init__(self) -> None:
+        self._counters: Counter[tuple[str, str]] = Counter()
+
+    # --- the user's methods (defaults) ---------------------------------------------------------
+    def map(self, key: Any, value: Any) -> Iterable[Pair]:
+        """Turn one input record into ``(key, value)`` pairs. The default passes records through."""
+        yield key, value
+
+    def combine(self, key: str, values: Iterator[Any]) -> Iterable[Pair]:  # pragma: no cover
+        raise NotImplementedError
+
+    def reduce(self, key: str, values: Iterator[Any]) -> Iterable[Pair]:  # pragma: no cover
+        raise NotImplementedError
+
+    def partition(self, key: str, num_partitions: int) -> int:  # pragma: no cover
+        raise NotImplementedError
+
+    def value_key(self, value: Any) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    def map_init(self) -> None: ...
+    def map_final(self) -> Iterable[Pair] | None: ...
+    def reduce_init(self) -> None: ...
+    def reduce_final(self) -> Iterable[Pair] | None: ...
+
+    # --- structure ------------------------------------------------------------------------------
+    def _own(self, name: str) -> Callable | None:
+        """The bound method ``name`` if this job's class defines it (not the base class default)."""
+        if getattr(type(self), name) is getattr(Job, name):
+            return None
+        return getattr(self, name)
+
+    def steps(self) -> list[Step]:
+        """The stages of this job. By default one stage made of this class's own methods."""
+        return [
+            Step(
+                map=self.map,
+                combine=self._own("combine"),
+                reduce=self._own("reduce"),
+                map_init=self._own("map_init"),
+                map_final=self._own("map_final"),
+                reduce_init=self._own("reduce_init"),
+                reduce_final=self._own("reduce_final"),
+                partition=self._own("partition"),
+                sort_values=self.sort_values,
+                value_key=self._own("value_key"),
+            )
+        ]
+
+    # --- counters -------------------------------------------------------------------------------
+    def increment_counter(self, group: str, name: str, amount: int = 1) -> None:
+        """Add ``amount`` to a counter; totals over committed task attempts are reported at the end."""
+        self._counters[(group, name)] += amount
+
+    # --- running --------------------------------------------------------------------------------
+    @classmethod
+    def main(cls, argv: list[str] | None = None) -> None:
+        """Run this job from the command line: ``python myjob.py INPUT... --out OUT [options]``."""
+        from corral.cli import run_job_main
+
+        sys.exit(run_job_main(cls, argv))

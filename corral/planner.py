@@ -1,0 +1,80 @@
+"""Planning: inputs -> splits -> map bins -> number of reduce partitions."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from corral.errors import UsageError
+from corral.fs import FileInfo, compression_of, display, get_filesystem
+from corral.split import Split
+
+
+def list_inputs(urls: Sequence[str]) -> list[FileInfo]:
+    """Every input file named by ``urls`` (files, folders recursively, globs), in a stable order."""
+    files: list[FileInfo] = []
+    seen: set[str] = set()
+    for url in urls:
+        try:
+            found = get_filesystem(url).expand(url)
+        except FileNotFoundError:
+            raise UsageError(f"input not found: {display(url)}") from None
+        except PermissionError:
+            raise UsageError(f"input not readable: {display(url)}") from None
+        for info in found:
+            if info.url not in seen:
+                seen.add(info.url)
+                files.append(info)
+    return files
+
+
+def make_splits(files: Sequence[FileInfo], split_size: int, kind: str = "text") -> list[Split]:
+    """Cut files into byte ranges of ``split_size``; a compressed file is one split; empty files none."""
+    splits = []
+    for info in files:
+        if info.size == 0:
+            continue
+        if kind != "text" or compression_of(info.url):
+            splits.append(Split(info.url, 0, info.size, kind))
+            continue
+        for start in range(0, info.size, split_size):
+            splits.append(Split(info.url, start, min(start + split_size, info.size), kind))
+    return splits
+
+
+def pack_bins(splits: Sequence[Split], bin_size: int) -> list[list[Split]]:
+    """Pack splits, in order, into map bins of at most ``bin_size`` bytes (a bigger split is alone)."""
+    bins: list[list[Split]] = []
+    current: list[Split] = []
+    filled = 0
+    for split in splits:
+        size = split.end - split.start
+        if current and filled + size > bin_size:
+            bins.append(current)
+            current, filled = [], 0
+        current.append(split)
+        filled += size
+    if current:
+        bins.append(current)
+    return bins
+
+
+def effective_split_size(total: int, split_size: int, explicit: bool, concurrency: int) -> int:
+    """The split size to use: the user's if they set it, else small enough to keep every worker busy."""
+    if explicit or total <= 0:
+        return split_size
+    return max(1 << 20, min(split_size, math.ceil(total / concurrency)))
+
+
+def choose_reducers(
+    total: int, map_tasks: int, reducers: int | None, reduce_bin_size: int, explicit_bin: bool, concurrency: int
+) -> int:
+    """``--reducers`` if given; else one per ``--reduce-bin-size`` of input (at least one per worker
+    while there are as many map tasks, unless the bin size was set explicitly)."""
+    if reducers:
+        return reducers
+    count = max(1, math.ceil(total / reduce_bin_size))
+    if not explicit_bin:
+        count = max(count, min(concurrency, map_tasks))
+    return count
+

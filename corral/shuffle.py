@@ -1,0 +1,336 @@
+"""The intermediate format and its two ends: map-side buffering/spilling and reduce-side merging.
+
+One map attempt writes ONE object: for each reduce partition in turn, a segment of msgpack batches
+holding that partition's ``(key, [values…])`` groups in sorted key order; the byte range of every
+segment is the object's index (returned to the driver, and stored at the object's end). A reducer
+range-reads its segment from each committed map object and merges them as streams.
+
+msgpack is a safe codec (it builds only plain data), encoded in batches of many groups.
+"""
+
+from __future__ import annotations
+
+import heapq
+import io
+import json
+import os
+import struct
+import sys
+import tempfile
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from itertools import chain, groupby, islice
+from operator import itemgetter
+from typing import IO, Any
+
+import msgpack
+
+#: Values of one key are stored in entries of at most this many values, so no entry is unbounded.
+MAX_VALUES_PER_ENTRY = 1024
+_MAGIC = b"CORRALS1"
+_FOOTER = struct.Struct("<Q8s")  # index offset, magic
+_READ_BLOCK = 1 << 20
+_first = itemgetter(0)
+
+Index = list[list[int]]  # per partition: [offset, length]
+
+
+def default_partition(key: str, num_partitions: int) -> int:
+    """A stable partition for ``key``: CRC-32 of its UTF-8 bytes (the same on every machine)."""
+    return zlib.crc32(key.encode("utf-8")) % num_partitions
+
+
+def _key_error(key: Any) -> TypeError:
+    return TypeError(f"keys must be str, but a key {key!r} of type {type(key).__name__} was yielded")
+
+
+def _packer() -> msgpack.Packer:
+    return msgpack.Packer(use_bin_type=True, strict_types=False)
+
+
+class GroupWriter:
+    """Writes sorted ``(key, values)`` groups to a binary stream as msgpack batches."""
+
+    def __init__(self, out: IO[bytes], offset: int = 0) -> None:
+        self.out = out
+        self.offset = offset
+        self._batch: list[Any] = []
+        self._target = 256  # groups per batch, adapted so batches stay near 64 KiB–1 MiB
+        self._pack = _packer().pack
+
+    def add(self, key: str, values: list[Any]) -> None:
+        if len(values) <= MAX_VALUES_PER_ENTRY:
+            self._batch += (key, values)
+        else:
+            for start in range(0, len(values), MAX_VALUES_PER_ENTRY):
+                self._batch += (key, values[start : start + MAX_VALUES_PER_ENTRY])
+        if len(self._batch) >= 2 * self._target:
+            self.flush()
+
+    def add_iter(self, key: str, values: Iterable[Any]) -> None:
+        iterator = iter(values)
+        while chunk := list(islice(iterator, MAX_VALUES_PER_ENTRY)):
+            self.add(key, chunk)
+
+    def flush(self) -> None:
+        if not self._batch:
+            return
+        data = self._pack(self._batch)
+        self.out.write(data)
+        self.offset += len(data)
+        self._batch = []
+        if len(data) > (1 << 20) and self._target > 1:
+            self._target //= 2
+        elif len(data) < (64 << 10) and self._target < 65536:
+            self._target *= 2
+
+
+def iter_groups(blocks: Iterable[bytes]) -> Iterator[tuple[str, list[Any]]]:
+    """The ``(key, values)`` entries stored in a segment, read block by block."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=1 << 31)
+    for block in blocks:
+        unpacker.feed(block)
+        for batch in unpacker:
+            yield from zip(batch[0::2], batch[1::2])
+
+
+def range_blocks(
+    read: Callable[[int, int], bytes], offset: int, length: int, block: int = _READ_BLOCK
+) -> Iterator[bytes]:
+    """Read ``[offset, offset+length)`` in blocks of ``block`` bytes through ``read(start, end)``."""
+    end = offset + length
+    while offset < end:
+        stop = min(offset + block, end)
+        yield read(offset, stop)
+        offset = stop
+
+
+def write_index(out: IO[bytes], index: Index, offset: int) -> None:
+    out.write(msgpack.packb(index))
+    out.write(_FOOTER.pack(offset, _MAGIC))
+
+
+def read_index(data: bytes) -> Index:
+    """The index stored at the end of a map output object (``data`` is the whole object)."""
+    offset, magic = _FOOTER.unpack(data[-_FOOTER.size :])
+    if magic != _MAGIC:
+        raise ValueError("not a corral map output object")
+    return msgpack.unpackb(data[offset : -_FOOTER.size])
+
+
+def merge_groups(
+    sources: list[Iterator[tuple[str, list[Any]]]],
+    value_key: Callable[[Any], Any] | None = None,
+    sort_values: bool = False,
+) -> Iterator[tuple[str, Iterator[Any]]]:
+    """Streaming k-way merge of sorted sources into ``(key, lazy values)`` in key order."""
+    merged = sources[0] if len(sources) == 1 else heapq.merge(*sources, key=_first)
+    for key, entries in groupby(merged, key=_first):
+        if sort_values:
+            yield key, heapq.merge(*(values for _, values in entries), key=value_key)
+        else:
+            yield key, chain.from_iterable(values for _, values in entries)
+
+
+class MapBuffer:
+    """Buffers a map task's output within a memory budget; sorts, combines and spills it.
+
+    ``groups`` is a plain dict of key → list of values that the map loop appends to directly (no
+    per-record function layer). Partitions are computed once per distinct key, at spill time.
+    """
+
+    def __init__(
+        self,
+        num_partitions: int,
+        budget: int,
+        partition: Callable[[str, int], int] | None = None,
+        combine: Callable[[str, Iterator[Any]], Iterable[tuple[str, Any]]] | None = None,
+        sort_values: bool = False,
+        value_key: Callable[[Any], Any] | None = None,
+        spill_dir: str | None = None,
+    ) -> None:
+        self.num_partitions = num_partitions
+        self.budget = budget
+        self.partition = partition or default_partition
+        self.combine = combine
+        self.sort_values = sort_values
+        self.value_key = value_key
+        self.spill_dir = spill_dir
+        self.groups: defaultdict[str, list[Any]] = defaultdict(list)
+        self.spills: list[tuple[IO[bytes], Index]] = []
+
+    # --- memory -------------------------------------------------------------------------------
+    def estimated_bytes(self) -> int:
+        groups = self.groups
+        if not groups:
+            return 0
+        values = sum(map(len, groups.values()))
+        sample = list(islice(groups.items(), 32))
+        key_size = sum(sys.getsizeof(k) for k, _ in sample) / len(sample)
+        sampled = [v for _, vs in sample for v in vs[:4]]
+        value_size = sum(map(sys.getsizeof, sampled)) / len(sampled) if sampled else 0
+        return int(len(groups) * (key_size + 120) + values * (8 + value_size))
+
+    def check(self) -> None:
+        """Called between input chunks: combine in place, then spill, when over the budget."""
+        if self.estimated_bytes() <= self.budget:
+            return
+        if self.combine is not None:
+            self._combine_in_place()
+            if self.estimated_bytes() <= self.budget // 2:
+                return
+        self._spill()
+
+    def _combine_in_place(self) -> None:
+        combine, groups = self.combine, self.groups
+        for key, values in groups.items():
+            if len(values) > 1:
+                groups[key] = self._combined(key, values)
+
+    def _combined(self, key: str, values: Iterable[Any]) -> list[Any]:
+        out = []
+        for out_key, value in self.combine(key, iter(values)):  # type: ignore[misc]
+            if out_key != key:
+                raise ValueError(f"combine must yield the key it was given: got {out_key!r} for {key!r}")
+            out.append(value)
+        return out
+
+    # --- sorting and writing ------------------------------------------------------------------
+    def _sorted_partitions(self) -> list[list[str]]:
+        by_partition: list[list[str]] = [[] for _ in range(self.num_partitions)]
+        partition, n = self.partition, self.num_partitions
+        for key in self.groups:
+            try:
+                p = partition(key, n)
+            except (AttributeError, TypeError):
+                raise _key_error(key) from None
+            if not isinstance(key, str):
+                raise _key_error(key)
+            if not 0 <= p < n:
+                raise ValueError(f"partition({key!r}, {n}) returned {p!r}, not a number in [0, {n})")
+            by_partition[p].append(key)
+        for keys in by_partition:
+            keys.sort()
+        return by_partition
+
+    def _write_memory(self, out: IO[bytes], offset: int = 0) -> tuple[Index, int]:
+        """Write the buffered groups partition by partition; return the index and the end offset."""
+        writer = GroupWriter(out, offset)
+        groups, combine = self.groups, self.combine
+        index: Index = []
+        for keys in self._sorted_partitions():
+            start = writer.offset
+            for key in keys:
+                values = groups[key]
+                if combine is not None:
+                    values = self._combined(key, values)
+                if self.sort_values:
+                    values.sort(key=self.value_key)
+                writer.add(key, values)
+            writer.flush()
+            index.append([start, writer.offset - start])
+        self.groups = defaultdict(list)
+        return index, writer.offset
+
+    def _spill(self) -> None:
+        f = tempfile.TemporaryFile(dir=self.spill_dir, prefix="corral-spill-")
+        buffered = io.BufferedWriter(f, buffer_size=1 << 20)  # type: ignore[arg-type]
+        index, _ = self._write_memory(buffered)
+        buffered.flush()
+        buffered.detach()
+        self.spills.append((f, index))
+
+    def _spill_segment(self, spill: tuple[IO[bytes], Index], partition: int) -> Iterator[tuple[str, list]]:
+        f, index = spill
+        offset, length = index[partition]
+
+        def read(start: int, end: int) -> bytes:
+            f.seek(start)
+            return f.read(end - start)
+
+        return iter_groups(range_blocks(read, offset, length))
+
+    def write(self, out: IO[bytes]) -> Index:
+        """Write everything (memory and spills) as one indexed object to ``out``; return the index."""
+        if not self.spills:
+            index, end = self._write_memory(out)
+            write_index(out, index, end)
+            return index
+        if self.groups:
+            self._spill()
+        writer = GroupWriter(out)
+        index = []
+        for p in range(self.num_partitions):
+            start = writer.offset
+            sources = [self._spill_segment(spill, p) for spill in self.spills]
+            for key, values in merge_groups(sources, self.value_key, self.sort_values):
+                if self.combine is not None:
+                    writer.add(key, self._combined(key, values))
+                else:
+                    writer.add_iter(key, values)
+            writer.flush()
+            index.append([start, writer.offset - start])
+        write_index(out, index, writer.offset)
+        self.close()
+        return index
+
+    def close(self) -> None:
+        for f, _ in self.spills:
+            f.close()
+        self.spills = []
+
+
+# --- records between stages and final text output --------------------------------------------
+
+
+class RecordWriter:
+    """Writes ``(key, value)`` records as msgpack batches (the format between the stages of a job)."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+        self._batch: list[Any] = []
+        self._pack = _packer().pack
+
+    def add(self, key: Any, value: Any) -> None:
+        self._batch += (key, value)
+        if len(self._batch) >= 8192:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._batch:
+            self.out.write(self._pack(self._batch))
+            self._batch = []
+
+
+def iter_records(stream: IO[bytes]) -> Iterator[list[tuple[Any, Any]]]:
+    """Batches of ``(key, value)`` records from a stream written by RecordWriter."""
+    unpacker = msgpack.Unpacker(stream, raw=False, strict_map_key=False, read_size=_READ_BLOCK)
+    for batch in unpacker:
+        yield list(zip(batch[0::2], batch[1::2]))
+
+
+class TextWriter:
+    """Writes final output lines ``key<TAB>value`` (a str value as is, any other value as JSON)."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+        self._lines: list[str] = []
+        self._dumps = json.JSONEncoder(ensure_ascii=False).encode
+
+    def add(self, key: Any, value: Any) -> None:
+        text = value if isinstance(value, str) else self._dumps(value)
+        self._lines.append(text if key is None else f"{key}\t{text}")
+        if len(self._lines) >= 8192:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._lines:
+            self._lines.append("")
+            self.out.write("\n".join(self._lines).encode("utf-8"))
+            self._lines = []
+
+
+def spill_dir() -> str | None:
+    """Where map tasks spill (``CORRAL_SPILL_DIR``, else the system temporary folder)."""
+    return os.environ.get("CORRAL_SPILL_DIR") or None

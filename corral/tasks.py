@@ -1,0 +1,135 @@
+"""Task specs (plain JSON-able dicts) and their execution on a FileSystem.
+
+A map spec: ``{"kind": "map", "job", "stage", "task", "attempt", "splits", "partitions", "output",
+"output_kind", "input_format", "memory_budget"}``; ``output_kind`` is ``"shuffle"`` (one indexed
+object for the reducers), ``"text"`` (final part file of a map-only job) or ``"records"`` (a map-only
+stage feeding the next stage). A reduce spec: ``{"kind": "reduce", …, "partition", "sources":
+[[url, offset, length], …], "output", "output_kind"}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import partial
+from itertools import chain, repeat, starmap
+from typing import IO, Any
+
+from corral.fs import get_filesystem
+from corral.job import Job, Step
+from corral.shuffle import (
+    MapBuffer,
+    RecordWriter,
+    TextWriter,
+    iter_groups,
+    iter_records,
+    merge_groups,
+    range_blocks,
+    spill_dir,
+)
+from corral.split import Split, iter_text_records
+
+
+def _record_batches(split: Split, input_format: str, input_errors: str) -> Iterable[tuple[bool, list]]:
+    """``(keyed, batch)`` for a split: batches of lines (keyed False) or (key, value) pairs (True)."""
+    fs = get_filesystem(split.url)
+    if split.kind == "records":
+        with fs.open(split.url, "rb") as stream:
+            for batch in iter_records(stream):
+                yield True, batch
+        return
+    keyed = input_format == "tsv"
+    for batch in iter_text_records(fs, split, input_format, input_errors):
+        yield keyed, batch
+
+
+def _writer(output_kind: str, out: IO[bytes]) -> TextWriter | RecordWriter:
+    return TextWriter(out) if output_kind == "text" else RecordWriter(out)
+
+
+def execute_map(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]:
+    """Run one map task; return its result (output URL, index, record counts)."""
+    mapper = step.map
+    output_kind = spec["output_kind"]
+    input_format = spec.get("input_format", "lines")
+    input_errors = spec.get("input_errors", "strict")
+    records_in = 0
+    out_fs = get_filesystem(spec["output"])
+    if step.map_init:
+        step.map_init()
+    if output_kind == "shuffle":
+        buffer = MapBuffer(
+            spec["partitions"],
+            spec["memory_budget"],
+            partition=step.partition,
+            combine=step.combine,
+            sort_values=step.sort_values,
+            value_key=step.value_key,
+            spill_dir=spill_dir(),
+        )
+        try:
+            for split_json in spec["splits"]:
+                split = Split.from_json(split_json)
+                for keyed, batch in _record_batches(split, input_format, input_errors):
+                    records_in += len(batch)
+                    pairs = starmap(mapper, batch) if keyed else map(mapper, repeat(None), batch)
+                    groups = buffer.groups
+                    for key, value in chain.from_iterable(pairs):
+                        groups[key].append(value)
+                    buffer.check()
+            if step.map_final:
+                groups = buffer.groups
+                for key, value in step.map_final() or ():
+                    groups[key].append(value)
+            with out_fs.open(spec["output"], "wb") as out:
+                index = buffer.write(out)
+        finally:
+            buffer.close()
+        return {"output": spec["output"], "index": index, "records_in": records_in}
+
+    with out_fs.open(spec["output"], "wb") as out:
+        writer = _writer(output_kind, out)
+        add = writer.add
+        for split_json in spec["splits"]:
+            split = Split.from_json(split_json)
+            for keyed, batch in _record_batches(split, input_format, input_errors):
+                records_in += len(batch)
+                pairs = starmap(mapper, batch) if keyed else map(mapper, repeat(None), batch)
+                for key, value in chain.from_iterable(pairs):
+                    add(key, value)
+        if step.map_final:
+            for key, value in step.map_final() or ():
+                add(key, value)
+        writer.flush()
+        bytes_out = out.tell()
+    return {"output": spec["output"], "records_in": records_in, "bytes_out": bytes_out}
+
+
+def execute_reduce(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]:
+    """Run one reduce task: merge its partition of every committed map output, stream the output."""
+    assert step.reduce is not None
+    sources_spec = [s for s in spec["sources"] if s[2] > 0]
+    # each source holds one read block in memory while merging: keep their sum within the budget
+    block = max(64 << 10, min(1 << 20, spec["memory_budget"] // (2 * max(1, len(sources_spec)))))
+    sources = []
+    for url, offset, length in sources_spec:
+        read = partial(get_filesystem(url).read_range, url)
+        sources.append(iter_groups(range_blocks(read, offset, length, block)))
+    groups_in = 0
+    out_fs = get_filesystem(spec["output"])
+    if step.reduce_init:
+        step.reduce_init()
+    reducer = step.reduce
+    with out_fs.open(spec["output"], "wb") as out:
+        writer = _writer(spec["output_kind"], out)
+        add = writer.add
+        if sources:
+            for key, values in merge_groups(sources, step.value_key, step.sort_values):
+                groups_in += 1
+                for out_key, value in reducer(key, values):
+                    add(out_key, value)
+        if step.reduce_final:
+            for out_key, value in step.reduce_final() or ():
+                add(out_key, value)
+        writer.flush()
+        bytes_out = out.tell()
+    return {"output": spec["output"], "keys_in": groups_in, "bytes_out": bytes_out}
