@@ -56,7 +56,7 @@ class GroupWriter:
         self.out = out
         self.offset = offset
         self._batch: list[Any] = []
-        self._target = 256  # groups per batch, adapted so batches stay near 64 KiB–1 MiB
+        self._target = 256  # groups per batch, adapted so batches stay near 64 KiB to 1 MiB
         self._pack = _packer().pack
 
     def add(self, key: str, values: list[Any]) -> None:
@@ -92,7 +92,7 @@ def iter_groups(blocks: Iterable[bytes]) -> Iterator[tuple[str, list[Any]]]:
     for block in blocks:
         unpacker.feed(block)
         for batch in unpacker:
-            yield from zip(batch[0::2], batch[1::2])
+            yield from zip(batch[0::2], batch[1::2], strict=True)
 
 
 def range_blocks(
@@ -183,7 +183,7 @@ class MapBuffer:
         self._spill()
 
     def _combine_in_place(self) -> None:
-        combine, groups = self.combine, self.groups
+        groups = self.groups
         for key, values in groups.items():
             if len(values) > 1:
                 groups[key] = self._combined(key, values)
@@ -307,7 +307,7 @@ def iter_records(stream: IO[bytes]) -> Iterator[list[tuple[Any, Any]]]:
     """Batches of ``(key, value)`` records from a stream written by RecordWriter."""
     unpacker = msgpack.Unpacker(stream, raw=False, strict_map_key=False, read_size=_READ_BLOCK)
     for batch in unpacker:
-        yield list(zip(batch[0::2], batch[1::2]))
+        yield list(zip(batch[0::2], batch[1::2], strict=True))
 
 
 class TextWriter:
