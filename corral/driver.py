@@ -84,7 +84,13 @@ class Driver:
         try:
             with executor:
                 self.concurrency = executor.max_concurrency
-                executor.deploy(JobSource(job_ref(self.job_class), tuple(job.requirements)))
+                executor.deploy(
+                    JobSource(
+                        job_ref(self.job_class),
+                        tuple(job.requirements),
+                        (*self.inputs, self.out, self.work),
+                    )
+                )
                 self.hook.corral_job_started(
                     event=JobStarted(self._job_name(), len(steps), self.inputs, self.out, self.settings)
                 )

@@ -69,10 +69,12 @@ def outcome_from_result(result: dict[str, Any], stats: dict[str, Any] | None = N
 
 @dataclass(frozen=True)
 class JobSource:
-    """What a remote executor deploys: the job module and class, and its third-party requirements."""
+    """What a remote executor deploys: the job module and class, its third-party requirements, and the
+    locations (input, output and working URLs) its tasks read and write, e.g. for mounting them."""
 
     ref: dict[str, Any]  # corral.worker.job_ref(...)
     requirements: tuple[str, ...] = ()
+    locations: tuple[str, ...] = ()
 
 
 class Executor(ABC):
