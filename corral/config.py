@@ -37,6 +37,8 @@ CORE_OPTIONS: list[Option] = [
     Option("max-concurrency", int_in_range(1), None, "tasks running at once (default: the backend's)", "N"),
     Option("retries", int_in_range(0), 3, "retries of a failed task before the job fails", "N"),
     Option("memory-budget", parse_size, 256 * MiB, "memory a task buffers before spilling to disk", "SIZE"),
+    Option("arg", lambda v: list(v) if isinstance(v, list) else [v], None,
+           "KEY=VALUE for the job, in self.args (repeatable)", "KEY=VALUE", repeat=True),
     Option("work-dir", _text, None, "where intermediate data goes (default OUT/_corral/work)", "URL"),
     Option("keep-intermediate", parse_bool, False, "keep intermediate data after success", switch=True),
     Option("overwrite", parse_bool, False, "replace an existing output folder", switch=True),

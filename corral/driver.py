@@ -46,6 +46,17 @@ def create_executor(settings: Any) -> Executor:
     return spec.create(settings)
 
 
+def parse_job_args(items: Sequence[str]) -> dict[str, str]:
+    """``["KEY=VALUE", …]`` from ``--arg`` -> a dict; a UsageError naming an item without ``=``."""
+    args = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"invalid value for --arg: {item!r} is not KEY=VALUE")
+        args[key] = value
+    return args
+
+
 @dataclass
 class TaskState:
     task: str
@@ -72,7 +83,8 @@ class Driver:
 
     # --- the job --------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        job = self.job_class()
+        self.args = parse_job_args(self.settings.arg or [])
+        job = self.job_class(self.args)
         steps = job.steps()
         if not steps:
             raise UsageError(f"{self.job_class.__name__}.steps() returned no stages")
@@ -174,7 +186,12 @@ class Driver:
             "tasks": {},
         }
         self.stages.append(record)
-        base = {"job": job_ref(self.job_class), "stage": index, "memory_budget": settings.memory_budget}
+        base = {
+            "job": job_ref(self.job_class),
+            "args": self.args,
+            "stage": index,
+            "memory_budget": settings.memory_budget,
+        }
 
         def map_payload(task: str, splits: list, attempt: int) -> dict[str, Any]:
             suffix = {"shuffle": ".bin", "records": ".rec", "text": ""}[map_output_kind]

@@ -50,7 +50,9 @@ class Job:
     #: third-party requirements shipped with the job to remote backends ("pkg==1.0", ...).
     requirements: ClassVar[list[str]] = []
 
-    def __init__(self) -> None:
+    def __init__(self, args: dict[str, str] | None = None) -> None:
+        #: ``--arg KEY=VALUE`` settings of the run (strings), the same in every task.
+        self.args: dict[str, str] = dict(args or {})
         self._counters: Counter[tuple[str, str]] = Counter()
 
     # --- the user's methods (defaults) ---------------------------------------------------------

@@ -81,7 +81,7 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
 
     started = time.perf_counter()
     try:
-        job = load_job_class(payload["job"])()
+        job = load_job_class(payload["job"])(payload.get("args"))
         step = job.steps()[payload["stage"]]
         execute = execute_map if payload["kind"] == "map" else execute_reduce
         result = execute(payload, job, step)
