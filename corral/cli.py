@@ -120,7 +120,7 @@ def _backends(args: argparse.Namespace) -> int:
             spec = known_implementations.get(protocol)
             module = spec["class"].split(".", 1)[0] if spec else ""
             via = dists.get(module, [module])[0] if module and module != "fsspec" else "fsspec"
-            print(f"  {protocol:<12} {provider:<20} via {via}")
+            print(f"  {protocol:<14} {provider:<20} via {via}")
     return 0
 
 

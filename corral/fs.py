@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import importlib.util
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -206,11 +205,14 @@ def corral_filesystem(url: str) -> FileSystem | None:
 
 @hookimpl
 def corral_filesystem_protocols() -> list[str]:
-    from fsspec.registry import known_implementations
+    """Protocols whose fsspec implementation imports here (its extra packages are installed)."""
+    from fsspec.registry import get_filesystem_class, known_implementations
 
     protocols = []
-    for protocol, spec in sorted(known_implementations.items()):
-        module = spec["class"].split(".", 1)[0]
-        if importlib.util.find_spec(module) is not None:
-            protocols.append(protocol)
+    for protocol in sorted(known_implementations):
+        try:
+            get_filesystem_class(protocol)
+        except Exception:  # missing optional dependency: not usable here
+            continue
+        protocols.append(protocol)
     return protocols
