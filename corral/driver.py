@@ -26,7 +26,7 @@ from corral.events import JobFinished, JobStarted, PhaseFinished, PhaseStarted, 
 from corral.executor import THROTTLED, Executor, JobSource, Outcome
 from corral.fs import FileInfo, display, get_filesystem, join
 from corral.job import Job, Step
-from corral.planner import choose_reducers, effective_split_size, list_inputs, make_splits, pack_bins
+from corral.planner import choose_reducers, list_inputs, make_splits, pack_bins, task_sizes
 from corral.plugins import get_plugin_manager
 from corral.worker import job_ref
 
@@ -165,10 +165,10 @@ class Driver:
         settings = self.settings
         kind = "text" if index == 0 else "records"
         total = sum(f.size for f in files)
-        split_size = effective_split_size(
-            total, settings.split_size, "split_size" in settings.explicit, self.concurrency
+        split_size, bin_size = task_sizes(
+            total, settings.split_size, settings.map_bin_size, settings.explicit, self.concurrency
         )
-        bins = pack_bins(make_splits(files, split_size, kind), settings.map_bin_size)
+        bins = pack_bins(make_splits(files, split_size, kind), bin_size)
         map_only = step.reduce is None
         partitions = 0 if map_only else (step.reducers or choose_reducers(
             total, len(bins), settings.reducers, settings.reduce_bin_size,

@@ -35,7 +35,7 @@ def display(url: str) -> str:
     return url[len("file://") :] if url.startswith("file://") else url
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class FileInfo:
     url: str
     size: int

@@ -59,11 +59,17 @@ def pack_bins(splits: Sequence[Split], bin_size: int) -> list[list[Split]]:
     return bins
 
 
-def effective_split_size(total: int, split_size: int, explicit: bool, concurrency: int) -> int:
-    """The split size to use: the user's if they set it, else small enough to keep every worker busy."""
-    if explicit or total <= 0:
-        return split_size
-    return max(1 << 20, min(split_size, math.ceil(total / concurrency)))
+def task_sizes(
+    total: int, split_size: int, bin_size: int, explicit: set[str], concurrency: int
+) -> tuple[int, int]:
+    """The split and map bin sizes to use: the user's where they set them, else small enough that
+    every worker gets a task (``total / concurrency``), but never below 1 MiB per split."""
+    target = math.ceil(total / concurrency) if total > 0 else split_size
+    if "split_size" not in explicit:
+        split_size = max(1 << 20, min(split_size, target))
+    if "map_bin_size" not in explicit:
+        bin_size = max(split_size, min(bin_size, target))
+    return split_size, bin_size
 
 
 def choose_reducers(
