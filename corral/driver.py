@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import json
 import logging
+import os
 import random
 import secrets
 import time
@@ -57,6 +58,11 @@ def parse_job_args(items: Sequence[str]) -> dict[str, str]:
     return args
 
 
+def _absolute(url: str) -> str:
+    """A local path made absolute; other URLs as they are."""
+    return url if "://" in url else os.path.abspath(url)
+
+
 @dataclass
 class TaskState:
     task: str
@@ -72,11 +78,12 @@ class Driver:
     def __init__(self, job_class: type[Job], inputs: Sequence[str], out: str, settings: Any) -> None:
         self.job_class = job_class
         self.inputs = list(inputs)
-        self.out = out.rstrip("/") if len(out) > 1 else out
+        # local paths absolute: workers may run elsewhere (a container) with the same paths mounted
+        self.out = _absolute(out.rstrip("/") if len(out) > 1 else out)
         self.settings = settings
         self.hook = get_plugin_manager().hook
         self.run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
-        self.work = join(settings.work_dir or join(self.out, "_corral", "work"), self.run_id)
+        self.work = join(_absolute(settings.work_dir or join(self.out, "_corral", "work")), self.run_id)
         self.stages: list[dict[str, Any]] = []
         self.counters: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.started = time.time()
@@ -92,7 +99,7 @@ class Driver:
         self._prepare_output(out_fs)
         files = list_inputs(self.inputs)
         executor = create_executor(self.settings)
-        error: str | None = None
+        manifest: dict[str, Any] = {}
         try:
             with executor:
                 self.concurrency = executor.max_concurrency
@@ -115,9 +122,8 @@ class Driver:
             manifest = self._manifest("succeeded", None)
             self._write_manifest(out_fs, manifest)
             out_fs.write_bytes(join(self.out, "_SUCCESS"), b"")
-        except JobFailed as exc:
-            error = str(exc)
-            manifest = self._manifest("failed", error)
+        except Exception as exc:  # whatever stopped the job is recorded; no _SUCCESS is written
+            manifest = self._manifest("failed", str(exc))
             self._write_manifest(out_fs, manifest)
             raise
         finally:
@@ -127,12 +133,12 @@ class Driver:
                     out_fs.remove(join(self.out, "_corral", "work"), recursive=True)
             self.hook.corral_job_finished(
                 event=JobFinished(
-                    ok=error is None and "manifest" in locals(),
+                    ok=manifest.get("status") == "succeeded",
                     out=self.out,
                     seconds=time.time() - self.started,
                     counters=self._plain_counters(),
-                    manifest=locals().get("manifest", {}),
-                    error=error,
+                    manifest=manifest,
+                    error=manifest.get("error"),
                     settings=self.settings,
                 )
             )
