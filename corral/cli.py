@@ -124,8 +124,13 @@ def _backends(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The full parser; a plugin's sub-command is configured only when ``argv`` invokes it (or asks
+    for help), so that plugins cost nothing at start-up when they are not used."""
     from corral.plugins import get_plugin_manager
+
+    argv = sys.argv[1:] if argv is None else argv
+    invoked = next((a for a in argv if not a.startswith("-")), None)
 
     parser = argparse.ArgumentParser(prog="corral", description="MapReduce in Python, anywhere.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -137,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     for commands in get_plugin_manager().hook.corral_commands():
         for command in commands:
             cmd_parser = sub.add_parser(command.name, help=command.help)
-            command.configure(cmd_parser)
+            if invoked == command.name:
+                command.configure(cmd_parser)
             cmd_parser.set_defaults(_command=command)
     return parser
 
@@ -159,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``corral`` console script."""
 
     def action() -> int:
-        args = build_parser().parse_args(argv)
+        args = build_parser(argv).parse_args(argv)
         if args.command == "run":
             return _run(resolve_job(args.job), args)
         if args.command == "backends":

@@ -1,0 +1,114 @@
+"""The ``emulator`` command line: ``serve`` and ``build-base`` (``corral emulator ...`` or ``corral-emulator``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from corral_emulator.emulator import DEFAULT_BASE_IMAGE, Emulator, default_base_image, docker_client, prune_orphans
+from corral_emulator.errors import EmulatorError
+from corral_emulator.image import build_base_image
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the sub-commands (serve, build-base, prune) to ``parser``."""
+    sub = parser.add_subparsers(dest="emulator_command", metavar="{serve,build-base,prune}")
+    sub.required = True
+    serve = sub.add_parser("serve", help="serve Lambda's API on 127.0.0.1 and run functions in Docker containers")
+    serve.add_argument("--port", type=int, default=9001, help="port of the Lambda API (default 9001; 0 = any)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--max-concurrency", type=_positive_int, default=10,
+                       help="invocations running at once before 429 TooManyRequestsException (default 10)")
+    serve.add_argument("--mount", action="append", default=[], metavar="PATH",
+                       help="host folder mounted read-write at the same path in every container (repeatable)")
+    serve.add_argument("--base-image", default=None,
+                       help=f"image with python3 for the containers (default $CORRAL_EMULATOR_BASE_IMAGE "
+                            f"or {DEFAULT_BASE_IMAGE})")
+    serve.add_argument("--idle-timeout", type=float, default=300.0,
+                       help="seconds an idle warm container is kept (default 300)")
+    serve.add_argument("--region", default=None, help="region in ARNs and AWS_REGION (default from env or us-east-1)")
+    serve.add_argument("--log-dir", default=None, help="folder for the functions' logs (one file per function)")
+    serve.add_argument("--quiet", action="store_true", help="do not echo the functions' logs to stderr")
+    serve.set_defaults(emulator_func=run_serve)
+    build = sub.add_parser("build-base", help="build the base image from Debian packages (debootstrap, offline)")
+    build.add_argument("--tag", default=DEFAULT_BASE_IMAGE, help=f"image tag (default {DEFAULT_BASE_IMAGE})")
+    build.add_argument("--force", action="store_true", help="rebuild even if the tag exists")
+    build.add_argument("--mirror", default=None, help="Debian mirror (default: the one apt uses)")
+    build.set_defaults(emulator_func=run_build_base)
+    prune = sub.add_parser("prune", help="remove containers left by emulators that are no longer running")
+    prune.set_defaults(emulator_func=run_prune)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return args.emulator_func(args)
+    except EmulatorError as exc:
+        print(f"corral emulator: {exc}", file=sys.stderr)
+        return 1
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    emulator = Emulator(
+        port=args.port,
+        host=args.host,
+        base_image=args.base_image or default_base_image(),
+        max_concurrency=args.max_concurrency,
+        mounts=args.mount,
+        idle_timeout=args.idle_timeout,
+        region=args.region,
+        log_dir=args.log_dir,
+        log_stream=None if args.quiet else sys.stderr,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        endpoint = emulator.start()
+        print(f"corral emulator: Lambda API on {endpoint} (image {emulator.base_image}); Ctrl-C to stop", flush=True)
+        print(f'  boto3.client("lambda", endpoint_url="{endpoint}", region_name="{emulator.region}")', flush=True)
+        while not stop.wait(0.5):
+            pass
+        print("corral emulator: stopping, removing containers...", flush=True)
+    finally:
+        emulator.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def run_build_base(args: argparse.Namespace) -> int:
+    build_base_image(tag=args.tag, force=args.force, mirror=args.mirror)
+    return 0
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    client = docker_client()
+    try:
+        print(f"removed {prune_orphans(client)} containers")
+    finally:
+        client.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="corral-emulator", description="A local AWS Lambda in Docker containers")
+    configure(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

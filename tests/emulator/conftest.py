@@ -1,0 +1,201 @@
+"""Fixtures for the emulator tests: a real Docker engine, a real emulator, a real boto3 client.
+
+Without a Docker engine the tests are skipped, except in CI (``CI=true``) where that is an error.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import uuid
+import zipfile
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+
+
+def _unavailable(reason: str) -> None:
+    """Skip on a user's machine; fail in CI (``CI=true``), where a skipped test would prove nothing."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI must run the emulator tests, but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def zip_files(files: dict[str, str | bytes], modes: dict[str, int] | None = None) -> bytes:
+    """A deployment package holding ``files`` (name -> content); ``modes`` sets Unix permissions."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in files.items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = ((modes or {}).get(name, 0o644) | 0o100000) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, content)
+    return buffer.getvalue()
+
+
+def zip_folder(folder: Path, extra: dict[str, str | bytes], modes: dict[str, int]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                archive.write(path, path.relative_to(folder).as_posix())
+        for name, content in extra.items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (modes.get(name, 0o644) | 0o100000) << 16
+            archive.writestr(info, content)
+    return buffer.getvalue()
+
+
+def make_client(endpoint: str, read_timeout: int = 120):
+    return boto3.client(
+        "lambda",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        # No retries: the tests look at throttling and errors as they come.
+        config=Config(retries={"total_max_attempts": 1}, read_timeout=read_timeout, connect_timeout=10),
+    )
+
+
+def invoke(client, name: str, event=None, **kwargs):
+    """Invoke ``name`` with ``event`` as JSON; return (decoded payload, boto3 response)."""
+    response = client.invoke(FunctionName=name, Payload=json.dumps({} if event is None else event), **kwargs)
+    raw = response["Payload"].read()
+    return (json.loads(raw) if raw else None), response
+
+
+def corral_headers(response) -> dict[str, str]:
+    return {k: v for k, v in response["ResponseMetadata"]["HTTPHeaders"].items() if k.startswith("x-")}
+
+
+@pytest.fixture(scope="session")
+def call(lambda_client):
+    """``call(name, event, **invoke_kwargs)`` -> (decoded payload, boto3 response)."""
+    return lambda name, event=None, **kwargs: invoke(lambda_client, name, event, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    try:
+        import docker
+
+        client = docker.from_env(timeout=30)
+        client.ping()
+    except Exception as exc:
+        _unavailable(f"no Docker engine answers: {exc}")
+    from corral_emulator import EmulatorError, build_base_image, default_base_image
+
+    image = default_base_image()
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        try:
+            build_base_image(image)
+        except EmulatorError as exc:
+            _unavailable(f"base image {image} is missing and cannot be built: {exc}")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def shared_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("mounted")
+    folder.chmod(0o777)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def emulator(docker_engine, shared_folder):
+    from corral_emulator import Emulator
+
+    emu = Emulator(max_concurrency=8, mounts=[str(shared_folder)], idle_timeout=120)
+    emu.start()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture(scope="session")
+def lambda_client(emulator):
+    return make_client(emulator.endpoint)
+
+
+@pytest.fixture
+def make_function(lambda_client):
+    """Create a function from handler source (``app.handler``); deleted after the test."""
+    created: list[str] = []
+
+    def create(source: str | None = None, *, files: dict | None = None, zip_bytes: bytes | None = None,
+               memory: int = 128, timeout: int = 10, env: dict | None = None, runtime: str = "python3.11",
+               handler: str = "app.handler", name: str | None = None) -> str:
+        name = name or f"t-{uuid.uuid4().hex[:10]}"
+        if zip_bytes is None:
+            zip_bytes = zip_files(files or {"app.py": source or ""})
+        kwargs = {"Environment": {"Variables": env}} if env else {}
+        lambda_client.create_function(
+            FunctionName=name, Runtime=runtime, Role="arn:aws:iam::000000000000:role/corral-test",
+            Handler=handler, Code={"ZipFile": zip_bytes}, MemorySize=memory, Timeout=timeout, **kwargs)
+        created.append(name)
+        return name
+
+    yield create
+    for name in created:
+        try:
+            lambda_client.delete_function(FunctionName=name)
+        except lambda_client.exceptions.ResourceNotFoundException:
+            pass
+
+
+@pytest.fixture(scope="session")
+def awslambdaric_dir(tmp_path_factory) -> Path:
+    """AWS's runtime interface client, installed for the container's Python (3.11, manylinux x86_64)."""
+    target = tmp_path_factory.mktemp("awslambdaric")
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+               "--target", str(target), "--only-binary=:all:", "--platform", "manylinux2014_x86_64",
+               "--python-version", "3.11", "--implementation", "cp", "awslambdaric"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        _unavailable(f"cannot pip install awslambdaric: {result.stderr[-2000:]}")
+    return target
+
+
+@pytest.fixture(scope="session")
+def package():
+    """``package({"app.py": source, ...}, modes)`` -> zip bytes."""
+    return zip_files
+
+
+@pytest.fixture(scope="session")
+def package_folder():
+    """``package_folder(folder, extra_files, modes)`` -> zip bytes of a folder plus extra files."""
+    return zip_folder
+
+
+def report_line(log_result: str) -> str:
+    import base64
+
+    text = base64.b64decode(log_result).decode()
+    return next(line for line in text.splitlines() if line.startswith("REPORT "))
+
+
+@pytest.fixture(scope="session")
+def report_of():
+    """``report_of(response)`` -> the REPORT line of an invoke made with LogType="Tail"."""
+    return lambda response: report_line(response["LogResult"])
+
+
+@pytest.fixture(scope="session")
+def headers_of():
+    """``headers_of(response)`` -> the x-* response headers (lower-case names)."""
+    return corral_headers
+
+
+@pytest.fixture(scope="session")
+def client_for():
+    """``client_for(endpoint)`` -> a boto3 Lambda client without retries."""
+    return make_client
