@@ -25,6 +25,7 @@ from corral.executor import (
 from corral.fs import FileInfo, FileSystem, get_filesystem
 from corral.job import Job, Step
 from corral.options import Command, Option, int_in_range, parse_bool, parse_size
+from corral.packaging import Package, PackagingError, build_package
 from corral.plugins import hookimpl
 from corral.worker import run_task
 
@@ -64,9 +65,12 @@ __all__ = [
     "JobSource",
     "Option",
     "Outcome",
+    "Package",
+    "PackagingError",
     "Step",
     "UsageError",
     "__version__",
+    "build_package",
     "get_filesystem",
     "hookimpl",
     "int_in_range",

@@ -263,29 +263,33 @@ class Driver:
         delayed: list[tuple[float, int, TaskState]] = []  # (due time, tie-breaker, task)
         running: dict[Future[Outcome], tuple[TaskState, dict[str, Any]]] = {}
         limit = executor.max_concurrency
-        while ready or delayed or running:
-            now = time.monotonic()
-            while delayed and delayed[0][0] <= now:
-                ready.append(heapq.heappop(delayed)[2])
-            while ready and len(running) < limit:
-                state = ready.pop()
-                payload = state.make_payload(len(state.attempts) + 1)
-                state.attempts.append({"attempt": payload["attempt"], "output": payload["output"]})
-                running[executor.submit(payload)] = (state, payload)
-            timeout = max(0.0, delayed[0][0] - time.monotonic()) if delayed else None
-            if not running:
-                time.sleep(timeout or 0)
-                continue
-            done, _ = wait(running, timeout=timeout, return_when=FIRST_COMPLETED)
-            for future in done:
-                state, payload = running.pop(future)
-                self._finish_attempt(stage, phase, state, payload, future.result(), delayed)
+        try:
+            while ready or delayed or running:
+                now = time.monotonic()
+                while delayed and delayed[0][0] <= now:
+                    ready.append(heapq.heappop(delayed)[2])
+                while ready and len(running) < limit:
+                    state = ready.pop()
+                    payload = state.make_payload(len(state.attempts) + 1)
+                    state.attempts.append({"attempt": payload["attempt"], "output": payload["output"]})
+                    running[executor.submit(payload)] = (state, payload)
+                timeout = max(0.0, delayed[0][0] - time.monotonic()) if delayed else None
+                if not running:
+                    time.sleep(timeout or 0)
+                    continue
+                done, _ = wait(running, timeout=timeout, return_when=FIRST_COMPLETED)
+                for future in done:
+                    state, payload = running.pop(future)
+                    self._finish_attempt(stage, phase, state, payload, future.result(), delayed)
+        finally:  # a failed job's manifest shows its attempts too (failure kinds, measurements)
+            for state in tasks:
+                if state.attempts:
+                    record["tasks"][state.task] = {
+                        "phase": phase,
+                        "committed_attempt": state.committed["attempt"] if state.committed else None,
+                        "attempts": state.attempts,
+                    }
         for state in tasks:
-            record["tasks"][state.task] = {
-                "phase": phase,
-                "committed_attempt": state.committed["attempt"] if state.committed else None,
-                "attempts": state.attempts,
-            }
             self._add_counters(state.committed)
         self.hook.corral_phase_finished(
             event=PhaseFinished(stage, phase, len(tasks), time.time() - started, self.settings)

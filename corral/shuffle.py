@@ -18,7 +18,7 @@ import struct
 import sys
 import tempfile
 import zlib
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain, groupby, islice
 from operator import itemgetter
@@ -32,21 +32,34 @@ _MAGIC = b"CORRALS1"
 _FOOTER = struct.Struct("<Q8s")  # index offset, magic
 _READ_BLOCK = 1 << 20
 _first = itemgetter(0)
+#: Text read with ``input_errors = "surrogateescape"`` holds its undecodable bytes as lone surrogates:
+#: they are written back as those bytes (in the shuffle, between stages and in the output).
+_TEXT_ERRORS = "surrogateescape"
 
 Index = list[list[int]]  # per partition: [offset, length]
 
 
 def default_partition(key: str, num_partitions: int) -> int:
     """A stable partition for ``key``: CRC-32 of its UTF-8 bytes (the same on every machine)."""
-    return zlib.crc32(key.encode("utf-8")) % num_partitions
+    return zlib.crc32(key.encode("utf-8", _TEXT_ERRORS)) % num_partitions
 
 
 def _key_error(key: Any) -> TypeError:
     return TypeError(f"keys must be str, but a key {key!r} of type {type(key).__name__} was yielded")
 
 
-def _packer() -> msgpack.Packer:
-    return msgpack.Packer(use_bin_type=True, strict_types=False)
+def _packer() -> Callable[[Any], bytes]:
+    """msgpack's ``pack``; text holding undecodable input bytes (lone surrogates) takes a slower path."""
+    fast = msgpack.Packer(use_bin_type=True, strict_types=False).pack
+    escaping = msgpack.Packer(use_bin_type=True, strict_types=False, unicode_errors=_TEXT_ERRORS).pack
+
+    def pack(obj: Any) -> bytes:
+        try:
+            return fast(obj)
+        except UnicodeEncodeError:
+            return escaping(obj)
+
+    return pack
 
 
 class GroupWriter:
@@ -57,9 +70,11 @@ class GroupWriter:
         self.offset = offset
         self._batch: list[Any] = []
         self._target = 256  # groups per batch, adapted so batches stay near 64 KiB to 1 MiB
-        self._pack = _packer().pack
+        self._pack = _packer()
 
     def add(self, key: str, values: list[Any]) -> None:
+        if not values:  # e.g. a combine that yielded nothing for this key: reduce must not see the key
+            return
         if len(values) <= MAX_VALUES_PER_ENTRY:
             self._batch += (key, values)
         else:
@@ -88,7 +103,9 @@ class GroupWriter:
 
 def iter_groups(blocks: Iterable[bytes]) -> Iterator[tuple[str, list[Any]]]:
     """The ``(key, values)`` entries stored in a segment, read block by block."""
-    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=1 << 31)
+    unpacker = msgpack.Unpacker(
+        raw=False, strict_map_key=False, max_buffer_size=1 << 31, unicode_errors=_TEXT_ERRORS
+    )
     for block in blocks:
         unpacker.feed(block)
         for batch in unpacker:
@@ -125,12 +142,52 @@ def merge_groups(
     sort_values: bool = False,
 ) -> Iterator[tuple[str, Iterator[Any]]]:
     """Streaming k-way merge of sorted sources into ``(key, lazy values)`` in key order."""
+    if sort_values:
+        yield from _merge_sorted_values(sources, value_key)
+        return
     merged = sources[0] if len(sources) == 1 else heapq.merge(*sources, key=_first)
     for key, entries in groupby(merged, key=_first):
-        if sort_values:
-            yield key, heapq.merge(*(values for _, values in entries), key=value_key)
-        else:
-            yield key, chain.from_iterable(values for _, values in entries)
+        yield key, chain.from_iterable(values for _, values in entries)
+
+
+def _merge_sorted_values(
+    sources: list[Iterator[tuple[str, list[Any]]]], value_key: Callable[[Any], Any] | None
+) -> Iterator[tuple[str, Iterator[Any]]]:
+    """``merge_groups`` with values in sorted order. A source's entries of one key are a sorted run;
+    the runs of a key are merged as streams, so memory holds one entry per source however many
+    values a key has."""
+    sources = [iter(source) for source in sources]
+    following: list[tuple[str, list[Any]] | None] = [None] * len(sources)  # a run's next key's entry
+    heads = []  # (key, source number, first values): ties on the key are broken by the number
+    for n, source in enumerate(sources):
+        entry = next(source, None)
+        if entry is not None:
+            heads.append((entry[0], n, entry[1]))
+    heapq.heapify(heads)
+    while heads:
+        key = heads[0][0]
+        runs = []
+        while heads and heads[0][0] == key:
+            _, n, values = heapq.heappop(heads)
+            runs.append((n, _run(key, values, sources[n], following, n)))
+        yield key, heapq.merge(*(run for _, run in runs), key=value_key)
+        for n, run in runs:
+            deque(run, maxlen=0)  # skip what reduce left unread
+            entry, following[n] = following[n], None
+            if entry is not None:
+                heapq.heappush(heads, (entry[0], n, entry[1]))
+
+
+def _run(
+    key: str, first: list[Any], source: Iterator[tuple[str, list[Any]]], following: list, n: int
+) -> Iterator[Any]:
+    """The values of ``key`` in ``source``, entry by entry; the next key's entry goes to ``following[n]``."""
+    yield from first
+    for entry in source:
+        if entry[0] != key:
+            following[n] = entry
+            return
+        yield from entry[1]
 
 
 class MapBuffer:
@@ -266,7 +323,10 @@ class MapBuffer:
             sources = [self._spill_segment(spill, p) for spill in self.spills]
             for key, values in merge_groups(sources, self.value_key, self.sort_values):
                 if self.combine is not None:
-                    writer.add(key, self._combined(key, values))
+                    combined = self._combined(key, values)
+                    if self.sort_values:  # combine may yield its values in any order
+                        combined.sort(key=self.value_key)
+                    writer.add(key, combined)
                 else:
                     writer.add_iter(key, values)
             writer.flush()
@@ -290,7 +350,7 @@ class RecordWriter:
     def __init__(self, out: IO[bytes]) -> None:
         self.out = out
         self._batch: list[Any] = []
-        self._pack = _packer().pack
+        self._pack = _packer()
 
     def add(self, key: Any, value: Any) -> None:
         self._batch += (key, value)
@@ -305,7 +365,9 @@ class RecordWriter:
 
 def iter_records(stream: IO[bytes]) -> Iterator[list[tuple[Any, Any]]]:
     """Batches of ``(key, value)`` records from a stream written by RecordWriter."""
-    unpacker = msgpack.Unpacker(stream, raw=False, strict_map_key=False, read_size=_READ_BLOCK)
+    unpacker = msgpack.Unpacker(
+        stream, raw=False, strict_map_key=False, read_size=_READ_BLOCK, unicode_errors=_TEXT_ERRORS
+    )
     for batch in unpacker:
         yield list(zip(batch[0::2], batch[1::2], strict=True))
 
@@ -327,7 +389,7 @@ class TextWriter:
     def flush(self) -> None:
         if self._lines:
             self._lines.append("")
-            self.out.write("\n".join(self._lines).encode("utf-8"))
+            self.out.write("\n".join(self._lines).encode("utf-8", _TEXT_ERRORS))
             self._lines = []
 
 

@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from corral.errors import InputError
+from corral.errors import InputError, UsageError
 from corral.job import Job
 
 _CORRAL_DIR = str(Path(__file__).resolve().parent)
@@ -31,8 +31,13 @@ def job_ref(job_class: type[Job]) -> dict[str, Any]:
     name = job_class.__module__
     if name == "__main__":
         if path is None:
-            raise ValueError("a job defined in an interactive session cannot be shipped to workers")
+            raise UsageError("a job defined in an interactive session cannot be shipped to workers")
         name = Path(path).stem
+    if "<locals>" in job_class.__qualname__:
+        raise UsageError(
+            f"job class {job_class.__qualname__} is defined inside a function: workers cannot import it "
+            "(define it at the top level of a module)"
+        )
     return {"module": name, "class": job_class.__qualname__, "path": os.path.abspath(path) if path else None}
 
 
@@ -117,6 +122,8 @@ def peak_memory_mb() -> float:
 def user_traceback(exc: BaseException) -> str:
     """The traceback of ``exc`` without corral's own frames, so the user's code stands out."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_CORRAL_DIR)]
+    if not frames:  # raised by corral itself (bad input, a key that is not a str): the message says it all
+        return ""
     lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames)]
     lines += traceback.format_exception_only(type(exc), exc)
     return "".join(lines)

@@ -1,0 +1,24 @@
+"""corral-lambda's plugin (entry point ``lambda`` in the group ``corral``): the executor and its options."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from corral import ExecutorSpec, Option, hookimpl
+from corral_lambda.options import OPTIONS
+
+
+def create_executor(settings: Any) -> Any:
+    from corral_lambda.executor import DEFAULT_CONCURRENCY, LambdaConfig, LambdaExecutor
+
+    return LambdaExecutor(settings.max_concurrency or DEFAULT_CONCURRENCY, LambdaConfig.from_settings(settings))
+
+
+@hookimpl
+def corral_executors() -> list[ExecutorSpec]:
+    return [ExecutorSpec("lambda", create_executor, "AWS Lambda functions, deployed from the job (boto3)")]
+
+
+@hookimpl
+def corral_options() -> list[Option]:
+    return list(OPTIONS)
