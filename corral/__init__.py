@@ -7,27 +7,34 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-from corral.errors import CorralError, InputError, JobFailed, UsageError
-from corral.executor import (
-    INFRASTRUCTURE,
-    INPUT_ERROR,
-    OUT_OF_MEMORY,
-    THROTTLED,
-    TIMEOUT,
-    USER_ERROR,
-    Executor,
-    ExecutorSpec,
-    Failure,
-    JobSource,
-    Outcome,
-    outcome_from_result,
-)
-from corral.fs import FileInfo, FileSystem, get_filesystem
 from corral.job import Job, Step
-from corral.options import Command, Option, int_in_range, parse_bool, parse_size
-from corral.packaging import Package, PackagingError, build_package
 from corral.plugins import hookimpl
-from corral.worker import run_task
+
+# Everything else loads on first use: every worker and every `corral` command imports this package,
+# so it stays cheap to import (a tiny job runs end to end in a fraction of a second).
+_LAZY = {
+    "corral.errors": ("CorralError", "InputError", "JobFailed", "UsageError"),
+    "corral.executor": (
+        "INFRASTRUCTURE", "INPUT_ERROR", "OUT_OF_MEMORY", "THROTTLED", "TIMEOUT", "USER_ERROR",
+        "Executor", "ExecutorSpec", "Failure", "JobSource", "Outcome", "outcome_from_result",
+    ),
+    "corral.fs": ("FileInfo", "FileSystem", "get_filesystem"),
+    "corral.options": ("Command", "Option", "int_in_range", "parse_bool", "parse_size"),
+    "corral.packaging": ("Package", "PackagingError", "build_package"),
+    "corral.worker": ("run_task",),
+}
+_WHERE = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'corral' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
 def run(job_class: type[Job], inputs: list[str] | str, out: str, **settings: Any) -> dict[str, Any]:

@@ -69,10 +69,20 @@ class ProcessExecutor(Executor):
         # of the driver's threads (progress bars, the pool's own threads)
         if sys.platform.startswith("linux"):
             context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["corral.worker", "corral.tasks"])
+            context.set_forkserver_preload(["corral.executors.warm"])
         else:
             context = multiprocessing.get_context("spawn")
-        return ProcessPoolExecutor(self.max_concurrency, mp_context=context)
+        pool = ProcessPoolExecutor(self.max_concurrency, mp_context=context)
+        # start the fork server and the workers in the background, while the driver plans the inputs
+        threading.Thread(target=self._warm_up, args=(pool,), daemon=True).start()
+        return pool
+
+    def _warm_up(self, pool: ProcessPoolExecutor) -> None:
+        try:
+            for _ in range(self.max_concurrency):
+                pool.submit(int)
+        except Exception:  # a broken or closed pool shows itself to the next real task
+            pass
 
     def submit(self, payload: dict[str, Any]) -> Future[Outcome]:
         started = time.perf_counter()
