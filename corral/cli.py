@@ -47,6 +47,8 @@ def resolve_job(spec: str) -> type[Job]:
             raise UsageError(f"cannot import job file {target}: {type(exc).__name__}: {exc}") from None
     else:
         where = target
+        if os.getcwd() not in sys.path:  # as `python -m` does: modules of the current folder import
+            sys.path.insert(0, os.getcwd())
         try:
             module = importlib.import_module(target)
         except ImportError as exc:

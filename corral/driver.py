@@ -96,8 +96,11 @@ class Driver:
         if not steps:
             raise UsageError(f"{self.job_class.__name__}.steps() returned no stages")
         out_fs = get_filesystem(self.out)
+        files = list_inputs(self.inputs)  # first: a mistyped input must not cost the previous output
+        for info in files:
+            if info.url.startswith(self.out.rstrip("/") + "/"):
+                raise UsageError(f"input {display(info.url)} is inside the output folder {display(self.out)}")
         self._prepare_output(out_fs)
-        files = list_inputs(self.inputs)
         executor = create_executor(self.settings)
         manifest: dict[str, Any] = {}
         try:
