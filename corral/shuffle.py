@@ -154,11 +154,11 @@ def _merge_sorted_values(
     sources: list[Iterator[tuple[str, list[Any]]]], value_key: Callable[[Any], Any] | None
 ) -> Iterator[tuple[str, Iterator[Any]]]:
     """``merge_groups`` with values in sorted order. A source's entries of one key are a sorted run;
-    the runs of a key are merged as streams, so memory holds one entry per source however many
+    the runs of a key are merged as streams, so memory holds about one entry per source however many
     values a key has."""
     sources = [iter(source) for source in sources]
-    following: list[tuple[str, list[Any]] | None] = [None] * len(sources)  # a run's next key's entry
-    heads = []  # (key, source number, first values): ties on the key are broken by the number
+    following: list[tuple[str, list[Any]] | None] = [None] * len(sources)  # a long run's next entry
+    heads = []  # (key, source number, values): ties on the key are broken by the number
     for n, source in enumerate(sources):
         entry = next(source, None)
         if entry is not None:
@@ -166,12 +166,22 @@ def _merge_sorted_values(
     heapq.heapify(heads)
     while heads:
         key = heads[0][0]
-        runs = []
+        runs: list[Iterable[Any]] = []
+        long_runs = []
         while heads and heads[0][0] == key:
             _, n, values = heapq.heappop(heads)
-            runs.append((n, _run(key, values, sources[n], following, n)))
-        yield key, heapq.merge(*(run for _, run in runs), key=value_key)
-        for n, run in runs:
+            entry = next(sources[n], None)
+            if entry is None:
+                runs.append(values)
+            elif entry[0] != key:  # the common case: the key's only entry in this source
+                runs.append(values)
+                heapq.heappush(heads, (entry[0], n, entry[1]))
+            else:  # a key of several entries: read the rest of them as reduce goes
+                run = _run(key, chain(values, entry[1]), sources[n], following, n)
+                runs.append(run)
+                long_runs.append((n, run))
+        yield key, iter(runs[0]) if len(runs) == 1 else heapq.merge(*runs, key=value_key)
+        for n, run in long_runs:
             deque(run, maxlen=0)  # skip what reduce left unread
             entry, following[n] = following[n], None
             if entry is not None:
@@ -179,7 +189,7 @@ def _merge_sorted_values(
 
 
 def _run(
-    key: str, first: list[Any], source: Iterator[tuple[str, list[Any]]], following: list, n: int
+    key: str, first: Iterable[Any], source: Iterator[tuple[str, list[Any]]], following: list, n: int
 ) -> Iterator[Any]:
     """The values of ``key`` in ``source``, entry by entry; the next key's entry goes to ``following[n]``."""
     yield from first

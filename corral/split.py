@@ -7,6 +7,7 @@ A compressed file is always one whole split (it cannot be entered in the middle)
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -43,8 +44,17 @@ def iter_line_chunks(fs: FileSystem, split: Split) -> Iterator[tuple[int, bytes]
     ``offset`` is the chunk's position in the (decompressed) file, for error messages.
     """
     if split.compressed:
-        with fs.open_input(split.url) as stream:
-            yield from _chunks(stream, 0, None)
+        import zstandard
+
+        stream = fs.open_input(split.url)
+        try:
+            with stream:
+                yield from _chunks(stream, 0, None)
+        except (EOFError, OSError, zlib.error, zstandard.ZstdError) as exc:  # corrupt or truncated data
+            raise InputError(
+                f"{display(split.url)}: cannot read it as {compression_of(split.url)} data "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
         return
     with fs.open(split.url, "rb") as f:
         position = split.start

@@ -1,0 +1,16 @@
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="package", autouse=True)
+def _isolated_settings(tmp_path_factory):
+    """Every core test runs from an empty folder with no ``CORRAL_*`` variables, so that no
+    pyproject.toml / corral.toml / environment of the developer changes the settings under test."""
+    home = tmp_path_factory.mktemp("cwd")
+    old_cwd = os.getcwd()
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("CORRAL_")}
+    os.chdir(home)
+    yield home
+    os.chdir(old_cwd)
+    os.environ.update(saved)

@@ -1,0 +1,402 @@
+"""Jobs the core tests run. Only corral and the standard library are imported here, so that worker
+processes (the ``processes`` backend) can import this file on its own."""
+
+from __future__ import annotations
+
+import heapq
+import os
+import time
+from collections import Counter
+
+import corral
+
+
+def _first_time(marker: str) -> bool:
+    """True exactly once per marker path, across threads and processes (atomic create)."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+class Cat(corral.Job):
+    """Map-only pass-through: the output is the input's lines."""
+
+
+class Records(corral.Job):
+    """Map-only: every input record as the JSON list [key, value]."""
+
+    def map(self, key, value):
+        yield None, [key, value]
+
+
+class TsvRecords(Records):
+    input_format = "tsv"
+
+
+class ReplaceErrors(Records):
+    input_errors = "replace"
+
+
+class SurrogateCat(corral.Job):
+    """Map-only pass-through of undecodable bytes (kept as lone surrogates)."""
+
+    input_errors = "surrogateescape"
+
+
+class SurrogateLineCount(corral.Job):
+    """Lines with undecodable bytes as keys, through the shuffle and a second stage."""
+
+    input_errors = "surrogateescape"
+
+    def steps(self):
+        return [corral.Step(map=self.line, reduce=self.count), corral.Step(map=self.again, reduce=self.count)]
+
+    def line(self, key, line):
+        yield line, 1
+
+    def count(self, line, counts):
+        yield line, sum(counts)
+
+    def again(self, line, count):
+        yield line, count
+
+
+class WordCount(corral.Job):
+    def map(self, key, line):
+        for word in line.split():
+            yield word, 1
+
+    def combine(self, word, counts):
+        yield word, sum(counts)
+
+    def reduce(self, word, counts):
+        yield word, sum(counts)
+
+
+class DropSingletons(corral.Job):
+    """A combine that drops words seen once (yielding nothing for them); reduce takes the max, which
+    fails on an empty values iterator."""
+
+    def map(self, key, line):
+        for word in line.split():
+            yield word, 1
+
+    def combine(self, word, counts):
+        n = sum(counts)
+        if n > 1:
+            yield word, n
+
+    def reduce(self, word, counts):
+        yield word, max(counts)
+
+
+class WordCountNoCombine(corral.Job):
+    def map(self, key, line):
+        for word in line.split():
+            yield word, 1
+
+    def reduce(self, word, counts):
+        yield word, sum(counts)
+
+
+class LineCount(corral.Job):
+    """Each distinct line and how often it occurs (keys are whole lines, CRLF/unicode included)."""
+
+    def map(self, key, line):
+        yield line, 1
+
+    def combine(self, line, counts):
+        yield line, sum(counts)
+
+    def reduce(self, line, counts):
+        yield line, sum(counts)
+
+
+class Grouped(corral.Job):
+    """``KEY VALUE`` lines -> for each key, its values as a list (in the order reduce sees them)."""
+
+    def map(self, key, line):
+        k, v = line.split(" ")
+        yield k, int(v)
+
+    def reduce(self, key, values):
+        yield key, list(values)
+
+
+class SecondarySort(Grouped):
+    sort_values = True
+
+
+class SecondarySortByKey(Grouped):
+    """Values are [name, number] pairs, sorted by their number, largest first."""
+
+    sort_values = True
+
+    def map(self, key, line):
+        k, v = line.split(" ")
+        yield k, [f"n{v}", int(v)]
+
+    def value_key(self, value):
+        return -value[1]
+
+
+class SecondarySortTopCombine(SecondarySort):
+    """A combine that keeps the 5 largest values, yielded largest first (not in sort order)."""
+
+    def combine(self, key, values):
+        for value in heapq.nlargest(5, values):
+            yield key, value
+
+    def reduce(self, key, values):
+        yield key, list(values)
+
+
+class KeysSeen(corral.Job):
+    """Reduce records the order in which keys arrive (reduce_final yields it), per partition."""
+
+    def map(self, key, line):
+        for word in line.split():
+            yield word, 1
+
+    def reduce_init(self):
+        self.keys = []
+
+    def reduce(self, key, values):
+        self.keys.append(key)
+        return ()
+
+    def reduce_final(self):
+        yield "keys", self.keys
+
+
+class FirstLetterPartition(WordCount):
+    """Words go to the reducer numbered by their first letter (a -> 0, b -> 1, …, modulo n)."""
+
+    def partition(self, key, n):
+        return (ord(key[0]) - ord("a")) % n
+
+
+class Typed(corral.Job):
+    """Map-only: one output line per value type."""
+
+    def map(self, key, line):
+        yield "str", line
+        yield "int", 42
+        yield "negative", -7
+        yield "float", 2.5
+        yield "true", True
+        yield "false", False
+        yield "none", None
+        yield "list", [1, "two", None, 3.5]
+        yield "dict", {"a": 1, "b": [True, None]}
+        yield "unicode", "héllo wörld ✓ 🐍"
+        yield "unicode-list", ["é", "✓"]
+
+
+class TypedReduce(Typed):
+    """The same values through a shuffle and reduce."""
+
+    def reduce(self, key, values):
+        for value in values:
+            yield key, value
+
+
+class InMapperWordCount(corral.Job):
+    """In-mapper combining: map_init / map_final; map itself yields nothing."""
+
+    def map_init(self):
+        self.counts = Counter()
+
+    def map(self, key, line):
+        self.counts.update(line.split())
+        return ()
+
+    def map_final(self):
+        self.increment_counter("wc", "map_final calls")
+        yield from self.counts.items()
+
+    def reduce_init(self):
+        self.total = 0
+
+    def reduce(self, word, counts):
+        n = sum(counts)
+        self.total += n
+        yield word, n
+
+    def reduce_final(self):
+        yield "~total", self.total
+
+
+class MapFinalOnly(corral.Job):
+    """Map-only job whose map_final yields (written as part files too)."""
+
+    def map_init(self):
+        self.lines = 0
+
+    def map(self, key, line):
+        self.lines += 1
+        return ()
+
+    def map_final(self):
+        yield "lines", self.lines
+
+
+class MultiStage(corral.Job):
+    """Stage 1 counts words; stage 2 groups words by count (typed values cross stages); stage 3
+    (map-only) formats each group."""
+
+    def steps(self):
+        return [
+            corral.Step(map=self.words, combine=self.total, reduce=self.total),
+            corral.Step(map=self.by_count, reduce=self.collect),
+            corral.Step(map=self.describe),
+        ]
+
+    def words(self, key, line):
+        for word in line.split():
+            yield word, 1
+
+    def total(self, word, counts):
+        yield word, sum(counts)
+
+    def by_count(self, word, count):
+        if not isinstance(count, int):
+            raise TypeError(f"stage 2 got {count!r}, not an int")
+        yield f"{count:04d}", {"word": word, "count": count}
+
+    def collect(self, count, entries):
+        entries = sorted(entries, key=lambda e: e["word"])
+        yield count, [e["word"] for e in entries]
+
+    def describe(self, count, words):
+        if not isinstance(words, list):
+            raise TypeError(f"stage 3 got {words!r}, not a list")
+        yield f"{int(count)}x", " ".join(words)
+
+
+class TwoStagesFailingInTheSecond(corral.Job):
+    """Stage 1 counts words (counting lines); stage 2 (two reducers) fails on the word "boom"."""
+
+    def steps(self):
+        return [
+            corral.Step(map=self.words, reduce=self.total),
+            corral.Step(map=self.identity, reduce=self.check, reducers=2),
+        ]
+
+    def words(self, key, line):
+        self.increment_counter("stage 1", "lines")
+        for word in line.split():
+            yield word, 1
+
+    def total(self, word, counts):
+        yield word, sum(counts)
+
+    def identity(self, word, count):
+        yield word, count
+
+    def check(self, word, counts):
+        if word == "boom":
+            raise ZeroDivisionError("boom in stage 2")
+        yield word, sum(counts)
+
+
+class CountersJob(corral.Job):
+    """Counts lines and words in counters; fails its first attempt (after counting) when
+    ``--arg fail_once=MARKER`` is given, in ``map_final`` so that every record was counted."""
+
+    def map(self, key, line):
+        self.increment_counter("lines", "total")
+        if not line.strip():
+            self.increment_counter("lines", "empty")
+        for word in line.split():
+            self.increment_counter("words", "total", 1)
+            yield word, 1
+
+    def map_final(self):
+        marker = self.args.get("fail_once")
+        if marker and _first_time(marker):
+            raise RuntimeError("failing the first attempt on purpose")
+        return ()
+
+    def reduce(self, word, counts):
+        self.increment_counter("reduce", "keys")
+        yield word, sum(counts)
+
+
+class FailOnce(WordCount):
+    """WordCount whose map fails on its first attempt (``--arg marker=PATH``)."""
+
+    def map(self, key, line):
+        if _first_time(self.args["marker"]):
+            raise ValueError("transient failure")
+        yield from super().map(key, line)
+
+
+class FailReduceOnce(WordCount):
+    def reduce(self, word, counts):
+        if _first_time(self.args["marker"]):
+            raise ValueError("transient reduce failure")
+        yield word, sum(counts)
+
+
+class AlwaysFails(WordCount):
+    def map(self, key, line):
+        raise ValueError(f"cannot parse {line!r}")  # the user's line
+
+
+class DieOnce(WordCount):
+    """The worker process dies (SIGKILL, or os._exit with ``--arg how=exit``) on the first attempt."""
+
+    def map(self, key, line):
+        if _first_time(self.args["marker"]):
+            if self.args.get("how") == "exit":
+                os._exit(3)
+            os.kill(os.getpid(), 9)
+        yield from super().map(key, line)
+
+
+class Slow(WordCount):
+    """WordCount whose map sleeps a moment per line (to keep tasks running concurrently)."""
+
+    def map(self, key, line):
+        time.sleep(float(self.args.get("sleep", "0.01")))
+        yield from super().map(key, line)
+
+
+class Timed(corral.Job):
+    """Map-only: each map task sleeps per line and yields when it started and ended."""
+
+    def map_init(self):
+        self.started = time.time()
+
+    def map(self, key, line):
+        time.sleep(0.02)
+        return ()
+
+    def map_final(self):
+        yield "span", [self.started, time.time()]
+
+
+class SumReduce(corral.Job):
+    """Only its reduce is used (the reduce memory test feeds it hand-made map outputs)."""
+
+    def reduce(self, key, values):
+        yield key, sum(values)
+
+
+class CountValues(corral.Job):
+    """Reduce counts the values of each key, checking they arrive sorted when ``sort_values`` is set."""
+
+    def reduce(self, key, values):
+        n, last = 0, None
+        for value in values:
+            if self.sort_values and last is not None and value < last:
+                raise ValueError(f"{value} after {last}")
+            n, last = n + 1, value
+        yield key, n
+
+
+class SecondarySortCount(CountValues):
+    sort_values = True

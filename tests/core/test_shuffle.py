@@ -1,0 +1,430 @@
+"""The shuffle: stable partitions, one indexed object per map attempt, spills, streaming merges."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections import Counter, defaultdict
+from itertools import islice, pairwise
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import corral
+from corral.shuffle import (
+    GroupWriter,
+    MapBuffer,
+    default_partition,
+    iter_groups,
+    merge_groups,
+    range_blocks,
+    read_index,
+    write_index,
+)
+from corral.worker import job_ref
+
+from . import jobs
+from .util import clean_env, counts, lines, manifest, part_lines, run, run_command, word_counter
+
+KEYS = ["", "a", "b", "hello", "wörld", "🐍", "key-123", "x" * 1000, "\t\n", "Z", "zz"]
+
+
+# --- stable partitioning -----------------------------------------------------------------------------
+
+
+def _partitions_in_subprocess(seed: str) -> dict:
+    code = textwrap.dedent(f"""
+        import json
+        from corral.shuffle import default_partition
+        keys = {KEYS!r}
+        print(json.dumps({{
+            "partitions": [[default_partition(k, n) for n in (1, 2, 7, 64, 1000)] for k in keys],
+            "hash": hash("hello"),
+        }}))
+    """)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=clean_env(PYTHONHASHSEED=seed), capture_output=True, text=True, check=True
+    )
+    return json.loads(done.stdout)
+
+
+def test_default_partition_is_the_same_across_processes_with_different_hash_seeds():
+    here = [[default_partition(k, n) for n in (1, 2, 7, 64, 1000)] for k in KEYS]
+    one, two = _partitions_in_subprocess("1"), _partitions_in_subprocess("2")
+    assert one["hash"] != two["hash"]  # Python's own hash() differs between these processes...
+    assert one["partitions"] == two["partitions"] == here  # ...corral's partitions do not
+
+
+def test_default_partition_values_are_fixed():
+    # CRC-32 of the UTF-8 bytes: these numbers may never change (they decide which reducer gets a key)
+    assert [default_partition(k, 1000) for k in ("", "a", "hello", "wörld", "🐍")] == [0, 907, 870, 891, 889]
+    assert all(0 <= default_partition(k, n) < n for k in KEYS for n in (1, 3, 17))
+
+
+def test_part_files_are_identical_whatever_the_hash_seed(tmp_path):
+    (tmp_path / "in.txt").write_text("".join(f"w{i % 97} v{i % 13} é{i % 5}\n" for i in range(3000)))
+    outputs = []
+    for seed in ("11", "22"):
+        out = tmp_path / f"out-{seed}"
+        done = run_command(
+            "corral", "run", jobs.__file__ + ":WordCount", tmp_path / "in.txt", "--out", out,
+            "--reducers", "4", "--backend", "processes", "-q",
+            env=clean_env(PYTHONHASHSEED=seed),
+        )
+        assert done.returncode == 0, done.stderr
+        outputs.append(part_lines(out))
+    assert outputs[0] == outputs[1]
+    assert all(outputs[0])  # 4 non-empty parts
+
+
+# --- one indexed object per map attempt --------------------------------------------------------------
+
+
+def test_one_intermediate_object_per_map_task_with_a_matching_index(tmp_path):
+    text = "".join(f"w{i % 50} v{i % 7} {i}\n" for i in range(1500))
+    (tmp_path / "in.txt").write_text(text)
+    reducers = 4
+    run(
+        jobs.WordCount, tmp_path / "in.txt", tmp_path / "out",
+        split_size="4KB", map_bin_size="8KB", reducers=reducers, keep_intermediate=True,
+    )
+    stage = manifest(tmp_path / "out")["stages"][0]
+    maps = stage["map_tasks"]
+    assert maps == -(-len(text) // 8192) >= 3
+    objects = sorted(p for p in (tmp_path / "out" / "_corral" / "work").rglob("*") if p.is_file())
+    assert len(objects) == maps  # M objects, not M x R
+    assert stage["intermediate_objects"] == maps
+    committed = {os.path.basename(t["attempts"][0]["output"]) for t in stage["tasks"].values() if t["phase"] == "map"}
+    assert {p.name for p in objects} == committed
+
+    totals: Counter = Counter()
+    for path in objects:
+        data = path.read_bytes()
+        index = read_index(data)
+        assert len(index) == reducers
+        position = 0
+        for partition, (offset, length) in enumerate(index):
+            assert offset == position  # segments are contiguous, in partition order
+            position += length
+            segment = list(iter_groups([data[offset : offset + length]]))
+            keys = [key for key, _ in segment]
+            assert keys == sorted(keys) and len(set(keys)) == len(keys)  # sorted and combined
+            assert all(default_partition(key, reducers) == partition for key in keys)
+            for key, values in segment:
+                totals[key] += sum(values)
+        # after the segments: the index, then the footer
+        assert msgpack.unpackb(data[position:-16]) == index
+    assert totals == word_counter(text) == Counter(counts(tmp_path / "out"))
+
+
+def test_intermediate_data_is_deleted_after_success_and_after_failure(tmp_path):
+    (tmp_path / "in.txt").write_text("a b\n")
+    run(jobs.WordCount, tmp_path / "in.txt", tmp_path / "ok")
+    assert not (tmp_path / "ok" / "_corral" / "work").exists()
+    assert sorted(p.name for p in (tmp_path / "ok" / "_corral").iterdir()) == ["manifest.json"]
+    with pytest.raises(corral.JobFailed):
+        run(jobs.AlwaysFails, tmp_path / "in.txt", tmp_path / "failed", retries=0)
+    assert not (tmp_path / "failed" / "_corral" / "work").exists()
+
+
+def test_work_dir_setting_puts_intermediate_data_elsewhere(tmp_path):
+    (tmp_path / "in.txt").write_text("a b a\n")
+    run(jobs.WordCount, tmp_path / "in.txt", tmp_path / "out", work_dir=str(tmp_path / "work"), keep_intermediate=True)
+    kept = [p for p in (tmp_path / "work").rglob("*") if p.is_file()]
+    assert len(kept) == 1 and kept[0].suffix == ".bin"
+    assert not (tmp_path / "out" / "_corral" / "work").exists()
+    assert counts(tmp_path / "out") == {"a": 2, "b": 1}
+
+
+# --- map side: buffering within a budget, spilling -----------------------------------------------------
+
+
+def _decoded(data: bytes) -> list[list[tuple[str, list]]]:
+    """An object's content per partition: (key, all its values) with entries of one key joined."""
+    result = []
+    for offset, length in read_index(data):
+        joined: dict[str, list] = defaultdict(list)
+        for key, values in iter_groups([data[offset : offset + length]]):
+            joined[key].extend(values)
+        result.append(list(joined.items()))
+    return result
+
+
+def _fill(buffer: MapBuffer, batches: list[list[tuple[str, object]]]) -> None:
+    for batch in batches:  # as the map loop does: append to the groups, check between input chunks
+        for key, value in batch:
+            buffer.groups[key].append(value)
+        buffer.check()
+
+
+@pytest.mark.parametrize("combine", [None, lambda key, values: [(key, sum(values))]])
+def test_map_buffer_spills_over_its_budget_and_writes_the_same_content(combine):
+    batches = [[(f"k{(i * 7 + j) % 300:03d}", j) for j in range(200)] for i in range(20)]
+    spilled = MapBuffer(3, 1024, combine=combine)
+    _fill(spilled, batches)
+    assert len(spilled.spills) >= 5
+    out = io.BytesIO()
+    spilled.write(out)
+    in_memory = MapBuffer(3, 1 << 30, combine=combine)
+    _fill(in_memory, batches)
+    assert not in_memory.spills
+    expected = io.BytesIO()
+    in_memory.write(expected)
+    if combine is None:
+        assert _decoded(out.getvalue()) == _decoded(expected.getvalue())
+    else:  # combined at different times, so compare the sums
+        def sums(data):
+            return [{k: sum(v) for k, v in part} for part in _decoded(data)]
+
+        assert sums(out.getvalue()) == sums(expected.getvalue())
+
+
+def test_map_buffer_keeps_many_values_of_one_key_in_bounded_entries():
+    buffer = MapBuffer(1, 1 << 30)
+    buffer.groups["hot"].extend(range(5000))
+    out = io.BytesIO()
+    buffer.write(out)
+    (offset, length), = read_index(out.getvalue())
+    entries = list(iter_groups([out.getvalue()[offset : offset + length]]))
+    assert [len(values) for _, values in entries] == [1024, 1024, 1024, 1024, 904]
+    assert [v for _, values in entries for v in values] == list(range(5000))
+
+
+@pytest.mark.parametrize("job", [jobs.WordCount, jobs.WordCountNoCombine, jobs.InMapperWordCount])
+def test_tiny_memory_budget_spills_and_the_output_is_exact(tmp_path, job):
+    text = "".join(" ".join(f"w{(i * 31 + j) % 997}" for j in range(8)) + "\n" for i in range(4000))
+    (tmp_path / "in.txt").write_text(text)
+    run(job, tmp_path / "in.txt", tmp_path / "out", memory_budget="1KB", split_size="4KB", reducers=3)
+    pairs = [line.split("\t") for line in lines(tmp_path / "out")]
+    totals = [int(v) for k, v in pairs if k == "~total"]  # InMapperWordCount's reduce_final, per reducer
+    assert dict((k, int(v)) for k, v in pairs if k != "~total") == word_counter(text)
+    assert len(pairs) == len(word_counter(text)) + len(totals)
+    if job is jobs.InMapperWordCount:
+        assert len(totals) == 3 and sum(totals) == len(text.split())
+
+
+def test_secondary_sort_survives_spills_and_many_map_tasks(tmp_path):
+    import random
+
+    rng = random.Random(5)
+    pairs = [(f"g{rng.randrange(6)}", rng.randrange(10**6)) for _ in range(6000)]
+    (tmp_path / "in.txt").write_text("".join(f"{k} {v}\n" for k, v in pairs))
+    run(
+        jobs.SecondarySort, tmp_path / "in.txt", tmp_path / "out",
+        memory_budget="1KB", split_size="2KB", map_bin_size="16KB", reducers=2,
+    )
+    assert manifest(tmp_path / "out")["stages"][0]["map_tasks"] >= 3
+    expected = defaultdict(list)
+    for k, v in pairs:
+        expected[k].append(v)
+    got = {key: json.loads(value) for key, value in (line.split("\t") for line in lines(tmp_path / "out"))}
+    assert got == {k: sorted(v) for k, v in expected.items()}
+
+
+# --- reduce side: a streaming merge ---------------------------------------------------------------------
+
+
+def _sorted_object(groups: list[tuple[str, list]]) -> tuple[bytes, list[list[int]]]:
+    out = io.BytesIO()
+    writer = GroupWriter(out)
+    for key, values in groups:
+        writer.add(key, values)
+    writer.flush()
+    index = [[0, writer.offset]]
+    write_index(out, index, writer.offset)
+    return out.getvalue(), index
+
+
+def test_the_reduce_merge_reads_its_sources_as_streams():
+    sources_data = [_sorted_object([(f"k{i:07d}", [i]) for i in range(j, 150_000, 3)])[0] for j in range(3)]
+    block = 64 << 10
+    read_bytes = [0, 0, 0]
+
+    def reader(n):
+        def read(start, end):
+            read_bytes[n] += end - start
+            return sources_data[n][start:end]
+
+        return read
+
+    sources = [
+        iter_groups(range_blocks(reader(n), 0, read_index(data)[0][1], block)) for n, data in enumerate(sources_data)
+    ]
+    merged = merge_groups(sources)
+    first = [(key, list(values)) for key, values in islice(merged, 10)]
+    assert first == [(f"k{i:07d}", [i]) for i in range(10)]
+    assert all(0 < n <= 2 * block for n in read_bytes)  # a block or two of each source, not all of it
+    assert sum(len(d) for d in sources_data) > 5 * sum(read_bytes)
+    rest = list(merged)
+    assert len(rest) == 150_000 - 10 and rest[-1][0] == "k0149999"
+    assert all(a[0] < b[0] for a, b in pairwise(rest))
+
+
+@st.composite
+def sorted_sources(draw):
+    """Sources as a map task writes them: sorted keys, a key's values sorted and cut into entries."""
+    sources = []
+    for _ in range(draw(st.integers(1, 5))):
+        keys = sorted(draw(st.sets(st.sampled_from("abcdefgh"), max_size=6)))
+        entries = []
+        for key in keys:
+            values = sorted(draw(st.lists(st.integers(-50, 50), min_size=1, max_size=9)))
+            cut = draw(st.integers(1, 4))
+            entries += [(key, values[i : i + cut]) for i in range(0, len(values), cut)]
+        sources.append(entries)
+    return sources
+
+
+@settings(max_examples=200, deadline=None)
+@given(sources=sorted_sources(), sort_values=st.booleans(), take=st.integers(0, 12), data=st.data())
+def test_merge_groups_against_a_reference(sources, sort_values, take, data):
+    reference: dict[str, list] = defaultdict(list)
+    for entries in sources:
+        for key, values in entries:
+            reference[key].extend(values)
+    partial = data.draw(st.sets(st.sampled_from("abcdefgh")), label="keys read partially")
+    got = []
+    for key, values in merge_groups([iter(e) for e in sources], sort_values=sort_values):
+        # reduce may leave values unread: the next key must still come out right
+        got.append((key, list(islice(values, take)) if key in partial else list(values)))
+    expected = [
+        (k, (sorted(v) if sort_values else v)[: take if k in partial else None]) for k, v in sorted(reference.items())
+    ]
+    assert got == expected
+
+
+def test_sorted_merge_of_one_hot_key_reads_its_sources_as_streams():
+    HOT = 3_000_000
+    block = 64 << 10
+    data = []
+    for j in range(3):
+        out = io.BytesIO()
+        writer = GroupWriter(out)
+        writer.add_iter("cold", [j])
+        writer.add_iter("hot", range(HOT - 1 - j, -1, -3))  # sorted by the value key: largest first
+        writer.add_iter("hotter", [j])
+        writer.flush()
+        data.append(out.getvalue())
+    read_bytes = [0, 0, 0]
+
+    def reader(n):
+        def read(start, end):
+            read_bytes[n] += end - start
+            return data[n][start:end]
+
+        return read
+
+    sources = [iter_groups(range_blocks(reader(n), 0, len(data[n]), block)) for n in range(3)]
+    merged = merge_groups(sources, value_key=lambda v: -v, sort_values=True)
+    assert [(k, list(v)) for k, v in islice(merged, 1)] == [("cold", [2, 1, 0])]
+    key, values = next(merged)
+    assert key == "hot" and list(islice(values, 5)) == [HOT - 1, HOT - 2, HOT - 3, HOT - 4, HOT - 5]
+    # a msgpack batch (about 1 MiB at most) of each source, not every value of "hot"
+    assert all(n <= (2 << 20) for n in read_bytes), read_bytes
+    assert sum(map(len, data)) > 3 * sum(read_bytes)
+    assert [(k, list(v)) for k, v in merged] == [("hotter", [2, 1, 0])]  # the rest of "hot" skipped
+
+
+def test_a_reduce_over_many_keys_with_a_tiny_budget(tmp_path):
+    text = "".join(f"key{i:06d} shared\n" for i in range(60_000))
+    (tmp_path / "in.txt").write_text(text)
+    run(jobs.WordCount, tmp_path / "in.txt", tmp_path / "out", memory_budget="1KB", split_size="256KB", reducers=2)
+    got = counts(tmp_path / "out")
+    assert len(got) == 60_001 and got["shared"] == 60_000 and got["key059999"] == 1
+
+
+# --- peak memory of a reduce task does not grow with its input (slow) ------------------------------------
+
+REDUCE_IN_FRESH_PROCESS = """
+import json, resource, sys
+from corral.worker import run_task
+result = run_task(json.load(open(sys.argv[1])))
+print(json.dumps({"ok": result["ok"], "error": result.get("error"), "keys_in": result.get("keys_in"),
+                  "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+def _reduce_peak_rss(tmp_path, name: str, keys: int, sources: int = 8) -> tuple[int, int]:
+    folder = tmp_path / name
+    folder.mkdir()
+    values = list(range(1000, 1020))
+    specs = []
+    for j in range(sources):  # source j holds every key i with i % sources == j, sorted
+        path = folder / f"map-{j}.bin"
+        with open(path, "wb") as f:
+            writer = GroupWriter(f)
+            for i in range(j, keys, sources):
+                writer.add(f"key-{i:010d}", values)
+            writer.flush()
+            write_index(f, [[0, writer.offset]], writer.offset)
+        specs.append([str(path), 0, writer.offset])
+    payload = {
+        "kind": "reduce", "job": job_ref(jobs.SumReduce), "args": {}, "stage": 0, "task": "reduce-0000",
+        "attempt": 1, "partition": 0, "sources": specs, "output": str(folder / "out.txt"),
+        "output_kind": "text", "memory_budget": 256 << 20,
+    }
+    (folder / "payload.json").write_text(json.dumps(payload))
+    done = subprocess.run(
+        [sys.executable, "-c", REDUCE_IN_FRESH_PROCESS, str(folder / "payload.json")],
+        capture_output=True, text=True, check=True, env=clean_env(),
+    )
+    result = json.loads(done.stdout)
+    assert result["ok"], result["error"]
+    assert result["keys_in"] == keys
+    with open(folder / "out.txt") as f:
+        assert sum(1 for _ in f) == keys
+    input_bytes = sum(s[2] for s in specs)
+    for s in specs:
+        os.remove(s[0])
+    return result["maxrss_kb"], input_bytes
+
+
+@pytest.mark.slow
+def test_reduce_peak_memory_stays_flat_when_its_input_grows_tenfold(tmp_path):
+    small_rss, small_bytes = _reduce_peak_rss(tmp_path, "small", 200_000)
+    big_rss, big_bytes = _reduce_peak_rss(tmp_path, "big", 2_000_000)
+    assert big_bytes >= 9.5 * small_bytes and big_bytes > 100 << 20
+    assert big_rss <= 1.5 * small_rss, f"peak RSS {small_rss} KiB -> {big_rss} KiB for 10x the input"
+
+
+def _hot_key_reduce_peak_rss(tmp_path, name: str, values: int, sources: int = 8) -> int:
+    folder = tmp_path / name
+    folder.mkdir()
+    specs = []
+    for j in range(sources):
+        path = folder / f"map-{j}.bin"
+        with open(path, "wb") as f:
+            writer = GroupWriter(f)
+            writer.add_iter("hot", range(j, values, sources))
+            writer.flush()
+            write_index(f, [[0, writer.offset]], writer.offset)
+        specs.append([str(path), 0, writer.offset])
+    payload = {
+        "kind": "reduce", "job": job_ref(jobs.SecondarySortCount), "args": {}, "stage": 0, "task": "reduce-0000",
+        "attempt": 1, "partition": 0, "sources": specs, "output": str(folder / "out.txt"),
+        "output_kind": "text", "memory_budget": 256 << 20,
+    }
+    (folder / "payload.json").write_text(json.dumps(payload))
+    done = subprocess.run(
+        [sys.executable, "-c", REDUCE_IN_FRESH_PROCESS, str(folder / "payload.json")],
+        capture_output=True, text=True, check=True, env=clean_env(),
+    )
+    result = json.loads(done.stdout)
+    assert result["ok"], result["error"]
+    assert (folder / "out.txt").read_text() == f"hot\t{values}\n"  # every value, in sorted order
+    for s in specs:
+        os.remove(s[0])
+    return result["maxrss_kb"]
+
+
+@pytest.mark.slow
+def test_secondary_sort_reduce_of_a_hot_key_stays_flat_when_it_grows_tenfold(tmp_path):
+    small = _hot_key_reduce_peak_rss(tmp_path, "small", 2_000_000)
+    big = _hot_key_reduce_peak_rss(tmp_path, "big", 20_000_000)
+    assert big <= 1.5 * small, f"peak RSS {small} KiB -> {big} KiB for 10x the values of one key"

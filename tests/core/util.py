@@ -1,0 +1,94 @@
+"""Helpers of the core tests: reading output folders, running the CLI in-process and as a command."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import corral
+from corral.cli import main as cli_main
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
+
+
+def parts(out: str | os.PathLike) -> list[Path]:
+    """The part files of an output folder, in order."""
+    return sorted(Path(out).glob("part-*"))
+
+
+def part_lines(out: str | os.PathLike) -> list[list[str]]:
+    """The lines of each part file (without their newline)."""
+    result = []
+    for path in parts(out):
+        text = path.read_bytes().decode("utf-8")  # not read_text: no newline translation
+        assert text == "" or text.endswith("\n"), f"{path} does not end with a newline"
+        result.append(text.split("\n")[:-1])
+    return result
+
+
+def lines(out: str | os.PathLike) -> list[str]:
+    return [line for part in part_lines(out) for line in part]
+
+
+def counts(out: str | os.PathLike) -> dict[str, int]:
+    """``word<TAB>count`` output as a dict (asserting each key appears once)."""
+    result: dict[str, int] = {}
+    for line in lines(out):
+        key, _, value = line.rpartition("\t")
+        assert key not in result, f"key {key!r} appears twice"
+        result[key] = int(value)
+    return result
+
+
+def manifest(out: str | os.PathLike) -> dict[str, Any]:
+    return json.loads((Path(out) / "_corral" / "manifest.json").read_text())
+
+
+def run(job: type[corral.Job], inputs: Any, out: Any, **settings: Any) -> dict[str, Any]:
+    """corral.run on the threads backend unless told otherwise."""
+    settings.setdefault("backend", "threads")
+    inputs = [str(i) for i in inputs] if isinstance(inputs, list) else str(inputs)
+    return corral.run(job, inputs, str(out), **settings)
+
+
+def word_counter(text: str) -> Counter:
+    return Counter(text.split())
+
+
+def cli(capsys, *argv: Any) -> tuple[int, str, str]:
+    """``corral ARGV`` in-process: (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    try:
+        code = cli_main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def corral_command() -> str:
+    path = shutil.which("corral")
+    assert path, "the corral console script is not installed (pip install -e .)"
+    return path
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
+    env.update(extra)
+    return env
+
+
+def run_command(*argv: Any, cwd: Any = None, env: dict[str, str] | None = None, timeout: float = 120):
+    """The ``corral`` console script (or any command) as a subprocess."""
+    args = [str(a) for a in argv]
+    if args[0] == "corral":
+        args[0] = corral_command()
+    return subprocess.run(
+        args, cwd=cwd, env=env or clean_env(), capture_output=True, text=True, timeout=timeout
+    )
