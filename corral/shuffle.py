@@ -69,7 +69,7 @@ class GroupWriter:
         self.out = out
         self.offset = offset
         self._batch: list[Any] = []
-        self._target = 256  # groups per batch, adapted so batches stay near 64 KiB to 1 MiB
+        self._target = 256  # groups per batch, adapted so batches stay near 32 to 256 KiB
         self._pack = _packer()
 
     def add(self, key: str, values: list[Any]) -> None:
@@ -95,9 +95,10 @@ class GroupWriter:
         self.out.write(data)
         self.offset += len(data)
         self._batch = []
-        if len(data) > (1 << 20) and self._target > 1:
+        # small batches keep a reducer's memory low: it holds one decoded batch per map output
+        if len(data) > (256 << 10) and self._target > 1:
             self._target //= 2
-        elif len(data) < (64 << 10) and self._target < 65536:
+        elif len(data) < (32 << 10) and self._target < 65536:
             self._target *= 2
 
 

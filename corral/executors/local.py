@@ -11,7 +11,16 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from corral.executor import INFRASTRUCTURE, Executor, ExecutorSpec, Failure, Outcome, outcome_from_result
+from corral.errors import UsageError
+from corral.executor import (
+    INFRASTRUCTURE,
+    Executor,
+    ExecutorSpec,
+    Failure,
+    JobSource,
+    Outcome,
+    outcome_from_result,
+)
 from corral.plugins import hookimpl
 from corral.worker import run_task
 
@@ -83,6 +92,12 @@ class ProcessExecutor(Executor):
                 pool.submit(int)
         except Exception:  # a broken or closed pool shows itself to the next real task
             pass
+
+    def deploy(self, job: JobSource) -> None:
+        for url in job.locations:
+            if url.startswith("memory://"):
+                raise UsageError(f"{url} lives in the driver's memory, which worker processes cannot see: "
+                                 "use --backend threads")
 
     def submit(self, payload: dict[str, Any]) -> Future[Outcome]:
         started = time.perf_counter()

@@ -3,7 +3,7 @@ the plugins loaded and the local filesystem ready, instead of each worker paying
 
 import fsspec.implementations.local  # noqa: F401
 
-import corral.tasks  # noqa: F401
+import corral.tasks
 import corral.worker  # noqa: F401
 from corral.plugins import get_plugin_manager
 

@@ -265,3 +265,27 @@ def test_throttling_does_not_count_toward_the_retries(text_file, tmp_path):
     for task in result["stages"][0]["tasks"].values():
         assert [a["status"] for a in task["attempts"]] == ["failed"] * 5 + ["committed"]
         assert task["attempts"][0]["failure"]["kind"] == corral.THROTTLED
+
+
+# --- failures that retrying cannot fix ---------------------------------------------------------------
+
+
+def test_bad_input_fails_at_once_without_retries(tmp_path):
+    (tmp_path / "bad.txt").write_bytes(b"fine\n\xff\n")
+    with pytest.raises(corral.JobFailed, match=r"^task map-0000 attempt 1: .*bad.txt: invalid UTF-8 at byte offset 5"):
+        run(jobs.WordCount, tmp_path / "bad.txt", tmp_path / "out", retries=3)
+    attempts = manifest(tmp_path / "out")["stages"][0]["tasks"]["map-0000"]["attempts"]
+    assert [(a["status"], a["failure"]["kind"]) for a in attempts] == [("failed", corral.INPUT_ERROR)]
+
+
+def test_memory_urls_with_worker_processes_are_refused_up_front(tmp_path, capsys):
+    import fsspec
+
+    fsspec.filesystem("memory").pipe("/refused/in.txt", b"a b\n")
+    code, _, err = cli(capsys, "run", f"{jobs.__file__}:WordCount", "memory://refused/in.txt",
+                       "--out", "memory://refused/out", "--backend", "processes")
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "corral: error: memory://refused/in.txt lives in the driver's memory, which worker processes cannot "
+        "see: use --backend threads"
+    ]
