@@ -44,6 +44,14 @@ def default_partition(key: str, num_partitions: int) -> int:
     return zlib.crc32(key.encode("utf-8", _TEXT_ERRORS)) % num_partitions
 
 
+def _own_size(value: Any) -> int:
+    """Memory a buffered value adds beyond its slot: none for the shared singletons (None, booleans,
+    small ints), else its size."""
+    if value is None or value is True or value is False or (type(value) is int and -5 <= value <= 256):
+        return 0
+    return sys.getsizeof(value)
+
+
 def _key_error(key: Any) -> TypeError:
     return TypeError(f"keys must be str, but a key {key!r} of type {type(key).__name__} was yielded")
 
@@ -82,6 +90,20 @@ class GroupWriter:
                 self._batch += (key, values[start : start + MAX_VALUES_PER_ENTRY])
         if len(self._batch) >= 2 * self._target:
             self.flush()
+
+    def add_groups(self, keys: Iterable[str], groups: dict[str, list[Any]]) -> None:
+        """``add(key, groups[key])`` for every key, without a call per key."""
+        batch, limit = self._batch, 2 * self._target
+        for key in keys:
+            values = groups[key]
+            if len(values) > MAX_VALUES_PER_ENTRY:
+                self.add(key, values)
+                batch, limit = self._batch, 2 * self._target
+                continue
+            batch += (key, values)
+            if len(batch) >= limit:
+                self.flush()
+                batch, limit = self._batch, 2 * self._target
 
     def add_iter(self, key: str, values: Iterable[Any]) -> None:
         iterator = iter(values)
@@ -227,9 +249,12 @@ class MapBuffer:
         self.spill_dir = spill_dir
         self.groups: defaultdict[str, list[Any]] = defaultdict(list)
         self.spills: list[tuple[IO[bytes], Index]] = []
+        self._next_check = 0  # input records after which the next measurement is due
+        self._filled_since = 0  # input records read when the buffer was last empty
 
     # --- memory -------------------------------------------------------------------------------
     def estimated_bytes(self) -> int:
+        """The buffer's size, from its counts and a sample of its keys and values."""
         groups = self.groups
         if not groups:
             return 0
@@ -237,18 +262,32 @@ class MapBuffer:
         sample = list(islice(groups.items(), 32))
         key_size = sum(sys.getsizeof(k) for k, _ in sample) / len(sample)
         sampled = [v for _, vs in sample for v in vs[:4]]
-        value_size = sum(map(sys.getsizeof, sampled)) / len(sampled) if sampled else 0
+        value_size = sum(map(_own_size, sampled)) / len(sampled) if sampled else 0
         return int(len(groups) * (key_size + 120) + values * (8 + value_size))
 
-    def check(self) -> None:
-        """Called between input chunks: combine in place, then spill, when over the budget."""
-        if self.estimated_bytes() <= self.budget:
+    def check(self, records_in: int) -> None:
+        """Called between input chunks: combine in place, then spill, when over the budget.
+
+        Measuring walks every key, so after each measurement the next one waits until the input read
+        since could, at the rate seen so far, have filled half of the room left.
+        """
+        if records_in < self._next_check:
             return
-        if self.combine is not None:
+        size = self.estimated_bytes()
+        if size > self.budget and self.combine is not None:
             self._combine_in_place()
-            if self.estimated_bytes() <= self.budget // 2:
-                return
-        self._spill()
+            size = self.estimated_bytes()
+            if size > self.budget // 2:
+                self._spill()
+                size = 0
+        elif size > self.budget:
+            self._spill()
+            size = 0
+        if size == 0:
+            self._filled_since = records_in
+        read = records_in - self._filled_since
+        rate = size / read if read > 0 else 0
+        self._next_check = records_in + (int((self.budget - size) / 2 / rate) if rate else 0)
 
     def _combine_in_place(self) -> None:
         groups = self.groups
@@ -266,36 +305,52 @@ class MapBuffer:
 
     # --- sorting and writing ------------------------------------------------------------------
     def _sorted_partitions(self) -> list[list[str]]:
-        by_partition: list[list[str]] = [[] for _ in range(self.num_partitions)]
-        partition, n = self.partition, self.num_partitions
-        for key in self.groups:
+        """The buffered keys of each partition, sorted. The default partitioner runs in C over all
+        keys at once (CRC-32 of their UTF-8 bytes, modulo the partition count)."""
+        keys = list(self.groups)
+        if set(map(type, keys)) - {str}:
+            raise _key_error(next(k for k in keys if type(k) is not str))
+        keys.sort()
+        n = self.num_partitions
+        if n == 1 and self.partition is default_partition:
+            return [keys]
+        if self.partition is default_partition:
             try:
-                p = partition(key, n)
-            except (AttributeError, TypeError):
-                raise _key_error(key) from None
-            if not isinstance(key, str):
-                raise _key_error(key)
-            if not 0 <= p < n:
-                raise ValueError(f"partition({key!r}, {n}) returned {p!r}, not a number in [0, {n})")
+                parts: Iterable[int] = map(n.__rmod__, map(zlib.crc32, map(str.encode, keys)))
+                parts = list(parts)
+            except UnicodeEncodeError:  # undecodable input kept as surrogates: hash its original bytes
+                parts = [default_partition(key, n) for key in keys]
+        else:
+            parts = [self.partition(key, n) for key in keys]
+            bad = next((p for p in parts if type(p) is not int or not 0 <= p < n), None)
+            if bad is not None:
+                key = keys[parts.index(bad)]
+                raise ValueError(f"partition({key!r}, {n}) returned {bad!r}, not a number in [0, {n})")
+        by_partition: list[list[str]] = [[] for _ in range(n)]
+        for p, key in zip(parts, keys, strict=True):
             by_partition[p].append(key)
-        for keys in by_partition:
-            keys.sort()
         return by_partition
 
     def _write_memory(self, out: IO[bytes], offset: int = 0) -> tuple[Index, int]:
-        """Write the buffered groups partition by partition; return the index and the end offset."""
+        """Write the buffered groups partition by partition; return the index and the end offset.
+
+        The combine runs on every key (so a map task's output is always combined at least once).
+        """
         writer = GroupWriter(out, offset)
-        groups, combine = self.groups, self.combine
+        groups, combine, sort_values = self.groups, self.combine, self.sort_values
         index: Index = []
         for keys in self._sorted_partitions():
             start = writer.offset
-            for key in keys:
-                values = groups[key]
-                if combine is not None:
-                    values = self._combined(key, values)
-                if self.sort_values:
-                    values.sort(key=self.value_key)
-                writer.add(key, values)
+            if combine is None and not sort_values:
+                writer.add_groups(keys, groups)
+            else:
+                for key in keys:
+                    values = groups[key]
+                    if combine is not None:
+                        values = self._combined(key, values)
+                    if sort_values and len(values) > 1:
+                        values.sort(key=self.value_key)
+                    writer.add(key, values)
             writer.flush()
             index.append([start, writer.offset - start])
         self.groups = defaultdict(list)

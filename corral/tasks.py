@@ -75,7 +75,7 @@ def execute_map(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]:
                     groups = buffer.groups
                     for key, value in chain.from_iterable(pairs):
                         groups[key].append(value)
-                    buffer.check()
+                    buffer.check(records_in)
             if step.map_final:
                 groups = buffer.groups
                 for key, value in step.map_final() or ():

@@ -157,10 +157,12 @@ def _decoded(data: bytes) -> list[list[tuple[str, list]]]:
 
 
 def _fill(buffer: MapBuffer, batches: list[list[tuple[str, object]]]) -> None:
+    records = 0
     for batch in batches:  # as the map loop does: append to the groups, check between input chunks
         for key, value in batch:
             buffer.groups[key].append(value)
-        buffer.check()
+        records += len(batch)
+        buffer.check(records)
 
 
 @pytest.mark.parametrize("combine", [None, lambda key, values: [(key, sum(values))]])
