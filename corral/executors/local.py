@@ -74,13 +74,21 @@ class ProcessExecutor(Executor):
         self._pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        # forkserver: workers start from a clean, preloaded server process, never from a forked copy
-        # of the driver's threads (progress bars, the pool's own threads)
-        if sys.platform.startswith("linux"):
+        """A pool of warm workers, started now. While the driver is single-threaded (the CLI, before
+        anything else starts), workers are forked from it directly, which takes milliseconds; else
+        they come from a fork server, so that no worker is a forked copy of a process with threads
+        (whose locks could be held forever in the copy)."""
+        if not sys.platform.startswith("linux"):
+            context = multiprocessing.get_context("spawn")
+        elif threading.active_count() == 1:
+            import corral.executors.warm  # noqa: F401 - the workers inherit what the driver imported
+
+            pool = ProcessPoolExecutor(self.max_concurrency, mp_context=multiprocessing.get_context("fork"))
+            pool.submit(int)  # with "fork", the first submit forks every worker, before the pool's thread
+            return pool
+        else:
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["corral.executors.warm"])
-        else:
-            context = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(self.max_concurrency, mp_context=context)
         # start the fork server and the workers in the background, while the driver plans the inputs
         threading.Thread(target=self._warm_up, args=(pool,), daemon=True).start()
