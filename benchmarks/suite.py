@@ -1,0 +1,694 @@
+"""The benchmark suite: data sets, contenders, alternating timed runs, result checks and the report."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks import datagen
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository
+BENCH = ROOT / "benchmarks"
+JOBS = BENCH / "jobs"
+EXAMPLES = ROOT / "examples"
+DEFAULT_DATA = BENCH / "data"
+MiB = 1 << 20
+
+#: Data set sizes (bytes) and settings of each suite size.
+SIZES: dict[str, dict[str, Any]] = {
+    "small": {
+        "text": 4 * MiB,
+        "vocabulary": 100_000,
+        "pages": 50_000,
+        "uservisits": 12 * MiB,
+        "sort": 4 * MiB,
+        "sort_reducers": 2,
+        "tiny": 2048,
+        "objects_maps": 8,
+        "objects_reducers": 4,
+        "reducer_memory": (1 * MiB, 10 * MiB),
+        "reducer_memory_split": 1 * MiB,
+        "memory_budget": "64MB",
+    },
+    "full": {
+        "text": 100 * MiB,
+        "vocabulary": 1_000_000,
+        "pages": 1_500_000,
+        "uservisits": 1024 * MiB,
+        "sort": 100 * MiB,
+        "sort_reducers": 4,
+        "tiny": 2048,
+        "objects_maps": 16,
+        "objects_reducers": 4,
+        "reducer_memory": (10 * MiB, 100 * MiB),
+        "reducer_memory_split": 8 * MiB,
+        "memory_budget": "64MB",
+    },
+}
+
+BENCHMARKS = ["wordcount", "q1", "q2", "q3", "sort", "tiny", "objects", "reducer-memory"]
+
+#: Targets (processes backend, 2 cores, same-run ratios).
+TARGETS = {
+    "wordcount": ("corral/pool <= 1.5", 1.5),
+    "wordcount-fast": ("corral/pool <= 1.1", 1.1),
+    "tiny": ("<= 0.3 s", 0.3),
+    "q2-duckdb": ("corral/duckdb <= 5", 5.0),
+    "objects": ("= M", None),
+    "reducer-memory": ("10x input: peak <= 1.5x", 1.5),
+}
+
+
+def corral_command() -> list[str]:
+    """The ``corral`` console script itself (not a pyenv/venv shim in front of it)."""
+    script = Path(sysconfig.get_path("scripts")) / "corral"
+    if script.is_file():
+        return [str(script)]
+    found = shutil.which("corral")
+    return [found] if found else [sys.executable, "-c", "import sys; from corral.cli import main; sys.exit(main())"]
+
+
+def python_module(module: str) -> list[str]:
+    return [sys.executable, "-m", module]
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+class Data:
+    """The suite's input files, generated on first use and reused while their parameters match."""
+
+    def __init__(self, folder: Path, size: str, log: Callable[[str], None]) -> None:
+        self.folder = folder
+        self.cfg = SIZES[size]
+        self.size = size
+        self.log = log
+
+    def _cached(self, name: str, params: dict[str, Any], make: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+        target = self.folder / name
+        stamp = self.folder / f"{name}.json"
+        if stamp.is_file():
+            saved = json.loads(stamp.read_text())
+            if saved.get("params") == params and all(Path(p).exists() for p in saved.get("files", [])):
+                return saved
+        self.log(f"generating {name} ...")
+        started = time.perf_counter()
+        info = make(target)
+        info = {"params": params, **info}
+        self.log(f"  done in {time.perf_counter() - started:.1f} s")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(json.dumps(info, indent=1))
+        return info
+
+    def text(self, size: int | None = None) -> dict[str, Any]:
+        size = size or self.cfg["text"]
+        params = {"size": size, "vocabulary": self.cfg["vocabulary"], "s": 1.1, "seed": 42}
+
+        def make(target: Path) -> dict[str, Any]:
+            path = target.with_suffix(".txt")
+            written = datagen.generate_text(path, size, vocabulary=self.cfg["vocabulary"], s=1.1, seed=42)
+            return {"files": [str(path)], "bytes": written}
+
+        return self._cached(f"text-{_label(size)}-v{self.cfg['vocabulary'] // 1000}k", params, make)
+
+    def tiny(self) -> dict[str, Any]:
+        size = self.cfg["tiny"]
+        params = {"size": size, "vocabulary": 1000, "seed": 7}
+
+        def make(target: Path) -> dict[str, Any]:
+            path = target.with_suffix(".txt")
+            written = datagen.generate_text(path, size, vocabulary=1000, seed=7, workers=1)
+            return {"files": [str(path)], "bytes": written}
+
+        return self._cached(f"tiny-{size}", params, make)
+
+    def amplab(self) -> dict[str, Any]:
+        params = {"pages": self.cfg["pages"], "uservisits": self.cfg["uservisits"], "seed": 42}
+
+        def make(target: Path) -> dict[str, Any]:
+            info = datagen.generate_amplab(target, self.cfg["pages"], self.cfg["uservisits"], seed=42)
+            return {"files": [info["rankings"], info["uservisits"]], **info}
+
+        return self._cached(f"amplab-{self.size}", params, make)
+
+    def gensort(self) -> dict[str, Any]:
+        size = self.cfg["sort"]
+        params = {"size": size, "seed": 42}
+
+        def make(target: Path) -> dict[str, Any]:
+            path = target.with_suffix(".dat")
+            written = datagen.generate_gensort(path, size, seed=42)
+            return {"files": [str(path)], "bytes": written}
+
+        return self._cached(f"gensort-{_label(size)}", params, make)
+
+    def generate_all(self) -> None:
+        self.text()
+        self.tiny()
+        self.amplab()
+        self.gensort()
+        for size in self.cfg["reducer_memory"]:
+            self.text(size)
+
+
+def _label(size: int) -> str:
+    return f"{size // MiB}MB" if size % MiB == 0 else f"{size}B"
+
+
+# --- running and measuring ------------------------------------------------------------------------
+
+
+@dataclass
+class Contender:
+    """One way to compute a benchmark's result: a command writing into ``out``, and how to read it."""
+
+    name: str
+    command: Callable[[Path], list[str]]
+    read: Callable[[Path], Any] | None = None  # the result to compare (None: not compared)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    result: Any = None
+
+
+def measure(command: list[str], log_file: Path) -> dict[str, Any]:
+    """Run ``command`` under a fresh ``benchmarks.measure`` process; return its measurements."""
+    wrapper = [*python_module("benchmarks.measure"), "--log", str(log_file), "--", *command]
+    done = subprocess.run(wrapper, capture_output=True, text=True, cwd=ROOT, check=False)
+    if done.returncode != 0 or not done.stdout.strip():
+        raise RuntimeError(f"measure failed: {done.stderr.strip()}")
+    stats = json.loads(done.stdout.strip().splitlines()[-1])
+    if stats["returncode"] != 0:
+        tail = log_file.read_text(errors="replace")[-3000:] if log_file.exists() else ""
+        raise RuntimeError(f"command failed ({stats['returncode']}): {' '.join(command)}\n{tail}")
+    return stats
+
+
+def run_alternating(contenders: list[Contender], repeat: int, work: Path, log: Callable[[str], None]) -> None:
+    """Run every contender ``repeat`` times, alternating (A B C A B C ...); read each one's result once."""
+    for round_ in range(repeat):
+        for c in contenders:
+            out = work / c.name
+            stats = measure(c.command(out), work / f"{c.name}.log")
+            c.runs.append(stats)
+            log(f"    {c.name:<22} run {round_ + 1}: {stats['seconds']:.2f} s, "
+                f"tree peak {stats['tree_peak_rss_mb']:.0f} MB")
+            if round_ == 0 and c.read is not None:
+                c.result = c.read(out)
+
+
+def summary(c: Contender, input_bytes: int) -> dict[str, Any]:
+    seconds = statistics.median(r["seconds"] for r in c.runs)
+    return {
+        "contender": c.name,
+        "seconds": round(seconds, 3),
+        "all_seconds": [r["seconds"] for r in c.runs],
+        "input_mb": round(input_bytes / MiB, 1),
+        "mb_per_s": round(input_bytes / MiB / seconds, 2) if seconds else None,
+        "tree_peak_rss_mb": max(r["tree_peak_rss_mb"] for r in c.runs),
+        "max_process_rss_mb": max(r["max_process_rss_mb"] for r in c.runs),
+    }
+
+
+# --- reading results ------------------------------------------------------------------------------
+
+
+def read_parts(out: Path) -> list[tuple[str | None, Any]]:
+    """``(key, value)`` rows of the ``part-*`` files of ``out`` in order (JSON values decoded)."""
+    rows: list[tuple[str | None, Any]] = []
+    for part in sorted(out.glob("part-*")):
+        with open(part, encoding="utf-8") as f:
+            for line in f:
+                key, tab, text = line.rstrip("\n").partition("\t")
+                if not tab:
+                    rows.append((None, key))
+                    continue
+                try:
+                    value = json.loads(text)
+                except ValueError:
+                    value = text
+                rows.append((key, value))
+    return rows
+
+
+def read_dict(out: Path) -> dict[str, Any]:
+    rows = read_parts(out)
+    result = dict(rows)
+    if len(result) != len(rows):
+        raise AssertionError(f"{out}: duplicate keys in the output")
+    return result
+
+
+def read_sorted_rows(out: Path) -> list[tuple[Any, Any]]:
+    return sorted(read_parts(out))
+
+
+def read_rows(out: Path) -> list[tuple[Any, Any]]:
+    return read_parts(out)
+
+
+def read_sql(kind: Callable[[list], Any]) -> Callable[[Path], Any]:
+    def read(out: Path) -> Any:
+        return kind([tuple(row) for row in json.loads(Path(f"{out}.json").read_text())])
+
+    return read
+
+
+def read_sort_output(out: Path) -> dict[str, Any]:
+    """Check the concatenated part files are globally sorted by key; return a digest to compare."""
+    import hashlib
+
+    previous = b""
+    records = 0
+    digest = hashlib.sha256()
+    for part in sorted(out.glob("part-*")):
+        data = part.read_bytes()
+        if len(data) % 100:
+            raise AssertionError(f"{part}: {len(data)} bytes is not a whole number of 100-byte records")
+        for i in range(0, len(data), 100):
+            key = data[i : i + 10]
+            if key < previous:
+                raise AssertionError(f"{part}: record {i // 100} is out of order ({key!r} after {previous!r})")
+            previous = key
+        records += len(data) // 100
+        digest.update(data)
+    return {"records": records, "sha256": digest.hexdigest()}
+
+
+def sorted_input_digest(path: str) -> dict[str, Any]:
+    """The digest of the input's records sorted by key (stable), for checking the sorts."""
+    import hashlib
+
+    data = Path(path).read_bytes()
+    records = [data[i : i + 100] for i in range(0, len(data), 100)]
+    records.sort(key=lambda r: r[:10])
+    return {"records": len(records), "sha256": hashlib.sha256(b"".join(records)).hexdigest()}
+
+
+# --- the suite ------------------------------------------------------------------------------------
+
+
+class Suite:
+    def __init__(
+        self,
+        size: str,
+        repeat: int,
+        data_dir: Path,
+        only: list[str] | None = None,
+        keep: bool = False,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.size = size
+        self.cfg = SIZES[size]
+        self.repeat = repeat
+        self.data = Data(data_dir, size, log)
+        self.only = only or BENCHMARKS
+        self.keep = keep
+        self.log = log
+        self.rows: list[dict[str, Any]] = []
+        self.checks: list[dict[str, Any]] = []
+        self.extra: dict[str, Any] = {}
+        runs = data_dir / "runs"
+        runs.mkdir(parents=True, exist_ok=True)
+        self.work_root = Path(tempfile.mkdtemp(prefix=f"{size}-", dir=runs))
+
+    def corral(self, job: str, inputs: list[str], *flags: str) -> Callable[[Path], list[str]]:
+        return lambda out: [*corral_command(), "run", job, *inputs, "--out", str(out), "--overwrite", "-q", *flags]
+
+    def baseline(self, name: str, inputs: list[str], *flags: str) -> Callable[[Path], list[str]]:
+        return lambda out: [*python_module("benchmarks.baselines"), name, *inputs, "--out", str(out), *flags]
+
+    def sql(self, query: str, *flags: str) -> Callable[[Path], list[str]]:
+        return lambda out: [*python_module("benchmarks.sql"), query, "--out", f"{out}.json", *flags]
+
+    def work(self, name: str) -> Path:
+        path = self.work_root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def check(self, bench: str, what: str, ok: bool, detail: str = "") -> None:
+        self.checks.append({"benchmark": bench, "check": what, "ok": bool(ok), "detail": detail})
+        self.log(f"    check {what}: {'ok' if ok else 'MISMATCH'} {detail}")
+
+    def compare(self, bench: str, reference: Contender, others: list[Contender]) -> None:
+        for other in others:
+            same = other.result == reference.result
+            detail = "" if same else _difference(reference.result, other.result)
+            self.check(bench, f"{other.name} == {reference.name}", same, detail)
+
+    def add_rows(
+        self,
+        bench: str,
+        contenders: list[Contender],
+        input_bytes: int,
+        reference: str,
+        target_key: dict[str, str] | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        rows = {c.name: {"benchmark": bench, **summary(c, input_bytes)} for c in contenders}
+        base = rows[reference]["seconds"]
+        for name, row in rows.items():
+            row["vs"] = reference
+            row["ratio"] = round(row["seconds"] / base, 3) if base else None
+            key = (target_key or {}).get(name)
+            if key in TARGETS:
+                text, limit = TARGETS[key]
+                row["target"] = text
+                row["meets_target"] = row["ratio"] <= limit if limit is not None else None
+            self.rows.append(row)
+        return rows
+
+    # --- benchmarks -----------------------------------------------------------------------------
+    def run(self, progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Run the benchmarks; ``progress`` gets the report so far after each one."""
+        self.started = time.time()
+        self.load_before = _load()
+        self.source_before = source_state()
+        try:
+            for name in self.only:
+                self.log(f"== {name}")
+                try:
+                    getattr(self, "bench_" + name.replace("-", "_"))()
+                except Exception as exc:  # one broken benchmark must not lose the others' results
+                    self.check(name, "completed", False, f"{type(exc).__name__}: {exc}"[:2000])
+                if progress:
+                    progress(self.report())
+        finally:
+            if not self.keep:
+                shutil.rmtree(self.work_root, ignore_errors=True)
+        return self.report()
+
+    def report(self) -> dict[str, Any]:
+        started = self.started
+        return {
+            "size": self.size,
+            "repeat": self.repeat,
+            "started": started,
+            "seconds": round(time.time() - started, 1),
+            "machine": {
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "cpus": os.cpu_count(),
+                "sql_engine": _sql_engine(),
+                "corral_command": " ".join(corral_command()),
+                "load_average_start": self.load_before,
+                "load_average_now": _load(),
+                "corral_source_start": self.source_before,
+                "corral_source_now": source_state(),
+            },
+            "rows": self.rows,
+            "checks": self.checks,
+            "extra": self.extra,
+        }
+
+    def bench_wordcount(self) -> None:
+        text = self.data.text()
+        inputs, size = text["files"], text["bytes"]
+        work = self.work("wordcount")
+        contenders = [
+            Contender("corral-wordcount", self.corral(str(EXAMPLES / "wordcount.py"), inputs), read_dict),
+            Contender("pool-counter", self.baseline("wordcount", inputs), read_dict),
+            Contender("corral-wordcount-fast", self.corral(str(EXAMPLES / "wordcount_fast.py"), inputs), read_dict),
+            Contender("single-counter", self.baseline("wordcount-single", inputs), read_dict),
+        ]
+        run_alternating(contenders, self.repeat, work, self.log)
+        self.compare("wordcount", contenders[1], [contenders[0], contenders[2], contenders[3]])
+        self.add_rows(
+            "wordcount",
+            contenders,
+            size,
+            "pool-counter",
+            {"corral-wordcount": "wordcount", "corral-wordcount-fast": "wordcount-fast"},
+        )
+
+    def _amplab_args(self) -> dict[str, str]:
+        return {"threshold": "100", "prefix": "8", "start": "1980-01-01", "end": "1983-01-01"}
+
+    def bench_q1(self) -> None:
+        amplab = self.data.amplab()
+        rankings = [amplab["rankings"]]
+        a = self._amplab_args()
+        arg = ["--arg", f"threshold={a['threshold']}"]
+        contenders = [
+            Contender("corral-q1", self.corral(f"{JOBS / 'amplab.py'}:Q1Scan", rankings, *arg), read_sorted_rows),
+            Contender("pool-q1", self.baseline("q1", rankings, *arg), read_sorted_rows),
+            Contender(
+                "duckdb-q1",
+                self.sql("q1", "--rankings", rankings[0], "--threshold", a["threshold"]),
+                read_sql(sorted),
+            ),
+        ]
+        run_alternating(contenders, self.repeat, self.work("q1"), self.log)
+        self.compare("q1", contenders[2], contenders[:2])
+        self.add_rows("q1", contenders, amplab["rankings_bytes"], "pool-q1")
+
+    def bench_q2(self) -> None:
+        amplab = self.data.amplab()
+        visits = [amplab["uservisits"]]
+        a = self._amplab_args()
+        arg = ["--arg", f"prefix={a['prefix']}"]
+        job = JOBS / "amplab.py"
+        contenders = [
+            Contender("corral-q2", self.corral(f"{job}:Q2Aggregate", visits, *arg), read_dict),
+            Contender("pool-q2", self.baseline("q2", visits, *arg), read_dict),
+            Contender("duckdb-q2", self.sql("q2", "--uservisits", visits[0], "--prefix", a["prefix"]), read_sql(dict)),
+            Contender("corral-q2-inmapper", self.corral(f"{job}:Q2AggregateInMapper", visits, *arg), read_dict),
+        ]
+        run_alternating(contenders, self.repeat, self.work("q2"), self.log)
+        self.compare("q2", contenders[2], [contenders[0], contenders[1], contenders[3]])
+        rows = self.add_rows("q2", contenders, amplab["uservisits_bytes"], "pool-q2")
+        duck = rows["duckdb-q2"]["seconds"]
+        text, limit = TARGETS["q2-duckdb"]
+        for name in ("corral-q2", "corral-q2-inmapper"):
+            ratio = round(rows[name]["seconds"] / duck, 2)
+            rows[name]["ratio_to_duckdb"] = ratio
+            rows[name]["duckdb_target"] = text
+            rows[name]["meets_duckdb_target"] = ratio <= limit
+
+    def bench_q3(self) -> None:
+        amplab = self.data.amplab()
+        files = [amplab["rankings"], amplab["uservisits"]]
+        a = self._amplab_args()
+        args = ["--arg", f"start={a['start']}", "--arg", f"end={a['end']}"]
+        contenders = [
+            Contender("corral-q3", self.corral(f"{JOBS / 'amplab.py'}:Q3Join", files, *args), read_rows),
+            Contender("pool-q3", self.baseline("q3", files, *args), read_rows),
+            Contender(
+                "duckdb-q3",
+                self.sql(
+                    "q3", "--rankings", files[0], "--uservisits", files[1], "--start", a["start"], "--end", a["end"]
+                ),
+                read_sql(list),
+            ),
+        ]
+        run_alternating(contenders, self.repeat, self.work("q3"), self.log)
+        self.compare("q3", contenders[2], contenders[:2])
+        self.add_rows("q3", contenders, amplab["rankings_bytes"] + amplab["uservisits_bytes"], "pool-q3")
+        self.extra["q3_result"] = contenders[0].result
+
+    def bench_sort(self) -> None:
+        data = self.data.gensort()
+        inputs, size = data["files"], data["bytes"]
+        r = str(self.cfg["sort_reducers"])
+        contenders = [
+            Contender("corral-sort", self.corral(str(JOBS / "gensort.py"), inputs, "--reducers", r), read_sort_output),
+            Contender("pool-sort", self.baseline("sort", inputs, "--arg", f"partitions={r}"), read_sort_output),
+        ]
+        run_alternating(contenders, self.repeat, self.work("sort"), self.log)
+        expected = sorted_input_digest(inputs[0])
+        for c in contenders:
+            self.check("sort", f"{c.name} globally sorted and == sorted input", c.result == expected)
+        self.add_rows("sort", contenders, size, "pool-sort")
+
+    def bench_tiny(self) -> None:
+        tiny = self.data.tiny()
+        contenders = [
+            Contender("corral-tiny", self.corral(str(EXAMPLES / "wordcount.py"), tiny["files"]), read_dict),
+            Contender("python-import-corral", lambda out: [sys.executable, "-c", "import corral.cli, corral.driver"]),
+        ]
+        run_alternating(contenders, max(self.repeat, 5), self.work("tiny"), self.log)
+        rows = self.add_rows("tiny", contenders, tiny["bytes"], "corral-tiny")
+        row = rows["corral-tiny"]
+        text, limit = TARGETS["tiny"]
+        row["target"] = text
+        row["meets_target"] = row["seconds"] <= limit
+
+    def bench_objects(self) -> None:
+        text = self.data.text()
+        m, r = self.cfg["objects_maps"], self.cfg["objects_reducers"]
+        split = -(-text["bytes"] // m)
+        out = self.work("objects") / "out"
+        command = self.corral(
+            str(EXAMPLES / "wordcount.py"), text["files"],
+            "--split-size", str(split), "--map-bin-size", str(split), "--reducers", str(r), "--keep-intermediate",
+        )(out)
+        stats = measure(command, self.work("objects") / "run.log")
+        manifest = json.loads((out / "_corral" / "manifest.json").read_text())
+        stage = manifest["stages"][0]
+        objects = [p for p in (out / "_corral" / "work").rglob("*") if p.is_file()]
+        maps, reducers = stage["map_tasks"], stage["reduce_tasks"]
+        ok = len(objects) == maps
+        self.check("objects", f"intermediate objects == M ({maps})", ok, f"found {len(objects)}")
+        self.rows.append({
+            "benchmark": "objects",
+            "contender": "corral-wordcount",
+            "seconds": stats["seconds"],
+            "map_tasks": maps,
+            "reduce_tasks": reducers,
+            "intermediate_objects": len(objects),
+            "m_times_r": maps * reducers,
+            "target": TARGETS["objects"][0],
+            "meets_target": ok,
+        })
+
+    def bench_reducer_memory(self) -> None:
+        small, large = self.cfg["reducer_memory"]
+        budget = self.cfg["memory_budget"]
+        split = str(self.cfg["reducer_memory_split"])
+        work = self.work("reducer-memory")
+        peaks: dict[str, dict[str, Any]] = {}
+        floor = measure([sys.executable, "-c", _REDUCE_FLOOR], work / "floor.log")
+        for label, size in (("1x", small), ("10x", large)):
+            text = self.data.text(size)
+            out = work / f"out-{label}"
+            command = self.corral(
+                str(EXAMPLES / "wordcount.py"), text["files"],
+                "--split-size", split, "--map-bin-size", split, "--reducers", "2",
+                "--memory-budget", budget, "--keep-intermediate",
+            )(out)
+            measure(command, work / f"run-{label}.log")
+            payload = reduce_payload(out, partition=0, output=str(work / f"reduce-{label}.out"))
+            payload_file = work / f"payload-{label}.json"
+            payload_file.write_text(json.dumps(payload))
+            result_file = work / f"result-{label}.json"
+            reduce_command = [sys.executable, "-c", _RUN_REDUCE, str(payload_file), str(result_file)]
+            stats = measure(reduce_command, work / "reduce.log")
+            result = json.loads(result_file.read_text())
+            if not result.get("ok"):
+                raise RuntimeError(f"reduce task failed: {result.get('error')}")
+            peaks[label] = {
+                "input_mb": round(text["bytes"] / MiB, 1),
+                "map_outputs": len(payload["sources"]),
+                "partition_mb": round(sum(s[2] for s in payload["sources"]) / MiB, 2),
+                "keys_in": result.get("keys_in"),
+                "seconds": stats["seconds"],
+                "peak_rss_mb": result["peak_memory_mb"],
+            }
+            self.log(f"    {label}: {peaks[label]}")
+        base = floor["max_process_rss_mb"]
+        ratio = peaks["10x"]["peak_rss_mb"] / peaks["1x"]["peak_rss_mb"]
+        net_small = max(0.1, peaks["1x"]["peak_rss_mb"] - base)
+        net_ratio = (peaks["10x"]["peak_rss_mb"] - base) / net_small
+        text_target, limit = TARGETS["reducer-memory"]
+        self.rows.append({
+            "benchmark": "reducer-memory",
+            "contender": "corral-reduce-task",
+            "memory_budget": budget,
+            "one_x": peaks["1x"],
+            "ten_x": peaks["10x"],
+            "interpreter_floor_mb": base,
+            "ratio": round(ratio, 3),
+            "net_ratio": round(net_ratio, 3),
+            "target": text_target,
+            "meets_target": ratio <= limit,
+        })
+
+
+_REDUCE_FLOOR = "import corral.worker, corral.tasks, corral.shuffle"
+_RUN_REDUCE = (
+    "import json, sys\n"
+    "from corral.worker import run_task\n"
+    "result = run_task(json.load(open(sys.argv[1])))\n"
+    "json.dump(result, open(sys.argv[2], 'w'))\n"
+)
+
+
+def reduce_payload(out: Path, partition: int, output: str, stage_index: int = 0) -> dict[str, Any]:
+    """Rebuild the payload of reduce task ``partition`` of a run kept with ``--keep-intermediate``
+    (as corral's driver makes it), from the manifest and the map output objects' indexes."""
+    from corral.shuffle import read_index
+
+    manifest = json.loads((out / "_corral" / "manifest.json").read_text())
+    stage = manifest["stages"][stage_index]
+    module, _, cls = manifest["job"].partition(":")
+    job_path = {"wordcount": EXAMPLES / "wordcount.py", "wordcount_fast": EXAMPLES / "wordcount_fast.py"}.get(module)
+    sources = []
+    for _name, task in sorted(stage["tasks"].items()):
+        if task["phase"] != "map":
+            continue
+        attempt = task["attempts"][task["committed_attempt"] - 1]
+        url = attempt["output"]
+        offset, length = read_index(Path(url).read_bytes())[partition]
+        sources.append([url, offset, length])
+    return {
+        "job": {"module": module, "class": cls, "path": str(job_path) if job_path else None},
+        "args": manifest.get("args", {}),
+        "stage": stage_index,
+        "memory_budget": manifest["settings"]["memory_budget"],
+        "kind": "reduce",
+        "task": f"reduce-{partition:04d}",
+        "attempt": 1,
+        "partition": partition,
+        "sources": sources,
+        "output": output,
+        "output_kind": "text",
+    }
+
+
+def source_state() -> dict[str, Any]:
+    """Which corral was measured: the git commit, the files of corral/ changed since, and a digest of
+    corral/'s sources (the engine may change between runs: compare digests, not just commits)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "corral").rglob("*.py")):
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    state: dict[str, Any] = {"corral_digest": digest.hexdigest()[:16]}
+    try:
+        git = ["git", "-C", str(ROOT)]
+        state["git_head"] = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                           check=True).stdout.strip()
+        changed = subprocess.run([*git, "status", "--porcelain", "--", "corral"], capture_output=True, text=True,
+                                 check=True).stdout.split("\n")
+        state["corral_changed_files"] = sorted(line[3:] for line in changed if line.strip())
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return state
+
+
+def _load() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _sql_engine() -> str:
+    from benchmarks.sql import engine_name
+
+    return engine_name()
+
+
+def _difference(expected: Any, got: Any) -> str:
+    if isinstance(expected, dict) and isinstance(got, dict):
+        missing = len(expected.keys() - got.keys())
+        extra = len(got.keys() - expected.keys())
+        differ = [k for k in expected.keys() & got.keys() if expected[k] != got[k]]
+        sample = f", e.g. {differ[0]!r}: {expected[differ[0]]!r} vs {got[differ[0]]!r}" if differ else ""
+        return f"(missing {missing}, extra {extra}, different {len(differ)}{sample})"
+    if isinstance(expected, list) and isinstance(got, list):
+        if len(expected) != len(got):
+            return f"({len(expected)} vs {len(got)} rows)"
+        for a, b in zip(expected, got, strict=True):
+            if a != b:
+                return f"(first difference: {a!r} vs {b!r})"
+    return f"({str(expected)[:200]} vs {str(got)[:200]})"
