@@ -91,19 +91,21 @@ class GroupWriter:
         if len(self._batch) >= 2 * self._target:
             self.flush()
 
-    def add_groups(self, keys: Iterable[str], groups: dict[str, list[Any]]) -> None:
-        """``add(key, groups[key])`` for every key, without a call per key."""
-        batch, limit = self._batch, 2 * self._target
-        for key in keys:
-            values = groups[key]
-            if len(values) > MAX_VALUES_PER_ENTRY:
-                self.add(key, values)
-                batch, limit = self._batch, 2 * self._target
-                continue
-            batch += (key, values)
-            if len(batch) >= limit:
-                self.flush()
-                batch, limit = self._batch, 2 * self._target
+    def add_groups(self, keys: list[str], groups: dict[str, list[Any]]) -> None:
+        """``add(key, groups[key])`` for every key, with the batches built in C, not a call per key."""
+        self.flush()
+        values = list(map(groups.__getitem__, keys))
+        if values and max(map(len, values)) > MAX_VALUES_PER_ENTRY:  # rare: some keys need splitting
+            for key, group in zip(keys, values, strict=True):
+                self.add(key, group)
+            return
+        flat = list(chain.from_iterable(zip(keys, values, strict=True)))
+        start = 0
+        while start < len(flat):
+            step = 2 * self._target
+            self._batch = flat[start : start + step]
+            self.flush()
+            start += step
 
     def add_iter(self, key: str, values: Iterable[Any]) -> None:
         iterator = iter(values)
@@ -126,8 +128,9 @@ class GroupWriter:
 
 def iter_groups(blocks: Iterable[bytes]) -> Iterator[tuple[str, list[Any]]]:
     """The ``(key, values)`` entries stored in a segment, read block by block."""
+    # a small initial buffer (msgpack's default is 1 MiB): a reducer holds one unpacker per map output
     unpacker = msgpack.Unpacker(
-        raw=False, strict_map_key=False, max_buffer_size=1 << 31, unicode_errors=_TEXT_ERRORS
+        raw=False, strict_map_key=False, max_buffer_size=1 << 31, unicode_errors=_TEXT_ERRORS, read_size=64 << 10
     )
     for block in blocks:
         unpacker.feed(block)

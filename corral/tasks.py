@@ -109,7 +109,7 @@ def execute_reduce(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]
     assert step.reduce is not None
     sources_spec = [s for s in spec["sources"] if s[2] > 0]
     # each source holds one read block in memory while merging: keep their sum within the budget
-    block = max(64 << 10, min(1 << 20, spec["memory_budget"] // (2 * max(1, len(sources_spec)))))
+    block = max(32 << 10, min(256 << 10, spec["memory_budget"] // (2 * max(1, len(sources_spec)))))
     sources = []
     for url, offset, length in sources_spec:
         read = partial(get_filesystem(url).read_range, url)
