@@ -1,4 +1,4 @@
-"""The ``corral`` command: ``run``, ``backends``, and the sub-commands plugins add."""
+"""The ``corral`` command: ``run``, ``deploy``, ``undeploy``, ``backends``, and the sub-commands plugins add."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ from corral.errors import CorralError, UsageError
 from corral.job import Job
 
 
-def _add_settings(parser: argparse.ArgumentParser) -> None:
+def _add_settings(parser: argparse.ArgumentParser, out: str = "required") -> None:
+    """Every option as a flag; ``out`` is "required", "optional" or "none" (no ``--out``)."""
     from corral.config import all_options
 
-    parser.add_argument("--out", "-o", required=True, metavar="OUT", help="output folder or URL")
+    if out != "none":
+        parser.add_argument("--out", "-o", required=out == "required", metavar="OUT", help="output folder or URL")
     for option in all_options():
         names = [f"--{option.name}"] + ([option.short] if option.short else [])
         if option.name == "verbose":
@@ -81,11 +83,38 @@ def _run(job_class: type[Job], args: argparse.Namespace) -> int:
     from corral.driver import Driver
 
     settings = load_settings(_flags(args))
-    level = {0: logging.WARNING, 1: logging.INFO}.get(settings.verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="corral: %(message)s", stream=sys.stderr)
+    _logging(settings)
     manifest = Driver(job_class, args.inputs, args.out, settings).run()
     if not settings.quiet:
         _print_summary(manifest)
+    return 0
+
+
+def _logging(settings: Any, say_what_is_done: bool = False) -> None:
+    level = {0: logging.WARNING, 1: logging.INFO}.get(settings.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="corral: %(message)s", stream=sys.stderr)
+    if say_what_is_done and not settings.quiet and level > logging.INFO:
+        logging.getLogger("corral").setLevel(logging.INFO)  # corral's own messages, not its libraries'
+
+
+def _deploy(args: argparse.Namespace, remove: bool) -> int:
+    """``corral deploy`` / ``corral undeploy``: the executor ``--backend`` names, deploying or removing
+    the job (``Executor.deploy`` / ``Executor.undeploy``) without running it."""
+    from corral.config import load_settings
+    from corral.driver import create_executor, make_job_source
+
+    settings = load_settings(_flags(args))
+    _logging(settings, say_what_is_done=True)
+    job_class = resolve_job(args.job)
+    source = make_job_source(job_class, settings, getattr(args, "inputs", None) or (), getattr(args, "out", None))
+    with create_executor(settings) as executor:
+        if remove:
+            executor.undeploy(source)
+        else:
+            executor.deploy(source)
+    if not settings.quiet:
+        done = "undeployed" if remove else "deployed"
+        print(f"corral: {job_class.__module__}:{job_class.__qualname__} {done} ({settings.backend})", file=sys.stderr)
     return 0
 
 
@@ -97,6 +126,9 @@ def _print_summary(manifest: dict[str, Any]) -> None:
             print(f"  {group}", file=err)
             for name, value in names.items():
                 print(f"    {name}: {value}", file=err)
+    summary = (manifest.get("report") or {}).get("summary")
+    if summary:
+        print(f"corral: {summary}", file=err)
     tasks = sum(len(s["tasks"]) for s in manifest["stages"])
     print(f"corral: job succeeded in {manifest['seconds']:.2f} s ({tasks} tasks); output in {manifest['out']}",
           file=err)
@@ -140,6 +172,20 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     run.add_argument("job", metavar="JOB", help="path/to/job.py, path/to/job.py:Class or module:Class")
     run.add_argument("inputs", nargs="+", metavar="INPUT", help="input files, folders, globs or URLs")
     _add_settings(run)
+    deploy = sub.add_parser(
+        "deploy", help="deploy a job to a remote backend without running it",
+        description="Deploy JOB where --backend runs tasks (e.g. a Lambda function and its role). INPUT and "
+                    "--out are optional: given, the deployment is granted access to them (`corral run` "
+                    "grants its own locations anyway).")
+    deploy.add_argument("job", metavar="JOB", help="path/to/job.py, path/to/job.py:Class or module:Class")
+    deploy.add_argument("inputs", nargs="*", metavar="INPUT", help="input URLs the job will read")
+    _add_settings(deploy, out="optional")
+    undeploy = sub.add_parser(
+        "undeploy", help="remove what `corral deploy` / `corral run` deployed for a job",
+        description="Remove what --backend deployed for JOB (e.g. the Lambda function, and the role and "
+                    "policy corral created for it), and nothing else.")
+    undeploy.add_argument("job", metavar="JOB", help="path/to/job.py, path/to/job.py:Class or module:Class")
+    _add_settings(undeploy, out="none")
     sub.add_parser("backends", help="list executors and filesystems, and who provides them")
     for commands in get_plugin_manager().hook.corral_commands():
         for command in commands:
@@ -170,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser(argv).parse_args(argv)
         if args.command == "run":
             return _run(resolve_job(args.job), args)
+        if args.command in ("deploy", "undeploy"):
+            return _deploy(args, remove=args.command == "undeploy")
         if args.command == "backends":
             return _backends(args)
         return args._command.run(args)

@@ -36,6 +36,12 @@ CORE_OPTIONS: list[Option] = [
     Option("reducers", int_in_range(1), None, "number of reduce tasks", "N"),
     Option("max-concurrency", int_in_range(1), None, "tasks running at once (default: the backend's)", "N"),
     Option("retries", int_in_range(0), 3, "retries of a failed task before the job fails", "N"),
+    Option("deadline", int_in_range(1), 6 * 3600,
+           "seconds from the job's start during which throttled tasks are retried; a task still throttled "
+           "then fails the job (default 21600 = 6 h)", "SECONDS"),
+    Option("requirements", _text, None,
+           "requirements file: third-party packages shipped to remote backends, on top of the job's "
+           "`requirements`", "FILE"),
     Option("memory-budget", parse_size, 256 * MiB, "memory a task buffers before spilling to disk", "SIZE"),
     Option("arg", lambda v: list(v) if isinstance(v, list) else [v], None,
            "KEY=VALUE for the job, in self.args (repeatable)", "KEY=VALUE", repeat=True),

@@ -24,7 +24,7 @@ from typing import Any
 from corral import __version__
 from corral.errors import JobFailed, UsageError
 from corral.events import JobFinished, JobStarted, PhaseFinished, PhaseStarted, TaskFinished
-from corral.executor import THROTTLED, Executor, JobSource, Outcome
+from corral.executor import INPUT_ERROR, THROTTLED, Executor, JobSource, Outcome
 from corral.fs import FileInfo, display, get_filesystem, join
 from corral.job import Job, Step
 from corral.planner import choose_reducers, list_inputs, make_splits, pack_bins, task_sizes
@@ -63,6 +63,63 @@ def _absolute(url: str) -> str:
     return url if "://" in url else os.path.abspath(url)
 
 
+def read_requirements(path: str) -> list[str]:
+    """The requirements of a ``--requirements`` file: one per line; blank lines and comments skipped."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"invalid value for --requirements: cannot read {path}: {exc}") from None
+    found = []
+    for number, line in enumerate(lines, 1):
+        text = line.split(" #", 1)[0].strip()
+        if not text or text.startswith("#"):
+            continue
+        if text.startswith("-"):
+            raise UsageError(f"invalid value for --requirements: {path} line {number}: pip options such as "
+                             f"{text.split()[0]} are not supported (list requirements only)")
+        found.append(text)
+    return found
+
+
+def work_root(out: str, settings: Any) -> str:
+    """The working root shared by runs (``--work-dir``, else ``OUT/_corral/work``); a run works in a folder in it."""
+    return _absolute(settings.work_dir or join(out, "_corral", "work"))
+
+
+def make_job_source(
+    job_class: type[Job],
+    settings: Any,
+    inputs: Sequence[str] = (),
+    out: str | None = None,
+    run_id: str = "",
+    job: Job | None = None,
+) -> JobSource:
+    """What an executor deploys for ``job_class`` run on ``inputs`` into ``out`` (both optional, for
+    ``corral deploy``): the job, its requirements (its ``requirements`` plus ``--requirements``), and
+    the locations its tasks read (the inputs) and read and write (the working root)."""
+    if job is None:
+        job = job_class(parse_job_args(getattr(settings, "arg", None) or []))
+    requirements = list(job.requirements)
+    if getattr(settings, "requirements", None):
+        requirements += [r for r in read_requirements(settings.requirements) if r not in requirements]
+    inputs = tuple(_absolute(i) for i in inputs)
+    output = _absolute(out.rstrip("/") if len(out) > 1 else out) if out else None
+    work = work_root(output, settings) if output else (_absolute(settings.work_dir) if settings.work_dir else None)
+    run_work = join(work, run_id) if work and run_id else work
+    locations = (*inputs, *([output] if output else []), *([run_work] if run_work else []))
+    return JobSource(job_ref(job_class), tuple(requirements), locations, inputs=inputs, output=output, work=work)
+
+
+def _executor_report(executor: Executor) -> dict[str, Any]:
+    """``executor.report()``; a report that fails is logged, never the reason a job fails."""
+    try:
+        return dict(executor.report() or {})
+    except Exception as exc:
+        log.warning("the %s executor could not report: %s", executor.name or "executor", exc)
+        return {}
+
+
 @dataclass
 class TaskState:
     task: str
@@ -83,10 +140,11 @@ class Driver:
         self.settings = settings
         self.hook = get_plugin_manager().hook
         self.run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
-        self.work = join(_absolute(settings.work_dir or join(self.out, "_corral", "work")), self.run_id)
+        self.work = join(work_root(self.out, settings), self.run_id)
         self.stages: list[dict[str, Any]] = []
         self.counters: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.started = time.time()
+        self.report: dict[str, Any] = {}
 
     # --- the job --------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -100,26 +158,24 @@ class Driver:
         for info in files:
             if info.url.startswith(self.out.rstrip("/") + "/"):
                 raise UsageError(f"input {display(info.url)} is inside the output folder {display(self.out)}")
+        source = make_job_source(self.job_class, self.settings, self.inputs, self.out, self.run_id, job)
         self._prepare_output(out_fs)
         executor = create_executor(self.settings)
         manifest: dict[str, Any] = {}
         try:
-            with executor:
-                self.concurrency = executor.max_concurrency
-                executor.deploy(
-                    JobSource(
-                        job_ref(self.job_class),
-                        tuple(job.requirements),
-                        (*self.inputs, self.out, self.work),
+            try:
+                with executor:
+                    self.concurrency = executor.max_concurrency
+                    executor.deploy(source)
+                    self.hook.corral_job_started(
+                        event=JobStarted(self._job_name(), len(steps), self.inputs, self.out, self.settings)
                     )
-                )
-                self.hook.corral_job_started(
-                    event=JobStarted(self._job_name(), len(steps), self.inputs, self.out, self.settings)
-                )
-                final: list[tuple[str, str]] = []
-                for index, step in enumerate(steps):
-                    last = index == len(steps) - 1
-                    files, final = self._run_stage(executor, job, index, step, files, last)
+                    final: list[tuple[str, str]] = []
+                    for index, step in enumerate(steps):
+                        last = index == len(steps) - 1
+                        files, final = self._run_stage(executor, job, index, step, files, last)
+            finally:  # what the executor measured over the run (e.g. cost), failed or not
+                self.report = _executor_report(executor)
             for src, name in final:
                 out_fs.move(src, join(self.out, name))
             manifest = self._manifest("succeeded", None)
@@ -324,7 +380,10 @@ class Driver:
             entry["failure"] = {"kind": failure.kind, "message": failure.describe(), "traceback": failure.traceback}
             if failure.kind != THROTTLED:
                 state.failures += 1
-            if state.failures > self.settings.retries:
+            # throttling never counts toward --retries, but cannot outlast the job's --deadline
+            out_of_time = failure.kind == THROTTLED and time.time() - self.started >= self.settings.deadline
+            # bad input fails the same way every time: retrying it only delays the message
+            if state.failures > self.settings.retries or failure.kind == INPUT_ERROR or out_of_time:
                 self.hook.corral_task_finished(
                     event=TaskFinished(stage, phase, state.task, attempt, outcome, False, False, self.settings)
                 )
@@ -376,6 +435,7 @@ class Driver:
             "settings": self.settings.to_json(),
             "counters": self._plain_counters(),
             "stages": self.stages,
+            **({"report": self.report} if self.report else {}),
         }
 
     def _write_manifest(self, out_fs: Any, manifest: dict[str, Any]) -> None:

@@ -13,7 +13,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Failure kinds. Throttling is backpressure and does not count toward the retry limit.
+#: Failure kinds. Throttling is backpressure and does not count toward the retry limit: an executor
+#: that meets throttling retries it itself (with backoff) or reports THROTTLED, which the driver retries
+#: without counting until the job's ``--deadline``; a task still throttled then fails the job.
 USER_ERROR = "user error"
 INPUT_ERROR = "input error"
 TIMEOUT = "timed out"
@@ -70,11 +72,20 @@ def outcome_from_result(result: dict[str, Any], stats: dict[str, Any] | None = N
 @dataclass(frozen=True)
 class JobSource:
     """What a remote executor deploys: the job module and class, its third-party requirements, and the
-    locations (input, output and working URLs) its tasks read and write, e.g. for mounting them."""
+    locations (input, output and working URLs) its tasks read and write, e.g. for mounting them.
+
+    ``inputs``, ``output`` and ``work`` say what each location is for, e.g. to grant a cloud function
+    exactly what it needs: tasks only *read* the inputs, and read and write below ``work`` (the working
+    root shared by runs; each run uses a folder under it). Tasks never write ``output``: the driver
+    moves committed results there itself.
+    """
 
     ref: dict[str, Any]  # corral.worker.job_ref(...)
     requirements: tuple[str, ...] = ()
     locations: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()
+    output: str | None = None
+    work: str | None = None
 
 
 class Executor(ABC):
@@ -86,11 +97,22 @@ class Executor(ABC):
         self.max_concurrency = max_concurrency
 
     def deploy(self, job: JobSource) -> None:  # noqa: B027 - optional for local executors
-        """Called once before any task: make ``job`` runnable where tasks run."""
+        """Called once before any task (and by ``corral deploy``): make ``job`` runnable where tasks run."""
+
+    def undeploy(self, job: JobSource) -> None:  # noqa: B027 - optional: by default nothing to remove
+        """Called by ``corral undeploy``: remove what ``deploy`` created for ``job`` (functions, roles…),
+        and nothing else. Removing what is already gone is not an error."""
 
     @abstractmethod
     def submit(self, payload: dict[str, Any]) -> Future[Outcome]:
         """Start one attempt. The future never raises: failures come back as ``Outcome.failure``."""
+
+    def report(self) -> dict[str, Any]:
+        """Figures about the whole run that only the executor knows (e.g. billed GB-seconds and an
+        estimated cost), called once after the last task. The driver stores the JSON-able dict in the
+        manifest under ``report``; its ``summary`` entry, a line of text if present, is printed at
+        the end of the run. Default: nothing to report."""
+        return {}
 
     def close(self) -> None:  # noqa: B027
         """Release workers, connections, emulators."""

@@ -19,6 +19,10 @@ from corral.plugins import get_plugin_manager, hookimpl
 
 #: File name endings read transparently through a decompressor (each such file is one split).
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
+#: Writes to object stores are uploaded in parts of this size as they are written (S3 multipart: parts of
+#: 5 MiB or more), so a writer holds a few parts in memory, never the object. fsspec's defaults (50 MB
+#: for s3fs, held in several copies while a part uploads) would not fit a 128 MB Lambda function.
+WRITE_BLOCK_SIZE = 8 << 20
 _GLOB_CHARS = "*?["
 
 
@@ -140,6 +144,8 @@ class FsspecFileSystem(FileSystem):
         path = self._path(url)
         if "w" in mode and self._local:
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        if "w" in mode and not self._local:
+            return self.fs.open(path, mode, block_size=WRITE_BLOCK_SIZE)
         return self.fs.open(path, mode)
 
     def read_range(self, url: str, start: int, end: int) -> bytes:

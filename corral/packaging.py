@@ -14,6 +14,12 @@ The zip holds, at its root (a Lambda or GCF function's code folder):
 
 Same inputs give the same bytes (sorted entries, fixed timestamps and permissions), hence the same
 content hash: a backend compares it with the deployed one and skips uploads of unchanged code.
+
+The target is one or more pip platform tags (``manylinux2014_x86_64``, ``manylinux_2_34_aarch64``…) and
+a Python version, whatever the host's: wheels are chosen for the target, never for this machine. When the
+target Python is older than the host's, the job's local modules must parse as the target's Python
+(``ast`` with ``feature_version``): syntax newer than the target is refused here rather than failing on
+the first invocation.
 """
 
 from __future__ import annotations
@@ -53,7 +59,10 @@ _CORRAL_DIR = Path(__file__).resolve().parent
 
 
 class PackagingError(CorralError):
-    """The package cannot be built (an unresolvable requirement, an unreadable job module)."""
+    """The package cannot be built (a requirement without a wheel for the target, an unreadable job
+    module): a configuration error, exit code 2."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -73,22 +82,44 @@ class Package:
     def size(self) -> int:
         return len(self.zip_bytes)
 
+    def unzipped_sizes(self) -> dict[str, int]:
+        """Bytes once unzipped, by top-level entry (``numpy``, ``numpy.libs``, ``myjob.py``…)."""
+        import io
+        import zipfile
+
+        sizes: dict[str, int] = {}
+        with zipfile.ZipFile(io.BytesIO(self.zip_bytes)) as archive:
+            for info in archive.infolist():
+                top = info.filename.split("/", 1)[0]
+                sizes[top] = sizes.get(top, 0) + info.file_size
+        return sizes
+
+    @property
+    def unzipped_size(self) -> int:
+        return sum(self.unzipped_sizes().values())
+
+    def largest(self, count: int = 5) -> list[tuple[str, int]]:
+        """The ``count`` largest top-level entries once unzipped: ``[(name, bytes), ...]``."""
+        return sorted(self.unzipped_sizes().items(), key=lambda item: (-item[1], item[0]))[:count]
+
 
 def build_package(
     job: JobSource,
     handler_files: Mapping[str, bytes] | None = None,
     requirements: Sequence[str] = (),
-    platform: str = DEFAULT_PLATFORM,
+    platform: str | Sequence[str] = DEFAULT_PLATFORM,
     python_version: str = DEFAULT_PYTHON_VERSION,
     cache_dir: str | os.PathLike | None = None,
 ) -> Package:
     """Build the deployment package of ``job`` for ``platform`` / ``python_version``.
 
+    ``platform`` is a pip platform tag or several (wheels for any of them are accepted).
+
     ``handler_files`` maps paths inside the zip to contents (a backend's handler module, e.g.
     ``{"corral_lambda/handler.py": b"..."}``). ``requirements`` are extra requirements on top of the
     job's (``JobSource.requirements``) and of the filesystems its locations need (``s3://`` -> s3fs,
-    see ``location_requirements``). Raises ``PackagingError`` when a requirement has no wheel for
-    the target and is not pure Python.
+    see ``location_requirements``). Raises ``PackagingError`` naming the requirement when one has no
+    wheel for the target and is not pure Python, or when a local module's syntax is newer than the target.
     """
     files: dict[str, bytes] = {}
     wanted = [*runtime_requirements(), *location_requirements(job.locations), *job.requirements, *requirements]
@@ -97,12 +128,30 @@ def build_package(
     files.update(_tree(_CORRAL_DIR, prefix="corral/", suffixes=(".py", ".typed")))
     for arcname, path in local_modules(job.ref).items():
         files[arcname] = path.read_bytes()
+        if arcname.endswith(".py"):
+            _check_syntax(path, files[arcname], python_version)
     for arcname, data in (handler_files or {}).items():
         arcname = arcname.replace(os.sep, "/").lstrip("/")
         if arcname.startswith("corral/"):
             raise PackagingError(f"a handler file cannot replace corral's own {arcname}")
         files[arcname] = bytes(data)
     return _cached_zip(files, cache_dir)
+
+
+def _check_syntax(path: Path, source: bytes, python_version: str) -> None:
+    """Refuse a local module whose syntax the target Python cannot parse (when it is older than ours)."""
+    import ast
+
+    major, minor = (int(part) for part in python_version.split(".")[:2])
+    if (major, minor) >= sys.version_info[:2]:
+        return  # the code runs here, on this Python or an older one: newer ones parse it too
+    try:
+        ast.parse(source, filename=str(path), feature_version=(major, minor))
+    except SyntaxError as exc:
+        raise PackagingError(
+            f"{path}:{exc.lineno}: this module uses syntax that Python {python_version} (the function's "
+            f"runtime) cannot run: {exc.msg}"
+        ) from None
 
 
 def _trim(folder: Path, keep: int) -> None:
@@ -175,7 +224,7 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 
 def install_requirements(
     requirements: Iterable[str],
-    platform: str = DEFAULT_PLATFORM,
+    platform: str | Sequence[str] = DEFAULT_PLATFORM,
     python_version: str = DEFAULT_PYTHON_VERSION,
     cache_dir: str | os.PathLike | None = None,
 ) -> Path:
@@ -187,11 +236,12 @@ def install_requirements(
     import shutil
     import tempfile
 
+    platforms = [platform] if isinstance(platform, str) else list(platform)
     wanted = sorted({r.strip() for r in requirements if r and r.strip()})
     # a local folder requirement is keyed by its content's state too
     states = [_folder_state(r) for r in wanted if os.path.isdir(r)]
-    key = hashlib.sha256("\n".join([platform, python_version, *wanted, *states]).encode()).hexdigest()[:24]
-    tag = f"{platform}-cp{python_version.replace('.', '')}"
+    key = hashlib.sha256("\n".join([*platforms, python_version, *wanted, *states]).encode()).hexdigest()[:24]
+    tag = f"{platforms[0]}-cp{python_version.replace('.', '')}"
     target = cache_root(cache_dir) / "wheels" / tag / key
     if (target / ".complete").exists():
         return target
@@ -200,7 +250,7 @@ def install_requirements(
     try:
         site_dir = work / "site"
         if wanted:
-            _pip_install(wanted, site_dir, platform, python_version, work)
+            _pip_install(wanted, site_dir, platforms, python_version, work)
         site_dir.mkdir(exist_ok=True)
         (site_dir / ".requirements").write_text("\n".join(wanted) + "\n", encoding="utf-8")
         (site_dir / ".complete").touch()
@@ -230,13 +280,13 @@ def _pip(args: list[str]) -> Any:
     return subprocess.run(command, capture_output=True, text=True, check=False)
 
 
-def _pip_install(wanted: list[str], dest: Path, platform: str, python_version: str, work: Path) -> None:
+def _pip_install(wanted: list[str], dest: Path, platforms: list[str], python_version: str, work: Path) -> None:
     import shutil
 
     base = [
         "install", "--target", str(dest), "--no-compile", "--no-warn-script-location",
-        "--platform", platform, "--python-version", python_version, "--implementation", "cp",
-        "--only-binary=:all:",
+        *[arg for tag in platforms for arg in ("--platform", tag)],
+        "--python-version", python_version, "--implementation", "cp", "--only-binary=:all:",
     ]
     done = _pip([*base, *wanted])
     if done.returncode == 0:
@@ -254,10 +304,19 @@ def _pip_install(wanted: list[str], dest: Path, platform: str, python_version: s
         failed = retry if retry is not None else (built if built.returncode != 0 else done)
         reason = (failed.stderr or done.stderr).strip().splitlines()
         detail = "\n".join(line for line in reason if not line.startswith("WARNING"))[-2000:]
+        culprits = _unsatisfied(failed.stderr or "") or _unsatisfied(done.stderr or "") or wanted
         raise PackagingError(
-            f"cannot install {', '.join(wanted)} for {platform} / Python {python_version} "
-            f"(no wheel for that platform, and not pure Python):\n{detail}"
+            f"cannot install {', '.join(culprits)} for {platforms[0]} / Python {python_version}: no wheel "
+            f"for that platform and Python, and not pure Python:\n{detail}"
         )
+
+
+def _unsatisfied(pip_stderr: str) -> list[str]:
+    """The requirements pip names in "No matching distribution found for X" (and similar) lines."""
+    import re
+
+    found = re.findall(r"(?:No matching distribution found for|satisfies the requirement) ([^\s(]+)", pip_stderr)
+    return list(dict.fromkeys(found))
 
 
 def _is_location(requirement: str) -> bool:

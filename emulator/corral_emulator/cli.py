@@ -39,6 +39,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--region", default=None, help="region in ARNs and AWS_REGION (default from env or us-east-1)")
     serve.add_argument("--log-dir", default=None, help="folder for the functions' logs (one file per function)")
     serve.add_argument("--quiet", action="store_true", help="do not echo the functions' logs to stderr")
+    serve.add_argument("--throttle", type=float, default=None, metavar="FRACTION",
+                       help="fault injection: answer 429 to this fraction of invocations, e.g. 0.33 "
+                            "(default $CORRAL_EMULATOR_THROTTLE or 0)")
     serve.set_defaults(emulator_func=run_serve)
     build = sub.add_parser("build-base", help="build the base image from Debian packages (debootstrap, offline)")
     build.add_argument("--tag", default=DEFAULT_BASE_IMAGE, help=f"image tag (default {DEFAULT_BASE_IMAGE})")
@@ -69,6 +72,7 @@ def run_serve(args: argparse.Namespace) -> int:
         region=args.region,
         log_dir=args.log_dir,
         log_stream=None if args.quiet else sys.stderr,
+        throttle_fraction=args.throttle,
     )
     stop = threading.Event()
 

@@ -48,9 +48,13 @@ class Emulator:
     ``start()`` serves Lambda's API on ``http://host:port`` (``port=0`` picks a free port) and returns that
     URL, for ``boto3.client("lambda", endpoint_url=url)``. Functions run in containers of ``base_image``
     (any image with ``python3``) with their memory capped at MemorySize; at most ``max_concurrency``
-    invocations run at once (more are throttled with 429). Idle containers are removed after
-    ``idle_timeout`` seconds. ``mounts`` are host folders bind-mounted read-write at the same path in every
-    container. ``stop()`` removes every container this instance started.
+    invocations run at once (more are throttled with 429). ``throttle_fraction`` (default
+    ``$CORRAL_EMULATOR_THROTTLE``, else 0) is a fault hook for tests: that fraction of invocations is
+    answered 429 TooManyRequestsException (reason ConcurrentInvocationLimitExceeded) whatever the load,
+    drawn from a generator seeded with ``throttle_seed`` (the same sequence on every run). Idle
+    containers are removed after ``idle_timeout`` seconds. ``mounts`` are host folders bind-mounted
+    read-write at the same path in every container. ``stop()`` removes every container this instance
+    started.
     """
 
     def __init__(
@@ -68,9 +72,20 @@ class Emulator:
         workdir: str | os.PathLike | None = None,
         log_dir: str | os.PathLike | None = None,
         log_stream: TextIO | None = None,
+        throttle_fraction: float | None = None,
+        throttle_seed: int = 0,
     ) -> None:
         if max_concurrency < 1:
             raise EmulatorError("max_concurrency must be at least 1")
+        if throttle_fraction is None:
+            try:
+                throttle_fraction = float(os.environ.get("CORRAL_EMULATOR_THROTTLE") or 0)
+            except ValueError:
+                raise EmulatorError("CORRAL_EMULATOR_THROTTLE must be a fraction, e.g. 0.33") from None
+        if not 0 <= throttle_fraction < 1:
+            raise EmulatorError(f"throttle_fraction must be at least 0 and below 1, not {throttle_fraction}")
+        self.throttle_fraction = throttle_fraction
+        self.throttle_seed = throttle_seed
         self.port = port
         self.host = host
         self.base_image = base_image or default_base_image()
@@ -155,6 +170,8 @@ class Emulator:
             log_dir=Path(self._log_dir_arg) if self._log_dir_arg else self.workdir / "logs",
             log_stream=self.log_stream,
             docker_client=self._docker,
+            throttle_fraction=self.throttle_fraction,
+            throttle_seed=self.throttle_seed,
         )
         await self.engine.start()
         runner = web.AppRunner(make_app(self.engine), access_log=None, handle_signals=False,

@@ -25,7 +25,7 @@ import docker
 import docker.errors
 
 from corral_emulator.errors import ApiError, conflict, not_found, throttled
-from corral_emulator.functions import Function, decode_zip
+from corral_emulator.functions import Function, decode_zip, fetch_s3_code, is_s3_code
 from corral_emulator.sandbox import MB, Invocation, Outcome, Sandbox
 
 log = logging.getLogger("corral_emulator")
@@ -89,6 +89,8 @@ class Engine:
         log_dir: Path,
         log_stream: TextIO | None,
         docker_client: docker.DockerClient,
+        throttle_fraction: float = 0.0,
+        throttle_seed: int = 0,
     ) -> None:
         self.instance_id = instance_id
         self.workdir = workdir
@@ -104,6 +106,10 @@ class Engine:
         self.log_stream = log_stream
         self.docker = docker_client
         self.functions: dict[str, Function] = {}
+        #: Fault injection: this fraction of invocations is answered 429 (seeded: the same sequence each run).
+        self.throttle_fraction = throttle_fraction
+        self._faults = random.Random(throttle_seed)
+        self.injected_throttles = 0
         self.sandboxes: dict[str, Sandbox] = {}  # by container name
         self.code_root = workdir / "code"
         self.bootstrap_file = workdir / "runtime" / "bootstrap.py"
@@ -200,10 +206,16 @@ class Engine:
             raise not_found(f"Function not found: {self.arn(name)}")
         return function
 
+    async def code_bytes(self, code: Any) -> bytes:
+        """The zip of a Code shape: inline (``ZipFile``) or fetched from S3 (``S3Bucket``/``S3Key``)."""
+        if is_s3_code(code):
+            return await self.blocking(fetch_s3_code, code)
+        return decode_zip(code)
+
     async def create_function(self, name: str, body: dict) -> Function:
         if name in self.functions:
             raise conflict(f"Function already exist: {name}")
-        data = decode_zip(body.get("Code"))
+        data = await self.code_bytes(body.get("Code"))
         function = Function(name=name, arn=self.arn(name), runtime="", handler="", role="")
         function.configure(body, creating=True)
         function.tags = dict(body.get("Tags") or {})
@@ -224,7 +236,10 @@ class Engine:
     async def update_code(self, name: str, body: dict) -> Function:
         function = self.get(name)
         self.check_revision(function, body)
-        data = decode_zip({"ZipFile": body.get("ZipFile")} if "ZipFile" in body else body)
+        data = await self.code_bytes({k: body[k] for k in ("ZipFile", "S3Bucket", "S3Key", "S3ObjectVersion")
+                                      if k in body})
+        if "Architectures" in body:  # on AWS, the architecture changes with the code, not the configuration
+            function.configure({"Architectures": body["Architectures"]}, creating=False)
         old_dir = function.code_dir
         await self.blocking(function.set_code, data, self.code_root)
         function.touch()
@@ -366,6 +381,9 @@ class Engine:
     # ---------------------------------------------------------------- invocations
     async def invoke(self, function: Function, payload: bytes, client_context: str | None = None,
                      request_id: str | None = None) -> InvokeResult:
+        if self.throttle_fraction and self._faults.random() < self.throttle_fraction:
+            self.injected_throttles += 1
+            raise throttled("ConcurrentInvocationLimitExceeded")
         sandbox, cold = self.acquire(function)
         invocation = Invocation(
             request_id=request_id or str(uuid.uuid4()),

@@ -93,12 +93,40 @@ def decode_zip(code: Any) -> bytes:
     if not isinstance(code, dict):
         raise invalid("Code is required")
     if "ZipFile" not in code:
-        raise invalid("corral-emulator supports Code.ZipFile only (not S3 locations or images)")
+        raise invalid("corral-emulator supports Code.ZipFile and Code.S3Bucket/S3Key only (not images)")
     try:
         data = base64.b64decode(code["ZipFile"], validate=True)
     except (binascii.Error, TypeError, ValueError):
         raise invalid("Code.ZipFile is not valid base64") from None
     check_zip_size(data)
+    return data
+
+
+def is_s3_code(code: Any) -> bool:
+    return isinstance(code, dict) and "ZipFile" not in code and ("S3Bucket" in code or "S3Key" in code)
+
+
+def fetch_s3_code(code: dict) -> bytes:
+    """The zip at ``Code.S3Bucket/S3Key`` (``S3ObjectVersion``), read with boto3 from the S3 endpoint and
+    with the credentials of the emulator's environment (``AWS_ENDPOINT_URL_S3``…). Blocking."""
+    bucket, key, version = code.get("S3Bucket"), code.get("S3Key"), code.get("S3ObjectVersion")
+    if not isinstance(bucket, str) or not bucket or not isinstance(key, str) or not key:
+        raise invalid("Code.S3Bucket and Code.S3Key are both required")
+    try:
+        import boto3
+        import botocore.exceptions
+    except ImportError:
+        raise invalid("corral-emulator reads Code.S3Bucket/S3Key with boto3, which is not installed") from None
+    try:
+        client = boto3.client("s3")
+        answer = client.get_object(Bucket=bucket, Key=key, **({"VersionId": version} if version else {}))
+        data = answer["Body"].read()
+    except botocore.exceptions.ClientError as exc:
+        error = exc.response.get("Error", {})
+        raise invalid(f"Error occurred while GetObject. S3 Error Code: {error.get('Code')}. "
+                      f"S3 Error Message: {error.get('Message')}") from None
+    except botocore.exceptions.BotoCoreError as exc:
+        raise invalid(f"Error occurred while GetObject: {exc}") from None
     return data
 
 

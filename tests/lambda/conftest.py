@@ -1,4 +1,5 @@
-"""Unit tests of the Lambda code path: no Docker, no AWS (boto3's Stubber where a client is needed)."""
+"""Tests of the Lambda code path without Docker: boto3's Stubber where Lambda must answer, moto in server
+mode for IAM, STS and S3 (tests marked ``moto``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 
 import pytest
 
+from tests.moto_fixtures import bucket, moto_server, s3  # noqa: F401 - fixtures
 from tests.requirements import need
 
 

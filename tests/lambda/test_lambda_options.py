@@ -44,14 +44,61 @@ def data(isolated) -> Path:
         ("--function-name", "no spaces", "not a Lambda function name"),
         ("--lambda-role-arn", "role", "not an IAM role ARN"),
         ("--lambda-endpoint", "localhost:9000", "not an http(s):// URL"),
+        ("--ephemeral-storage", "511", "511 is out of range (must be from 512 to 10240)"),
+        ("--ephemeral-storage", "10241", "must be from 512 to 10240"),
+        ("--environment", "NOVALUE", "'NOVALUE' is not KEY=VALUE"),
+        ("--environment", "AWS_REGION=eu-west-1", "AWS_REGION is set by Lambda itself"),
+        ("--environment", "1X=y", "not a variable name Lambda accepts"),
+        ("--architecture", "sparc", "'sparc' is not a Lambda architecture (x86_64 or arm64)"),
+        ("--runtime", "python3.10", "python3.10 cannot run corral, which needs Python 3.11 or newer"),
+        ("--runtime", "nodejs20.x", "is not a Python runtime of Lambda"),
+        ("--deploy-bucket", "Not_A_Bucket", "is not an S3 bucket name"),
+        ("--deadline", "0", "0 is out of range (must be at least 1)"),
     ],
 )
-def test_out_of_range_values_exit_2_naming_the_flag(capsys, data, flag, value, message):
-    code, err = run_cli(capsys, "run", WORDCOUNT, data, "--out", data.parent / "out", "--backend", "docker",
+@pytest.mark.parametrize("backend", ["lambda", "docker"])
+def test_out_of_range_values_exit_2_naming_the_flag(capsys, data, flag, value, message, backend):
+    code, err = run_cli(capsys, "run", WORDCOUNT, data, "--out", data.parent / "out", "--backend", backend,
                         flag, value)
     assert code == 2
     assert f"invalid value for {flag}: " in err and message in err
     assert not (data.parent / "out").exists()
+
+
+@pytest.mark.parametrize("command", [["deploy"], ["undeploy"]])
+def test_deploy_commands_validate_options_before_anything(capsys, isolated, command):
+    code, err = run_cli(capsys, *command, WORDCOUNT, "--backend", "lambda", "--memory", "64")
+    assert code == 2 and "invalid value for --memory: 64 is out of range" in err
+
+
+def test_settings_reach_the_lambda_configuration(isolated):
+    from corral_lambda.runtime import host_runtime
+
+    settings = load_settings({"environment": ["MODE=fast", "URL=http://x/?a=b"], "architecture": "arm64",
+                              "ephemeral_storage": "2048", "deploy_bucket": "my-code", "deadline": "60"})
+    config = LambdaConfig.from_settings(settings)
+    assert config.environment == {"MODE": "fast", "URL": "http://x/?a=b"}
+    assert (config.architecture, config.ephemeral_storage, config.deploy_bucket) == ("arm64", 2048, "my-code")
+    assert config.runtime == host_runtime() and config.python_version == host_runtime()[len("python"):]
+    assert all(tag.endswith("_aarch64") for tag in config.wheel_platforms)
+    assert 55 < config.deadline - __import__("time").time() <= 60
+
+
+def test_the_lambda_endpoint_variable_is_honoured(isolated, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", "http://127.0.0.1:9")
+    assert LambdaConfig.from_settings(load_settings({})).endpoint_url == "http://127.0.0.1:9"
+    flag = LambdaConfig.from_settings(load_settings({"lambda_endpoint": "http://127.0.0.1:8"}))
+    assert flag.endpoint_url == "http://127.0.0.1:8"
+
+
+def test_wheel_platforms_follow_the_runtime_os_glibc():
+    from corral_lambda.runtime import platform_tags
+
+    al2 = platform_tags("python3.11", "x86_64")  # Amazon Linux 2: glibc 2.26
+    assert al2[0] == "manylinux_2_26_x86_64" and al2[-1] == "manylinux2014_x86_64"
+    al2023 = platform_tags("python3.12", "arm64")  # Amazon Linux 2023: glibc 2.34
+    assert al2023[0] == "manylinux_2_34_aarch64" and "manylinux_2_28_aarch64" in al2023
+    assert not any("x86_64" in tag for tag in al2023)
 
 
 def test_environment_variables_are_validated_too(capsys, data, monkeypatch):

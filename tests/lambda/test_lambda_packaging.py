@@ -156,3 +156,82 @@ def test_pure_python_requirement_without_a_wheel_is_built_here(project, isolated
     (lib / "corral_test_purelib.py").write_text("VALUE = 42\n")
     package = corral.build_package(source(project, (str(lib),)), cache_dir=tmp_path / "cache")
     assert "corral_test_purelib.py" in package.files
+
+
+# --- the package for a Lambda runtime and architecture (corral_lambda builds it with these) ---------------
+def lambda_build(project: Path, runtime: str, architecture: str, requirements: tuple[str, ...] = ()):
+    from corral_lambda.executor import LambdaConfig, LambdaExecutor
+
+    executor = LambdaExecutor(1, LambdaConfig(runtime=runtime, architecture=architecture))
+    try:
+        return executor.build(source(project, requirements))
+    finally:
+        executor.close()
+
+
+def wheel_tags(package: corral.Package, dist: str) -> list[str]:
+    archive = zipfile.ZipFile(io.BytesIO(package.zip_bytes))
+    (wheel,) = [n for n in package.files if n.lower().startswith(dist) and n.endswith(".dist-info/WHEEL")]
+    return [line.split(":", 1)[1].strip() for line in archive.read(wheel).decode().splitlines()
+            if line.startswith("Tag:")]
+
+
+def test_arm64_gets_aarch64_wheels_whatever_the_host(project, isolated):
+    """Asked from this (x86_64) host for arm64: the binary wheels in the zip are manylinux aarch64 ones,
+    for a pure-Python requirement (six) and a compiled one (markupsafe) alike."""
+    package = lambda_build(project, "python3.11", "arm64", ("markupsafe", "six"))
+    binaries = [f for f in package.files if f.endswith(".so")]
+    assert "markupsafe/_speedups.cpython-311-aarch64-linux-gnu.so" in binaries
+    assert any(f.startswith("msgpack/") for f in binaries)
+    assert all("aarch64-linux-gnu" in f for f in binaries), binaries
+    for dist in ("markupsafe", "msgpack"):
+        tags = wheel_tags(package, dist)
+        assert tags and all(t.startswith("cp311-cp311-manylinux") and t.endswith("_aarch64") for t in tags), tags
+    assert wheel_tags(package, "six") == ["py2-none-any", "py3-none-any"] and "six.py" in package.files
+
+
+def test_the_runtime_python_decides_the_wheels(project, isolated):
+    package = lambda_build(project, "python3.12", "x86_64")
+    binaries = [f for f in package.files if f.endswith(".so")]
+    assert binaries and all("cpython-312-x86_64-linux-gnu" in f for f in binaries), binaries
+
+
+def test_a_requirement_without_a_linux_wheel_exits_2_naming_it(project, isolated):
+    """pywin32 has Windows wheels only: the error names it (not the other requirements), before any
+    call to AWS (none is reachable here, and none is needed to refuse)."""
+    import subprocess
+    import sys
+
+    (isolated / "requirements.txt").write_text("# the job's extra packages\nsix\npywin32  # Windows only\n")
+    done = subprocess.run(
+        [Path(sys.executable).with_name("corral"), "deploy", str(project / "myjob.py"), "--backend", "lambda",
+         "--requirements", "requirements.txt", "--architecture", "arm64"],
+        capture_output=True, text=True, cwd=isolated, timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    first = done.stderr.splitlines()[0]
+    assert first.startswith("corral: error: cannot install pywin32 for manylinux_2_26_aarch64 / Python 3.11")
+    assert "six" not in first and "msgpack" not in first
+
+
+def test_syntax_newer_than_the_runtime_is_refused(tmp_path):
+    from corral.packaging import _check_syntax
+
+    job = tmp_path / "job.py"
+    source_text = b"match command:\n    case 'go':\n        pass\n"
+    _check_syntax(job, source_text, "3.11")  # this Python and newer: fine
+    with pytest.raises(corral.PackagingError, match=r"job\.py:\d+: .*Python 3\.9 \(the function's runtime\)"):
+        _check_syntax(job, source_text, "3.9")  # (a runtime corral refuses anyway; the check is generic)
+
+
+def test_a_requirements_file(tmp_path):
+    from corral.driver import read_requirements
+
+    path = tmp_path / "requirements.txt"
+    path.write_text("# pinned\nsix==1.16.0\n\nmarkupsafe>=2  # compiled\n")
+    assert read_requirements(str(path)) == ["six==1.16.0", "markupsafe>=2"]
+    path.write_text("-r other.txt\n")
+    with pytest.raises(corral.UsageError, match="line 1: pip options such as -r are not supported"):
+        read_requirements(str(path))
+    with pytest.raises(corral.UsageError, match="invalid value for --requirements: cannot read"):
+        read_requirements(str(tmp_path / "missing.txt"))

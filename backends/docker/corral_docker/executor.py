@@ -88,14 +88,14 @@ class DockerExecutor(LambdaExecutor):
     def __init__(self, max_concurrency: int, config: LambdaConfig, base_image: str | None = None,
                  idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.base_image = base_image or default_base_image()
-        architecture, manylinux = machine()
+        architecture, _ = machine()
         config = replace(
             config,
-            architecture=architecture,
-            platform=f"manylinux2014_{manylinux}",
-            python_version=image_python_version(self.base_image),
+            architecture=architecture,  # containers run natively: wheels for this machine and the image's Python
+            platforms=None,
             runtime=f"python{image_python_version(self.base_image)}",
             credentials=("corral", "corral"),  # the emulator does not check signatures
+            manage_iam=False,  # no IAM here: the emulator does not check roles
         )
         super().__init__(max_concurrency, config)
         self.idle_timeout = idle_timeout
@@ -106,7 +106,7 @@ class DockerExecutor(LambdaExecutor):
         """Local paths are mounted; other URLs (s3://…) are reached from the containers directly."""
 
     def deploy(self, job: JobSource) -> None:
-        self.mounts = mounts_for(job.locations)
+        self.mounts = mounts_for([*job.locations, *([job.work] if job.work else [])])
         self.emulator = Emulator(
             base_image=self.base_image,
             max_concurrency=self.max_concurrency,
@@ -121,6 +121,9 @@ class DockerExecutor(LambdaExecutor):
         log.info("emulator at %s (image %s), mounts: %s", endpoint, self.base_image, ", ".join(self.mounts))
         self.config = replace(self.config, endpoint_url=endpoint)
         super().deploy(job)
+
+    def undeploy(self, job: JobSource) -> None:
+        """Nothing to remove: the emulator, and the functions in it, live only as long as one run."""
 
     def close(self) -> None:
         try:

@@ -1,0 +1,77 @@
+"""corral on S3 when S3 pushes back: a proxy in front of moto answers 503 SlowDown to every third request.
+
+The proxy is a test fixture (``faulty_proxy.py``, aiohttp); corral, s3fs and botocore are unchanged and
+talk HTTP to it. Its record of requests also shows how corral uses S3: ranged GETs for splits, listings
+in pages, multipart uploads for large objects.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.s3.faulty_proxy import FaultyProxy
+from tests.s3.test_s3 import expected_counts, read_parts
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+pytestmark = pytest.mark.moto
+
+
+def test_wordcount_is_exact_when_every_third_request_is_slowed_down(moto_server, s3, bucket):
+    texts = [f"alpha beta {i}\ngamma beta delta\n{'epsilon ' * (i % 5)}\n" * 400 for i in range(10)]
+    for i, text in enumerate(texts):
+        s3.put_object(Bucket=bucket, Key=f"in/part{i:02d}.txt", Body=text.encode())
+    with FaultyProxy(moto_server["AWS_ENDPOINT_URL_S3"], every=3) as proxy:
+        done = subprocess.run(
+            [shutil.which("corral"), "run", str(EXAMPLES / "wordcount.py"), f"s3://{bucket}/in/",
+             "--out", f"s3://{bucket}/out", "--split-size", "16KB", "--reducers", "3", "--backend", "processes"],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, "AWS_ENDPOINT_URL_S3": proxy.url},
+        )
+    assert done.returncode == 0, done.stderr
+    got = Counter({k: int(v) for k, v in (line.split("\t") for line in read_parts(s3, bucket, "out/"))})
+    assert got == expected_counts(texts)
+    assert proxy.faults >= 10, f"only {proxy.faults} faults were injected in {len(proxy.seen)} requests"
+    # splits are read with ranged GETs (never a whole object per split)
+    input_gets = [s for s in proxy.seen if s.method == "GET" and "/in/part" in s.path and not s.faulted]
+    assert input_gets and all(s.range and s.range.startswith("bytes=") for s in input_gets), input_gets[:5]
+    print(f"{len(proxy.seen)} requests, {proxy.faults} answered 503 SlowDown, {len(input_gets)} ranged input GETs")
+
+
+def test_large_writes_stream_as_multipart_uploads_through_slowdowns(moto_server, s3, bucket):
+    """A 160 MB object written through corral's FileSystem: uploaded in 8 MiB parts as it is written, so
+    memory holds a few parts (about 58 MB traced, whatever the object's size), never the object; and
+    complete despite 503s. (fsspec's default 50 MB parts peaked near 200 MB.)"""
+    code = f"""
+import os, sys, tracemalloc
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+from corral import get_filesystem
+url = "s3://{bucket}/big/object.bin"
+chunk = bytes(range(256)) * 4096  # 1 MB
+tracemalloc.start()
+with get_filesystem(url).open(url, "wb") as out:
+    for n in range(160):
+        out.write(chunk)
+print(tracemalloc.get_traced_memory()[1])
+"""
+    with FaultyProxy(moto_server["AWS_ENDPOINT_URL_S3"], every=3) as proxy:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "AWS_ENDPOINT_URL_S3": proxy.url})
+    assert done.returncode == 0, done.stderr
+    peak = int(done.stdout.split()[-1])
+    head = s3.head_object(Bucket=bucket, Key="big/object.bin")
+    assert head["ContentLength"] == 160 << 20
+    body = s3.get_object(Bucket=bucket, Key="big/object.bin", Range="bytes=167772000-167772159")["Body"].read()
+    assert body == (bytes(range(256)) * 4096)[167772000 % (1 << 20):][:160]
+    parts = [s for s in proxy.seen if s.method == "PUT" and "partNumber=" in s.query and not s.faulted]
+    assert {s.query.split("partNumber=")[1].split("&")[0] for s in parts} >= {"1", "2", "3"}
+    assert any(s.method == "POST" and "uploads" in s.query for s in proxy.seen)  # CreateMultipartUpload
+    assert peak < 80 << 20, f"peak traced memory {peak >> 20} MB while writing a 160 MB object"
+    assert proxy.faults > 0
+    print(f"160 MB written in {len(parts)} parts; peak traced memory {peak / 2**20:.1f} MB")
