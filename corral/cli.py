@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from corral.errors import CorralError, UsageError
+from corral.errors import CorralError, JobFailed, UsageError
 from corral.job import Job
 
 
@@ -92,7 +92,10 @@ def _run(job_class: type[Job], args: argparse.Namespace) -> int:
 
 def _logging(settings: Any, say_what_is_done: bool = False) -> None:
     level = {0: logging.WARNING, 1: logging.INFO}.get(settings.verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="corral: %(message)s", stream=sys.stderr)
+    # corral's own loggers only: third-party debug logs (botocore dumps whole requests) stay quiet
+    logging.basicConfig(level=logging.WARNING, format="corral: %(message)s", stream=sys.stderr)
+    for name in ("corral", "corral_emulator"):
+        logging.getLogger(name).setLevel(level)
     if say_what_is_done and not settings.quiet and level > logging.INFO:
         logging.getLogger("corral").setLevel(logging.INFO)  # corral's own messages, not its libraries'
 
@@ -201,7 +204,7 @@ def _guard(action: Any) -> int:
     try:
         return action()
     except CorralError as exc:
-        label = "job failed" if exc.exit_code == 1 else "error"
+        label = "job failed" if isinstance(exc, JobFailed) else "error"
         print(f"corral: {label}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
