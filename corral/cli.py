@@ -92,8 +92,9 @@ def _run(job_class: type[Job], args: argparse.Namespace) -> int:
 
 def _logging(settings: Any, say_what_is_done: bool = False) -> None:
     level = {0: logging.WARNING, 1: logging.INFO}.get(settings.verbose, logging.DEBUG)
-    # corral's own loggers only: third-party debug logs (botocore dumps whole requests) stay quiet
-    logging.basicConfig(level=logging.WARNING, format="corral: %(message)s", stream=sys.stderr)
+    # -v/-vv: corral's own loggers; -vvv: its libraries' too (botocore dumps every request)
+    library_level = logging.DEBUG if settings.verbose >= 3 else logging.WARNING
+    logging.basicConfig(level=library_level, format="corral: %(message)s", stream=sys.stderr)
     for name in ("corral", "corral_emulator"):
         logging.getLogger(name).setLevel(level)
     if say_what_is_done and not settings.quiet and level > logging.INFO:

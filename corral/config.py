@@ -25,7 +25,7 @@ def _text(value: Any) -> str:
 def _log_level(value: Any) -> int:
     if isinstance(value, bool):
         return int(value)
-    return int_in_range(0, 2)(value)
+    return int_in_range(0, 3)(value)
 
 
 CORE_OPTIONS: list[Option] = [
@@ -49,7 +49,7 @@ CORE_OPTIONS: list[Option] = [
     Option("keep-intermediate", parse_bool, False, "keep intermediate data after success", switch=True),
     Option("overwrite", parse_bool, False, "replace an existing output folder", switch=True),
     Option("quiet", parse_bool, False, "no progress bars and no summary", switch=True, short="-q"),
-    Option("verbose", _log_level, 0, "log retries and phases (-vv: debug)", switch=True, short="-v"),
+    Option("verbose", _log_level, 0, "log retries (-vv: debug, -vvv: libraries too)", switch=True, short="-v"),
 ]
 
 

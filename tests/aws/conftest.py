@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.docker.conftest import docker_engine  # noqa: F401 - fixture
 from tests.moto_fixtures import SECRET_KEY, bucket, moto_server, s3  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[2]

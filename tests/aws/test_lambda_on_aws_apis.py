@@ -34,7 +34,7 @@ def test_wordcount_on_lambda_equals_the_processes_backend(emulator, s3, bucket, 
                    "processes", *COMMON, cwd=tmp_path)
     assert local.returncode == 0, local.stderr
     done = corral("run", WORDCOUNT, f"s3://{bucket}/in/", "--out", f"s3://{bucket}/out", "--backend", "lambda",
-                  "--lambda-endpoint", emulator.endpoint, "-vv", *COMMON, cwd=tmp_path)
+                  "--lambda-endpoint", emulator.endpoint, "-vvv", *COMMON, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     expected = parts(s3, bucket, "local")
     assert list(expected) == ["part-00000", "part-00001", "part-00002"]
@@ -67,7 +67,7 @@ def test_wordcount_on_lambda_equals_the_processes_backend(emulator, s3, bucket, 
     assert s3_arns and all(r in (f"arn:aws:s3:::{bucket}",) or r.startswith(
         (f"arn:aws:s3:::{bucket}/in/", f"arn:aws:s3:::{bucket}/out/_corral/work")) for r in s3_arns), s3_arns
 
-    # credentials come from the standard chain and are never written out, even when -vv logs every
+    # credentials come from the standard chain and are never written out, even when -vvv logs every
     # request at debug level (botocore's own lines, signed headers included)
     assert "Making request for OperationModel(name=Invoke)" in done.stderr
     assert "Making request for OperationModel(name=GetRole)" in done.stderr

@@ -13,34 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.requirements import need, unavailable
+from tests.requirements import need
 
 REPO = Path(__file__).resolve().parents[2]
 CORRAL = str(Path(sys.executable).with_name("corral"))
 
 
 @pytest.fixture(scope="session")
-def docker_engine():
-    need("docker", "corral_emulator", "corral_docker", "corral_lambda", "boto3")
-    import docker
-
-    try:
-        client = docker.from_env(timeout=30)
-        client.ping()
-    except Exception as exc:
-        unavailable(f"no Docker engine answers: {exc}")
-    from corral_emulator import EmulatorError, build_base_image, default_base_image
-
-    image = default_base_image()
-    try:
-        client.images.get(image)
-    except docker.errors.ImageNotFound:
-        try:
-            build_base_image(image)
-        except EmulatorError as exc:
-            unavailable(f"base image {image} is missing and cannot be built: {exc}")
-    yield client
-    client.close()
+def docker_engine(docker_engine):  # the shared fixture (tests/conftest.py), plus the backend's packages
+    need("corral_docker", "corral_lambda", "boto3")
+    return docker_engine
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -80,27 +80,6 @@ def call(lambda_client):
     return lambda name, event=None, **kwargs: invoke(lambda_client, name, event, **kwargs)
 
 
-@pytest.fixture(scope="session")
-def docker_engine():
-    try:
-        import docker
-
-        client = docker.from_env(timeout=30)
-        client.ping()
-    except Exception as exc:
-        _unavailable(f"no Docker engine answers: {exc}")
-    from corral_emulator import EmulatorError, build_base_image, default_base_image
-
-    image = default_base_image()
-    try:
-        client.images.get(image)
-    except docker.errors.ImageNotFound:
-        try:
-            build_base_image(image)
-        except EmulatorError as exc:
-            _unavailable(f"base image {image} is missing and cannot be built: {exc}")
-    yield client
-    client.close()
 
 
 @pytest.fixture(scope="session")
