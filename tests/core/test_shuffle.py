@@ -352,6 +352,23 @@ print(json.dumps({"ok": result["ok"], "error": result.get("error"), "keys_in": r
 """
 
 
+def _reduce_in_fresh_process(folder, job, specs: list) -> dict:
+    """Run one reduce task of ``job`` over ``specs`` in a fresh interpreter; its result and peak RSS."""
+    payload = {
+        "kind": "reduce", "job": job_ref(job), "args": {}, "stage": 0, "task": "reduce-0000",
+        "attempt": 1, "partition": 0, "sources": specs, "output": str(folder / "out.txt"),
+        "output_kind": "text", "memory_budget": 256 << 20,
+    }
+    (folder / "payload.json").write_text(json.dumps(payload))
+    done = subprocess.run(
+        [sys.executable, "-c", REDUCE_IN_FRESH_PROCESS, str(folder / "payload.json")],
+        capture_output=True, text=True, check=True, env=clean_env(),
+    )
+    result = json.loads(done.stdout)
+    assert result["ok"], result["error"]
+    return result
+
+
 def _reduce_peak_rss(tmp_path, name: str, keys: int, sources: int = 8) -> tuple[int, int]:
     folder = tmp_path / name
     folder.mkdir()
@@ -366,18 +383,7 @@ def _reduce_peak_rss(tmp_path, name: str, keys: int, sources: int = 8) -> tuple[
             writer.flush()
             write_index(f, [[0, writer.offset]], writer.offset)
         specs.append([str(path), 0, writer.offset])
-    payload = {
-        "kind": "reduce", "job": job_ref(jobs.SumReduce), "args": {}, "stage": 0, "task": "reduce-0000",
-        "attempt": 1, "partition": 0, "sources": specs, "output": str(folder / "out.txt"),
-        "output_kind": "text", "memory_budget": 256 << 20,
-    }
-    (folder / "payload.json").write_text(json.dumps(payload))
-    done = subprocess.run(
-        [sys.executable, "-c", REDUCE_IN_FRESH_PROCESS, str(folder / "payload.json")],
-        capture_output=True, text=True, check=True, env=clean_env(),
-    )
-    result = json.loads(done.stdout)
-    assert result["ok"], result["error"]
+    result = _reduce_in_fresh_process(folder, jobs.SumReduce, specs)
     assert result["keys_in"] == keys
     with open(folder / "out.txt") as f:
         assert sum(1 for _ in f) == keys
@@ -407,18 +413,7 @@ def _hot_key_reduce_peak_rss(tmp_path, name: str, values: int, sources: int = 8)
             writer.flush()
             write_index(f, [[0, writer.offset]], writer.offset)
         specs.append([str(path), 0, writer.offset])
-    payload = {
-        "kind": "reduce", "job": job_ref(jobs.SecondarySortCount), "args": {}, "stage": 0, "task": "reduce-0000",
-        "attempt": 1, "partition": 0, "sources": specs, "output": str(folder / "out.txt"),
-        "output_kind": "text", "memory_budget": 256 << 20,
-    }
-    (folder / "payload.json").write_text(json.dumps(payload))
-    done = subprocess.run(
-        [sys.executable, "-c", REDUCE_IN_FRESH_PROCESS, str(folder / "payload.json")],
-        capture_output=True, text=True, check=True, env=clean_env(),
-    )
-    result = json.loads(done.stdout)
-    assert result["ok"], result["error"]
+    result = _reduce_in_fresh_process(folder, jobs.SecondarySortCount, specs)
     assert (folder / "out.txt").read_text() == f"hot\t{values}\n"  # every value, in sorted order
     for s in specs:
         os.remove(s[0])
