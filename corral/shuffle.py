@@ -18,9 +18,10 @@ import struct
 import sys
 import tempfile
 import zlib
+from bisect import bisect_right
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
-from itertools import chain, groupby, islice
+from itertools import chain, compress, groupby, islice
 from operator import itemgetter
 from typing import IO, Any
 
@@ -31,7 +32,11 @@ MAX_VALUES_PER_ENTRY = 1024
 _MAGIC = b"CORRALS1"
 _FOOTER = struct.Struct("<Q8s")  # index offset, magic
 _READ_BLOCK = 1 << 20
+#: Keys handled together when a map task writes its groups: few enough to stay in the CPU's caches.
+_KEYS_PER_ROUND = 4096
 _first = itemgetter(0)
+_second = itemgetter(1)
+_more_than_one = (1).__lt__
 #: Text read with ``input_errors = "surrogateescape"`` holds its undecodable bytes as lone surrogates:
 #: they are written back as those bytes (in the shuffle, between stages and in the output).
 _TEXT_ERRORS = "surrogateescape"
@@ -91,21 +96,15 @@ class GroupWriter:
         if len(self._batch) >= 2 * self._target:
             self.flush()
 
-    def add_groups(self, keys: list[str], groups: dict[str, list[Any]]) -> None:
-        """``add(key, groups[key])`` for every key, with the batches built in C, not a call per key."""
-        self.flush()
-        values = list(map(groups.__getitem__, keys))
+    def add_groups(self, keys: list[str], values: list[list[Any]]) -> None:
+        """``add(key, group)`` for every key and group of two parallel lists, batched in C."""
         if values and max(map(len, values)) > MAX_VALUES_PER_ENTRY:  # rare: some keys need splitting
             for key, group in zip(keys, values, strict=True):
                 self.add(key, group)
             return
-        flat = list(chain.from_iterable(zip(keys, values, strict=True)))
-        start = 0
-        while start < len(flat):
-            step = 2 * self._target
-            self._batch = flat[start : start + step]
+        self._batch += chain.from_iterable(zip(keys, values, strict=True))
+        if len(self._batch) >= 2 * self._target:
             self.flush()
-            start += step
 
     def add_iter(self, key: str, values: Iterable[Any]) -> None:
         iterator = iter(values)
@@ -171,9 +170,41 @@ def merge_groups(
     if sort_values:
         yield from _merge_sorted_values(sources, value_key)
         return
-    merged = sources[0] if len(sources) == 1 else heapq.merge(*sources, key=_first)
+    merged = sources[0] if len(sources) == 1 else chain.from_iterable(merge_batches(sources))
     for key, entries in groupby(merged, key=_first):
-        yield key, chain.from_iterable(values for _, values in entries)
+        yield key, chain.from_iterable(map(_second, entries))
+
+
+def merge_batches(sources: list[Iterator[tuple[str, list[Any]]]], batch: int = 2048) -> Iterator[list[Any]]:
+    """The entries of sorted sources, merged into sorted lists: a k-way merge done a batch at a time
+    in C (a stable sort of sorted runs), not an entry at a time through a heap.
+
+    Each round takes, from every source's current batch, the entries up to the smallest last key of
+    those batches (so nothing still unread can sort before them), and sorts them together. Ties keep
+    the order of the sources. A key's entries may straddle two rounds: consumers group the
+    concatenated rounds, never a round alone.
+    """
+    heads = []  # per source with entries left: [its iterator, its current batch, position in it]
+    for source in sources:
+        source = iter(source)
+        entries = list(islice(source, batch))
+        if entries:
+            heads.append([source, entries, 0])
+    while heads:
+        bound = min(head[1][-1][0] for head in heads)
+        taken: list[Any] = []
+        for head in heads:
+            source, entries, position = head
+            if entries[-1][0] <= bound:  # the whole rest of this batch: read the next one
+                taken += entries[position:] if position else entries
+                head[1], head[2] = list(islice(source, batch)), 0
+            else:
+                end = bisect_right(entries, bound, position, key=_first)
+                taken += entries[position:end]
+                head[2] = end
+        heads = [head for head in heads if head[1]]
+        taken.sort(key=_first)
+        yield taken
 
 
 def _merge_sorted_values(
@@ -294,17 +325,33 @@ class MapBuffer:
 
     def _combine_in_place(self) -> None:
         groups = self.groups
-        for key, values in groups.items():
-            if len(values) > 1:
-                groups[key] = self._combined(key, values)
+        several = list(compress(groups, map(_more_than_one, map(len, groups.values()))))
+        keys, values = self._combine_all(several, list(map(groups.__getitem__, several)))
+        groups.update(zip(keys, values, strict=True))
+        if len(keys) < len(several):  # keys whose combine yielded nothing
+            for key in set(several).difference(keys):
+                del groups[key]
+
+    def _combine_all(self, keys: list[str], values: list[list[Any]]) -> tuple[list[str], list[list[Any]]]:
+        """``combine`` over each key and its values: the keys it yielded values for, and those values."""
+        combine = self.combine
+        assert combine is not None
+        kept_keys, kept_values = [], []
+        for key, group in zip(keys, values, strict=True):
+            combined = []
+            for out_key, value in combine(key, iter(group)):
+                if out_key != key:
+                    raise ValueError(f"combine must yield the key it was given: got {out_key!r} for {key!r}")
+                combined.append(value)
+            if combined:  # a combine that yielded nothing for a key: reduce must not see the key
+                kept_keys.append(key)
+                kept_values.append(combined)
+        return kept_keys, kept_values
 
     def _combined(self, key: str, values: Iterable[Any]) -> list[Any]:
-        out = []
-        for out_key, value in self.combine(key, iter(values)):  # type: ignore[misc]
-            if out_key != key:
-                raise ValueError(f"combine must yield the key it was given: got {out_key!r} for {key!r}")
-            out.append(value)
-        return out
+        """The values ``combine`` yields for one key (an empty list if none)."""
+        _, combined = self._combine_all([key], [values])  # type: ignore[list-item]
+        return combined[0] if combined else []
 
     # --- sorting and writing ------------------------------------------------------------------
     def _sorted_partitions(self) -> list[list[str]]:
@@ -340,20 +387,20 @@ class MapBuffer:
         The combine runs on every key (so a map task's output is always combined at least once).
         """
         writer = GroupWriter(out, offset)
-        groups, combine, sort_values = self.groups, self.combine, self.sort_values
+        groups = self.groups
         index: Index = []
         for keys in self._sorted_partitions():
             start = writer.offset
-            if combine is None and not sort_values:
-                writer.add_groups(keys, groups)
-            else:
-                for key in keys:
-                    values = groups[key]
-                    if combine is not None:
-                        values = self._combined(key, values)
-                    if sort_values and len(values) > 1:
-                        values.sort(key=self.value_key)
-                    writer.add(key, values)
+            for first in range(0, len(keys), _KEYS_PER_ROUND):
+                some_keys = keys[first : first + _KEYS_PER_ROUND]
+                values = list(map(groups.__getitem__, some_keys))
+                if self.combine is not None:
+                    some_keys, values = self._combine_all(some_keys, values)
+                if self.sort_values:
+                    for group in values:
+                        if len(group) > 1:
+                            group.sort(key=self.value_key)
+                writer.add_groups(some_keys, values)
             writer.flush()
             index.append([start, writer.offset - start])
         self.groups = defaultdict(list)
@@ -413,23 +460,59 @@ class MapBuffer:
 # --- records between stages and final text output --------------------------------------------
 
 
-class RecordWriter:
-    """Writes ``(key, value)`` records as msgpack batches (the format between the stages of a job)."""
+class PairWriter:
+    """Writes the ``(key, value)`` pairs that ``map`` or ``reduce`` yields, validated and encoded in
+    batches (no per-pair function layer); subclasses choose the encoding."""
 
-    def __init__(self, out: IO[bytes]) -> None:
+    BATCH = 8192
+
+    def __init__(self, out: IO[bytes], source: str = "reduce") -> None:
         self.out = out
-        self._batch: list[Any] = []
-        self._pack = _packer()
+        self.source = source  # the method whose pairs these are, for error messages
+        self._pending: list[Any] = []
 
     def add(self, key: Any, value: Any) -> None:
-        self._batch += (key, value)
-        if len(self._batch) >= 8192:
+        self._pending.append((key, value))
+        if len(self._pending) >= self.BATCH:
             self.flush()
 
+    def add_all(self, pairs: Iterable[Any]) -> None:
+        """Add every pair of ``pairs`` (consumed in batches: a generator yielding millions is fine)."""
+        pending = self._pending
+        pairs = iter(pairs)
+        pending += islice(pairs, self.BATCH - len(pending))
+        while len(pending) >= self.BATCH:
+            self.flush()
+            pending = self._pending
+            pending += islice(pairs, self.BATCH)
+
     def flush(self) -> None:
-        if self._batch:
-            self.out.write(self._pack(self._batch))
-            self._batch = []
+        pairs, self._pending = self._pending, []
+        if pairs:
+            if set(map(type, pairs)) != {tuple} or set(map(len, pairs)) != {2}:
+                pairs = [self._pair(item) for item in pairs]
+            self._write(pairs)
+
+    def _pair(self, item: Any) -> tuple[Any, Any]:
+        try:
+            key, value = item
+        except (TypeError, ValueError):
+            raise TypeError(f"{self.source} must yield (key, value) pairs, but it yielded {item!r}") from None
+        return key, value
+
+    def _write(self, pairs: list[tuple[Any, Any]]) -> None:
+        raise NotImplementedError
+
+
+class RecordWriter(PairWriter):
+    """Writes ``(key, value)`` records as msgpack batches (the format between the stages of a job)."""
+
+    def __init__(self, out: IO[bytes], source: str = "reduce") -> None:
+        super().__init__(out, source)
+        self._pack = _packer()
+
+    def _write(self, pairs: list[tuple[Any, Any]]) -> None:
+        self.out.write(self._pack(list(chain.from_iterable(pairs))))
 
 
 def iter_records(stream: IO[bytes]) -> Iterator[list[tuple[Any, Any]]]:
@@ -441,25 +524,27 @@ def iter_records(stream: IO[bytes]) -> Iterator[list[tuple[Any, Any]]]:
         yield list(zip(batch[0::2], batch[1::2], strict=True))
 
 
-class TextWriter:
-    """Writes final output lines ``key<TAB>value`` (a str value as is, any other value as JSON)."""
+class TextWriter(PairWriter):
+    """Writes final output lines ``key<TAB>value`` (a str value as is, any other value as JSON; a None
+    key writes the value alone)."""
 
-    def __init__(self, out: IO[bytes]) -> None:
-        self.out = out
-        self._lines: list[str] = []
+    def __init__(self, out: IO[bytes], source: str = "reduce") -> None:
+        super().__init__(out, source)
         self._dumps = json.JSONEncoder(ensure_ascii=False).encode
 
-    def add(self, key: Any, value: Any) -> None:
-        text = value if isinstance(value, str) else self._dumps(value)
-        self._lines.append(text if key is None else f"{key}\t{text}")
-        if len(self._lines) >= 8192:
-            self.flush()
+    def _write(self, pairs: list[tuple[Any, Any]]) -> None:
+        keys = list(map(_first, pairs))
+        values = list(map(_second, pairs))
+        if set(map(type, keys)) == {str} and set(map(type, values)) <= {str, int}:
+            lines = list(map("{}\t{}".format, keys, values))  # str and int: the same text as JSON's
+        else:
+            lines = [self._line(key, value) for key, value in pairs]
+        lines.append("")
+        self.out.write("\n".join(lines).encode("utf-8", _TEXT_ERRORS))
 
-    def flush(self) -> None:
-        if self._lines:
-            self._lines.append("")
-            self.out.write("\n".join(self._lines).encode("utf-8", _TEXT_ERRORS))
-            self._lines = []
+    def _line(self, key: Any, value: Any) -> str:
+        text = value if isinstance(value, str) else self._dumps(value)
+        return text if key is None else f"{key}\t{text}"
 
 
 def spill_dir() -> str | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import partial
-from itertools import chain, repeat, starmap
+from itertools import chain, count, repeat, starmap
 from typing import IO, Any
 
 from corral.fs import get_filesystem
@@ -42,13 +42,19 @@ def _record_batches(split: Split, input_format: str, input_errors: str) -> Itera
         yield keyed, batch
 
 
-def _writer(output_kind: str, out: IO[bytes]) -> TextWriter | RecordWriter:
-    return TextWriter(out) if output_kind == "text" else RecordWriter(out)
+def _writer(output_kind: str, out: IO[bytes], source: str) -> TextWriter | RecordWriter:
+    return TextWriter(out, source) if output_kind == "text" else RecordWriter(out, source)
+
+
+def _map_calls(step: Step, keyed: bool, batch: list) -> Iterable[Iterable[Any]]:
+    """What the job's map yields for a batch of input records: one iterable of pairs per call."""
+    if step.map_batch is not None:
+        return (step.map_batch(batch),)
+    return starmap(step.map, batch) if keyed else map(step.map, repeat(None), batch)
 
 
 def execute_map(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]:
     """Run one map task; return its result (output URL, index, record counts)."""
-    mapper = step.map
     output_kind = spec["output_kind"]
     input_format = spec.get("input_format", "lines")
     input_errors = spec.get("input_errors", "strict")
@@ -71,10 +77,10 @@ def execute_map(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]:
                 split = Split.from_json(split_json)
                 for keyed, batch in _record_batches(split, input_format, input_errors):
                     records_in += len(batch)
-                    pairs = starmap(mapper, batch) if keyed else map(mapper, repeat(None), batch)
                     groups = buffer.groups
-                    for key, value in chain.from_iterable(pairs):
-                        groups[key].append(value)
+                    for pairs in _map_calls(step, keyed, batch):  # the hot loop: no function layer per pair
+                        for key, value in pairs:
+                            groups[key].append(value)
                     buffer.check(records_in)
             if step.map_final:
                 groups = buffer.groups
@@ -87,18 +93,14 @@ def execute_map(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]:
         return {"output": spec["output"], "index": index, "records_in": records_in}
 
     with out_fs.open(spec["output"], "wb") as out:
-        writer = _writer(output_kind, out)
-        add = writer.add
+        writer = _writer(output_kind, out, "map")
         for split_json in spec["splits"]:
             split = Split.from_json(split_json)
             for keyed, batch in _record_batches(split, input_format, input_errors):
                 records_in += len(batch)
-                pairs = starmap(mapper, batch) if keyed else map(mapper, repeat(None), batch)
-                for key, value in chain.from_iterable(pairs):
-                    add(key, value)
+                writer.add_all(chain.from_iterable(_map_calls(step, keyed, batch)))
         if step.map_final:
-            for key, value in step.map_final() or ():
-                add(key, value)
+            writer.add_all(step.map_final() or ())
         writer.flush()
         bytes_out = out.tell()
     return {"output": spec["output"], "records_in": records_in, "bytes_out": bytes_out}
@@ -114,22 +116,18 @@ def execute_reduce(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]
     for url, offset, length in sources_spec:
         read = partial(get_filesystem(url).read_range, url)
         sources.append(iter_groups(range_blocks(read, offset, length, block)))
-    groups_in = 0
     out_fs = get_filesystem(spec["output"])
     if step.reduce_init:
         step.reduce_init()
     reducer = step.reduce
     with out_fs.open(spec["output"], "wb") as out:
-        writer = _writer(spec["output_kind"], out)
-        add = writer.add
+        writer = _writer(spec["output_kind"], out, "reduce")
+        keys = count()  # counts the keys as the merge yields them
         if sources:
-            for key, values in merge_groups(sources, step.value_key, step.sort_values):
-                groups_in += 1
-                for out_key, value in reducer(key, values):
-                    add(out_key, value)
+            groups = zip(merge_groups(sources, step.value_key, step.sort_values), keys, strict=False)
+            writer.add_all(chain.from_iterable(reducer(key, values) for (key, values), _ in groups))
         if step.reduce_final:
-            for out_key, value in step.reduce_final() or ():
-                add(out_key, value)
+            writer.add_all(step.reduce_final() or ())
         writer.flush()
         bytes_out = out.tell()
-    return {"output": spec["output"], "keys_in": groups_in, "bytes_out": bytes_out}
+    return {"output": spec["output"], "keys_in": next(keys), "bytes_out": bytes_out}
