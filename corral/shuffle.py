@@ -21,6 +21,7 @@ import zlib
 from bisect import bisect_right
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from itertools import chain, compress, groupby, islice
 from operator import itemgetter
 from typing import IO, Any
@@ -125,8 +126,8 @@ class GroupWriter:
             self._target *= 2
 
 
-def iter_groups(blocks: Iterable[bytes]) -> Iterator[tuple[str, list[Any]]]:
-    """The ``(key, values)`` entries stored in a segment, read block by block."""
+def iter_group_batches(blocks: Iterable[bytes]) -> Iterator[list[tuple[str, list[Any]]]]:
+    """The ``(key, values)`` entries stored in a segment, a stored batch at a time, read block by block."""
     # a small initial buffer (msgpack's default is 1 MiB): a reducer holds one unpacker per map output
     unpacker = msgpack.Unpacker(
         raw=False, strict_map_key=False, max_buffer_size=1 << 31, unicode_errors=_TEXT_ERRORS, read_size=64 << 10
@@ -134,7 +135,12 @@ def iter_groups(blocks: Iterable[bytes]) -> Iterator[tuple[str, list[Any]]]:
     for block in blocks:
         unpacker.feed(block)
         for batch in unpacker:
-            yield from zip(batch[0::2], batch[1::2], strict=True)
+            yield list(zip(batch[0::2], batch[1::2], strict=True))
+
+
+def iter_groups(blocks: Iterable[bytes]) -> Iterator[tuple[str, list[Any]]]:
+    """The ``(key, values)`` entries stored in a segment, read block by block."""
+    return chain.from_iterable(iter_group_batches(blocks))
 
 
 def range_blocks(
@@ -166,28 +172,39 @@ def merge_groups(
     value_key: Callable[[Any], Any] | None = None,
     sort_values: bool = False,
 ) -> Iterator[tuple[str, Iterator[Any]]]:
-    """Streaming k-way merge of sorted sources into ``(key, lazy values)`` in key order."""
+    """Streaming k-way merge of sorted sources of entries into ``(key, lazy values)`` in key order."""
     if sort_values:
         yield from _merge_sorted_values(sources, value_key)
         return
-    merged = sources[0] if len(sources) == 1 else chain.from_iterable(merge_batches(sources))
-    for key, entries in groupby(merged, key=_first):
+    batches = [iter(partial(_next_batch, iter(source)), []) for source in sources]
+    for key, entries in groupby(merged_entries(batches), key=_first):
         yield key, chain.from_iterable(map(_second, entries))
 
 
-def merge_batches(sources: list[Iterator[tuple[str, list[Any]]]], batch: int = 2048) -> Iterator[list[Any]]:
-    """The entries of sorted sources, merged into sorted lists: a k-way merge done a batch at a time
-    in C (a stable sort of sorted runs), not an entry at a time through a heap.
+def _next_batch(entries: Iterator[Any], size: int = 2048) -> list[Any]:
+    return list(islice(entries, size))
+
+
+def merged_entries(sources: list[Iterator[list[Any]]]) -> Iterator[tuple[str, list[Any]]]:
+    """The entries of sorted sources given as batches (lists of entries), in key order."""
+    if len(sources) == 1:
+        return chain.from_iterable(sources[0])
+    return chain.from_iterable(merge_batches(sources))
+
+
+def merge_batches(sources: list[Iterator[list[Any]]]) -> Iterator[list[Any]]:
+    """Sorted sources of batches of entries, merged into sorted batches: a k-way merge done a batch at a
+    time in C (a stable sort of sorted runs), not an entry at a time through a heap.
 
     Each round takes, from every source's current batch, the entries up to the smallest last key of
-    those batches (so nothing still unread can sort before them), and sorts them together. Ties keep
-    the order of the sources. A key's entries may straddle two rounds: consumers group the
-    concatenated rounds, never a round alone.
+    those batches (nothing still unread can sort before them), and sorts them together. Ties keep the
+    order of the sources. A key's entries may straddle two rounds: consumers group the concatenated
+    rounds, never a round alone.
     """
-    heads = []  # per source with entries left: [its iterator, its current batch, position in it]
+    heads = []  # per source with entries left: [its batches, its current batch, position in it]
     for source in sources:
         source = iter(source)
-        entries = list(islice(source, batch))
+        entries = _next_entries(source)
         if entries:
             heads.append([source, entries, 0])
     while heads:
@@ -195,9 +212,9 @@ def merge_batches(sources: list[Iterator[tuple[str, list[Any]]]], batch: int = 2
         taken: list[Any] = []
         for head in heads:
             source, entries, position = head
-            if entries[-1][0] <= bound:  # the whole rest of this batch: read the next one
+            if entries[-1][0] <= bound:  # the whole rest of this batch: on to the next one
                 taken += entries[position:] if position else entries
-                head[1], head[2] = list(islice(source, batch)), 0
+                head[1], head[2] = _next_entries(source), 0
             else:
                 end = bisect_right(entries, bound, position, key=_first)
                 taken += entries[position:end]
@@ -205,6 +222,14 @@ def merge_batches(sources: list[Iterator[tuple[str, list[Any]]]], batch: int = 2
         heads = [head for head in heads if head[1]]
         taken.sort(key=_first)
         yield taken
+
+
+def _next_entries(batches: Iterator[list[Any]]) -> list[Any]:
+    """The next batch that is not empty; an empty list at the end."""
+    for entries in batches:
+        if entries:
+            return entries
+    return []
 
 
 def _merge_sorted_values(

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import partial
-from itertools import chain, count, repeat, starmap
+from itertools import chain, count, groupby, repeat, starmap
+from operator import itemgetter
 from typing import IO, Any
 
 from corral.fs import get_filesystem
@@ -20,13 +21,16 @@ from corral.shuffle import (
     MapBuffer,
     RecordWriter,
     TextWriter,
-    iter_groups,
+    iter_group_batches,
     iter_records,
     merge_groups,
+    merged_entries,
     range_blocks,
     spill_dir,
 )
 from corral.split import Split, iter_text_records
+
+_key, _values = itemgetter(0), itemgetter(1)  # of a shuffle entry (key, values)
 
 
 def _record_batches(split: Split, input_format: str, input_errors: str) -> Iterable[tuple[bool, list]]:
@@ -115,7 +119,7 @@ def execute_reduce(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]
     sources = []
     for url, offset, length in sources_spec:
         read = partial(get_filesystem(url).read_range, url)
-        sources.append(iter_groups(range_blocks(read, offset, length, block)))
+        sources.append(iter_group_batches(range_blocks(read, offset, length, block)))
     out_fs = get_filesystem(spec["output"])
     if step.reduce_init:
         step.reduce_init()
@@ -123,9 +127,14 @@ def execute_reduce(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]
     with out_fs.open(spec["output"], "wb") as out:
         writer = _writer(spec["output_kind"], out, "reduce")
         keys = count()  # counts the keys as the merge yields them
-        if sources:
-            groups = zip(merge_groups(sources, step.value_key, step.sort_values), keys, strict=False)
-            writer.add_all(chain.from_iterable(reducer(key, values) for (key, values), _ in groups))
+        if sources and step.sort_values:
+            groups = merge_groups([chain.from_iterable(s) for s in sources], step.value_key, sort_values=True)
+            calls = (reducer(key, values) for (key, values), _ in zip(groups, keys, strict=False))
+            writer.add_all(chain.from_iterable(calls))
+        elif sources:  # the hot loop: one generator step per key, the rest in C
+            grouped = zip(groupby(merged_entries(sources), key=_key), keys, strict=False)
+            calls = (reducer(key, chain.from_iterable(map(_values, entries))) for (key, entries), _ in grouped)
+            writer.add_all(chain.from_iterable(calls))
         if step.reduce_final:
             writer.add_all(step.reduce_final() or ())
         writer.flush()
