@@ -381,13 +381,14 @@ class MapBuffer:
     # --- sorting and writing ------------------------------------------------------------------
     def _sorted_partitions(self) -> list[list[str]]:
         """The buffered keys of each partition, sorted. The default partitioner runs in C over all
-        keys at once (CRC-32 of their UTF-8 bytes, modulo the partition count)."""
+        keys at once (CRC-32 of their UTF-8 bytes, modulo the partition count). Keys are partitioned
+        in the buffer's order (near their neighbours in memory), then each partition is sorted."""
         keys = list(self.groups)
         if set(map(type, keys)) - {str}:
             raise _key_error(next(k for k in keys if type(k) is not str))
-        keys.sort()
         n = self.num_partitions
         if n == 1 and self.partition is default_partition:
+            keys.sort()
             return [keys]
         if self.partition is default_partition:
             try:
@@ -404,6 +405,8 @@ class MapBuffer:
         by_partition: list[list[str]] = [[] for _ in range(n)]
         for p, key in zip(parts, keys, strict=True):
             by_partition[p].append(key)
+        for partition_keys in by_partition:
+            partition_keys.sort()
         return by_partition
 
     def _write_memory(self, out: IO[bytes], offset: int = 0) -> tuple[Index, int]:
