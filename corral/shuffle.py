@@ -33,6 +33,8 @@ MAX_VALUES_PER_ENTRY = 1024
 _MAGIC = b"CORRALS1"
 _FOOTER = struct.Struct("<Q8s")  # index offset, magic
 _READ_BLOCK = 1 << 20
+#: Most sorted sources merged at once; more are first merged in passes (``limit_fan_in``).
+MERGE_FACTOR = 10
 #: Keys handled together when a map task writes its groups: few enough to stay in the CPU's caches.
 _KEYS_PER_ROUND = 4096
 _first = itemgetter(0)
@@ -83,7 +85,7 @@ class GroupWriter:
         self.out = out
         self.offset = offset
         self._batch: list[Any] = []
-        self._target = 256  # groups per batch, adapted so batches stay near 32 to 256 KiB
+        self._target = 256  # groups per batch, adapted so batches stay near 8 to 32 KiB
         self._pack = _packer()
 
     def add(self, key: str, values: list[Any]) -> None:
@@ -107,6 +109,13 @@ class GroupWriter:
         if len(self._batch) >= 2 * self._target:
             self.flush()
 
+    def add_entries(self, entries: list[tuple[str, list[Any]]]) -> None:
+        """Add stored entries as they are (e.g. a merged round); each holds at most
+        ``MAX_VALUES_PER_ENTRY`` values already."""
+        self._batch += chain.from_iterable(entries)
+        if len(self._batch) >= 2 * self._target:
+            self.flush()
+
     def add_iter(self, key: str, values: Iterable[Any]) -> None:
         iterator = iter(values)
         while chunk := list(islice(iterator, MAX_VALUES_PER_ENTRY)):
@@ -120,9 +129,9 @@ class GroupWriter:
         self.offset += len(data)
         self._batch = []
         # small batches keep a reducer's memory low: it holds one decoded batch per map output
-        if len(data) > (256 << 10) and self._target > 1:
+        if len(data) > (32 << 10) and self._target > 1:
             self._target //= 2
-        elif len(data) < (32 << 10) and self._target < 65536:
+        elif len(data) < (8 << 10) and self._target < 65536:
             self._target *= 2
 
 
@@ -280,6 +289,59 @@ def _run(
             following[n] = entry
             return
         yield from entry[1]
+
+
+def file_blocks(f: IO[bytes], offset: int, length: int, block: int = _READ_BLOCK) -> Iterator[bytes]:
+    """``range_blocks`` of an open local file."""
+
+    def read(start: int, end: int) -> bytes:
+        f.seek(start)
+        return f.read(end - start)
+
+    return range_blocks(read, offset, length, block)
+
+
+def limit_fan_in(
+    sources: list[Iterator[list[Any]]],
+    factor: int = MERGE_FACTOR,
+    value_key: Callable[[Any], Any] | None = None,
+    sort_values: bool = False,
+    spill_dir: str | None = None,
+    block: int = _READ_BLOCK,
+) -> tuple[list[Iterator[list[Any]]], list[IO[bytes]]]:
+    """Merge sorted sources (of entry batches) in passes, into local temporary files, until at most
+    ``factor`` are left to merge at once: a merge holds a decoded batch and a read block per source,
+    so this bounds its memory however many map outputs or spills there are (Hadoop's merge factor).
+
+    Runs of consecutive sources are merged, each into one that takes their place, so a key's values
+    keep the order of the sources; each merge takes just enough sources to reach ``factor`` (no data
+    is rewritten without need). Returns the sources to merge and the temporary files, for the caller
+    to close when done.
+    """
+    files: list[IO[bytes]] = []
+    sources = list(sources)
+    position = 0
+    while len(sources) > factor:
+        if position >= len(sources) - 1:  # every source merged once and still too many: another pass
+            position = 0
+        take = min(factor, len(sources) - factor + 1, len(sources) - position)
+        f = tempfile.TemporaryFile(dir=spill_dir, prefix="corral-merge-")
+        buffered = io.BufferedWriter(f, buffer_size=1 << 20)  # type: ignore[arg-type]
+        writer = GroupWriter(buffered)
+        group = sources[position : position + take]
+        if sort_values:  # a key's values must stay one sorted run in the merged source
+            for key, values in merge_groups([chain.from_iterable(s) for s in group], value_key, sort_values=True):
+                writer.add_iter(key, values)
+        else:
+            for entries in merge_batches(group):
+                writer.add_entries(entries)
+        writer.flush()
+        buffered.flush()
+        buffered.detach()
+        files.append(f)
+        sources[position : position + take] = [iter_group_batches(file_blocks(f, 0, writer.offset, block))]
+        position += 1
+    return sources, files
 
 
 class MapBuffer:
@@ -442,15 +504,9 @@ class MapBuffer:
         buffered.detach()
         self.spills.append((f, index))
 
-    def _spill_segment(self, spill: tuple[IO[bytes], Index], partition: int) -> Iterator[tuple[str, list]]:
+    def _spill_segment(self, spill: tuple[IO[bytes], Index], partition: int) -> Iterator[list[Any]]:
         f, index = spill
-        offset, length = index[partition]
-
-        def read(start: int, end: int) -> bytes:
-            f.seek(start)
-            return f.read(end - start)
-
-        return iter_groups(range_blocks(read, offset, length))
+        return iter_group_batches(file_blocks(f, *index[partition]))
 
     def write(self, out: IO[bytes]) -> Index:
         """Write everything (memory and spills) as one indexed object to ``out``; return the index."""
@@ -464,8 +520,12 @@ class MapBuffer:
         index = []
         for p in range(self.num_partitions):
             start = writer.offset
-            sources = [self._spill_segment(spill, p) for spill in self.spills]
-            for key, values in merge_groups(sources, self.value_key, self.sort_values):
+            sources, merged_files = limit_fan_in(
+                [self._spill_segment(spill, p) for spill in self.spills],
+                value_key=self.value_key, sort_values=self.sort_values, spill_dir=self.spill_dir,
+            )
+            entries = [chain.from_iterable(source) for source in sources]
+            for key, values in merge_groups(entries, self.value_key, self.sort_values):
                 if self.combine is not None:
                     combined = self._combined(key, values)
                     if self.sort_values:  # combine may yield its values in any order
@@ -473,6 +533,8 @@ class MapBuffer:
                     writer.add(key, combined)
                 else:
                     writer.add_iter(key, values)
+            for f in merged_files:
+                f.close()
             writer.flush()
             index.append([start, writer.offset - start])
         write_index(out, index, writer.offset)

@@ -9,7 +9,7 @@ stage feeding the next stage). A reduce spec: ``{"kind": "reduce", …, "partiti
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from functools import partial
 from itertools import chain, count, groupby, repeat, starmap
 from operator import itemgetter
@@ -18,11 +18,13 @@ from typing import IO, Any
 from corral.fs import get_filesystem
 from corral.job import Job, Step
 from corral.shuffle import (
+    MERGE_FACTOR,
     MapBuffer,
     RecordWriter,
     TextWriter,
     iter_group_batches,
     iter_records,
+    limit_fan_in,
     merge_groups,
     merged_entries,
     range_blocks,
@@ -114,12 +116,24 @@ def execute_reduce(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]
     """Run one reduce task: merge its partition of every committed map output, stream the output."""
     assert step.reduce is not None
     sources_spec = [s for s in spec["sources"] if s[2] > 0]
-    # each source holds one read block in memory while merging: keep their sum within the budget
-    block = max(32 << 10, min(256 << 10, spec["memory_budget"] // (2 * max(1, len(sources_spec)))))
+    # each source merged at once holds a read block: keep their sum a small part of the budget
+    merged_at_once = min(len(sources_spec), MERGE_FACTOR) or 1
+    block = max(16 << 10, min(64 << 10, spec["memory_budget"] // (16 * merged_at_once)))
     sources = []
     for url, offset, length in sources_spec:
         read = partial(get_filesystem(url).read_range, url)
         sources.append(iter_group_batches(range_blocks(read, offset, length, block)))
+    sources, merged_files = limit_fan_in(
+        sources, value_key=step.value_key, sort_values=step.sort_values, spill_dir=spill_dir(), block=block
+    )
+    try:
+        return _reduce(spec, step, sources)
+    finally:
+        for f in merged_files:
+            f.close()
+
+
+def _reduce(spec: dict[str, Any], step: Step, sources: list[Iterator[list[Any]]]) -> dict[str, Any]:
     out_fs = get_filesystem(spec["output"])
     if step.reduce_init:
         step.reduce_init()
