@@ -18,7 +18,7 @@ import struct
 import sys
 import tempfile
 import zlib
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
@@ -205,10 +205,11 @@ def merge_batches(sources: list[Iterator[list[Any]]]) -> Iterator[list[Any]]:
     """Sorted sources of batches of entries, merged into sorted batches: a k-way merge done a batch at a
     time in C (a stable sort of sorted runs), not an entry at a time through a heap.
 
-    Each round takes, from every source's current batch, the entries up to the smallest last key of
-    those batches (nothing still unread can sort before them), and sorts them together. Ties keep the
-    order of the sources. A key's entries may straddle two rounds: consumers group the concatenated
-    rounds, never a round alone.
+    Each round looks at every source's current batch and takes the smallest of their last keys, the
+    bound: every entry before the bound is in those batches, so they are taken and sorted together
+    (ties keep the order of the sources). Then the entries of the bound key itself, which may go on
+    in a source's next batches, are taken source after source, batch by batch. So the entries of a key
+    keep the order of the sources, and a hot key streams through, one batch in memory per source.
     """
     heads = []  # per source with entries left: [its batches, its current batch, position in it]
     for source in sources:
@@ -220,17 +221,27 @@ def merge_batches(sources: list[Iterator[list[Any]]]) -> Iterator[list[Any]]:
         bound = min(head[1][-1][0] for head in heads)
         taken: list[Any] = []
         for head in heads:
+            entries, position = head[1], head[2]
+            end = bisect_left(entries, bound, position, key=_first)
+            taken += entries[position:end]
+            head[2] = end
+        if taken:
+            taken.sort(key=_first)
+            yield taken
+        for head in heads:
             source, entries, position = head
-            if entries[-1][0] <= bound:  # the whole rest of this batch: on to the next one
-                taken += entries[position:] if position else entries
-                head[1], head[2] = _next_entries(source), 0
-            else:
+            while True:
                 end = bisect_right(entries, bound, position, key=_first)
-                taken += entries[position:end]
-                head[2] = end
+                if end > position:
+                    yield entries[position:end]
+                if end < len(entries):
+                    head[2] = end
+                    break
+                entries, position = _next_entries(source), 0
+                head[1], head[2] = entries, 0
+                if not entries or entries[0][0] != bound:
+                    break
         heads = [head for head in heads if head[1]]
-        taken.sort(key=_first)
-        yield taken
 
 
 def _next_entries(batches: Iterator[list[Any]]) -> list[Any]:

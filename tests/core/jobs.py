@@ -400,3 +400,92 @@ class CountValues(corral.Job):
 
 class SecondarySortCount(CountValues):
     sort_values = True
+
+
+class BatchWordCount(corral.Job):
+    """In-mapper combining over whole chunks: map_batch gets lists of lines."""
+
+    def map_init(self):
+        self.counts = Counter()
+        self.batches = 0
+
+    def map_batch(self, lines):
+        if not all(isinstance(line, str) for line in lines):
+            raise TypeError(f"map_batch got {lines[:3]!r}, not lines")
+        self.batches += 1
+        self.counts.update(" ".join(lines).split())
+        return ()
+
+    def map_final(self):
+        self.increment_counter("batch", "calls", self.batches)
+        yield from self.counts.items()
+
+    def reduce(self, word, counts):
+        yield word, sum(counts)
+
+
+class BatchTsv(corral.Job):
+    """map_batch over tsv input (key, value) tuples, map-only: one output line per record."""
+
+    input_format = "tsv"
+
+    def map_batch(self, records):
+        for key, value in records:
+            yield None, [key, value]
+
+
+class BatchStages(corral.Job):
+    """Stage 1 counts words with map_batch; stage 2's map_batch gets the (word, count) records."""
+
+    def steps(self):
+        return [
+            corral.Step(map_batch=self.words, combine=self.total, reduce=self.total),
+            corral.Step(map_batch=self.by_count, reduce=self.collect),
+        ]
+
+    def words(self, lines):
+        for line in lines:
+            for word in line.split():
+                yield word, 1
+
+    def total(self, word, counts):
+        yield word, sum(counts)
+
+    def by_count(self, records):
+        for word, count in records:
+            yield str(count), word
+
+    def collect(self, count, words):
+        yield count, sorted(words)
+
+
+class BadMapPair(corral.Job):
+    """Map-only job whose map yields something that is not a (key, value) pair."""
+
+    def map(self, key, line):
+        yield line
+
+
+class BadReducePair(WordCount):
+    """A reduce that yields a 3-tuple."""
+
+    def reduce(self, word, counts):
+        yield word, sum(counts), "extra"
+
+
+SPECIAL_VALUES = {"w00000": True, "w00001": None, "w00002": 1.5, "w00003": "text", "w00004": [1, "a"], "w00005": False}
+
+
+class SpecialValues(corral.Job):
+    """Counts words; a few keys get a value of another type, and "w00006" a None key (value alone)."""
+
+    def map(self, key, line):
+        for word in line.split():
+            yield word, 1
+
+    def reduce(self, word, counts):
+        total = sum(counts)
+        if word == "w00006":
+            yield None, f"alone {total}"
+        else:
+            yield word, SPECIAL_VALUES.get(word, total)

@@ -239,3 +239,59 @@ def test_step_reducers_and_a_failure_in_a_later_stage(tmp_path):
     assert first_line.endswith(" attempt 1: ZeroDivisionError: boom in stage 2")
     assert manifest(tmp_path / "failed")["status"] == "failed"
     assert not (tmp_path / "failed" / "_SUCCESS").exists() and not parts(tmp_path / "failed")
+
+
+# --- map_batch: a chunk of records per call -------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["threads", "processes"])
+def test_map_batch_gets_chunks_of_lines(text_file, tmp_path, backend):
+    run(jobs.BatchWordCount, text_file, tmp_path / "out", backend=backend, reducers=2, split_size="300")
+    assert counts(tmp_path / "out") == word_counter(TEXT)
+    m = manifest(tmp_path / "out")
+    # a call or two per split (each far below a 4 MB chunk; the last line may end past the split), not one per line
+    splits = sum(len(bin_) for bin_ in m["stages"][0]["plan"])
+    assert splits <= m["counters"]["batch"]["calls"] <= 2 * splits < len(TEXT.splitlines()) // 5
+
+
+def test_map_batch_is_called_per_chunk_of_a_big_split(tmp_path):
+    path = tmp_path / "big.txt"
+    path.write_text("alpha beta\n" * 1_000_000)  # 11 MB in one split: about 3 chunks of 4 MB
+    run(jobs.BatchWordCount, path, tmp_path / "out", split_size="64MB", reducers=1)
+    assert counts(tmp_path / "out") == {"alpha": 1_000_000, "beta": 1_000_000}
+    assert manifest(tmp_path / "out")["counters"]["batch"]["calls"] == 3
+
+
+def test_map_batch_gets_key_value_tuples_for_tsv_input(tmp_path):
+    (tmp_path / "in.tsv").write_text("a\t1\nno tab here\nb\t2\n")
+    run(jobs.BatchTsv, tmp_path / "in.tsv", tmp_path / "out")
+    assert lines(tmp_path / "out") == ['["a", "1"]', '[null, "no tab here"]', '["b", "2"]']
+
+
+def test_map_batch_in_steps_gets_the_previous_stages_records(tmp_path):
+    (tmp_path / "in.txt").write_text("a b a\nc a b\n")
+    run(jobs.BatchStages, tmp_path / "in.txt", tmp_path / "out", reducers=1)
+    assert lines(tmp_path / "out") == ['1\t["c"]', '2\t["b"]', '3\t["a"]']
+
+
+def test_a_step_needs_map_or_map_batch():
+    with pytest.raises(TypeError, match="a Step needs map or map_batch"):
+        corral.Step()
+
+
+# --- what map and reduce yield must be pairs ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("job", "message"),
+    [
+        (jobs.BadMapPair, "map must yield (key, value) pairs, but it yielded 'the line'"),
+        (jobs.BadReducePair, "reduce must yield (key, value) pairs, but it yielded ('line', 1, 'extra')"),
+    ],
+)
+def test_yielding_something_else_than_pairs_fails_the_job_naming_it(tmp_path, job, message):
+    (tmp_path / "in.txt").write_text("the line\n")
+    with pytest.raises(corral.JobFailed) as failed:
+        run(job, tmp_path / "in.txt", tmp_path / "out", retries=0)
+    assert message in str(failed.value)
+    assert not (tmp_path / "out" / "_SUCCESS").exists()

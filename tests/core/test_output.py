@@ -211,3 +211,20 @@ def test_values_without_sort_values_arrive_in_map_order_within_a_task(tmp_path):
     run(jobs.Grouped, tmp_path / "in.txt", tmp_path / "out")
     assert lines(tmp_path / "out") == ["j\t[9]", "k\t[3, 1, 2, 0]"]
     assert len(parts(tmp_path / "out")) == 1
+
+
+def test_output_batches_mixing_value_types_and_a_none_key(tmp_path):
+    # 20,000 keys through one reducer: the first output batch mixes types, the later ones are all int
+    words = [f"w{i:05d}" for i in range(20_000)]
+    (tmp_path / "in.txt").write_text("".join(" ".join(words[i : i + 100]) + "\n" for i in range(0, 20_000, 100)) * 2)
+    run(jobs.SpecialValues, tmp_path / "in.txt", tmp_path / "out", reducers=1)
+    expected = []
+    for word in words:
+        if word == "w00006":
+            expected.append("alone 2")
+            continue
+        value = jobs.SPECIAL_VALUES.get(word, 2)
+        expected.append(f"{word}\t{value if isinstance(value, str) else json.dumps(value)}")
+    assert lines(tmp_path / "out") == expected
+    assert expected[:7] == ["w00000\ttrue", "w00001\tnull", "w00002\t1.5", "w00003\ttext", 'w00004\t[1, "a"]',
+                            "w00005\tfalse", "alone 2"]

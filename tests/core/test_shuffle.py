@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 from collections import Counter, defaultdict
-from itertools import islice, pairwise
+from itertools import chain, islice, pairwise
 
 import msgpack
 import pytest
@@ -21,7 +21,10 @@ from corral.shuffle import (
     GroupWriter,
     MapBuffer,
     default_partition,
+    iter_group_batches,
     iter_groups,
+    limit_fan_in,
+    merge_batches,
     merge_groups,
     range_blocks,
     read_index,
@@ -299,6 +302,69 @@ def test_merge_groups_against_a_reference(sources, sort_values, take, data):
         (k, (sorted(v) if sort_values else v)[: take if k in partial else None]) for k, v in sorted(reference.items())
     ]
     assert got == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(sources=sorted_sources(), data=st.data())
+def test_merge_batches_against_a_reference(sources, data):
+    """Sources cut into batches of any sizes (empty ones too) merge into one sorted stream in which the
+    entries of equal keys keep the order of their sources."""
+    batched = []
+    for entries in sources:
+        cuts = sorted(data.draw(st.lists(st.integers(0, len(entries)), max_size=4)))
+        bounds = [0, *cuts, len(entries)]
+        batched.append(iter([entries[a:b] for a, b in pairwise(bounds)]))
+    merged = [entry for batch in merge_batches(batched) for entry in batch]
+    tagged = [(key, n, i) for n, entries in enumerate(sources) for i, (key, _) in enumerate(entries)]
+    expected = [sources[n][i] for _, n, i in sorted(tagged)]
+    assert merged == expected
+
+
+def _batch_sources(groups_per_source: list[list[tuple[str, list]]]) -> list:
+    """Sources as a reducer reads them: stored objects decoded batch by batch."""
+    sources = []
+    for groups in groups_per_source:
+        data, index = _sorted_object(groups)
+        sources.append(iter_group_batches([data[: index[0][1]]]))
+    return sources
+
+
+@pytest.mark.parametrize("count", [3, 4, 7, 12, 30])
+def test_limit_fan_in_merges_in_passes_and_keeps_the_order_of_values(count):
+    groups = [[(f"k{i:03d}", [n, i]) for i in range(n % 5, 60, 1 + n % 3)] for n in range(count)]
+    expected: dict[str, list] = defaultdict(list)
+    for source in groups:
+        for key, values in source:
+            expected[key] += values
+    sources, files = limit_fan_in(_batch_sources(groups), factor=3)
+    assert len(sources) == min(count, 3) and len(files) == (0 if count <= 3 else len(files))
+    if count > 3:
+        assert files  # sources were merged into local files first
+    got = [(key, list(values)) for key, values in merge_groups([chain.from_iterable(s) for s in sources])]
+    assert got == sorted(expected.items())  # keys sorted, each key's values in the order of the sources
+    for f in files:
+        f.close()
+
+
+def test_limit_fan_in_keeps_sorted_values_sorted():
+    groups = [[("a", sorted(range(n, 40, 7))), ("b", [n])] for n in range(7)]
+    sources, files = limit_fan_in(_batch_sources(groups), factor=2, sort_values=True)
+    assert len(sources) == 2 and files
+    merged = merge_groups([chain.from_iterable(s) for s in sources], sort_values=True)
+    assert [(key, list(values)) for key, values in merged] == [
+        ("a", sorted(v for n in range(7) for v in range(n, 40, 7))), ("b", list(range(7)))
+    ]
+    for f in files:
+        f.close()
+
+
+def test_a_reduce_over_more_map_outputs_than_the_merge_factor(tmp_path):
+    text = "".join(f"w{i % 997} w{i % 13}\n" for i in range(5000))
+    (tmp_path / "in.txt").write_text(text)
+    run(jobs.WordCountNoCombine, tmp_path / "in.txt", tmp_path / "out", split_size="1KB", map_bin_size="1KB",
+        reducers=2)
+    assert manifest(tmp_path / "out")["stages"][0]["map_tasks"] > 3 * corral.shuffle.MERGE_FACTOR
+    assert counts(tmp_path / "out") == word_counter(text)
 
 
 def test_sorted_merge_of_one_hot_key_reads_its_sources_as_streams():
