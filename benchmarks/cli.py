@@ -69,12 +69,13 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         source,
         f"corral benchmark suite, size {report['size']}, median of {report['repeat']} "
-        f"(alternating runs), {report['machine']['cpus']} CPUs, Python {report['machine']['python']}, "
+        f"(alternating runs; ratio: of the medians, paired: median of the per-round ratios, which the "
+        f"targets use), {report['machine']['cpus']} CPUs, Python {report['machine']['python']}, "
         f"{report['machine']['sql_engine']}, load average {report['machine']['load_average_start']} at the start,"
         f" {report['machine']['load_average_now']} at the end",
         "",
         f"{'benchmark':<15} {'contender':<22} {'input MB':>9} {'median s':>9} {'MB/s':>8} {'tree RSS':>9} "
-        f"{'max proc':>9} {'ratio':>7}  {'target':<28} {'met':<4}",
+        f"{'max proc':>9} {'ratio':>7} {'paired':>7}  {'target':<28} {'met':<4}",
     ]
     for row in report["rows"]:
         if row["benchmark"] in ("objects", "reducer-memory"):
@@ -90,7 +91,8 @@ def format_report(report: dict[str, Any]) -> str:
             f"{row['benchmark']:<15} {row['contender']:<22} {_fmt(row.get('input_mb'), '.1f'):>9} "
             f"{_fmt(row.get('seconds'), '.3f'):>9} {_fmt(row.get('mb_per_s'), '.2f'):>8} "
             f"{_fmt(row.get('tree_peak_rss_mb'), '.0f'):>9} {_fmt(row.get('max_process_rss_mb'), '.0f'):>9} "
-            f"{_fmt(ratio, '.2f'):>7}  {target:<28} {_fmt(met) if met is not None else '':<4}{vs}"
+            f"{_fmt(ratio, '.2f'):>7} {_fmt(row.get('paired_ratio'), '.2f'):>7}  {target:<28} "
+            f"{_fmt(met) if met is not None else '':<4}{vs}"
         )
     for row in report["rows"]:
         if row["benchmark"] == "objects":
