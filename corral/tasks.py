@@ -89,9 +89,7 @@ def execute_map(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]:
                             groups[key].append(value)
                     buffer.check(records_in)
             if step.map_final:
-                groups = buffer.groups
-                for key, value in step.map_final() or ():
-                    groups[key].append(value)
+                buffer.add_final(step.map_final() or ())
             with out_fs.open(spec["output"], "wb") as out:
                 index = buffer.write(out)
         finally:

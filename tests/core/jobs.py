@@ -489,3 +489,28 @@ class SpecialValues(corral.Job):
             yield None, f"alone {total}"
         else:
             yield word, SPECIAL_VALUES.get(word, total)
+
+
+class InMapperWithCombine(InMapperWordCount):
+    """In-mapper combining plus a combine: the combine sees each key's one value."""
+
+    def combine(self, word, counts):
+        counts = list(counts)
+        if len(counts) != 1:
+            raise ValueError(f"combine got {counts!r} for {word!r}: one value per task expected")
+        yield word, counts[0]
+
+
+class MapFinalRepeatsKeys(corral.Job):
+    """map yields one pair per line; map_final yields keys more than once (and some map's keys too)."""
+
+    def map(self, key, line):
+        yield "line", line
+
+    def map_final(self):
+        yield "a", 1
+        yield "a", 2
+        yield "line", "final"
+
+    def reduce(self, key, values):
+        yield key, sorted(values)

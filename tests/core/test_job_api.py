@@ -295,3 +295,16 @@ def test_yielding_something_else_than_pairs_fails_the_job_naming_it(tmp_path, jo
         run(job, tmp_path / "in.txt", tmp_path / "out", retries=0)
     assert message in str(failed.value)
     assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_in_mapper_combining_with_a_combine(text_file, tmp_path):
+    run(jobs.InMapperWithCombine, text_file, tmp_path / "out", reducers=1, split_size="300")
+    got = counts(tmp_path / "out")
+    assert got.pop("~total") == len(TEXT.split())
+    assert got == word_counter(TEXT)
+
+
+def test_map_final_may_repeat_keys_and_add_to_maps_keys(tmp_path):
+    (tmp_path / "in.txt").write_text("x\ny\n")
+    run(jobs.MapFinalRepeatsKeys, tmp_path / "in.txt", tmp_path / "out", reducers=1)
+    assert lines(tmp_path / "out") == ["a\t[1, 2]", 'line\t["final", "x", "y"]']
