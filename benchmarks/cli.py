@@ -115,6 +115,19 @@ def format_report(report: dict[str, Any]) -> str:
                 f"  ratio {row['ratio']:.2f} (above the {row['interpreter_floor_mb']} MB interpreter floor: "
                 f"{row['net_ratio']:.2f}); target {row['target']}: {_fmt(row['meets_target'])}",
             ]
+    for row in report["rows"]:
+        if row["benchmark"] == "docker" and "warm_overhead_ms" in row:
+            lines += [
+                "",
+                f"docker backend, {row['tasks_per_run']} tasks a run: warm task {row['warm_task_median_ms']} ms "
+                f"(median of {row['warm_tasks']}) vs a thread's {row['threads_task_median_ms']} ms -> overhead "
+                f"{row['warm_overhead_ms']} ms; {row['cold_starts']} cold starts, median "
+                f"{row['cold_start_median_s']} s, max {row['cold_start_max_s']} s "
+                f"(Init Duration median {row['init_duration_median_ms']} ms); "
+                f"target {row['target']}: {_fmt(row['meets_target'])}",
+            ]
+    if "docker" in report.get("extra", {}):
+        lines += ["", f"docker: {report['extra']['docker']}"]
     bad = [c for c in report["checks"] if not c["ok"]]
     lines += ["", f"result checks: {len(report['checks']) - len(bad)} of {len(report['checks'])} agree"]
     lines += [f"  MISMATCH {c['benchmark']}: {c['check']} {c['detail']}" for c in bad]

@@ -40,6 +40,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "objects_reducers": 4,
         "reducer_memory": (1 * MiB, 10 * MiB),
         "reducer_memory_split": 1 * MiB,
+        "docker_tasks": 20,
         "memory_budget": "64MB",
     },
     "full": {
@@ -54,11 +55,12 @@ SIZES: dict[str, dict[str, Any]] = {
         "objects_reducers": 4,
         "reducer_memory": (10 * MiB, 100 * MiB),
         "reducer_memory_split": 8 * MiB,
+        "docker_tasks": 50,
         "memory_budget": "64MB",
     },
 }
 
-BENCHMARKS = ["wordcount", "q1", "q2", "q3", "sort", "tiny", "objects", "reducer-memory"]
+BENCHMARKS = ["wordcount", "q1", "q2", "q3", "sort", "tiny", "objects", "reducer-memory", "docker"]
 
 #: Targets (processes backend, 2 cores, same-run ratios).
 TARGETS = {
@@ -68,6 +70,8 @@ TARGETS = {
     "q2-duckdb": ("corral/duckdb <= 5", 5.0),
     "objects": ("= M", None),
     "reducer-memory": ("10x input: peak <= 1.5x", 1.5),
+    "docker-warm": ("warm overhead <= 30 ms", 0.030),
+    "docker-cold": ("cold start <= 1.5 s", 1.5),
 }
 
 
@@ -560,6 +564,69 @@ class Suite:
             "meets_target": ok,
         })
 
+    def bench_docker(self) -> None:
+        """Per-task overhead of ``--backend docker`` on warm containers, and its cold starts.
+
+        The same word count of many one-line files (a map task each) runs on the docker backend and on
+        threads, alternating. A task's overhead is the median time the driver waits for a warm task
+        minus the median for a thread: the invoke, the emulator, the container's runtime loop and the
+        JSON between them. A cold start is the wait for a task whose container had to start.
+        """
+        reason = docker_unavailable()
+        if reason:
+            self.log(f"    skipped: {reason}")
+            self.extra["docker"] = f"skipped: {reason}"
+            return
+        folder = self.work("docker") / "input"
+        folder.mkdir(exist_ok=True)
+        tasks = self.cfg["docker_tasks"]
+        for n in range(tasks):
+            (folder / f"part-{n:03d}.txt").write_text(f"task {n} of a docker benchmark\n")
+        job = str(EXAMPLES / "wordcount.py")
+        flags = ("--map-bin-size", "1", "--reducers", "2", "--max-concurrency", "2")
+        contenders = [
+            Contender("corral-docker", self.corral(job, [str(folder)], *flags, "--backend", "docker",
+                                                   "--memory", "512"), read_dict),
+            Contender("corral-threads", self.corral(job, [str(folder)], *flags, "--backend", "threads"), read_dict),
+        ]
+        work = self.work("docker")
+        attempts: dict[str, list[dict[str, Any]]] = {"corral-docker": [], "corral-threads": []}
+        for round_ in range(self.repeat):
+            for c in contenders:
+                out = work / c.name
+                stats = measure(c.command(out), work / f"{c.name}.log")
+                c.runs.append(stats)
+                if round_ == 0:
+                    c.result = c.read(out)
+                manifest = json.loads((out / "_corral" / "manifest.json").read_text())
+                attempts[c.name] += [a["stats"] for t in manifest["stages"][0]["tasks"].values()
+                                     for a in t["attempts"]]
+                self.log(f"    {c.name:<22} run {round_ + 1}: {stats['seconds']:.2f} s")
+        self.compare("docker", contenders[1], [contenders[0]])
+        warm = [a["seconds"] for a in attempts["corral-docker"] if not a.get("cold_start")]
+        cold = [a["seconds"] for a in attempts["corral-docker"] if a.get("cold_start")]
+        threads = [a["seconds"] for a in attempts["corral-threads"]]
+        overhead = statistics.median(warm) - statistics.median(threads)
+        input_bytes = sum(f.stat().st_size for f in folder.iterdir())
+        rows = self.add_rows("docker", contenders, input_bytes, "corral-threads")
+        row = rows["corral-docker"]
+        init = [a["init_ms"] for a in attempts["corral-docker"] if a.get("init_ms") is not None]
+        row.update({
+            "tasks_per_run": tasks + 2,
+            "warm_tasks": len(warm),
+            "warm_task_median_ms": round(1000 * statistics.median(warm), 2),
+            "threads_task_median_ms": round(1000 * statistics.median(threads), 2),
+            "warm_overhead_ms": round(1000 * overhead, 2),
+            "cold_starts": len(cold),
+            "cold_start_median_s": round(statistics.median(cold), 3) if cold else None,
+            "cold_start_max_s": round(max(cold), 3) if cold else None,
+            "init_duration_median_ms": round(statistics.median(init), 1) if init else None,
+        })
+        warm_text, warm_limit = TARGETS["docker-warm"]
+        cold_text, cold_limit = TARGETS["docker-cold"]
+        row["target"] = f"{warm_text}; {cold_text}"
+        row["meets_target"] = overhead <= warm_limit and bool(cold) and max(cold) <= cold_limit
+
     def bench_reducer_memory(self) -> None:
         small, large = self.cfg["reducer_memory"]
         budget = self.cfg["memory_budget"]
@@ -620,6 +687,24 @@ _RUN_REDUCE = (
     "result = run_task(json.load(open(sys.argv[1])))\n"
     "json.dump(result, open(sys.argv[2], 'w'))\n"
 )
+
+
+def docker_unavailable() -> str | None:
+    """Why the docker benchmark cannot run here (None if it can): the backend, an engine, the image."""
+    import importlib.util
+
+    if importlib.util.find_spec("corral_docker") is None:
+        return "corral-docker is not installed (pip install -e emulator -e backends/lambda -e backends/docker)"
+    if shutil.which("docker") is None:
+        return "no docker command"
+    if subprocess.run(["docker", "info"], capture_output=True, check=False).returncode != 0:
+        return "no Docker engine answers"
+    from corral_emulator import default_base_image
+
+    image = default_base_image()
+    if subprocess.run(["docker", "image", "inspect", image], capture_output=True, check=False).returncode != 0:
+        return f"the base image {image} is missing (corral emulator build-base)"
+    return None
 
 
 def reduce_payload(out: Path, partition: int, output: str, stage_index: int = 0) -> dict[str, Any]:
