@@ -188,7 +188,10 @@ class Contender:
 def measure(command: list[str], log_file: Path) -> dict[str, Any]:
     """Run ``command`` under a fresh ``benchmarks.measure`` process; return its measurements."""
     wrapper = [*python_module("benchmarks.measure"), "--log", str(log_file), "--", *command]
-    done = subprocess.run(wrapper, capture_output=True, text=True, cwd=ROOT, check=False)
+    # bytecode cached as an installed package has it: a machine with PYTHONDONTWRITEBYTECODE set
+    # would otherwise compile corral's modules from source at every start
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    done = subprocess.run(wrapper, capture_output=True, text=True, cwd=ROOT, check=False, env=env)
     if done.returncode != 0 or not done.stdout.strip():
         raise RuntimeError(f"measure failed: {done.stderr.strip()}")
     stats = json.loads(done.stdout.strip().splitlines()[-1])
