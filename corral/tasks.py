@@ -114,21 +114,32 @@ def execute_reduce(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]
     """Run one reduce task: merge its partition of every committed map output, stream the output."""
     assert step.reduce is not None
     sources_spec = [s for s in spec["sources"] if s[2] > 0]
-    # each source merged at once holds a read block: keep their sum a small part of the budget
-    merged_at_once = min(len(sources_spec), MERGE_FACTOR) or 1
-    block = max(16 << 10, min(64 << 10, spec["memory_budget"] // (16 * merged_at_once)))
+    share = spec["memory_budget"] // (16 * (min(len(sources_spec), MERGE_FACTOR) or 1))
     sources = []
     for url, offset, length in sources_spec:
         read = partial(get_filesystem(url).read_range, url)
+        block = _read_block(share, local="://" not in url or url.startswith("file://"))
         sources.append(iter_group_batches(range_blocks(read, offset, length, block)))
     sources, merged_files = limit_fan_in(
-        sources, value_key=step.value_key, sort_values=step.sort_values, spill_dir=spill_dir(), block=block
+        sources, value_key=step.value_key, sort_values=step.sort_values, spill_dir=spill_dir(),
+        block=_read_block(share, local=True),
     )
     try:
         return _reduce(spec, step, sources)
     finally:
         for f in merged_files:
             f.close()
+
+
+def _read_block(share: int, local: bool) -> int:
+    """How much a reducer reads of a map output at a time, from its ``share`` of the memory budget.
+
+    Each source merged at once holds a block (and as much again in its decoder): small blocks keep
+    a reducer's memory flat as map outputs multiply. On an object store each block is a ranged GET,
+    a request paid for and waited on, so blocks there are bigger.
+    """
+    low, high = (16 << 10, 64 << 10) if local else (256 << 10, 1 << 20)
+    return max(low, min(high, share))
 
 
 def _reduce(spec: dict[str, Any], step: Step, sources: list[Iterator[list[Any]]]) -> dict[str, Any]:

@@ -75,3 +75,28 @@ print(tracemalloc.get_traced_memory()[1])
     assert peak < 80 << 20, f"peak traced memory {peak >> 20} MB while writing a 160 MB object"
     assert proxy.faults > 0
     print(f"160 MB written in {len(parts)} parts; peak traced memory {peak / 2**20:.1f} MB")
+
+
+def test_reducers_read_map_outputs_on_s3_in_few_large_ranged_gets(moto_server, s3, bucket):
+    """A ranged GET is a request paid for and waited on: a reducer reads each map output's segment in
+    blocks of 256 KB to 1 MB on S3 (on a local disk it reads 64 KB blocks, to keep its memory flat)."""
+    texts = ["".join(f"w{n:07d} x{i}\n" for n in range(i, 120_000, 2)) for i in range(2)]  # ~1 MB of keys each
+    for i, text in enumerate(texts):
+        s3.put_object(Bucket=bucket, Key=f"wide/part{i}.txt", Body=text.encode())
+    with FaultyProxy(moto_server["AWS_ENDPOINT_URL_S3"], every=0) as proxy:
+        done = subprocess.run(
+            [shutil.which("corral"), "run", str(EXAMPLES / "wordcount.py"), f"s3://{bucket}/wide/",
+             "--out", f"s3://{bucket}/wide-out", "--reducers", "1", "--backend", "processes", "--keep-intermediate"],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, "AWS_ENDPOINT_URL_S3": proxy.url},
+        )
+    assert done.returncode == 0, done.stderr
+    assert Counter({k: int(v) for k, v in (line.split("\t") for line in read_parts(s3, bucket, "wide-out/"))}) \
+        == expected_counts(texts)
+    outputs = {o["Key"]: o["Size"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="wide-out/_corral/work/")
+               .get("Contents", []) if o["Key"].endswith(".bin")}
+    assert len(outputs) == 2 and all(size > 600_000 for size in outputs.values()), outputs
+    reads = [s for s in proxy.seen if s.method == "GET" and s.path.endswith(".bin")]
+    sizes = [int(end) - int(start) + 1 for start, end in (s.range.split("=")[1].split("-") for s in reads)]
+    assert len(reads) <= 2 * 2, sizes  # a block or two per map output, not one per 64 KB
+    assert max(sizes) > 256 << 10
