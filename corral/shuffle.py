@@ -653,14 +653,11 @@ class TextWriter(PairWriter):
         self._dumps = json.JSONEncoder(ensure_ascii=False).encode
 
     def _write(self, pairs: list[tuple[Any, Any]]) -> None:
-        keys = list(map(_first, pairs))
-        values = list(map(_second, pairs))
-        if set(map(type, keys)) == {str} and set(map(type, values)) <= {str, int}:
-            lines = list(map("{}\t{}".format, keys, values))  # str and int: the same text as JSON's
+        if set(map(type, map(_first, pairs))) == {str} and set(map(type, map(_second, pairs))) <= {str, int}:
+            text = "".join([f"{key}\t{value}\n" for key, value in pairs])  # str and int: JSON's text too
         else:
-            lines = [self._line(key, value) for key, value in pairs]
-        lines.append("")
-        self.out.write("\n".join(lines).encode("utf-8", _TEXT_ERRORS))
+            text = "".join([f"{self._line(key, value)}\n" for key, value in pairs])
+        self.out.write(text.encode("utf-8", _TEXT_ERRORS))
 
     def _line(self, key: Any, value: Any) -> str:
         text = value if isinstance(value, str) else self._dumps(value)
