@@ -183,11 +183,20 @@ def merge_groups(
 ) -> Iterator[tuple[str, Iterator[Any]]]:
     """Streaming k-way merge of sorted sources of entries into ``(key, lazy values)`` in key order."""
     if sort_values:
-        yield from _merge_sorted_values(sources, value_key)
-        return
-    batches = [iter(partial(_next_batch, iter(source)), []) for source in sources]
-    for key, entries in groupby(merged_entries(batches), key=_first):
-        yield key, chain.from_iterable(map(_second, entries))
+        return _merge_sorted_values(sources, value_key)
+    return merge_batch_groups([iter(partial(_next_batch, iter(source)), []) for source in sources])
+
+
+def merge_batch_groups(
+    sources: list[Iterator[list[Any]]],
+    value_key: Callable[[Any], Any] | None = None,
+    sort_values: bool = False,
+) -> Iterator[tuple[str, Iterator[Any]]]:
+    """``merge_groups`` of sources given as batches of entries (as ``iter_group_batches`` reads them)."""
+    if sort_values:
+        return _merge_sorted_values([chain.from_iterable(source) for source in sources], value_key)
+    grouped = groupby(merged_entries(sources), key=_first)
+    return ((key, chain.from_iterable(map(_second, entries))) for key, entries in grouped)
 
 
 def _next_batch(entries: Iterator[Any], size: int = 2048) -> list[Any]:
@@ -341,7 +350,7 @@ def limit_fan_in(
         writer = GroupWriter(buffered)
         group = sources[position : position + take]
         if sort_values:  # a key's values must stay one sorted run in the merged source
-            for key, values in merge_groups([chain.from_iterable(s) for s in group], value_key, sort_values=True):
+            for key, values in merge_batch_groups(group, value_key, sort_values=True):
                 writer.add_iter(key, values)
         else:
             for entries in merge_batches(group):
@@ -554,8 +563,7 @@ class MapBuffer:
                 [self._spill_segment(spill, p) for spill in self.spills],
                 value_key=self.value_key, sort_values=self.sort_values, spill_dir=self.spill_dir,
             )
-            entries = [chain.from_iterable(source) for source in sources]
-            for key, values in merge_groups(entries, self.value_key, self.sort_values):
+            for key, values in merge_batch_groups(sources, self.value_key, self.sort_values):
                 if self.combine is not None:
                     combined = self._combined(key, values)
                     if self.sort_values:  # combine may yield its values in any order
@@ -590,11 +598,6 @@ class PairWriter:
         self.out = out
         self.source = source  # the method whose pairs these are, for error messages
         self._pending: list[Any] = []
-
-    def add(self, key: Any, value: Any) -> None:
-        self._pending.append((key, value))
-        if len(self._pending) >= self.BATCH:
-            self.flush()
 
     def add_all(self, pairs: Iterable[Any]) -> None:
         """Add every pair of ``pairs`` (consumed in batches: a generator yielding millions is fine)."""

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from functools import partial
-from itertools import chain, count, groupby, repeat, starmap
-from operator import itemgetter
+from itertools import chain, count, repeat, starmap
 from typing import IO, Any
 
 from corral.fs import get_filesystem
@@ -25,14 +24,11 @@ from corral.shuffle import (
     iter_group_batches,
     iter_records,
     limit_fan_in,
-    merge_groups,
-    merged_entries,
+    merge_batch_groups,
     range_blocks,
     spill_dir,
 )
 from corral.split import Split, iter_text_records
-
-_key, _values = itemgetter(0), itemgetter(1)  # of a shuffle entry (key, values)
 
 
 def _record_batches(split: Split, input_format: str, input_errors: str) -> Iterable[tuple[bool, list]]:
@@ -150,14 +146,9 @@ def _reduce(spec: dict[str, Any], step: Step, sources: list[Iterator[list[Any]]]
     with out_fs.open(spec["output"], "wb") as out:
         writer = _writer(spec["output_kind"], out, "reduce")
         keys = count()  # counts the keys as the merge yields them
-        if sources and step.sort_values:
-            groups = merge_groups([chain.from_iterable(s) for s in sources], step.value_key, sort_values=True)
-            calls = (reducer(key, values) for (key, values), _ in zip(groups, keys, strict=False))
-            writer.add_all(chain.from_iterable(calls))
-        elif sources:  # the hot loop: one generator step per key, the rest in C
-            grouped = zip(groupby(merged_entries(sources), key=_key), keys, strict=False)
-            calls = (reducer(key, chain.from_iterable(map(_values, entries))) for (key, entries), _ in grouped)
-            writer.add_all(chain.from_iterable(calls))
+        if sources:
+            groups = zip(merge_batch_groups(sources, step.value_key, step.sort_values), keys, strict=False)
+            writer.add_all(chain.from_iterable(reducer(key, values) for (key, values), _ in groups))
         if step.reduce_final:
             writer.add_all(step.reduce_final() or ())
         writer.flush()
