@@ -201,8 +201,15 @@ def measure(command: list[str], log_file: Path) -> dict[str, Any]:
     return stats
 
 
-def run_alternating(contenders: list[Contender], repeat: int, work: Path, log: Callable[[str], None]) -> None:
-    """Run every contender ``repeat`` times, alternating (A B C A B C ...); read each one's result once."""
+def run_alternating(
+    contenders: list[Contender],
+    repeat: int,
+    work: Path,
+    log: Callable[[str], None],
+    after_run: Callable[[Contender, Path], None] | None = None,
+) -> None:
+    """Run every contender ``repeat`` times, alternating (A B C A B C ...); read each one's result once;
+    ``after_run(contender, out)`` after every run (e.g. to read its manifest)."""
     for round_ in range(repeat):
         for c in contenders:
             out = work / c.name
@@ -212,6 +219,8 @@ def run_alternating(contenders: list[Contender], repeat: int, work: Path, log: C
                 f"tree peak {stats['tree_peak_rss_mb']:.0f} MB")
             if round_ == 0 and c.read is not None:
                 c.result = c.read(out)
+            if after_run is not None:
+                after_run(c, out)
 
 
 def summary(c: Contender, input_bytes: int) -> dict[str, Any]:
@@ -592,19 +601,13 @@ class Suite:
                                                    "--memory", "512"), read_dict),
             Contender("corral-threads", self.corral(job, [str(folder)], *flags, "--backend", "threads"), read_dict),
         ]
-        work = self.work("docker")
         attempts: dict[str, list[dict[str, Any]]] = {"corral-docker": [], "corral-threads": []}
-        for round_ in range(self.repeat):
-            for c in contenders:
-                out = work / c.name
-                stats = measure(c.command(out), work / f"{c.name}.log")
-                c.runs.append(stats)
-                if round_ == 0:
-                    c.result = c.read(out)
-                manifest = json.loads((out / "_corral" / "manifest.json").read_text())
-                attempts[c.name] += [a["stats"] for t in manifest["stages"][0]["tasks"].values()
-                                     for a in t["attempts"]]
-                self.log(f"    {c.name:<22} run {round_ + 1}: {stats['seconds']:.2f} s")
+
+        def collect(c: Contender, out: Path) -> None:
+            manifest = json.loads((out / "_corral" / "manifest.json").read_text())
+            attempts[c.name] += [a["stats"] for t in manifest["stages"][0]["tasks"].values() for a in t["attempts"]]
+
+        run_alternating(contenders, self.repeat, self.work("docker"), self.log, after_run=collect)
         self.compare("docker", contenders[1], [contenders[0]])
         warm = [a["seconds"] for a in attempts["corral-docker"] if not a.get("cold_start")]
         cold = [a["seconds"] for a in attempts["corral-docker"] if a.get("cold_start")]
