@@ -15,7 +15,7 @@ from corral.plugins import hookimpl
 _LAZY = {
     "corral.errors": ("CorralError", "InputError", "JobFailed", "UsageError"),
     "corral.executor": (
-        "INFRASTRUCTURE", "INPUT_ERROR", "OUT_OF_MEMORY", "THROTTLED", "TIMEOUT", "USER_ERROR",
+        "CANCELLED", "INFRASTRUCTURE", "INPUT_ERROR", "OUT_OF_MEMORY", "THROTTLED", "TIMEOUT", "USER_ERROR",
         "Executor", "ExecutorSpec", "Failure", "JobSource", "Outcome", "outcome_from_result",
     ),
     "corral.fs": ("FileInfo", "FileSystem", "get_filesystem"),
@@ -53,6 +53,7 @@ def run(job_class: type[Job], inputs: list[str] | str, out: str, **settings: Any
 
 
 __all__ = [
+    "CANCELLED",
     "INFRASTRUCTURE",
     "INPUT_ERROR",
     "OUT_OF_MEMORY",

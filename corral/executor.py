@@ -22,6 +22,9 @@ TIMEOUT = "timed out"
 OUT_OF_MEMORY = "out of memory"
 THROTTLED = "throttled"
 INFRASTRUCTURE = "infrastructure"
+#: The driver stopped the attempt itself (a speculative attempt that lost, an interrupted run): not a
+#: failure of the task, never retried or counted.
+CANCELLED = "cancelled"
 
 
 @dataclass
@@ -106,6 +109,17 @@ class Executor(ABC):
     @abstractmethod
     def submit(self, payload: dict[str, Any]) -> Future[Outcome]:
         """Start one attempt. The future never raises: failures come back as ``Outcome.failure``."""
+
+    def cancel(self, attempt: Future[Outcome]) -> None:  # noqa: B027 - optional: by default attempts run on
+        """Stop the attempt behind ``attempt`` (a future ``submit`` returned) if this executor can: a
+        speculative duplicate that lost, say. Its future then resolves with a ``CANCELLED`` failure, or,
+        where the attempt cannot be stopped, with whatever it came to (the driver discards it).
+        Default: nothing; the attempt runs to its end."""
+
+    def cancel_all(self) -> None:  # noqa: B027 - optional
+        """The run was interrupted (Ctrl-C, SIGTERM): stop every running attempt now (terminate local
+        workers, stop this run's containers, abandon remote invocations), so that ``close`` returns
+        promptly and nothing of the run keeps running. Default: nothing."""
 
     def report(self) -> dict[str, Any]:
         """Figures about the whole run that only the executor knows (e.g. billed GB-seconds and an
