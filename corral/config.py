@@ -47,7 +47,17 @@ CORE_OPTIONS: list[Option] = [
            "KEY=VALUE for the job, in self.args (repeatable)", "KEY=VALUE", repeat=True),
     Option("work-dir", _text, None, "where intermediate data goes (default OUT/_corral/work)", "URL"),
     Option("keep-intermediate", parse_bool, False, "keep intermediate data after success", switch=True),
-    Option("overwrite", parse_bool, False, "replace an existing output folder", switch=True),
+    Option("overwrite", parse_bool, False,
+           "replace an existing output folder (when the new run commits), or start an unfinished run again",
+           switch=True),
+    Option("resume", parse_bool, False,
+           "continue the unfinished run in OUT (after a crash, kill or Ctrl-C), reusing its committed tasks",
+           switch=True),
+    Option("speculative", parse_bool, True,
+           "start a duplicate attempt of a straggling task once most of its wave is done (default on; "
+           "--no-speculative turns it off)", switch=True),
+    Option("lease-timeout", int_in_range(1), 60,
+           "seconds without a heartbeat after which another run may take over OUT's lease", "SECONDS"),
     Option("quiet", parse_bool, False, "no progress bars and no summary", switch=True, short="-q"),
     Option("verbose", _log_level, 0, "log retries (-vv: debug, -vvv: libraries too)", switch=True, short="-v"),
 ]

@@ -35,6 +35,7 @@ class TaskFinished:
     committed: bool  # this attempt's output is the task's committed output
     will_retry: bool
     settings: Any
+    speculative: bool = False  # a duplicate attempt the driver started for a straggler
 
 
 @dataclass(frozen=True)

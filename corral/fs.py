@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
 import os
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 from corral.errors import UsageError
@@ -43,6 +44,8 @@ def display(url: str) -> str:
 class FileInfo:
     url: str
     size: int
+    #: what changes when the file does, where the store says: its ETag, generation or mtime
+    version: str | None = field(default=None, compare=False)
 
 
 class FileSystem(ABC):
@@ -98,13 +101,49 @@ class FileSystem(ABC):
         with self.open(url, "rb") as f:
             return f.read()
 
+    # --- the driver's small files in OUT/_corral (the journal, the lease) ------------------------
+    def append(self, url: str, data: bytes) -> bool:
+        """Append ``data`` to ``url`` (created if missing) and flush it to stable storage. False where
+        the store cannot append (object stores), and the caller writes new objects instead."""
+        return False
+
+    def create_new(self, url: str, data: bytes) -> bool:
+        """Write ``data`` to ``url`` only if nothing is there; False if something is.
+
+        Atomic where the store has conditional writes; this default is a check then a write."""
+        if self.exists(url):
+            return False
+        self.write_bytes(url, data)
+        return True
+
+    def read_versioned(self, url: str) -> tuple[bytes, str] | None:
+        """``url``'s content and a token that changes with every write, or None if it does not exist."""
+        try:
+            data = self.read_bytes(url)
+        except FileNotFoundError:
+            return None
+        return data, hashlib.sha256(data).hexdigest()
+
+    def replace_if(self, url: str, data: bytes, version: str) -> bool:
+        """Replace ``url`` with ``data`` if its version (``read_versioned``) is still ``version``; False if
+        it changed or is gone. Atomic where the store has conditional writes; this default is a check
+        then a write."""
+        current = self.read_versioned(url)
+        if current is None or current[1] != version:
+            return False
+        self.write_bytes(url, data)
+        return True
+
 
 class FsspecFileSystem(FileSystem):
     """A FileSystem over any fsspec implementation (one instance per fsspec filesystem)."""
 
     def __init__(self, fs: Any) -> None:
         self.fs = fs
-        self._local = "file" in _protocols(fs)
+        protocols = _protocols(fs)
+        self._local = "file" in protocols
+        self._s3 = "s3" in protocols
+        self._gcs = "gs" in protocols or "gcs" in protocols
 
     def _path(self, url: str) -> str:
         return self.fs._strip_protocol(url)
@@ -121,13 +160,13 @@ class FsspecFileSystem(FileSystem):
             infos = [(p, d) for p, d in found.items() if d.get("type") != "directory"]
             if not infos:
                 raise FileNotFoundError(url)
-            return sorted(FileInfo(self._url(p), int(d.get("size") or 0)) for p, d in infos)
+            return sorted(FileInfo(self._url(p), int(d.get("size") or 0), _version(d)) for p, d in infos)
         try:
             info = self.fs.info(path)
         except FileNotFoundError:
             raise FileNotFoundError(url) from None
         if info.get("type") != "directory":
-            return [FileInfo(self._url(path), int(info.get("size") or 0))]
+            return [FileInfo(self._url(path), int(info.get("size") or 0), _version(info))]
         found = self.fs.find(path, detail=True)
         prefix = path.rstrip("/") + "/"
         result = []
@@ -137,7 +176,7 @@ class FsspecFileSystem(FileSystem):
                 continue
             if d.get("type") == "directory":
                 continue
-            result.append(FileInfo(self._url(p), int(d.get("size") or 0)))
+            result.append(FileInfo(self._url(p), int(d.get("size") or 0), _version(d)))
         return sorted(result)
 
     def open(self, url: str, mode: str = "rb") -> IO[bytes]:
@@ -170,6 +209,110 @@ class FsspecFileSystem(FileSystem):
     def exists(self, url: str) -> bool:
         return self.fs.exists(self._path(url))
 
+    # --- conditional writes: O_EXCL and a folder lock locally, If-None-Match / If-Match on S3,
+    # ifGenerationMatch=0 on GCS (creation only) ---------------------------------------------------
+    def append(self, url: str, data: bytes) -> bool:
+        if not self._local:
+            return False
+        path = self._path(url)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return True
+
+    def create_new(self, url: str, data: bytes) -> bool:
+        path = self._path(url)
+        if self._local:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return True
+        if self._s3 or self._gcs:
+            try:
+                self.fs.pipe_file(path, data, mode="create")
+            except FileExistsError:
+                return False
+            return True
+        return super().create_new(url, data)
+
+    def read_versioned(self, url: str) -> tuple[bytes, str] | None:
+        path = self._path(url)
+        if self._local:
+            try:
+                with open(path, "rb") as f:
+                    st = os.fstat(f.fileno())
+                    return f.read(), f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
+            except FileNotFoundError:
+                return None
+        if self._s3:
+            self.fs.invalidate_cache(path)
+            try:
+                etag = self.fs.info(path)["ETag"]
+                return self.fs.cat_file(path), etag
+            except FileNotFoundError:
+                return None
+        return super().read_versioned(url)
+
+    def replace_if(self, url: str, data: bytes, version: str) -> bool:
+        path = self._path(url)
+        if self._local:
+            import fcntl
+            import tempfile
+
+            folder = os.path.dirname(path) or "."
+            fd, temp = tempfile.mkstemp(dir=folder, prefix=".replace-")
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            guard = os.open(folder, os.O_RDONLY)
+            try:
+                fcntl.flock(guard, fcntl.LOCK_EX)  # every corral process takes it for this swap
+                current = self.read_versioned(url)
+                if current is None or current[1] != version:
+                    os.remove(temp)
+                    return False
+                os.replace(temp, path)
+                return True
+            finally:
+                os.close(guard)  # releases the lock
+        if self._s3:
+            import errno
+
+            try:
+                self.fs.pipe_file(path, data, IfMatch=version)
+            except FileNotFoundError:
+                return False
+            except OSError as exc:
+                if exc.errno == errno.EINVAL:  # 412 PreconditionFailed: it changed
+                    return False
+                raise
+            finally:
+                self.fs.invalidate_cache(path)
+            return True
+        return super().replace_if(url, data, version)
+
+
+def _version(info: dict[str, Any]) -> str | None:
+    """What changes when a file does, from fsspec's details: an ETag, a generation or an mtime."""
+    for key in ("ETag", "etag", "generation", "mtime", "LastModified", "updated"):
+        value = info.get(key)
+        if value is not None:
+            return str(value)
+    return None
+
 
 def _protocols(fs: Any) -> tuple[str, ...]:
     protocol = fs.protocol
@@ -179,6 +322,20 @@ def _protocols(fs: Any) -> tuple[str, ...]:
 def join(base: str, *parts: str) -> str:
     """Join URL path parts with ``/`` (for every protocol, local included)."""
     return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def canonical(url: str) -> str:
+    """``url`` in one spelling, to compare locations: a local path resolved (``..``, symlinks), other
+    URLs with their protocol's canonical name and without repeated or trailing slashes."""
+    if "://" not in url or url.startswith("file://"):
+        return os.path.realpath(display(url))
+    fs = get_filesystem(url)
+    if isinstance(fs, FsspecFileSystem):
+        protocol = _protocols(fs.fs)[0]
+        path = "/".join(p for p in fs._path(url).split("/") if p)
+        return f"{protocol}://{path}"
+    protocol, _, path = url.partition("://")
+    return f"{protocol}://{'/'.join(p for p in path.split('/') if p)}"
 
 
 def get_filesystem(url: str) -> FileSystem:

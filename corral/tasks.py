@@ -1,18 +1,20 @@
-"""Task specs (plain JSON-able dicts) and their execution on a FileSystem.
+"""Task specs (typed, JSON on the wire) and their execution on a FileSystem.
 
-A map spec: ``{"kind": "map", "job", "stage", "task", "attempt", "splits", "partitions", "output",
-"output_kind", "input_format", "memory_budget"}``; ``output_kind`` is ``"shuffle"`` (one indexed
-object for the reducers), ``"text"`` (final part file of a map-only job) or ``"records"`` (a map-only
-stage feeding the next stage). A reduce spec: ``{"kind": "reduce", …, "partition", "sources":
-[[url, offset, length], …], "output", "output_kind"}``.
+The driver builds a ``MapSpec`` or ``ReduceSpec`` per attempt, journals what it committed, and sends
+``spec.to_json()`` to the executor (executors see plain JSON-able dicts); the worker turns the dict
+back into a spec with ``spec_from_json``. The wire format is flat: ``{"kind": "map", "job", "args",
+"stage", "task", "attempt", "memory_budget", "splits", "partitions", "output", "output_kind",
+"input_format", "input_errors"}`` and ``{"kind": "reduce", …, "partition", "sources": [[url, offset,
+length], …], "output", "output_kind"}``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import chain, count, repeat, starmap
-from typing import IO, Any
+from typing import IO, Any, ClassVar, Literal
 
 from corral.fs import get_filesystem
 from corral.job import Job, Step
@@ -29,6 +31,84 @@ from corral.shuffle import (
     spill_dir,
 )
 from corral.split import Split, iter_text_records
+
+#: What a map task writes: one indexed object for the reducers ("shuffle"), the final text part of a
+#: map-only job ("text"), or binary records feeding the next stage ("records").
+OutputKind = Literal["shuffle", "text", "records"]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What every attempt of a task needs: which job and stage, the attempt, where its output goes."""
+
+    job: dict[str, Any]  # corral.worker.job_ref(...)
+    stage: int
+    task: str  # "map-0003", "reduce-0001"
+    attempt: int
+    output: str  # this attempt's own output URL: attempts never share a name
+    output_kind: str
+    args: dict[str, str] = field(default_factory=dict)
+    memory_budget: int = 256 << 20
+
+    kind: ClassVar[str] = ""
+
+    def for_attempt(self, attempt: int, output: str) -> TaskSpec:
+        """The same task as another attempt, writing to ``output``."""
+        return replace(self, attempt=attempt, output=output)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "job": self.job, "args": self.args, "stage": self.stage, "task": self.task,
+            "attempt": self.attempt, "memory_budget": self.memory_budget, "output": self.output,
+            "output_kind": self.output_kind,
+        }
+
+
+@dataclass(frozen=True)
+class MapSpec(TaskSpec):
+    splits: tuple[Split, ...] = ()
+    partitions: int = 0  # reduce partitions of a "shuffle" output; 0 for map-only stages
+    input_format: str = "lines"
+    input_errors: str = "strict"
+
+    kind: ClassVar[str] = "map"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **super().to_json(), "splits": [s.to_json() for s in self.splits], "partitions": self.partitions,
+            "input_format": self.input_format, "input_errors": self.input_errors,
+        }
+
+
+@dataclass(frozen=True)
+class ReduceSpec(TaskSpec):
+    partition: int = 0
+    sources: tuple[tuple[str, int, int], ...] = ()  # (map output URL, offset, length) of the partition
+
+    kind: ClassVar[str] = "reduce"
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "partition": self.partition, "sources": [list(s) for s in self.sources]}
+
+
+def spec_from_json(data: dict[str, Any]) -> MapSpec | ReduceSpec:
+    """A spec from its wire form (unknown keys, e.g. a backend's own, are ignored)."""
+    common = {
+        "job": data["job"], "stage": data["stage"], "task": data["task"], "attempt": data["attempt"],
+        "output": data["output"], "output_kind": data["output_kind"], "args": data.get("args") or {},
+        "memory_budget": int(data.get("memory_budget") or 256 << 20),
+    }
+    if data["kind"] == "map":
+        return MapSpec(
+            **common, splits=tuple(Split.from_json(s) for s in data["splits"]),
+            partitions=data.get("partitions", 0), input_format=data.get("input_format", "lines"),
+            input_errors=data.get("input_errors", "strict"),
+        )
+    if data["kind"] == "reduce":
+        return ReduceSpec(
+            **common, partition=data["partition"], sources=tuple((u, o, n) for u, o, n in data["sources"]),
+        )
+    raise ValueError(f"unknown task kind {data['kind']!r}")
 
 
 def _record_batches(split: Split, input_format: str, input_errors: str) -> Iterable[tuple[bool, list]]:
@@ -55,19 +135,19 @@ def _map_calls(step: Step, keyed: bool, batch: list) -> Iterable[Iterable[Any]]:
     return starmap(step.map, batch) if keyed else map(step.map, repeat(None), batch)
 
 
-def execute_map(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]:
+def execute_map(spec: MapSpec, job: Job, step: Step) -> dict[str, Any]:
     """Run one map task; return its result (output URL, index, record counts)."""
-    output_kind = spec["output_kind"]
-    input_format = spec.get("input_format", "lines")
-    input_errors = spec.get("input_errors", "strict")
+    output_kind = spec.output_kind
+    input_format = spec.input_format
+    input_errors = spec.input_errors
     records_in = 0
-    out_fs = get_filesystem(spec["output"])
+    out_fs = get_filesystem(spec.output)
     if step.map_init:
         step.map_init()
     if output_kind == "shuffle":
         buffer = MapBuffer(
-            spec["partitions"],
-            spec["memory_budget"],
+            spec.partitions,
+            spec.memory_budget,
             partition=step.partition,
             combine=step.combine,
             sort_values=step.sort_values,
@@ -75,8 +155,7 @@ def execute_map(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]:
             spill_dir=spill_dir(),
         )
         try:
-            for split_json in spec["splits"]:
-                split = Split.from_json(split_json)
+            for split in spec.splits:
                 for keyed, batch in _record_batches(split, input_format, input_errors):
                     records_in += len(batch)
                     groups = buffer.groups
@@ -86,16 +165,15 @@ def execute_map(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]:
                     buffer.check(records_in)
             if step.map_final:
                 buffer.add_final(step.map_final() or ())
-            with out_fs.open(spec["output"], "wb") as out:
+            with out_fs.open(spec.output, "wb") as out:
                 index = buffer.write(out)
         finally:
             buffer.close()
-        return {"output": spec["output"], "index": index, "records_in": records_in}
+        return {"output": spec.output, "index": index, "records_in": records_in}
 
-    with out_fs.open(spec["output"], "wb") as out:
+    with out_fs.open(spec.output, "wb") as out:
         writer = _writer(output_kind, out, "map")
-        for split_json in spec["splits"]:
-            split = Split.from_json(split_json)
+        for split in spec.splits:
             for keyed, batch in _record_batches(split, input_format, input_errors):
                 records_in += len(batch)
                 writer.add_all(chain.from_iterable(_map_calls(step, keyed, batch)))
@@ -103,14 +181,14 @@ def execute_map(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]:
             writer.add_all(step.map_final() or ())
         writer.flush()
         bytes_out = out.tell()
-    return {"output": spec["output"], "records_in": records_in, "bytes_out": bytes_out}
+    return {"output": spec.output, "records_in": records_in, "bytes_out": bytes_out}
 
 
-def execute_reduce(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]:
+def execute_reduce(spec: ReduceSpec, job: Job, step: Step) -> dict[str, Any]:
     """Run one reduce task: merge its partition of every committed map output, stream the output."""
     assert step.reduce is not None
-    sources_spec = [s for s in spec["sources"] if s[2] > 0]
-    share = spec["memory_budget"] // (16 * (min(len(sources_spec), MERGE_FACTOR) or 1))
+    sources_spec = [s for s in spec.sources if s[2] > 0]
+    share = spec.memory_budget // (16 * (min(len(sources_spec), MERGE_FACTOR) or 1))
     sources = []
     for url, offset, length in sources_spec:
         read = partial(get_filesystem(url).read_range, url)
@@ -138,13 +216,13 @@ def _read_block(share: int, local: bool) -> int:
     return max(low, min(high, share))
 
 
-def _reduce(spec: dict[str, Any], step: Step, sources: list[Iterator[list[Any]]]) -> dict[str, Any]:
-    out_fs = get_filesystem(spec["output"])
+def _reduce(spec: ReduceSpec, step: Step, sources: list[Iterator[list[Any]]]) -> dict[str, Any]:
+    out_fs = get_filesystem(spec.output)
     if step.reduce_init:
         step.reduce_init()
     reducer = step.reduce
-    with out_fs.open(spec["output"], "wb") as out:
-        writer = _writer(spec["output_kind"], out, "reduce")
+    with out_fs.open(spec.output, "wb") as out:
+        writer = _writer(spec.output_kind, out, "reduce")
         keys = count()  # counts the keys as the merge yields them
         if sources:
             groups = zip(merge_batch_groups(sources, step.value_key, step.sort_values), keys, strict=False)
@@ -153,4 +231,4 @@ def _reduce(spec: dict[str, Any], step: Step, sources: list[Iterator[list[Any]]]
             writer.add_all(step.reduce_final() or ())
         writer.flush()
         bytes_out = out.tell()
-    return {"output": spec["output"], "keys_in": next(keys), "bytes_out": bytes_out}
+    return {"output": spec.output, "keys_in": next(keys), "bytes_out": bytes_out}

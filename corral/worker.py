@@ -1,8 +1,9 @@
 """``run_task(payload) -> result``: the single entry every executor and remote handler calls.
 
-Both sides are plain JSON-able dicts. A task never raises: a failure comes back as
-``{"ok": False, "error": {"type", "message", "traceback"}}`` with the user's traceback, so that every
-backend (a thread, a process, a Lambda invoke, an HTTP call) reports it the same way.
+Both sides are plain JSON-able dicts (the payload is a ``corral.tasks`` spec's wire form). A task
+never raises: a failure comes back as ``{"ok": False, "error": {"type", "message", "traceback"}}``
+with the user's traceback, so that every backend (a thread, a process, a Lambda invoke, an HTTP
+call) reports it the same way.
 """
 
 from __future__ import annotations
@@ -89,15 +90,15 @@ def load_module_from_path(path: str, name: str) -> Any:
 
 def run_task(payload: dict[str, Any]) -> dict[str, Any]:
     """Run one task attempt described by ``payload``; return its result (never raises)."""
-    from corral.tasks import execute_map, execute_reduce
+    from corral.tasks import MapSpec, execute_map, execute_reduce, spec_from_json
 
     started = time.perf_counter()
     try:
-        job = load_job_class(payload["job"])(payload.get("args"))
-        step = job.steps()[payload["stage"]]
-        execute = execute_map if payload["kind"] == "map" else execute_reduce
+        spec = spec_from_json(payload)
+        job = load_job_class(spec.job)(spec.args)
+        step = job.steps()[spec.stage]
         with _no_full_collections():
-            result = execute(payload, job, step)
+            result = execute_map(spec, job, step) if isinstance(spec, MapSpec) else execute_reduce(spec, job, step)
     except Exception as exc:
         return {
             "ok": False,
@@ -112,8 +113,8 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
         }
     result.update(
         ok=True,
-        task=payload["task"],
-        attempt=payload["attempt"],
+        task=spec.task,
+        attempt=spec.attempt,
         counters=[[group, name, amount] for (group, name), amount in job._counters.items()],
         seconds=round(time.perf_counter() - started, 6),
         peak_memory_mb=peak_memory_mb(),

@@ -95,7 +95,8 @@ REGION = Option("region", _text, None, "AWS region (lambda; default: AWS_REGION,
 EPHEMERAL_STORAGE = Option("ephemeral-storage", int_in_range(512, 10240), 512,
                            "/tmp size of each function instance in MB, 512-10240 (lambda; default 512)", "MB")
 ENVIRONMENT = Option("environment", _environment, None,
-                     "KEY=VALUE set in the function's environment (lambda; repeatable)", "KEY=VALUE", repeat=True)
+                     "KEY=VALUE set in the function's environment (lambda; repeatable; redacted in the manifest)",
+                     "KEY=VALUE", repeat=True, secret=True)
 ARCHITECTURE = Option("architecture", parse_architecture, "x86_64",
                       "x86_64 or arm64: the function's CPU and its wheels' (lambda; default x86_64)", "ARCH")
 RUNTIME = Option("runtime", parse_runtime, None,
