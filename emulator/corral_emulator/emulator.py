@@ -17,9 +17,10 @@ import docker
 import docker.errors
 from aiohttp import web
 
+from corral_emulator import lambda_api
 from corral_emulator.engine import Engine
 from corral_emulator.errors import EmulatorError
-from corral_emulator.lambda_api import make_app
+from corral_emulator.lambda_service import LambdaService
 
 log = logging.getLogger("corral_emulator")
 
@@ -68,7 +69,7 @@ class Emulator:
         init_timeout: float = 10.0,
         region: str | None = None,
         account_id: str = "000000000000",
-        lambda_cpu: bool = False,
+        cloud_cpu: bool = False,
         workdir: str | os.PathLike | None = None,
         log_dir: str | os.PathLike | None = None,
         log_stream: TextIO | None = None,
@@ -100,13 +101,14 @@ class Emulator:
         self.init_timeout = init_timeout
         self.region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         self.account_id = account_id
-        self.lambda_cpu = lambda_cpu
+        self.cloud_cpu = cloud_cpu
         self.instance_id = uuid.uuid4().hex[:16]
         self._workdir_arg = workdir
         self._log_dir_arg = log_dir
         self.log_stream = log_stream
         self.workdir: Path | None = None
         self.engine: Engine | None = None
+        self.lambda_service: LambdaService | None = None
         self.endpoint: str | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -161,12 +163,11 @@ class Emulator:
             workdir=self.workdir,
             base_image=self.base_image,
             region=self.region,
-            account_id=self.account_id,
             max_concurrency=self.max_concurrency,
             idle_timeout=self.idle_timeout,
             init_timeout=self.init_timeout,
             mounts=self.mounts,
-            lambda_cpu=self.lambda_cpu,
+            cloud_cpu=self.cloud_cpu,
             log_dir=Path(self._log_dir_arg) if self._log_dir_arg else self.workdir / "logs",
             log_stream=self.log_stream,
             docker_client=self._docker,
@@ -174,8 +175,11 @@ class Emulator:
             throttle_seed=self.throttle_seed,
         )
         await self.engine.start()
-        runner = web.AppRunner(make_app(self.engine), access_log=None, handle_signals=False,
-                               shutdown_timeout=1.0)
+        self.lambda_service = LambdaService(self.engine, self.account_id)
+        await self.lambda_service.start()
+        app = web.Application(middlewares=[lambda_api.aws_errors], client_max_size=lambda_api.API_READ_LIMIT)
+        lambda_api.add_routes(app, self.lambda_service)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
         try:
             sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)

@@ -1,50 +1,32 @@
-"""A sandbox: one container running one function's runtime, serving one invocation at a time.
+"""A Lambda sandbox: the container runs a Lambda runtime, which polls this sandbox's Runtime API server.
 
-Its life: ``start()`` (Runtime API server + container), then ``invoke()`` any number of times while it is
-warm; it dies when its runtime exits (out of memory, crash, init error), when an invocation times out
-(the emulator kills it), or when the engine retires it (idle, code/config update, shutdown).
+``invoke()`` puts an invocation in the sandbox's inbox; the runtime takes it with ``/invocation/next``
+and posts the result (``runtime_api``). The container itself (memory cap, mounts, logs, exit) is the
+generic ``Sandbox``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from corral_emulator.memory import MemoryProbe
 from corral_emulator.runtime_api import MAX_RESPONSE_BYTES, make_app
+from corral_emulator.sandbox import MB, Sandbox, iso_now
 
 if TYPE_CHECKING:
     from corral_emulator.engine import Engine
     from corral_emulator.functions import Function
 
-MB = 1024 * 1024
-LOG_MOUNT = "/opt/corral-log"
 BOOTSTRAP_PATH = "/opt/corral/bootstrap.py"
 TASK_ROOT = "/var/task"
-
-
-def iso_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def parse_docker_time(text: str) -> float | None:
-    """Docker's RFC 3339 timestamps with nanoseconds -> epoch seconds."""
-    try:
-        head, _, frac = text.rstrip("Z").partition(".")
-        base = datetime.strptime(head, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
-        return base + (float("0." + frac) if frac else 0.0)
-    except ValueError:
-        return None
 
 
 @dataclass
@@ -86,47 +68,28 @@ def error_payload(error_type: str, message: str) -> bytes:
     return json.dumps({"errorMessage": message, "errorType": error_type}).encode()
 
 
-class Sandbox:
+class LambdaSandbox(Sandbox):
+    """A Lambda sandbox: its runtime in the container polls this sandbox's own Runtime API server."""
+
+    platform = "lambda"
+    working_dir = TASK_ROOT
+
     def __init__(self, engine: Engine, function: Function) -> None:
-        self.engine = engine
-        self.id = uuid.uuid4().hex[:12]
-        self.function_name = function.name
+        super().__init__(engine, function, function.memory_size * MB, function.timeout, function.environment)
         self.function_arn = function.arn
-        self.generation = function.generation
         self.memory_size = function.memory_size
-        self.timeout = function.timeout
         self.handler = function.handler
         self.runtime = function.runtime
-        self.environment = dict(function.environment)
-        self.code_dir = function.code_dir
-        self.container_name = f"corral-{engine.instance_id[:8]}-{function.name[:40]}-{self.id}"
-        self.container_id: str | None = None
-        self.folder: Path = engine.workdir / "sandboxes" / self.id
-        self.log_path = self.folder / "output.log"
-        self.log_offset = 0
         self.log_stream_name = f"{datetime.now(UTC):%Y/%m/%d}/[$LATEST]{uuid.uuid4().hex}"
-        self.state = "new"  # new -> starting -> ready -> dead
-        self.busy = True
-        self.retiring = False
-        self.last_used = time.monotonic()
         self.current: Invocation | None = None
         self.inbox: asyncio.Queue[Invocation] = asyncio.Queue()
-        self.probe: MemoryProbe | None = None
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
-        self.started_wall: float | None = None
-        self.first_next_wall: float | None = None
         self.init_error = False
-        self.invocations = 0
-        self.exit_status: tuple[int, bool] | None = None
 
-    # ---------------------------------------------------------------- lifecycle
-    async def start(self) -> None:
-        self.state = "starting"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.folder.chmod(0o777)
-        self.log_path.touch()
-        self.log_path.chmod(0o666)
+    # ---------------------------------------------------------------- the container
+    async def prepare(self) -> None:
+        """Serve this sandbox's Runtime API on a port of its own (the runtime finds it in the environment)."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
@@ -134,98 +97,49 @@ class Sandbox:
         self.runner = web.AppRunner(make_app(self), access_log=None, handle_signals=False, shutdown_timeout=0.1)
         await self.runner.setup()
         await web.SockSite(self.runner, sock).start()
-        spec = self.container_spec()
-        before = time.time()
-        container_id, pid, started_at = await self.engine.blocking(self._create_container, spec)
-        self.container_id = container_id
-        self.started_wall = parse_docker_time(started_at) or before
-        if pid:
-            self.probe = MemoryProbe.for_pid(pid)
-        if self.state == "starting":
-            self.state = "ready"
 
-    def _create_container(self, spec: dict) -> tuple[str, int, str]:
-        client = self.engine.docker
-        container = client.containers.create(**spec)
-        container.start()
-        attrs = client.api.inspect_container(container.id)
-        return container.id, int(attrs["State"].get("Pid") or 0), attrs["State"].get("StartedAt", "")
-
-    def container_spec(self) -> dict:
-        engine = self.engine
-        env: dict[str, str] = dict(engine.passthrough_environment())
-        env.update(
-            {
-                "AWS_LAMBDA_FUNCTION_NAME": self.function_name,
-                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.memory_size),
-                "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
-                "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{self.port}",
-                "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.function_name}",
-                "AWS_LAMBDA_LOG_STREAM_NAME": self.log_stream_name,
-                "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
-                "AWS_REGION": engine.region,
-                "AWS_DEFAULT_REGION": engine.region,
-                "LAMBDA_TASK_ROOT": TASK_ROOT,
-                "LAMBDA_RUNTIME_DIR": "/opt/corral",
-                "_HANDLER": self.handler,
-                "PYTHONPATH": TASK_ROOT,
-                "PYTHONUNBUFFERED": "1",
-                "LANG": "C.UTF-8",
-                "TZ": ":UTC",
-            }
-        )
-        if self.runtime.startswith("python"):
-            env["AWS_EXECUTION_ENV"] = f"AWS_Lambda_{self.runtime}"
-            command = ["python3", BOOTSTRAP_PATH]
-        else:  # provided.*: the package's own executable bootstrap, as on Lambda
-            command = [f"{TASK_ROOT}/bootstrap"]
-        env.update(self.environment)
-        volumes = {
-            str(self.code_dir): {"bind": TASK_ROOT, "mode": "ro"},
-            str(engine.bootstrap_file): {"bind": BOOTSTRAP_PATH, "mode": "ro"},
-            str(self.folder): {"bind": LOG_MOUNT, "mode": "rw"},
-        }
-        for path in engine.mounts:
-            volumes[path] = {"bind": path, "mode": "rw"}
-        spec = {
-            "image": engine.base_image,
-            "name": self.container_name,
-            "entrypoint": ["/bin/sh", "-c", f'exec "$@" >>{LOG_MOUNT}/output.log 2>&1', "corral-runtime"],
-            "command": command,
-            "environment": env,
-            "labels": {
-                "corral-emulator": engine.instance_id,
-                "corral-emulator.function": self.function_name,
-                "corral-emulator.pid": str(os.getpid()),
-            },
-            "mem_limit": f"{self.memory_size}m",
-            "memswap_limit": f"{self.memory_size}m",
-            "network_mode": "host",
-            "volumes": volumes,
-            "working_dir": TASK_ROOT,
-            "user": f"{os.getuid()}:{os.getgid()}",
-            "detach": True,
-        }
-        if engine.lambda_cpu:
-            # Lambda gives one vCPU at 1769 MB, proportionally less below.
-            cpus = min(os.cpu_count() or 1, self.memory_size / 1769)
-            spec["nano_cpus"] = max(int(cpus * 1e9), 10_000_000)
-        return spec
-
-    async def kill(self) -> None:
-        """Kill the container now (timeout); the engine removes it."""
-        self.state = "dead"
-        if self.container_id:
-            await self.engine.blocking(self.engine.kill_container, self.container_id)
-
-    async def close(self) -> None:
-        """Stop the Runtime API server and remove this sandbox's files."""
-        self.state = "dead"
-        if self.probe:
-            self.probe.close()
+    async def shutdown(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
+
+    def platform_environment(self) -> dict[str, str]:
+        engine = self.engine
+        env = {
+            "AWS_LAMBDA_FUNCTION_NAME": self.function_name,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.memory_size),
+            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{self.port}",
+            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.function_name}",
+            "AWS_LAMBDA_LOG_STREAM_NAME": self.log_stream_name,
+            "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+            "AWS_REGION": engine.region,
+            "AWS_DEFAULT_REGION": engine.region,
+            "LAMBDA_TASK_ROOT": TASK_ROOT,
+            "LAMBDA_RUNTIME_DIR": "/opt/corral",
+            "_HANDLER": self.handler,
+            "PYTHONPATH": TASK_ROOT,
+            "PYTHONUNBUFFERED": "1",
+            "LANG": "C.UTF-8",
+            "TZ": ":UTC",
+        }
+        if self.runtime.startswith("python"):
+            env["AWS_EXECUTION_ENV"] = f"AWS_Lambda_{self.runtime}"
+        return env
+
+    def command(self) -> list[str]:
+        if self.runtime.startswith("python"):
+            return ["python3", BOOTSTRAP_PATH]
+        return [f"{TASK_ROOT}/bootstrap"]  # provided.*: the package's own executable bootstrap, as on Lambda
+
+    def platform_volumes(self) -> dict[str, dict[str, str]]:
+        return {
+            str(self.code_dir): {"bind": TASK_ROOT, "mode": "ro"},
+            str(self.engine.workdir / "runtime" / "bootstrap.py"): {"bind": BOOTSTRAP_PATH, "mode": "ro"},
+        }
+
+    def cpu_share(self) -> float:
+        return self.memory_size / 1769  # Lambda gives one vCPU at 1769 MB, proportionally less below
 
     # ---------------------------------------------------------------- invocation
     async def invoke(self, invocation: Invocation, cold: bool) -> Outcome:
@@ -248,7 +162,7 @@ class Sandbox:
             self.finish(invocation, self.timeout_outcome(invocation, elapsed))
             await self.kill()
             return invocation.result.result()
-        sampler = asyncio.create_task(self._sample()) if self.probe and self.probe.sampling else None
+        sampler = asyncio.create_task(self.sample_memory()) if self.probe and self.probe.sampling else None
         try:
             assert invocation.started is not None
             remaining = max(0.0, invocation.started + self.timeout - time.monotonic())
@@ -263,12 +177,6 @@ class Sandbox:
         finally:
             if sampler:
                 sampler.cancel()
-
-    async def _sample(self) -> None:
-        assert self.probe is not None
-        while True:
-            self.probe.sample()
-            await asyncio.sleep(0.01)
 
     def timeout_outcome(self, invocation: Invocation, elapsed: float) -> Outcome:
         message = f"{iso_now()} {invocation.request_id} Task timed out after {elapsed:.2f} seconds"
@@ -292,8 +200,8 @@ class Sandbox:
 
     # ---------------------------------------------------------------- Runtime API callbacks
     async def next_invocation(self) -> Invocation:
-        if self.first_next_wall is None:
-            self.first_next_wall = time.time()
+        if self.ready_wall is None:
+            self.ready_wall = time.time()
         while True:
             invocation = await self.inbox.get()
             if not invocation.result.done():
@@ -345,12 +253,7 @@ class Sandbox:
             self.finish(current, Outcome(payload=payload, function_error="Unhandled", error_type=error_type,
                                          status="error", fatal=True))
 
-    def exited(self, exit_code: int, oom_killed: bool) -> None:
-        """The container's process ended (reported by the engine's Docker event watcher)."""
-        if self.state == "dead":
-            return
-        self.state = "dead"
-        self.exit_status = (exit_code, oom_killed)
+    def on_exit(self) -> None:
         current = self.current
         if current is not None and not current.result.done():
             self.fail_exited(current)
@@ -369,24 +272,3 @@ class Sandbox:
             fatal=True,
             platform_log=f"{iso_now()} {invocation.request_id} {message}\n",
         ), peak=peak)
-
-    # ---------------------------------------------------------------- logs and measures
-    def log_size(self) -> int:
-        try:
-            return self.log_path.stat().st_size
-        except OSError:
-            return 0
-
-    def read_output(self, start: int, end: int | None = None) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(start)
-                data = f.read() if end is None else f.read(max(0, end - start))
-        except OSError:
-            return ""
-        return data.decode("utf-8", "replace")
-
-    def init_duration_ms(self) -> float | None:
-        if self.first_next_wall is None or self.started_wall is None:
-            return None
-        return max(0.0, (self.first_next_wall - self.started_wall) * 1000.0)
