@@ -82,8 +82,8 @@ class Engine:
         self._faults = random.Random(throttle_seed)
         self.injected_throttles = 0
         self.sandboxes: dict[str, Sandbox] = {}  # by container name
-        #: The functions of every platform (their code folders are in use).
-        self.registries: list[Callable[[], Iterable[PoolFunction]]] = []
+        #: Per platform: the code folders its functions use (the others are removed with their last sandbox).
+        self.code_in_use: list[Callable[[], Iterable[Path | None]]] = []
         self.executor = ThreadPoolExecutor(max_workers=max(8, min(64, 2 * max_concurrency + 4)),
                                            thread_name_prefix="corral-emulator-docker")
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -250,7 +250,7 @@ class Engine:
         """Remove a code folder that no function and no sandbox uses any more."""
         if code_dir is None:
             return
-        used = {f.code_dir for registry in self.registries for f in registry()}
+        used = {folder for in_use in self.code_in_use for folder in in_use()}
         used |= {s.code_dir for s in self.sandboxes.values()}
         if code_dir not in used:
             await self.blocking(shutil.rmtree, code_dir, True)

@@ -73,7 +73,7 @@ class LambdaService:
         self.functions: dict[str, Function] = {}
         self.code_root = engine.workdir / "code"
         self.bootstrap_file = engine.workdir / "runtime" / "bootstrap.py"
-        engine.registries.append(self.functions.values)
+        engine.code_in_use.append(lambda: (f.code_dir for f in self.functions.values()))
 
     async def start(self) -> None:
         self.code_root.mkdir(parents=True, exist_ok=True)
