@@ -139,8 +139,6 @@ def _print_summary(manifest: dict[str, Any]) -> None:
 
 
 def _backends(args: argparse.Namespace) -> int:
-    from importlib.metadata import packages_distributions
-
     from corral.plugins import get_plugin_manager, plugin_distribution
 
     pm = get_plugin_manager()
@@ -148,17 +146,16 @@ def _backends(args: argparse.Namespace) -> int:
     for impl in pm.hook.corral_executors.get_hookimpls():
         for spec in impl.function():
             print(f"  {spec.name:<12} {plugin_distribution(impl.plugin):<20} {spec.description}")
-    print("filesystems (URL protocols):")
-    dists = packages_distributions()
-    from fsspec.registry import known_implementations
+    print("filesystems (URL protocols; tested = corral's tests run jobs on it):")
+    from corral.fs import ProtocolInfo
 
     for impl in pm.hook.corral_filesystem_protocols.get_hookimpls():
         provider = plugin_distribution(impl.plugin)
-        for protocol in impl.function():
-            spec = known_implementations.get(protocol)
-            module = spec["class"].split(".", 1)[0] if spec else ""
-            via = dists.get(module, [module])[0] if module and module != "fsspec" else "fsspec"
-            print(f"  {protocol:<14} {provider:<20} via {via}")
+        for info in impl.function():
+            if isinstance(info, str):
+                info = ProtocolInfo((info,), provider)
+            names = ", ".join(info.names)
+            print(f"  {names:<14} {provider:<20} via {info.library:<10} {'tested' if info.tested else ''}".rstrip())
     return 0
 
 

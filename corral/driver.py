@@ -176,8 +176,7 @@ class Driver:
                         files, final = self._run_stage(executor, job, index, step, files, last)
             finally:  # what the executor measured over the run (e.g. cost), failed or not
                 self.report = _executor_report(executor)
-            for src, name in final:
-                out_fs.move(src, join(self.out, name))
+            out_fs.move_many([(src, join(self.out, name)) for src, name in final])
             manifest = self._manifest("succeeded", None)
             self._write_manifest(out_fs, manifest)
             out_fs.write_bytes(join(self.out, "_SUCCESS"), b"")

@@ -15,7 +15,7 @@ import pluggy
 if TYPE_CHECKING:
     from corral.events import JobFinished, JobStarted, PhaseFinished, PhaseStarted, TaskFinished
     from corral.executor import ExecutorSpec
-    from corral.fs import FileSystem
+    from corral.fs import FileSystem, ProtocolInfo
     from corral.options import Command, Option
 
 hookspec = pluggy.HookspecMarker("corral")
@@ -32,8 +32,9 @@ def corral_filesystem(url: str) -> FileSystem | None:
 
 
 @hookspec
-def corral_filesystem_protocols() -> list[str]:
-    """Called by ``corral backends``. Return the URL protocols this plugin's filesystem serves."""
+def corral_filesystem_protocols() -> list[ProtocolInfo | str]:
+    """Called by ``corral backends``. Return the URL protocols this plugin's filesystem serves and can
+    use here (its libraries import), each a ``corral.ProtocolInfo`` or a plain protocol name."""
 
 
 @hookspec

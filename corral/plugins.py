@@ -13,7 +13,7 @@ hookimpl = pluggy.HookimplMarker("corral")
 
 #: Built-in plugins, registered through the same hooks as external ones.
 DEFAULT_PLUGINS = (
-    "corral.fs",
+    "corral.filesystems.fsspec",
     "corral.executors.local",
     "corral.progress",
 )
