@@ -20,6 +20,10 @@ from corral.plugins import hookimpl
 WRITE_BLOCK_SIZE = 8 << 20
 #: Server-side copies in flight at once when an object store commits many files (one request each).
 MOVE_CONCURRENCY = 32
+#: The same against gcsfs's idea of an emulator (not on Google): gcp-storage-emulator serves one
+#: connection at a time with a listen backlog of 5, so more in flight only wait for dropped SYNs to be
+#: retried; gcsfs deletes 5 at a time there for the same reason.
+EMULATOR_MOVE_CONCURRENCY = 4
 _GLOB_CHARS = "*?["
 
 
@@ -31,6 +35,7 @@ class FsspecFileSystem(FileSystem):
         self._local = "file" in _protocols(fs)
         #: An object store behind an async client (s3fs, gcsfs): copies server-side, many at once.
         self._object_store = not self._local and bool(getattr(fs, "async_impl", False))
+        self.move_concurrency = MOVE_CONCURRENCY if getattr(fs, "on_google", True) else EMULATOR_MOVE_CONCURRENCY
 
     def _path(self, url: str) -> str:
         return self.fs._strip_protocol(url)
@@ -90,7 +95,7 @@ class FsspecFileSystem(FileSystem):
             self.fs.mv(self._path(src), self._path(dst))
 
     def move_many(self, moves: Sequence[tuple[str, str]]) -> None:
-        """On an object store: server-side copies, ``MOVE_CONCURRENCY`` at a time, then one bulk delete.
+        """On an object store: server-side copies, ``move_concurrency`` at a time, then bulk deletes.
 
         Never fsspec's ``mv``: gcsfs's tries GCS's moveTo first, which some stores (the GCS emulator)
         refuse with a 501 that gcsfs retries for about 30 s before it copies anyway.
@@ -101,7 +106,7 @@ class FsspecFileSystem(FileSystem):
         if not moves:
             return
         sources = [self._path(src) for src, _ in moves]
-        self.fs.copy(sources, [self._path(dst) for _, dst in moves], batch_size=MOVE_CONCURRENCY)
+        self.fs.copy(sources, [self._path(dst) for _, dst in moves], batch_size=self.move_concurrency)
         try:
             self.fs.rm(sources)  # S3: one DeleteObjects per 1000 keys; GCS: batched or parallel deletes
         except FileNotFoundError:  # copied, and the sources are gone already: the moves are done
@@ -127,12 +132,31 @@ def _protocols(fs: Any) -> tuple[str, ...]:
 _instances: dict[int, FsspecFileSystem] = {}
 
 
+def _storage_options(url: str) -> dict[str, Any]:
+    """What gs:// needs against a GCS emulator (``STORAGE_EMULATOR_HOST`` set), as Google's own libraries
+    do there: no credentials (gcsfs would look for Google's, down to a metadata server), and none of
+    gcsfs's experimental bucket features (a gRPC call per bucket the emulator cannot answer, 60 s each;
+    read when gcsfs is first imported). A token set in fsspec's configuration wins."""
+    protocol = url.split("://", 1)[0] if "://" in url else ""
+    if protocol not in ("gs", "gcs") or not os.environ.get("STORAGE_EMULATOR_HOST"):
+        return {}
+    _gcs_emulator_environment()
+    import fsspec.config
+
+    return {} if "token" in fsspec.config.conf.get(protocol, {}) else {"token": "anon"}
+
+
+def _gcs_emulator_environment() -> None:
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+
 @hookimpl(trylast=True)
 def corral_filesystem(url: str) -> FileSystem | None:
     import fsspec.core
 
     try:
-        fs, _ = fsspec.core.url_to_fs(url)
+        fs, _ = fsspec.core.url_to_fs(url, **_storage_options(url))
     except (ImportError, ValueError) as exc:
         raise UsageError(f"cannot open {url!r}: {exc}") from None
     key = id(fs)  # fsspec caches its instances, so one wrapper per fsspec instance
@@ -164,6 +188,7 @@ def corral_filesystem_protocols() -> list[ProtocolInfo]:
 
     from fsspec.registry import get_filesystem_class, known_implementations
 
+    _gcs_emulator_environment()  # before gcsfs is imported here
     by_class: dict[str, list[str]] = {}
     for protocol in sorted(known_implementations):
         if protocol in NOT_DATA:
