@@ -7,8 +7,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+from corral.hookspecs import hookimpl
 from corral.job import Job, Step
-from corral.plugins import hookimpl
 
 # Everything else loads on first use: every worker and every `corral` command imports this package,
 # so it stays cheap to import (a tiny job runs end to end in a fraction of a second).

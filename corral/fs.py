@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from corral.errors import UsageError
-from corral.plugins import get_plugin_manager, hookimpl
+from corral.hookspecs import hookimpl
+from corral.plugins import get_plugin_manager
 
 #: File name endings read transparently through a decompressor (each such file is one split).
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}

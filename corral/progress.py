@@ -6,7 +6,7 @@ import sys
 from typing import Any
 
 from corral.events import PhaseFinished, PhaseStarted, TaskFinished
-from corral.plugins import hookimpl
+from corral.hookspecs import hookimpl
 
 _bars: dict[tuple[int, str], Any] = {}
 
