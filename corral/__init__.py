@@ -21,6 +21,7 @@ _LAZY = {
     "corral.fs": ("FileInfo", "FileSystem", "get_filesystem"),
     "corral.options": ("Command", "Option", "int_in_range", "parse_bool", "parse_size"),
     "corral.packaging": ("Package", "PackagingError", "build_package"),
+    "corral.settings": ("Settings",),
     "corral.worker": ("run_task",),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
@@ -75,6 +76,7 @@ __all__ = [
     "Outcome",
     "Package",
     "PackagingError",
+    "Settings",
     "Step",
     "UsageError",
     "__version__",
