@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
-
+from corral._version import __version__
 from corral.hookspecs import hookimpl
 from corral.job import Job, Step
 

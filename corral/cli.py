@@ -6,12 +6,13 @@ import argparse
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from corral.errors import CorralError, JobFailed, UsageError
 from corral.job import Job
 
 if TYPE_CHECKING:
+    from corral.executor import ExecutorSpec
     from corral.settings import Settings
 
 
@@ -158,7 +159,7 @@ def _backends(args: argparse.Namespace) -> int:
     pm = get_plugin_manager()
     print("executors (--backend):")
     for impl in pm.hook.corral_executors.get_hookimpls():
-        for spec in impl.function():
+        for spec in cast("list[ExecutorSpec]", impl.function()):
             print(f"  {spec.name:<12} {plugin_distribution(impl.plugin):<20} {spec.description}")
     print("filesystems (URL protocols):")
     dists = packages_distributions()
@@ -166,7 +167,7 @@ def _backends(args: argparse.Namespace) -> int:
 
     for impl in pm.hook.corral_filesystem_protocols.get_hookimpls():
         provider = plugin_distribution(impl.plugin)
-        for protocol in impl.function():
+        for protocol in cast("list[str]", impl.function()):
             spec = known_implementations.get(protocol)
             module = spec["class"].split(".", 1)[0] if spec else ""
             via = dists.get(module, [module])[0] if module and module != "fsspec" else "fsspec"

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 from corral.errors import UsageError
 from corral.options import Option
@@ -34,7 +34,7 @@ def all_options() -> list[Option[Any]]:
                                                     for o in options}
     for impl in reversed(pm.hook.corral_options.get_hookimpls()):  # the order pluggy calls them in
         by = f"plugin {impl.plugin_name!r} ({plugin_distribution(impl.plugin)})"
-        for option in impl.function():
+        for option in cast("list[Option[Any]]", impl.function()):
             first = declared.get(option.name)
             if first is None:
                 declared[option.name] = (option, by)

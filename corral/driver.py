@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from corral import __version__
@@ -278,7 +279,7 @@ class Driver:
             }
 
         map_tasks = [
-            TaskState(f"map-{j:04d}", lambda attempt, t=f"map-{j:04d}", b=b: map_payload(t, b, attempt))
+            TaskState(f"map-{j:04d}", partial(map_payload, f"map-{j:04d}", b))
             for j, b in enumerate(bins)
         ]
         self._run_wave(executor, index, "map", map_tasks, record)
@@ -304,7 +305,7 @@ class Driver:
                 }
 
             reduce_tasks = [
-                TaskState(f"reduce-{r:04d}", lambda attempt, r=r: reduce_payload(r, attempt))
+                TaskState(f"reduce-{r:04d}", partial(reduce_payload, r))
                 for r in range(partitions)
             ]
             self._run_wave(executor, index, "reduce", reduce_tasks, record)
