@@ -99,11 +99,11 @@ class FileSystem(ABC):
         if compression == "gzip":
             return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
         if compression == "bz2":
-            return bz2.BZ2File(raw)  # type: ignore[return-value]
+            return bz2.BZ2File(raw)
         if compression == "zstd":
             import zstandard
 
-            return zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)  # type: ignore[return-value]
+            return zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
         return raw
 
     def write_bytes(self, url: str, data: bytes) -> None:

@@ -1,9 +1,10 @@
 """The plugin contract: every hook corral calls, in one module.
 
 A plugin is any module or object with functions named like these hooks and decorated with
-``corral.hookimpl``. corral's own filesystem, executors and progress display are plugins registered
-through these same hooks (see ``corral.plugins``); third-party distributions register theirs with an
-entry point in the group ``corral``.
+``corral.hookimpl`` (defined here, next to ``hookspec``, as in datasette). corral's own filesystem,
+executors and progress display are plugins registered through these same hooks (see
+``corral.plugins``); third-party distributions register theirs with an entry point in the group
+``corral``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from corral.options import Command, Option
 
 hookspec = pluggy.HookspecMarker("corral")
+#: Marks a plugin's implementation of a hook; a function named like no hook here is an error.
+hookimpl = pluggy.HookimplMarker("corral")
 
 
 @hookspec(firstresult=True)

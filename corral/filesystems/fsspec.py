@@ -12,7 +12,7 @@ from typing import IO, Any
 
 from corral.errors import UsageError
 from corral.fs import FileInfo, FileSystem, ProtocolInfo
-from corral.plugins import hookimpl
+from corral.hookspecs import hookimpl
 
 #: Writes to object stores are uploaded in parts of this size as they are written (S3 multipart: parts of
 #: 5 MiB or more), so a writer holds a few parts in memory, never the object. fsspec's defaults (50 MB

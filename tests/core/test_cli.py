@@ -117,7 +117,7 @@ def test_exit_codes_and_messages_as_commands(words, tmp_path):
         (["{ex}/wordcount.py", "--retries", "many"],
          "corral: error: invalid value for --retries: 'many' is not a whole number"),
         (["{ex}/wordcount.py", "--backend", "cloud9"],
-         "corral: error: unknown backend 'cloud9' (available: ..."),
+         "corral: error: unknown backend 'cloud9' (from --backend; available: ..."),
         (["{ex}/wordcount.py", "--arg", "novalue"],
          "corral: error: invalid value for --arg: 'novalue' is not KEY=VALUE"),
     ],
