@@ -134,7 +134,11 @@ class Executor(ABC):
     def __enter__(self) -> Executor:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        # an interrupt (Ctrl-C, a signal turned into SystemExit) leaving the block stops the attempts
+        # first: close() alone would wait for them to finish
+        if kind is not None and not issubclass(kind, Exception):
+            self.cancel_all()
         self.close()
 
 
