@@ -11,7 +11,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from corral.settings import Settings
 
 #: Failure kinds. Throttling is backpressure and does not count toward the retry limit: an executor
 #: that meets throttling retries it itself (with backoff) or reports THROTTLED, which the driver retries
@@ -147,5 +150,5 @@ class ExecutorSpec:
     """An executor a plugin provides: ``create(settings)`` builds it for one run."""
 
     name: str
-    create: Callable[[Any], Executor]
+    create: Callable[[Settings], Executor]
     description: str = ""

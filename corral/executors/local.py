@@ -45,7 +45,7 @@ from corral.executor import (
     outcome_from_result,
 )
 from corral.executors.oom import OomWatch
-from corral.plugins import hookimpl
+from corral.hookspecs import hookimpl
 from corral.worker import run_task
 
 #: How long ``close`` waits for a worker to leave after its pipe closed, before killing it.
