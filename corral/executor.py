@@ -68,7 +68,7 @@ def outcome_from_result(result: dict[str, Any], stats: dict[str, Any] | None = N
         stats.setdefault("peak_memory_mb", result.get("peak_memory_mb"))
         return Outcome(result=result, stats=stats)
     error = result.get("error") or {}
-    kind = {"input": INPUT_ERROR, "cancelled": CANCELLED}.get(error.get("kind"), USER_ERROR)
+    kind = {"input": INPUT_ERROR, "cancelled": CANCELLED}.get(str(error.get("kind")), USER_ERROR)
     message = f"{error.get('type', 'Error')}: {error.get('message', '')}"
     if kind != USER_ERROR:
         message = error.get("message", "")
