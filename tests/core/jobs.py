@@ -374,6 +374,16 @@ class DieBesideSlow(WordCount):
         yield from super().map(key, line)
 
 
+class EatMemoryOnce(WordCount):
+    """WordCount whose map fills ``--arg mb=N`` megabytes on its first attempt (for the OOM killer)."""
+
+    def map(self, key, line):
+        if _first_time(self.args["marker"]):
+            hog = [b"x" * (1 << 20) for _ in range(int(self.args["mb"]))]  # written, so resident
+            del hog
+        yield from super().map(key, line)
+
+
 class Sleeper(corral.Job):
     """Map-only: writes its process id to ``--arg folder=PATH``, then sleeps ``--arg sleep=S`` per line
     (a task to cancel, or a driver to kill while its workers run)."""

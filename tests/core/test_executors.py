@@ -6,7 +6,9 @@ Every test uses real worker processes and real signals. Processes are found thro
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -301,3 +303,35 @@ def test_the_cgroup_counter_is_found_where_a_container_mounts_its_own_cgroup_as_
         assert watch.killed(123456789, 4) and not watch.killed(123456789, 5)
     finally:
         watch.close()
+
+
+@pytest.mark.docker
+def test_a_worker_killed_by_the_oom_killer_says_so(tmp_path, docker_engine):
+    """A real OOM kill: ``corral run`` on the processes backend inside a container with a 256 MB memory
+    cgroup (no swap), whose map fills 600 MB on its first attempt. This checkout and the installed
+    packages are mounted at their own paths; the container's Python must be the same minor version."""
+    import msgpack
+
+    image = "corral-lambda-python:3.11"
+    if sys.version_info[:2] != (3, 11):
+        pytest.skip(f"{image} runs Python 3.11; the installed packages are for {sys.version_info[:2]}")
+    repo = Path(__file__).resolve().parents[2]
+    site = str(Path(msgpack.__file__).resolve().parents[1])
+    (tmp_path / "in.txt").write_text("a b a\n")
+    paths = [str(repo), *(str(repo / d) for d in ("emulator", "backends/docker", "backends/lambda")), site]
+    logs = docker_engine.containers.run(
+        image, ["python3", "-c", "import sys; from corral.cli import main; sys.exit(main())", "run",
+                f"{JOBS}:EatMemoryOnce", str(tmp_path / "in.txt"), "--out", str(tmp_path / "out"),
+                "--arg", f"marker={tmp_path / 'marker'}", "--arg", "mb=600", "-q"],
+        mem_limit="256m", memswap_limit="256m", remove=True, stderr=True, working_dir=str(tmp_path),
+        environment={"PYTHONPATH": ":".join(paths)},
+        volumes={str(repo): {"bind": str(repo), "mode": "ro"}, site: {"bind": site, "mode": "ro"},
+                 str(tmp_path): {"bind": str(tmp_path), "mode": "rw"}},
+    )
+    assert (tmp_path / "out" / "_SUCCESS").exists(), logs
+    first, second = json.loads((tmp_path / "out" / "_corral" / "manifest.json").read_text())[
+        "stages"][0]["tasks"]["map-0000"]["attempts"]
+    assert first["failure"]["kind"] == corral.OUT_OF_MEMORY
+    assert re.fullmatch(r"worker process \d+ killed: out of memory \(the kernel's OOM killer at the 256 MB "
+                        r"limit of its memory cgroup\)", first["failure"]["message"]), first["failure"]
+    assert second["status"] == "committed"
