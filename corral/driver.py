@@ -33,6 +33,7 @@ from corral.planner import choose_reducers, list_inputs, make_splits, pack_bins,
 from corral.plugins import get_plugin_manager
 from corral.resume import Resume, code_hash, fingerprint, nothing_to_resume, plan_settings
 from corral.retry import RetryPolicy
+from corral.settings import Settings
 from corral.split import Split
 from corral.tasks import MapSpec, ReduceSpec
 from corral.wave import Attempt, Leftovers, SpeculationPolicy, TaskFailedError, TaskState, Wave
@@ -46,16 +47,18 @@ SPECULATION_FLOOR_SECONDS = 5.0
 CLOSE_AFTER_INTERRUPT_SECONDS = 5.0
 
 
-def executor_spec(settings: Any) -> ExecutorSpec:
+def executor_spec(settings: Settings) -> ExecutorSpec:
     """The executor named by ``settings.backend`` among the plugins' ``corral_executors``."""
     specs = {spec.name: spec for specs in get_plugin_manager().hook.corral_executors() for spec in specs}
     spec = specs.get(settings.backend)
     if spec is None:
-        raise UsageError(f"unknown backend {settings.backend!r} (available: {', '.join(sorted(specs))})")
+        source = settings.source("backend")
+        where = f"from {source}; " if source != "default" else ""
+        raise UsageError(f"unknown backend {settings.backend!r} ({where}available: {', '.join(sorted(specs))})")
     return spec
 
 
-def create_executor(settings: Any) -> Executor:
+def create_executor(settings: Settings) -> Executor:
     """Build the executor named by ``settings.backend`` from the plugins' ``corral_executors``."""
     return executor_spec(settings).create(settings)
 
@@ -95,14 +98,14 @@ def read_requirements(path: str) -> list[str]:
     return found
 
 
-def work_root(out: str, settings: Any) -> str:
+def work_root(out: str, settings: Settings) -> str:
     """The working root shared by runs (``--work-dir``, else ``OUT/_corral/work``); a run works in a folder in it."""
     return _absolute(settings.work_dir or join(out, "_corral", "work"))
 
 
 def make_job_source(
     job_class: type[Job],
-    settings: Any,
+    settings: Settings,
     inputs: Sequence[str] = (),
     out: str | None = None,
     run_id: str = "",
@@ -112,9 +115,9 @@ def make_job_source(
     ``corral deploy``): the job, its requirements (its ``requirements`` plus ``--requirements``), and
     the locations its tasks read (the inputs) and read and write (the working root)."""
     if job is None:
-        job = job_class(parse_job_args(getattr(settings, "arg", None) or []))
+        job = job_class(parse_job_args(settings.arg))
     requirements = list(job.requirements)
-    if getattr(settings, "requirements", None):
+    if settings.requirements:
         requirements += [r for r in read_requirements(settings.requirements) if r not in requirements]
     inputs = tuple(_absolute(i) for i in inputs)
     output = _absolute(out.rstrip("/") if len(out) > 1 else out) if out else None
@@ -143,7 +146,7 @@ class Driver:
     """Runs one job. ``run()`` returns the manifest or raises ``JobFailed``, ``UsageError`` or
     ``Interrupted``."""
 
-    def __init__(self, job_class: type[Job], inputs: Sequence[str], out: str, settings: Any) -> None:
+    def __init__(self, job_class: type[Job], inputs: Sequence[str], out: str, settings: Settings) -> None:
         self.job_class = job_class
         self.inputs = list(inputs)
         # local paths absolute: workers may run elsewhere (a container) with the same paths mounted
@@ -157,7 +160,7 @@ class Driver:
         self.started = time.time()
         self.report: dict[str, Any] = {}
         self.retry = RetryPolicy(settings.retries, self.started + settings.deadline)
-        self.speculation = SpeculationPolicy(bool(getattr(settings, "speculative", True)), SPECULATION_FLOOR_SECONDS)
+        self.speculation = SpeculationPolicy(settings.speculative, SPECULATION_FLOOR_SECONDS)
         self.guard = InterruptGuard()
         self.leftovers = Leftovers(self._leftover_ended)
         self.journal: Journal | None = None
@@ -169,7 +172,7 @@ class Driver:
 
     # --- the job --------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        self.args = parse_job_args(self.settings.arg or [])
+        self.args = parse_job_args(self.settings.arg)
         job = self.job_class(self.args)
         steps = job.steps()
         if not steps:
@@ -179,7 +182,7 @@ class Driver:
         self._refuse_inputs_in_output(files)
         self._refuse_file_as_output()
         spec = executor_spec(self.settings)
-        timeout = float(getattr(self.settings, "lease_timeout", None) or 60)
+        timeout = float(self.settings.lease_timeout)
         self.lease = Lease(out_fs, self.out, self.run_id, timeout)
         created = "://" not in self.out and not os.path.exists(self.out)
         with self.guard:
@@ -381,8 +384,8 @@ class Driver:
         record["tasks"] = {}
         self.stages.append(record)
         stage_dir = join(self.work, f"stage-{index}")
-        base = {"job": job_ref(self.job_class), "args": self.args, "stage": index,
-                "memory_budget": self.settings.memory_budget}
+        base: dict[str, Any] = {"job": job_ref(self.job_class), "args": self.args, "stage": index,
+                                "memory_budget": self.settings.memory_budget}
         map_kind = "shuffle" if partitions else ("text" if last else "records")
         map_suffix = {"shuffle": ".bin", "records": ".rec", "text": ""}[map_kind]
         split_kind = "text" if index == 0 else "records"
@@ -566,8 +569,7 @@ class Driver:
         self._move_outputs(out_fs, moves)
 
     def _move_outputs(self, out_fs: FileSystem, moves: list[tuple[str, str]]) -> None:
-        for src, dst in moves:
-            out_fs.move(src, dst)
+        out_fs.move_many(moves)
 
     def _clean_up(self, success: bool) -> bool:
         """Remove what this run no longer needs; return whether it can be resumed (work and journal kept)."""
@@ -640,7 +642,7 @@ class Driver:
         os.replace(temp, url)
 
 
-def redacted_settings(settings: Any) -> dict[str, Any]:
+def redacted_settings(settings: Settings) -> dict[str, Any]:
     """The settings as JSON, with the values of secret options (``--environment``) replaced by
     ``<redacted>`` and their names kept."""
     from corral.config import all_options

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from corral.events import PhaseFinished, PhaseStarted, TaskFinished
-from corral.plugins import hookimpl
+from corral.events import JobFinished, PhaseFinished, PhaseStarted, TaskFinished
+from corral.hookspecs import hookimpl
 
 _bars: dict[tuple[int, str], Any] = {}
 _speculative: dict[tuple[int, str], list[int]] = {}  # [speculative attempts ended, of which won]
@@ -14,7 +14,7 @@ _speculative: dict[tuple[int, str], list[int]] = {}  # [speculative attempts end
 
 @hookimpl
 def corral_phase_started(event: PhaseStarted) -> None:
-    if not getattr(event.settings, "progress", False):
+    if not event.settings.progress:
         return
     from tqdm import tqdm
 
@@ -46,6 +46,6 @@ def corral_phase_finished(event: PhaseFinished) -> None:
 
 
 @hookimpl
-def corral_job_finished(event: Any) -> None:
+def corral_job_finished(event: JobFinished) -> None:
     while _bars:
         _bars.popitem()[1].close()

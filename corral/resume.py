@@ -12,12 +12,16 @@ a final task again, its output names change, so the stages after it are planned 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.errors import UsageError
 from corral.fs import FileInfo, FileSystem, display
+
+if TYPE_CHECKING:
+    from corral.settings import Settings
 
 #: Settings that shape the plan or the output (dest -> how the user writes it).
 PLAN_SETTINGS = {
@@ -45,8 +49,9 @@ def code_hash(path: str | None) -> str | None:
         return None
 
 
-def plan_settings(settings: Any) -> dict[str, Any]:
-    return {dest: getattr(settings, dest, None) for dest in PLAN_SETTINGS}
+def plan_settings(settings: Settings) -> dict[str, Any]:
+    """The settings that shape the plan, as the journal holds them (JSON: tuples become lists)."""
+    return json.loads(json.dumps({dest: getattr(settings, dest) for dest in PLAN_SETTINGS}))
 
 
 def _input_changes(then: list[list[Any]], now: list[list[Any]]) -> list[str]:

@@ -16,6 +16,7 @@ from functools import partial
 from itertools import chain, count, repeat, starmap
 from typing import IO, Any, ClassVar, Literal
 
+from corral import cancellation
 from corral.fs import get_filesystem
 from corral.job import Job, Step
 from corral.shuffle import (
@@ -112,16 +113,19 @@ def spec_from_json(data: dict[str, Any]) -> MapSpec | ReduceSpec:
 
 
 def _record_batches(split: Split, input_format: str, input_errors: str) -> Iterable[tuple[bool, list]]:
-    """``(keyed, batch)`` for a split: batches of lines (keyed False) or (key, value) pairs (True)."""
+    """``(keyed, batch)`` for a split: batches of lines (keyed False) or (key, value) pairs (True).
+    A cancelled attempt stops here, between batches (``corral.cancellation``)."""
     fs = get_filesystem(split.url)
     if split.kind == "records":
         with fs.open(split.url, "rb") as stream:
             for batch in iter_records(stream):
+                cancellation.check()
                 yield True, batch
         return
     keyed = input_format == "tsv"
-    for batch in iter_text_records(fs, split, input_format, input_errors):
-        yield keyed, batch
+    for lines in iter_text_records(fs, split, input_format, input_errors):
+        cancellation.check()
+        yield keyed, lines
 
 
 def _writer(output_kind: str, out: IO[bytes], source: str) -> TextWriter | RecordWriter:
@@ -132,6 +136,7 @@ def _map_calls(step: Step, keyed: bool, batch: list) -> Iterable[Iterable[Any]]:
     """What the job's map yields for a batch of input records: one iterable of pairs per call."""
     if step.map_batch is not None:
         return (step.map_batch(batch),)
+    assert step.map is not None  # a Step has map or map_batch
     return starmap(step.map, batch) if keyed else map(step.map, repeat(None), batch)
 
 
@@ -221,6 +226,7 @@ def _reduce(spec: ReduceSpec, step: Step, sources: list[Iterator[list[Any]]]) ->
     if step.reduce_init:
         step.reduce_init()
     reducer = step.reduce
+    assert reducer is not None  # only stages with a reduce have reduce tasks
     with out_fs.open(spec.output, "wb") as out:
         writer = _writer(spec.output_kind, out, "reduce")
         keys = count()  # counts the keys as the merge yields them
