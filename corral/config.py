@@ -16,6 +16,8 @@ from corral.errors import UsageError
 from corral.options import Option, int_in_range, parse_bool, parse_size
 
 MiB = 1 << 20
+#: How long throttled tasks are retried, from the job's start (``--deadline``): 6 hours.
+DEFAULT_DEADLINE = 6 * 3600
 
 
 def _text(value: Any) -> str:
@@ -36,7 +38,7 @@ CORE_OPTIONS: list[Option] = [
     Option("reducers", int_in_range(1), None, "number of reduce tasks", "N"),
     Option("max-concurrency", int_in_range(1), None, "tasks running at once (default: the backend's)", "N"),
     Option("retries", int_in_range(0), 3, "retries of a failed task before the job fails", "N"),
-    Option("deadline", int_in_range(1), 6 * 3600,
+    Option("deadline", int_in_range(1), DEFAULT_DEADLINE,
            "seconds from the job's start during which throttled tasks are retried; a task still throttled "
            "then fails the job (default 21600 = 6 h)", "SECONDS"),
     Option("requirements", _text, None,
@@ -73,7 +75,8 @@ def all_options() -> list[Option]:
 
     options = list(CORE_OPTIONS)
     for extra in get_plugin_manager().hook.corral_options():
-        options.extend(extra)
+        # the same Option object returned by several plugins (corral.remote's --memory) is one setting
+        options.extend(o for o in extra if not any(o is known for known in options))
     return options
 
 

@@ -65,7 +65,9 @@ def outcome_from_result(result: dict[str, Any], stats: dict[str, Any] | None = N
         stats.setdefault("peak_memory_mb", result.get("peak_memory_mb"))
         return Outcome(result=result, stats=stats)
     error = result.get("error") or {}
-    kind = INPUT_ERROR if error.get("kind") == "input" else USER_ERROR
+    # "input": bad input data (the message names the file and offset); "infrastructure": the worker
+    # could not run the task at all (e.g. a remote handler could not read its payload)
+    kind = {"input": INPUT_ERROR, "infrastructure": INFRASTRUCTURE}.get(error.get("kind"), USER_ERROR)
     message = f"{error.get('type', 'Error')}: {error.get('message', '')}"
     if kind == INPUT_ERROR:
         message = error.get("message", "")

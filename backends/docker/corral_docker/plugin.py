@@ -1,7 +1,7 @@
 """corral-docker's plugin (entry point ``docker`` in the group ``corral``).
 
-Its ``--memory`` and ``--timeout`` are corral-lambda's options (this distribution depends on it):
-one option is defined by one plugin only.
+``--memory``, ``--timeout`` and the other options of remote functions are corral.remote's, the same
+objects corral-lambda and corral-gcf return: one setting however many plugins declare it.
 """
 
 from __future__ import annotations
@@ -9,6 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from corral import ExecutorSpec, Option, hookimpl
+from corral.remote import OPTIONS as REMOTE_OPTIONS
+
+PLATFORMS = ("lambda", "gcf")
 
 
 def _image(value: Any) -> str:
@@ -18,10 +21,22 @@ def _image(value: Any) -> str:
     return text
 
 
+def _platform(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text not in PLATFORMS:
+        raise ValueError(f"{text!r} is not a platform the docker backend emulates ({' or '.join(PLATFORMS)})")
+    return text
+
+
 BASE_IMAGE = Option(
     "base-image", _image, None,
     "image the docker backend's functions run in (default corral-lambda-python:3.11, "
     "from `corral emulator build-base`)", "IMAGE",
+)
+PLATFORM = Option(
+    "platform", _platform, "lambda",
+    "the code path the docker backend runs locally: lambda (AWS Lambda's, default) or gcf (Google Cloud "
+    "Functions', needs corral-gcf)", "NAME",
 )
 
 
@@ -34,9 +49,10 @@ def create_executor(settings: Any) -> Any:
 @hookimpl
 def corral_executors() -> list[ExecutorSpec]:
     return [ExecutorSpec("docker", create_executor,
-                         "Lambda-like containers on the local Docker engine (the Lambda code path, emulated)")]
+                         "cloud-function containers on the local Docker engine (the Lambda or GCF code path, "
+                         "emulated)")]
 
 
 @hookimpl
 def corral_options() -> list[Option]:
-    return [BASE_IMAGE]
+    return [*REMOTE_OPTIONS, BASE_IMAGE, PLATFORM]

@@ -9,7 +9,8 @@ from corral_lambda.options import OPTIONS
 
 
 def create_executor(settings: Any) -> Any:
-    from corral_lambda.executor import DEFAULT_CONCURRENCY, LambdaConfig, LambdaExecutor
+    from corral.remote import DEFAULT_CONCURRENCY
+    from corral_lambda.executor import LambdaConfig, LambdaExecutor
 
     return LambdaExecutor(settings.max_concurrency or DEFAULT_CONCURRENCY, LambdaConfig.from_settings(settings))
 

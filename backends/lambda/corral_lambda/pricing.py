@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from corral.remote import gb_seconds  # noqa: F401 - GB-s = billed ms / 1000 x memory MB / 1024
+
 #: When the prices below were checked (us-east-1, https://aws.amazon.com/lambda/pricing/).
 PRICES_READ = "2026-11-21"
 REGION = "us-east-1"
@@ -36,11 +38,6 @@ PRICES = {
     "arm64": Price("arm64", gb_second=0.0000133334, request=0.20 / 1_000_000, ephemeral_gb_second=0.0000000309),
 }
 FREE_EPHEMERAL_MB = 512
-
-
-def gb_seconds(billed_ms: float, memory_mb: float) -> float:
-    """GB-seconds of one invocation: billed duration in seconds times configured memory in GB."""
-    return billed_ms / 1000.0 * memory_mb / 1024.0
 
 
 def estimate(
