@@ -11,7 +11,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from corral.settings import Settings
 
 #: Failure kinds. Throttling is backpressure and does not count toward the retry limit: an executor
 #: that meets throttling retries it itself (with backoff) or reports THROTTLED, which the driver retries
@@ -67,7 +70,7 @@ def outcome_from_result(result: dict[str, Any], stats: dict[str, Any] | None = N
     error = result.get("error") or {}
     # "input": bad input data (the message names the file and offset); "infrastructure": the worker
     # could not run the task at all (e.g. a remote handler could not read its payload)
-    kind = {"input": INPUT_ERROR, "infrastructure": INFRASTRUCTURE}.get(error.get("kind"), USER_ERROR)
+    kind = {"input": INPUT_ERROR, "infrastructure": INFRASTRUCTURE}.get(str(error.get("kind")), USER_ERROR)
     message = f"{error.get('type', 'Error')}: {error.get('message', '')}"
     if kind == INPUT_ERROR:
         message = error.get("message", "")
@@ -145,5 +148,5 @@ class ExecutorSpec:
     """An executor a plugin provides: ``create(settings)`` builds it for one run."""
 
     name: str
-    create: Callable[[Any], Executor]
+    create: Callable[[Settings], Executor]
     description: str = ""

@@ -58,13 +58,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
-from corral.config import DEFAULT_DEADLINE
 from corral.errors import CorralError, UsageError
 from corral.executor import CANCELLED, INFRASTRUCTURE, THROTTLED, Executor, Failure, JobSource, Outcome
 from corral.options import Option, int_in_range
+from corral.settings import DEFAULT_DEADLINE, Settings
 
 log = logging.getLogger("corral.remote")
 T = TypeVar("T")
+C = TypeVar("C", bound="RemoteConfig")
 MiB = 1 << 20
 
 #: Payloads larger than this (JSON bytes) go by reference through the working folder.
@@ -150,54 +151,55 @@ def python_version(runtime: str) -> str:
     return runtime[len("python"):]
 
 
-MEMORY = Option("memory", int_in_range(128, 32768), 512,
+MEMORY: Option[int] = Option("memory", int_in_range(128, 32768), 512,
                 "memory of each function instance in MB (lambda, docker: 128-10240; gcf: 128-32768; default 512)",
                 "MB")
-TIMEOUT = Option("timeout", int_in_range(1, 3600), 60,
+TIMEOUT: Option[int] = Option("timeout", int_in_range(1, 3600), 60,
                  "seconds a task may run before it is stopped (lambda, docker: 1-900; gcf: 1-3600; default 60)",
                  "SECONDS")
-ENVIRONMENT = Option("environment", parse_environment, None,
+ENVIRONMENT: Option[dict[str, str] | None] = Option("environment", parse_environment, None,
                      "KEY=VALUE set in the function's environment (repeatable)", "KEY=VALUE", repeat=True)
-REGION = Option("region", _text, None,
+REGION: Option[str | None] = Option("region", _text, None,
                 "the function's region (lambda: default AWS_REGION, then us-east-1; gcf: default us-central1)",
                 "REGION")
-RUNTIME = Option("runtime", parse_runtime, None,
+RUNTIME: Option[str | None] = Option("runtime", parse_runtime, None,
                  f"the function's Python, python3.11 or newer (default: this Python, {host_runtime()})", "RUNTIME")
-FUNCTION_NAME = Option("function-name", _function_name, None,
+FUNCTION_NAME: Option[str | None] = Option("function-name", _function_name, None,
                        "the function's name (default: corral-<job module>-<class>)", "NAME")
 #: Every remote backend returns these from ``corral_options`` (declared once however many do).
-OPTIONS = [MEMORY, TIMEOUT, ENVIRONMENT, REGION, RUNTIME, FUNCTION_NAME]
+OPTIONS: list[Option[Any]] = [MEMORY, TIMEOUT, ENVIRONMENT, REGION, RUNTIME, FUNCTION_NAME]
+#: Where a setting came from, for messages (``Settings.source``): ``--memory``, ``CORRAL_MEMORY``…
+Source = Callable[[Option[Any]], str]
 
 
-def invalid(option: Option, message: str) -> UsageError:
-    """The usage error of a setting a platform refuses: ``invalid value for --memory: ...``."""
-    return UsageError(f"invalid value for --{option.name}: {message}")
+def flag(option: Option[Any]) -> str:
+    return f"--{option.name}"
 
 
-def check_range(option: Option, value: int, low: int, high: int, platform: str) -> int:
+def invalid(option: Option[Any], message: str, source: Source = flag) -> UsageError:
+    """The usage error of a setting a platform refuses: ``invalid value for --memory: ...`` (or for
+    ``CORRAL_MEMORY``, ``memory in corral.toml``: wherever the value came from)."""
+    where = source(option)
+    return UsageError(f"invalid value for {where if where != 'default' else flag(option)}: {message}")
+
+
+def check_range(option: Option[Any], value: int, low: int, high: int, platform: str, source: Source = flag) -> int:
     """``value`` if ``low <= value <= high``, else a UsageError naming the option and the platform."""
     if not low <= value <= high:
-        raise invalid(option, f"{value} is out of range for {platform} (must be from {low} to {high})")
+        raise invalid(option, f"{value} is out of range for {platform} (must be from {low} to {high})", source)
     return value
 
 
 def check_environment(env: Mapping[str, str], platform: str, reserved: frozenset[str] = frozenset(),
-                      reserved_prefixes: tuple[str, ...] = (), max_bytes: int | None = None) -> dict[str, str]:
+                      reserved_prefixes: tuple[str, ...] = (), max_bytes: int | None = None,
+                      source: Source = flag) -> dict[str, str]:
     """``env`` if ``platform`` accepts it: no name it sets itself, within its size limit."""
     for key in env:
         if key in reserved or key.startswith(reserved_prefixes):
-            raise invalid(ENVIRONMENT, f"{key} is set by {platform} itself and cannot be configured")
+            raise invalid(ENVIRONMENT, f"{key} is set by {platform} itself and cannot be configured", source)
     if max_bytes is not None and sum(len(k) + len(v) for k, v in env.items()) > max_bytes:
-        raise invalid(ENVIRONMENT, f"the variables exceed {platform}'s {max_bytes // 1024} KB limit")
+        raise invalid(ENVIRONMENT, f"the variables exceed {platform}'s {max_bytes // 1024} KB limit", source)
     return dict(env)
-
-
-def setting(settings: Any, option: Option) -> Any:
-    """The value of ``option`` in the run's settings (its default when the option is not declared)."""
-    value = getattr(settings, "value", None)
-    if callable(value):
-        return value(option)
-    return getattr(settings, option.dest, option.default)
 
 
 def function_name_for(ref: Mapping[str, Any], max_length: int = 64, lowercase: bool = False) -> str:
@@ -251,29 +253,29 @@ class RemoteConfig:
         return python_version(self.runtime)
 
     @classmethod
-    def settings_values(cls, settings: Any) -> dict[str, Any]:
+    def settings_values(cls, settings: Settings) -> dict[str, Any]:
         """The fields' values from a run's settings (a subclass adds its own options' values)."""
-        deadline = getattr(settings, "deadline", None) or DEFAULT_DEADLINE
         return {
-            "memory": setting(settings, MEMORY),
-            "timeout": setting(settings, TIMEOUT),
-            "environment": dict(setting(settings, ENVIRONMENT) or {}),
-            "function_name": setting(settings, FUNCTION_NAME),
-            "region": setting(settings, REGION),
-            "runtime": setting(settings, RUNTIME) or host_runtime(),
-            "deadline": time.time() + float(deadline),
+            "memory": settings.value(MEMORY),
+            "timeout": settings.value(TIMEOUT),
+            "environment": settings.value(ENVIRONMENT) or {},
+            "function_name": settings.value(FUNCTION_NAME),
+            "region": settings.value(REGION),
+            "runtime": settings.value(RUNTIME) or host_runtime(),
+            "deadline": time.time() + float(settings.deadline),
         }
 
     @classmethod
-    def from_settings(cls, settings: Any, **overrides: Any) -> Any:
-        """The config of a run (``overrides`` replace fields), checked by ``validate``."""
+    def from_settings(cls: type[C], settings: Settings, **overrides: Any) -> C:
+        """The config of a run (``overrides`` replace fields), checked by ``validate``: a value the
+        platform refuses is a UsageError naming the option as the user set it (flag, variable, file)."""
         names = {f.name for f in fields(cls)}
         values = {k: v for k, v in cls.settings_values(settings).items() if k in names}
         config = cls(**{**values, **overrides})
-        config.validate()
+        config.validate(settings.source)
         return config
 
-    def validate(self) -> None:
+    def validate(self, source: Source = flag) -> None:
         """Raise a UsageError naming the option when the platform refuses a setting (default: none)."""
 
 
@@ -550,8 +552,11 @@ class RemoteFunctionExecutor(Executor):
                      self.describe_error(exc) if exc else "", state.attempt_number,
                      state.next_action.sleep if state.next_action else 0.0)
 
+        def pause(seconds: float) -> None:  # a wait that cancel cuts short
+            stop.wait(seconds)
+
         retrying = Retrying(retry=retry_if_exception(lambda exc: self.error_kind(exc) is not None), stop=give_up,
-                            wait=wait, reraise=True, before_sleep=before_sleep, sleep=stop.wait)
+                            wait=wait, reraise=True, before_sleep=before_sleep, sleep=pause)
         return retrying(attempt)
 
     # --- tasks -------------------------------------------------------------------------------------------
@@ -831,14 +836,14 @@ def prepare(event: dict[str, Any], memory_mb: int | None, code_root: str | None 
 
 def unwrap(event: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """``(payload, where large results go)``: the payload read from storage when the event points to it."""
-    event = dict(event)
-    ref = event.pop(PAYLOAD_KEY, None)
-    results = event.pop(RESULTS_KEY, None)
+    payload = dict(event)
+    ref = payload.pop(PAYLOAD_KEY, None)
+    results: dict[str, Any] | None = payload.pop(RESULTS_KEY, None)
     if ref:
         from corral.fs import get_filesystem
 
-        event = json.loads(get_filesystem(ref).read_bytes(ref))
-    return event, results
+        payload = json.loads(get_filesystem(ref).read_bytes(ref))
+    return payload, results
 
 
 def wrap(result: dict[str, Any], results: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -907,8 +912,10 @@ __all__ = [
     "Limits",
     "RemoteConfig",
     "RemoteFunctionExecutor",
+    "Source",
     "check_environment",
     "check_range",
+    "flag",
     "function_name_for",
     "gb_seconds",
     "host_runtime",
@@ -917,5 +924,4 @@ __all__ = [
     "python_version",
     "rss_mb",
     "run_remote",
-    "setting",
 ]

@@ -21,7 +21,7 @@ from corral.executor import (
     Outcome,
     outcome_from_result,
 )
-from corral.plugins import hookimpl
+from corral.hookspecs import hookimpl
 from corral.worker import run_task
 
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from corral.options import Command
-from corral.plugins import hookimpl
+from corral import Command, hookimpl
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:

@@ -23,8 +23,8 @@ from typing import Any
 from corral_emulator import Emulator, EmulatorError, default_base_image
 from corral_lambda.executor import LambdaConfig, LambdaExecutor
 
-from corral import JobSource, UsageError
-from corral.remote import setting
+from corral import JobSource, Settings, UsageError
+from corral.remote import RemoteFunctionExecutor
 
 log = logging.getLogger("corral.docker")
 
@@ -158,14 +158,14 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def create_executor(settings: Any) -> Any:
+def create_executor(settings: Settings) -> RemoteFunctionExecutor:
     """One container per core by default (``--max-concurrency`` to change it), on ``--platform``'s path."""
     from corral_docker.plugin import BASE_IMAGE, PLATFORM
 
-    base_image = setting(settings, BASE_IMAGE) or default_base_image()
+    base_image = settings.value(BASE_IMAGE) or default_base_image()
     runtime = f"python{image_python_version(base_image)}"
     concurrency = settings.max_concurrency or cores()
-    if setting(settings, PLATFORM) == "gcf":
+    if settings.value(PLATFORM) == "gcf":
         try:
             from corral_docker.gcf import create_gcf_executor
         except ImportError as exc:

@@ -6,10 +6,13 @@ objects corral-lambda and corral-gcf return: one setting however many plugins de
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from corral import ExecutorSpec, Option, hookimpl
+from corral import ExecutorSpec, Option, Settings, hookimpl
 from corral.remote import OPTIONS as REMOTE_OPTIONS
+
+if TYPE_CHECKING:
+    from corral.remote import RemoteFunctionExecutor
 
 PLATFORMS = ("lambda", "gcf")
 
@@ -28,19 +31,19 @@ def _platform(value: Any) -> str:
     return text
 
 
-BASE_IMAGE = Option(
+BASE_IMAGE: Option[str | None] = Option(
     "base-image", _image, None,
     "image the docker backend's functions run in (default corral-lambda-python:3.11, "
     "from `corral emulator build-base`)", "IMAGE",
 )
-PLATFORM = Option(
+PLATFORM: Option[str] = Option(
     "platform", _platform, "lambda",
     "the code path the docker backend runs locally: lambda (AWS Lambda's, default) or gcf (Google Cloud "
     "Functions', needs corral-gcf)", "NAME",
 )
 
 
-def create_executor(settings: Any) -> Any:
+def create_executor(settings: Settings) -> RemoteFunctionExecutor:
     from corral_docker.executor import create_executor
 
     return create_executor(settings)
@@ -54,5 +57,5 @@ def corral_executors() -> list[ExecutorSpec]:
 
 
 @hookimpl
-def corral_options() -> list[Option]:
+def corral_options() -> list[Option[Any]]:
     return [*REMOTE_OPTIONS, BASE_IMAGE, PLATFORM]

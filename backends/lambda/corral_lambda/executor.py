@@ -29,7 +29,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from corral import THROTTLED, CorralError, JobSource, Outcome, Package, UsageError
+from corral import THROTTLED, CorralError, JobSource, Outcome, Package, Settings, UsageError
 from corral.remote import (
     FUNCTION_NAME,
     MEMORY,
@@ -39,11 +39,12 @@ from corral.remote import (
     Limits,
     RemoteConfig,
     RemoteFunctionExecutor,
+    Source,
     check_environment,
     check_range,
+    flag,
     gb_seconds,
     invalid,
-    setting,
 )
 from corral_lambda import iam
 from corral_lambda.options import ARCHITECTURE, DEPLOY_BUCKET, EPHEMERAL_STORAGE, LAMBDA_ENDPOINT, ROLE_ARN
@@ -98,23 +99,23 @@ class LambdaConfig(RemoteConfig):
         return self.platforms or tuple(platform_tags(self.runtime, self.architecture))
 
     @classmethod
-    def settings_values(cls, settings: Any) -> dict[str, Any]:
+    def settings_values(cls, settings: Settings) -> dict[str, Any]:
         return {
             **super().settings_values(settings),
-            "ephemeral_storage": setting(settings, EPHEMERAL_STORAGE) or 512,
-            "role_arn": setting(settings, ROLE_ARN),
-            "endpoint_url": setting(settings, LAMBDA_ENDPOINT) or os.environ.get("AWS_ENDPOINT_URL_LAMBDA"),
-            "architecture": setting(settings, ARCHITECTURE) or "x86_64",
-            "deploy_bucket": setting(settings, DEPLOY_BUCKET),
+            "ephemeral_storage": settings.value(EPHEMERAL_STORAGE) or 512,
+            "role_arn": settings.value(ROLE_ARN),
+            "endpoint_url": settings.value(LAMBDA_ENDPOINT) or os.environ.get("AWS_ENDPOINT_URL_LAMBDA"),
+            "architecture": settings.value(ARCHITECTURE) or "x86_64",
+            "deploy_bucket": settings.value(DEPLOY_BUCKET),
         }
 
-    def validate(self) -> None:
-        check_range(MEMORY, self.memory, *LIMITS.memory_mb, "Lambda")
-        check_range(TIMEOUT, self.timeout, *LIMITS.timeout_s, "Lambda")
+    def validate(self, source: Source = flag) -> None:
+        check_range(MEMORY, self.memory, *LIMITS.memory_mb, "Lambda", source)
+        check_range(TIMEOUT, self.timeout, *LIMITS.timeout_s, "Lambda", source)
         if self.function_name and not _NAME.match(self.function_name):
             raise invalid(FUNCTION_NAME, f"{self.function_name!r} is not a Lambda function name "
-                                         "(1-64 of A-Z a-z 0-9 _ -)")
-        check_environment(self.environment, "Lambda", RESERVED_ENV, max_bytes=MAX_ENV_BYTES)
+                                         "(1-64 of A-Z a-z 0-9 _ -)", source)
+        check_environment(self.environment, "Lambda", RESERVED_ENV, max_bytes=MAX_ENV_BYTES, source=source)
 
 
 def iam_settle_seconds() -> float:
