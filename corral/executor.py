@@ -70,9 +70,10 @@ def outcome_from_result(result: dict[str, Any], stats: dict[str, Any] | None = N
     error = result.get("error") or {}
     # "input": bad input data (the message names the file and offset); "infrastructure": the worker
     # could not run the task at all (e.g. a remote handler could not read its payload)
-    kind = {"input": INPUT_ERROR, "infrastructure": INFRASTRUCTURE}.get(str(error.get("kind")), USER_ERROR)
+    kinds = {"input": INPUT_ERROR, "cancelled": CANCELLED, "infrastructure": INFRASTRUCTURE}
+    kind = kinds.get(str(error.get("kind")), USER_ERROR)
     message = f"{error.get('type', 'Error')}: {error.get('message', '')}"
-    if kind == INPUT_ERROR:
+    if kind != USER_ERROR:
         message = error.get("message", "")
     return Outcome(failure=Failure(kind, message, error.get("traceback")), stats=stats)
 
@@ -139,7 +140,11 @@ class Executor(ABC):
     def __enter__(self) -> Executor:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        # an interrupt (Ctrl-C, a signal turned into SystemExit) leaving the block stops the attempts
+        # first: close() alone would wait for them to finish
+        if kind is not None and not issubclass(kind, Exception):
+            self.cancel_all()
         self.close()
 
 

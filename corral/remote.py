@@ -861,7 +861,8 @@ def wrap(result: dict[str, Any], results: Mapping[str, Any] | None) -> dict[str,
 
 
 def _failed(exc: BaseException, what: str) -> dict[str, Any]:
-    return {"ok": False, "error": {"type": type(exc).__name__, "message": f"{what}: {exc}", "traceback": "",
+    return {"ok": False, "error": {"type": type(exc).__name__, "message": f"{what}: {type(exc).__name__}: {exc}",
+                                   "traceback": "",
                                    "kind": "infrastructure"}}
 
 

@@ -391,7 +391,7 @@ def test_a_payload_that_cannot_be_read_is_an_infrastructure_failure(tmp_path):
     assert result["ok"] is False and result["error"]["kind"] == "infrastructure"
     outcome = outcome_from_result(result)
     assert outcome.failure.kind == INFRASTRUCTURE
-    assert outcome.failure.message.startswith("FileNotFoundError: cannot read the task's payload: ")
+    assert outcome.failure.message.startswith("cannot read the task's payload: FileNotFoundError: ")
 
 
 def test_importing_corral_remote_loads_no_sdk_and_no_retry_library():
