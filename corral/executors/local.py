@@ -21,6 +21,7 @@ from corral.executor import (
     Outcome,
     outcome_from_result,
 )
+from corral.executors.relay import ProgressRelay
 from corral.hookspecs import hookimpl
 from corral.worker import run_task
 
@@ -51,9 +52,12 @@ class ThreadExecutor(Executor):
     def submit(self, payload: dict[str, Any]) -> Future[Outcome]:
         started = time.perf_counter()
         return _chain(
-            self._pool.submit(run_task, payload),
+            self._pool.submit(run_task, payload, self.progress),
             lambda f: outcome_from_result(f.result(), {"seconds": round(time.perf_counter() - started, 6)}),
         )
+
+    def cores(self) -> int | None:
+        return default_concurrency()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -71,25 +75,37 @@ class ProcessExecutor(Executor):
     def __init__(self, max_concurrency: int) -> None:
         super().__init__(max_concurrency)
         self._lock = threading.Lock()
+        self._relay = ProgressRelay(self._forward_progress)  # running tasks' counter deltas, from the workers
         self._pool = self._new_pool()
+        self._relay.start()
+
+    def _forward_progress(self, report: dict[str, Any]) -> None:
+        if self.progress is not None:
+            self.progress(report)
+
+    def cores(self) -> int | None:
+        return default_concurrency()
 
     def _new_pool(self) -> ProcessPoolExecutor:
         """A pool of warm workers, started now. While the driver is single-threaded (the CLI, before
         anything else starts), workers are forked from it directly, which takes milliseconds; else
         they come from a fork server, so that no worker is a forked copy of a process with threads
         (whose locks could be held forever in the copy)."""
+        initializer, initargs = self._relay.initializer
         if not sys.platform.startswith("linux"):
             context = multiprocessing.get_context("spawn")
         elif threading.active_count() == 1:
             import corral.executors.warm  # noqa: F401 - the workers inherit what the driver imported
 
-            pool = ProcessPoolExecutor(self.max_concurrency, mp_context=multiprocessing.get_context("fork"))
+            pool = ProcessPoolExecutor(self.max_concurrency, mp_context=multiprocessing.get_context("fork"),
+                                       initializer=initializer, initargs=initargs)
             pool.submit(int)  # with "fork", the first submit forks every worker, before the pool's thread
             return pool
         else:
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["corral.executors.warm"])
-        pool = ProcessPoolExecutor(self.max_concurrency, mp_context=context)
+        pool = ProcessPoolExecutor(self.max_concurrency, mp_context=context, initializer=initializer,
+                                   initargs=initargs)
         # start the fork server and the workers in the background, while the driver plans the inputs
         threading.Thread(target=self._warm_up, args=(pool,), daemon=True).start()
         return pool
@@ -138,6 +154,7 @@ class ProcessExecutor(Executor):
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._relay.close()
 
 
 def default_concurrency() -> int:
