@@ -197,14 +197,17 @@ def _slope(values: list[float]) -> float:
 def cpu_advice(manifest: dict[str, Any], runs: list[Attempt]) -> dict[str, Any] | None:
     """Local runs: the share of the machine's cores the workers kept busy while tasks ran."""
     cores = (manifest.get("executor") or {}).get("cores")
-    measured = [a for a in runs if a.stats.get("cpu_seconds") is not None and a.start is not None and a.end is not None]
-    if not cores or not measured:
+    busy = 0.0
+    spans: dict[tuple[int, str], tuple[float, float]] = {}  # each phase's first start and last end
+    for a in runs:
+        if a.stats.get("cpu_seconds") is None or a.start is None or a.end is None:
+            continue
+        busy += float(a.stats["cpu_seconds"])
+        first, last = spans.get((a.stage, a.phase), (a.start, a.end))
+        spans[(a.stage, a.phase)] = (min(first, a.start), max(last, a.end))
+    if not cores or not spans:
         return None
-    busy = sum(float(a.stats["cpu_seconds"]) for a in measured)
-    phases: dict[tuple[int, str], list[Attempt]] = defaultdict(list)
-    for a in measured:
-        phases[(a.stage, a.phase)].append(a)
-    wall = sum(max(a.end for a in group) - min(a.start for a in group) for group in phases.values())  # type: ignore[type-var,operator]
+    wall = sum(last - first for first, last in spans.values())
     if wall < CPU_MIN_SECONDS:
         return None
     share = min(1.0, busy / (wall * cores))

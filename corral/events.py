@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from corral.executor import Outcome
 
 if TYPE_CHECKING:
+    from corral.settings import Settings
     from corral.sizing import MemorySizing
 
 
@@ -17,7 +18,7 @@ class JobStarted:
     stages: int
     inputs: list[str]
     out: str
-    settings: Any
+    settings: Settings
     run_id: str = ""
     backend: str = ""
     concurrency: int = 0  # tasks at once
@@ -30,7 +31,7 @@ class PhaseStarted:
     stage: int
     phase: str  # "map" or "reduce"
     tasks: int
-    settings: Any
+    settings: Settings
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class TaskStarted:
     phase: str
     task: str
     attempt: int
-    settings: Any
+    settings: Settings
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class TaskProgress:
     attempt: int
     counters: list[tuple[str, str, int]]  # (group, name, amount added)
     cpu_seconds: float
-    settings: Any
+    settings: Settings
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class TaskFinished:
     outcome: Outcome
     committed: bool  # this attempt's output is the task's committed output
     will_retry: bool
-    settings: Any
+    settings: Settings
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class PhaseFinished:
     phase: str
     tasks: int
     seconds: float
-    settings: Any
+    settings: Settings
 
 
 @dataclass(frozen=True)
@@ -84,4 +85,4 @@ class JobFinished:
     counters: dict[str, dict[str, int]]
     manifest: dict[str, Any] = field(repr=False)
     error: str | None
-    settings: Any
+    settings: Settings

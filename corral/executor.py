@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from corral.settings import Settings
     from corral.sizing import MemorySizing
 
 #: Failure kinds. Throttling is backpressure and does not count toward the retry limit: an executor
@@ -167,5 +168,5 @@ class ExecutorSpec:
     """An executor a plugin provides: ``create(settings)`` builds it for one run."""
 
     name: str
-    create: Callable[[Any], Executor]
+    create: Callable[[Settings], Executor]
     description: str = ""

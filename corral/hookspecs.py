@@ -26,7 +26,7 @@ if TYPE_CHECKING:
         TaskStarted,
     )
     from corral.executor import ExecutorSpec
-    from corral.fs import FileSystem
+    from corral.fs import FileSystem, ProtocolInfo
     from corral.options import Command, Option
 
 hookspec = pluggy.HookspecMarker("corral")
@@ -45,8 +45,9 @@ def corral_filesystem(url: str) -> FileSystem | None:
 
 
 @hookspec
-def corral_filesystem_protocols() -> list[str]:
-    """Called by ``corral backends``. Return the URL protocols this plugin's filesystem serves."""
+def corral_filesystem_protocols() -> list[ProtocolInfo | str]:
+    """Called by ``corral backends``. Return the URL protocols this plugin's filesystem serves and can
+    use here (its libraries import), each a ``corral.ProtocolInfo`` or a plain protocol name."""
 
 
 @hookspec

@@ -40,8 +40,8 @@ def _record_batches(split: Split, input_format: str, input_errors: str) -> Itera
                 yield True, batch
         return
     keyed = input_format == "tsv"
-    for batch in iter_text_records(fs, split, input_format, input_errors):
-        yield keyed, batch
+    for lines in iter_text_records(fs, split, input_format, input_errors):
+        yield keyed, lines
 
 
 def _writer(output_kind: str, out: IO[bytes], source: str) -> TextWriter | RecordWriter:
@@ -52,6 +52,7 @@ def _map_calls(step: Step, keyed: bool, batch: list) -> Iterable[Iterable[Any]]:
     """What the job's map yields for a batch of input records: one iterable of pairs per call."""
     if step.map_batch is not None:
         return (step.map_batch(batch),)
+    assert step.map is not None  # a Step has map or map_batch
     return starmap(step.map, batch) if keyed else map(step.map, repeat(None), batch)
 
 
@@ -143,6 +144,7 @@ def _reduce(spec: dict[str, Any], step: Step, sources: list[Iterator[list[Any]]]
     if step.reduce_init:
         step.reduce_init()
     reducer = step.reduce
+    assert reducer is not None  # only stages with a reduce have reduce tasks
     with out_fs.open(spec["output"], "wb") as out:
         writer = _writer(spec["output_kind"], out, "reduce")
         keys = count()  # counts the keys as the merge yields them

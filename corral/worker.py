@@ -237,7 +237,7 @@ class _Reporter:
 
 _reporter = _Reporter()
 if hasattr(os, "register_at_fork"):  # a forked worker starts with no tasks, a free lock and no thread
-    os.register_at_fork(after_in_child=lambda: _reporter.__init__())
+    os.register_at_fork(after_in_child=lambda: _Reporter.__init__(_reporter))
 
 
 # --- measurements -----------------------------------------------------------------------------------

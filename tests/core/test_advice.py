@@ -46,8 +46,9 @@ def test_sizing_rounds_up_to_an_allowed_setting_and_prices_it():
     assert lam.vcpu(1769) == 1.0 and lam.vcpu(512) == pytest.approx(0.289, abs=0.001)
     # 1000 ms at 1024 MB = 1 GB-s, plus one request
     assert lam.cost([1000], 1024) == pytest.approx(0.0000166667 + 0.2e-6)
-    tiers = MemorySizing(platform="GCF", memory_mb=256, sizes_mb=(128, 256, 512, 1024), vcpus=(0.083, 0.167, 0.333, 0.583),
-                         usd_per_gb_second=0.0000025, usd_per_vcpu_second=0.000024, billing_increment_ms=100)
+    tiers = MemorySizing(platform="GCF", memory_mb=256, sizes_mb=(128, 256, 512, 1024),
+                         vcpus=(0.083, 0.167, 0.333, 0.583), usd_per_gb_second=0.0000025,
+                         usd_per_vcpu_second=0.000024, billing_increment_ms=100)
     assert tiers.smallest_fitting(130) == 256 and tiers.smallest_fitting(2000) is None
     assert tiers.vcpu(512) == 0.333
     # 150 ms is billed as 200 ms, memory and CPU priced apart
@@ -56,7 +57,8 @@ def test_sizing_rounds_up_to_an_allowed_setting_and_prices_it():
 
 
 def test_memory_advice_names_the_smaller_setting_and_both_costs():
-    runs = [{"stats": {"max_memory_used_mb": peak, "billed_ms": 20_000, "memory_size_mb": 512}} for peak in (22, 27, 25)]
+    runs = [{"stats": {"max_memory_used_mb": peak, "billed_ms": 20_000, "memory_size_mb": 512}}
+            for peak in (22, 27, 25)]
     m = fake_manifest(runs)
     lam = MemorySizing(memory_mb=512, **LAMBDA)
     now, then = lam.cost([20_000] * 3, 512), lam.cost([20_000] * 3, 128)

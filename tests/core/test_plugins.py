@@ -4,26 +4,7 @@ real ``corral`` command. Mistakes in a plugin are one-line usage errors naming i
 
 from __future__ import annotations
 
-import os
-import textwrap
-from pathlib import Path
-
-from .util import EXAMPLES, clean_env, run_command
-
-
-def install_plugin(site: Path, dist: str, module: str, source: str) -> None:
-    """A distribution ``dist`` 0.1 whose entry point ``module`` (group ``corral``) is ``source``."""
-    site.mkdir(exist_ok=True)
-    (site / f"{module}.py").write_text(textwrap.dedent(source))
-    info = site / f"{dist.replace('-', '_')}-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[corral]\n{module} = {module}\n")
-
-
-def corral_with(site: Path, *argv: object, cwd: Path | None = None):
-    env = clean_env(PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
-    return run_command("corral", *argv, env=env, cwd=cwd)
+from .util import EXAMPLES, corral_with, install_plugin
 
 
 def test_a_misspelt_hook_is_an_error_naming_plugin_distribution_and_hook(tmp_path):
