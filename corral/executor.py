@@ -76,9 +76,9 @@ def outcome_from_result(result: dict[str, Any], stats: dict[str, Any] | None = N
     if result.get("ok"):
         return Outcome(result=result, stats=stats)
     error = result.get("error") or {}
-    kind = INPUT_ERROR if error.get("kind") == "input" else USER_ERROR
+    kind = {"input": INPUT_ERROR, "cancelled": CANCELLED}.get(str(error.get("kind")), USER_ERROR)
     message = f"{error.get('type', 'Error')}: {error.get('message', '')}"
-    if kind == INPUT_ERROR:
+    if kind != USER_ERROR:
         message = error.get("message", "")
     return Outcome(failure=Failure(kind, message, error.get("traceback")), stats=stats)
 
@@ -159,7 +159,11 @@ class Executor(ABC):
     def __enter__(self) -> Executor:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        # an interrupt (Ctrl-C, a signal turned into SystemExit) leaving the block stops the attempts
+        # first: close() alone would wait for them to finish
+        if kind is not None and not issubclass(kind, Exception):
+            self.cancel_all()
         self.close()
 
 

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from corral.cancellation import TaskCancelled
 from corral.errors import InputError, UsageError
 from corral.job import Job
 
@@ -117,7 +118,7 @@ def run_task(payload: dict[str, Any], progress: ProgressSink | None = None) -> d
                     "type": type(exc).__name__,
                     "message": str(exc),
                     "traceback": user_traceback(exc),
-                    "kind": "input" if isinstance(exc, InputError) else "user",
+                    "kind": _error_kind(exc),
                 },
             }
         finally:
@@ -144,6 +145,12 @@ def _bytes_in(payload: dict[str, Any]) -> int:
     if payload.get("kind") == "map":
         return sum(int(s["end"]) - int(s["start"]) for s in payload.get("splits", ()))
     return sum(int(source[2]) for source in payload.get("sources", ()))
+
+
+def _error_kind(exc: Exception) -> str:
+    if isinstance(exc, TaskCancelled):
+        return "cancelled"
+    return "input" if isinstance(exc, InputError) else "user"
 
 
 @contextmanager

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 
 import pytest
 
 import corral
-from corral.executors.relay import MESSAGE_LIMIT, _messages
 from corral.plugins import get_plugin_manager
 from tests.core.util import run
 
@@ -62,17 +60,3 @@ def test_counter_deltas_arrive_while_the_task_runs(tmp_path, recorder, backend):
     seen = [amount for e in during for group, name, amount in e.counters if (group, name) == ("lines", "seen")]
     assert all(amount > 0 for amount in seen) and 0 < sum(seen) < 300
     assert sum(e.cpu_seconds for e in during) >= 0
-
-
-def test_a_report_too_big_for_one_atomic_pipe_write_is_split():
-    counters = [["group", f"counter-{n:04d}", n] for n in range(500)]
-    messages = _messages({"task": "map-0001", "attempt": 2, "counters": counters, "cpu_seconds": 0.5})
-    assert len(messages) > 1 and all(len(m) <= MESSAGE_LIMIT for m in messages)
-    import json
-
-    decoded = [json.loads(m) for m in messages]
-    assert {(d["task"], d["attempt"]) for d in decoded} == {("map-0001", 2)}
-    assert Counter(c[1] for d in decoded for c in d["counters"]) == Counter(c[1] for c in counters)
-    assert sum(d["cpu_seconds"] for d in decoded) == 0.5
-    # one counter whose name alone exceeds a message is left to the task's result
-    assert _messages({"task": "t", "attempt": 1, "counters": [["g", "x" * 5000, 1]], "cpu_seconds": 0}) == []
