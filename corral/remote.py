@@ -27,9 +27,10 @@ Everything else lives here:
 
 ``run_remote(event, ...)`` is the function side: every platform's handler calls it (Lambda's
 ``handler``, Cloud Functions' ``main.py``). It reads a payload passed by reference, caps the task's
-memory budget to the function's size, runs ``corral.run_task``, adds its own measurements (duration,
-peak memory, the resident memory after the task, an id of this warm instance and how many tasks it has
-run), and writes a large result to the working folder.
+memory budget to the function's size, runs ``corral.run_task`` (which reports the task's peak memory,
+the resident memory after it and ``worker``, an id of this warm instance), adds its own duration and
+how many tasks this instance has run (its first is a cold start), and writes a large result to the
+working folder.
 
 The options shared by remote backends (``MEMORY``, ``TIMEOUT``, ``ENVIRONMENT``, ``REGION``,
 ``RUNTIME``, ``FUNCTION_NAME``) are defined here; each backend returns these same objects from its
@@ -671,7 +672,7 @@ class RemoteFunctionExecutor(Executor):
             answer.body = self._fetch_result(answer.body)
         outcome = self.classify(answer, stats)
         if outcome.result:  # the handler's own measurements (run_remote), for the manifest
-            for key in ("duration_ms", "peak_memory_mb", "rss_mb", "instance_id", "instance_tasks"):
+            for key in ("duration_ms", "instance_tasks", "cold_start"):
                 if outcome.result.get(key) is not None:
                     outcome.stats.setdefault(key, outcome.result[key])
         self._count(counts, outcome.stats)
@@ -792,8 +793,7 @@ class _DaemonPool:
 
 
 # --- the function side ---------------------------------------------------------------------------------
-#: This warm instance's id (made once per process: every task it runs reports it) and its task count.
-INSTANCE_ID = uuid.uuid4().hex[:16]
+#: Tasks this warm instance (this process) has run: its first is its cold start.
 _instance_tasks = 0
 _instance_lock = threading.Lock()
 
@@ -801,16 +801,6 @@ _instance_lock = threading.Lock()
 def _setup() -> None:
     os.environ.setdefault("CORRAL_SPILL_DIR", SPILL_DIR)
     os.makedirs(os.environ["CORRAL_SPILL_DIR"], exist_ok=True)
-
-
-def rss_mb() -> float | None:
-    """This process's resident memory now, in MB (Linux; None elsewhere)."""
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            pages = int(statm.read().split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return round(pages * os.sysconf("SC_PAGE_SIZE") / MiB, 1)
 
 
 def _packaged(module: str, code_root: str | None) -> bool:
@@ -884,12 +874,11 @@ def run_remote(event: Mapping[str, Any], memory_mb: int | None = None, code_root
         payload, results = unwrap(event)
     except (OSError, ValueError, TypeError) as exc:
         return _failed(exc, "cannot read the task's payload")
-    from corral.worker import peak_memory_mb, run_task
+    from corral.worker import run_task
 
     result = run_task(prepare(payload, memory_mb, code_root))
-    result.setdefault("peak_memory_mb", peak_memory_mb())
-    result.update(duration_ms=round((time.perf_counter() - started) * 1000, 3), rss_mb=rss_mb(),
-                  instance_id=INSTANCE_ID, instance_tasks=tasks, cold_start=tasks == 1)
+    result.update(duration_ms=round((time.perf_counter() - started) * 1000, 3), instance_tasks=tasks,
+                  cold_start=tasks == 1)
     try:
         return wrap(result, results)
     except OSError as exc:
@@ -902,7 +891,6 @@ __all__ = [
     "FUNCTION_NAME",
     "INLINE_PAYLOAD_LIMIT",
     "INLINE_RESULT_LIMIT",
-    "INSTANCE_ID",
     "MEMORY",
     "OPTIONS",
     "REGION",
@@ -923,6 +911,5 @@ __all__ = [
     "invalid",
     "parse_runtime",
     "python_version",
-    "rss_mb",
     "run_remote",
 ]

@@ -29,7 +29,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from corral import THROTTLED, CorralError, JobSource, Outcome, Package, Settings, UsageError
+from corral import THROTTLED, CorralError, JobSource, MemorySizing, Outcome, Package, Settings, UsageError
 from corral.remote import (
     FUNCTION_NAME,
     MEMORY,
@@ -48,7 +48,7 @@ from corral.remote import (
 )
 from corral_lambda import iam
 from corral_lambda.options import ARCHITECTURE, DEPLOY_BUCKET, EPHEMERAL_STORAGE, LAMBDA_ENDPOINT, ROLE_ARN
-from corral_lambda.pricing import PRICES_READ, REGION, estimate
+from corral_lambda.pricing import PRICES_READ, REGION, estimate, sizing
 from corral_lambda.results import invoke_stats, outcome_from_invoke
 from corral_lambda.runtime import platform_tags
 
@@ -434,6 +434,10 @@ class LambdaExecutor(RemoteFunctionExecutor):
     def estimate(self, usage: Mapping[str, float]) -> dict[str, Any]:
         return estimate(self.config.architecture, int(usage["invocations"]), usage["gb_seconds"],
                         usage.get("ephemeral_gb_seconds", 0.0))
+
+    def sizing(self) -> MemorySizing:
+        """Lambda's memory settings and list prices at this run's memory and architecture."""
+        return sizing(self.config.architecture, self.config.memory)
 
     def summary_detail(self) -> str:
         return f"{self.config.architecture}, {self.config.memory} MB"
