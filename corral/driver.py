@@ -22,7 +22,15 @@ from typing import Any
 
 from corral import __version__
 from corral.errors import JobFailed, UsageError
-from corral.events import JobFinished, JobStarted, PhaseFinished, PhaseStarted, TaskFinished
+from corral.events import (
+    JobFinished,
+    JobStarted,
+    PhaseFinished,
+    PhaseStarted,
+    TaskFinished,
+    TaskProgress,
+    TaskStarted,
+)
 from corral.executor import Executor, ExecutorSpec, JobSource, Outcome
 from corral.fs import FileInfo, FileSystem, canonical, display, get_filesystem, join
 from corral.interrupts import Interrupted, InterruptGuard
@@ -169,6 +177,8 @@ class Driver:
         self.replace_old = False  # an earlier run's output is replaced, at the commit (--overwrite)
         self.committed_here = 0  # tasks this driver committed (journaled)
         self.speculative = {"attempts": 0, "won": 0}
+        self.executor_info: dict[str, Any] = {"name": settings.backend}
+        self._running: dict[tuple[str, int], tuple[int, str]] = {}  # (task, attempt) -> (stage, phase)
 
     # --- the job --------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -291,8 +301,14 @@ class Driver:
             self.concurrency = executor.max_concurrency
             executor.deploy(source)
             keeper.start()  # after the executor started its workers (forked while single-threaded)
+            cores, sizing = executor.cores(), executor.sizing()
+            self.executor_info = {"name": executor.name or self.settings.backend,
+                                  "max_concurrency": self.concurrency, "cores": cores,
+                                  "sizing": sizing.to_json() if sizing else None}
+            executor.progress = self._task_progress
             self.hook.corral_job_started(
-                event=JobStarted(self._job_name(), len(steps), self.inputs, self.out, self.settings)
+                event=JobStarted(self._job_name(), len(steps), self.inputs, self.out, self.settings,
+                                 self.run_id, self.executor_info["name"], self.concurrency, cores, sizing)
             )
             for index, step in enumerate(steps):
                 files, final = self._run_stage(executor, job, index, step, files, index == len(steps) - 1)
@@ -479,6 +495,7 @@ class Driver:
         wave = Wave(
             executor, tasks,
             output_for=lambda state, attempt: self._output(stage_dir, state.name, attempt, suffix),
+            on_start=lambda attempt: self._attempt_started(stage, phase, attempt),
             on_end=lambda attempt, outcome, committed, will_retry: self._attempt_ended(
                 stage, phase, attempt, outcome, committed, will_retry),
             retry=self.retry, speculation=self.speculation, leftovers=self.leftovers, check=self._check,
@@ -517,9 +534,17 @@ class Driver:
         if self.lease.lost is not None:
             self.lease.check()
 
+    def _attempt_started(self, stage: int, phase: str, attempt: Attempt) -> None:
+        attempt.entry["start"] = round(time.time() - self.started, 3)
+        self._running[(attempt.state.name, attempt.entry["attempt"])] = (stage, phase)
+        self.hook.corral_task_started(
+            event=TaskStarted(stage, phase, attempt.state.name, attempt.entry["attempt"], self.settings))
+
     def _attempt_ended(
         self, stage: int, phase: str, attempt: Attempt, outcome: Outcome, committed: bool, will_retry: bool
     ) -> None:
+        attempt.entry["end"] = round(time.time() - self.started, 3)
+        self._running.pop((attempt.state.name, attempt.entry["attempt"]), None)
         if committed:
             self.committed_here += 1
             assert self.journal is not None
@@ -534,6 +559,8 @@ class Driver:
         ))
 
     def _leftover_ended(self, attempt: Attempt, outcome: Outcome) -> None:
+        attempt.entry["end"] = round(time.time() - self.started, 3)
+        self._running.pop((attempt.state.name, attempt.entry["attempt"]), None)
         self.hook.corral_task_finished(event=TaskFinished(
             attempt.spec.stage, attempt.spec.kind, attempt.state.name, attempt.entry["attempt"], outcome, False,
             False, self.settings, speculative=bool(attempt.entry.get("speculative")),
@@ -545,6 +572,17 @@ class Driver:
         if exc.failure.traceback:
             message += "\n" + exc.failure.traceback.rstrip()
         return message
+
+    def _task_progress(self, report: dict[str, Any]) -> None:
+        """``executor.progress``: a running attempt's counter deltas, passed on to the observers."""
+        where = self._running.get((report.get("task"), report.get("attempt")))  # type: ignore[arg-type]
+        if where is None:  # the attempt ended meanwhile: its totals came with its result
+            return
+        self.hook.corral_task_progress(event=TaskProgress(
+            where[0], where[1], report["task"], report["attempt"],
+            [(str(g), str(n), int(a)) for g, n, a in report.get("counters", ())],
+            float(report.get("cpu_seconds") or 0.0), self.settings,
+        ))
 
     # --- the commit -----------------------------------------------------------------------------
     def _commit(self, out_fs: FileSystem, final: list[tuple[str, str]]) -> None:
@@ -606,7 +644,7 @@ class Driver:
         return {group: dict(sorted(names.items())) for group, names in sorted(self.counters.items())}
 
     def _manifest(self, status: str, error: str | None) -> dict[str, Any]:
-        return {
+        manifest = {
             "corral_version": __version__,
             "job": self._job_name(),
             "run_id": self.run_id,
@@ -622,8 +660,19 @@ class Driver:
             "speculative": dict(self.speculative),
             **({"resumed": {"reused_tasks": self.resume.reused}} if self.resume else {}),
             "stages": self.stages,
+            "executor": self.executor_info,
             **({"report": self.report} if self.report else {}),
         }
+        manifest["advice"] = self._advice(manifest)
+        return manifest
+
+    def _advice(self, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every plugin's ``corral_job_advice``; advice that fails is logged, never why a job fails."""
+        try:
+            return [item for items in self.hook.corral_job_advice(manifest=manifest) for item in items or ()]
+        except Exception as exc:
+            log.warning("advice about the run failed: %s: %s", type(exc).__name__, exc)
+            return []
 
     def _write_manifest(self, out_fs: FileSystem, name: str, manifest: dict[str, Any]) -> None:
         """The manifest, readable by its owner only where the store has file modes (it holds --arg values)."""

@@ -138,8 +138,9 @@ def _failure_record(failure: Failure | None) -> dict[str, Any]:
 class Wave:
     """Runs ``tasks`` to completion on ``executor``; raises ``TaskFailedError`` when one cannot be done.
 
-    ``output_for(state, attempt)`` names an attempt's output; ``on_end(attempt, outcome, committed,
-    will_retry)`` hears of every attempt that ends; ``check()`` is called while waiting and raises to
+    ``output_for(state, attempt)`` names an attempt's output; ``on_start(attempt)`` hears of every
+    attempt before it is submitted, ``on_end(attempt, outcome, committed, will_retry)`` of every one
+    that ends; ``check()`` is called while waiting and raises to
     stop the wave (an interrupt, a lost lease).
     """
 
@@ -149,6 +150,7 @@ class Wave:
         tasks: list[TaskState],
         *,
         output_for: Callable[[TaskState, int], str],
+        on_start: Callable[[Attempt], None],
         on_end: Callable[[Attempt, Outcome, bool, bool], None],
         retry: RetryPolicy,
         speculation: SpeculationPolicy,
@@ -158,6 +160,7 @@ class Wave:
         self.executor = executor
         self.tasks = tasks
         self.output_for = output_for
+        self.on_start = on_start
         self.on_end = on_end
         self.retry = retry
         self.speculation = speculation
@@ -208,7 +211,9 @@ class Wave:
             entry["speculative"] = True
         state.attempts.append(entry)
         state.running += 1
-        self.running[self.executor.submit(spec.to_json())] = Attempt(state, spec, entry, time.monotonic())
+        attempt = Attempt(state, spec, entry, time.monotonic())
+        self.on_start(attempt)
+        self.running[self.executor.submit(spec.to_json())] = attempt
 
     def _ended(self, attempt: Attempt, outcome: Outcome) -> None:
         state, entry = attempt.state, attempt.entry
