@@ -22,6 +22,19 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _one_of(*choices: str) -> Any:
+    def parse(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        return str(value)
+
+    return parse
+
+
+def _listed(value: Any) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
 def _log_level(value: Any) -> int:
     if isinstance(value, bool):
         return int(value)
@@ -45,6 +58,17 @@ CORE_OPTIONS: list[Option] = [
     Option("memory-budget", parse_size, 256 * MiB, "memory a task buffers before spilling to disk", "SIZE"),
     Option("arg", lambda v: list(v) if isinstance(v, list) else [v], None,
            "KEY=VALUE for the job, in self.args (repeatable)", "KEY=VALUE", repeat=True),
+    Option("output-format", _one_of("text", "csv", "jsonl", "value"), None,
+           "format of the part files: text (key<TAB>value), csv, jsonl or value (default: the job's "
+           "output_format, else text)", "FORMAT"),
+    Option("output-compression", _one_of("none", "gzip", "zstd"), None,
+           "compress the part files: gzip (.gz) or zstd (.zst) (default: the job's output_compression, else none)",
+           "NAME"),
+    Option("max-records-per-file", int_in_range(1), None,
+           "split each task's output into part files of at most N records (part-00000-00000…)", "N"),
+    Option("file", _listed, None,
+           "a read-only side file for every task, in self.file_path(NAME) (repeatable; adds to the job's files)",
+           "PATH", repeat=True),
     Option("work-dir", _text, None, "where intermediate data goes (default OUT/_corral/work)", "URL"),
     Option("keep-intermediate", parse_bool, False, "keep intermediate data after success", switch=True),
     Option("overwrite", parse_bool, False, "replace an existing output folder", switch=True),

@@ -27,6 +27,7 @@ from corral.events import JobFinished, JobStarted, PhaseFinished, PhaseStarted, 
 from corral.executor import INPUT_ERROR, THROTTLED, Executor, JobSource, Outcome
 from corral.fs import FileInfo, display, get_filesystem, join
 from corral.job import Job, Step
+from corral.output import OutputSpec, output_spec, part_names
 from corral.planner import choose_reducers, list_inputs, make_splits, pack_bins, task_sizes
 from corral.plugins import get_plugin_manager
 from corral.worker import job_ref
@@ -145,6 +146,7 @@ class Driver:
         self.counters: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.started = time.time()
         self.report: dict[str, Any] = {}
+        self.output = OutputSpec()
 
     # --- the job --------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -153,6 +155,7 @@ class Driver:
         steps = job.steps()
         if not steps:
             raise UsageError(f"{self.job_class.__name__}.steps() returned no stages")
+        self.output = output_spec(self.job_class, self.settings)
         out_fs = get_filesystem(self.out)
         files = list_inputs(self.inputs)  # first: a mistyped input must not cost the previous output
         for info in files:
@@ -251,6 +254,7 @@ class Driver:
             "tasks": {},
         }
         self.stages.append(record)
+        final = {"output_spec": self.output.to_json()} if last else {}
         base = {
             "job": job_ref(self.job_class),
             "args": self.args,
@@ -272,6 +276,7 @@ class Driver:
                 "output_kind": map_output_kind,
                 "input_format": type(job).input_format,
                 "input_errors": type(job).input_errors,
+                **(final if map_only else {}),
             }
 
         map_tasks = [
@@ -298,6 +303,7 @@ class Driver:
                     ],
                     "output": join(stage_dir, f"{task}.a{attempt}-{secrets.token_hex(3)}{suffix}"),
                     "output_kind": reduce_kind,
+                    **final,
                 }
 
             reduce_tasks = [
@@ -309,7 +315,11 @@ class Driver:
         assert all(outputs)
         record["intermediate_objects"] = 0 if map_only else len(map_tasks)
         if last:
-            return [], [(o["output"], f"part-{n:05d}") for n, o in enumerate(outputs)]  # type: ignore[index]
+            return [], [
+                (url, name)
+                for n, o in enumerate(outputs)
+                for url, name in zip(o["parts"], part_names(n, len(o["parts"]), self.output), strict=True)  # type: ignore[index]
+            ]
         return [FileInfo(o["output"], o["bytes_out"]) for o in outputs], []  # type: ignore[index]
 
     # --- a wave of tasks, with retries ----------------------------------------------------------
@@ -408,7 +418,7 @@ class Driver:
 
     def _discard(self, url: str) -> None:
         try:
-            get_filesystem(url).remove(url)
+            get_filesystem(url).remove(url, recursive=True)  # a final task's output may be a folder of parts
         except OSError as exc:  # leftovers are harmless: nothing reads an uncommitted attempt
             log.debug("could not remove %s: %s", url, exc)
 
@@ -432,6 +442,7 @@ class Driver:
             "inputs": self.inputs,
             "out": self.out,
             "backend": self.settings.backend,
+            "output": self.output.to_json(),
             "settings": self.settings.to_json(),
             "counters": self._plain_counters(),
             "stages": self.stages,

@@ -2,27 +2,29 @@
 
 A map spec: ``{"kind": "map", "job", "stage", "task", "attempt", "splits", "partitions", "output",
 "output_kind", "input_format", "memory_budget"}``; ``output_kind`` is ``"shuffle"`` (one indexed
-object for the reducers), ``"text"`` (final part file of a map-only job) or ``"records"`` (a map-only
-stage feeding the next stage). A reduce spec: ``{"kind": "reduce", …, "partition", "sources":
-[[url, offset, length], …], "output", "output_kind"}``.
+object for the reducers), ``"text"`` (the final part files of a map-only job, written as the spec's
+``"output_spec"`` says: see ``corral.output.OutputSpec``) or ``"records"`` (a map-only stage feeding
+the next stage). A reduce spec: ``{"kind": "reduce", …, "partition", "sources": [[url, offset,
+length], …], "output", "output_kind", "output_spec"}``. A final task's result lists its part files
+(``"parts"``), which the driver commits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from itertools import chain, count, repeat, starmap
-from typing import IO, Any
+from typing import Any
 
 from corral.fs import get_filesystem
 from corral.job import Job, Step
+from corral.output import OutputSpec, PartWriter, RecordFile, iter_records
+from corral.pairs import check_pairs, shuffle_batches
 from corral.shuffle import (
     MERGE_FACTOR,
     MapBuffer,
-    RecordWriter,
-    TextWriter,
     iter_group_batches,
-    iter_records,
     limit_fan_in,
     merge_batch_groups,
     range_blocks,
@@ -44,8 +46,28 @@ def _record_batches(split: Split, input_format: str, input_errors: str) -> Itera
         yield keyed, batch
 
 
-def _writer(output_kind: str, out: IO[bytes], source: str) -> TextWriter | RecordWriter:
-    return TextWriter(out, source) if output_kind == "text" else RecordWriter(out, source)
+@contextmanager
+def _writer(spec: dict[str, Any], source: str) -> Iterator[PartWriter | RecordFile]:
+    """The writer of a task's output: part files (the last stage) or records (for the next stage)."""
+    url = spec["output"]
+    if spec["output_kind"] == "text":
+        writer: PartWriter | RecordFile = PartWriter(url, OutputSpec.from_json(spec.get("output_spec")), source)
+    else:
+        writer = RecordFile(url, source)
+    try:
+        yield writer
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+
+
+def _written(spec: dict[str, Any], writer: Any, **result: Any) -> dict[str, Any]:
+    """A task's result: its output (the part files of a final task) and its size."""
+    result.update(output=spec["output"], bytes_out=writer.bytes_out)
+    if spec["output_kind"] == "text":
+        result["parts"] = writer.parts
+    return result
 
 
 def _map_calls(step: Step, keyed: bool, batch: list) -> Iterable[Iterable[Any]]:
@@ -80,30 +102,34 @@ def execute_map(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]:
                 for keyed, batch in _record_batches(split, input_format, input_errors):
                     records_in += len(batch)
                     groups = buffer.groups
-                    for pairs in _map_calls(step, keyed, batch):  # the hot loop: no function layer per pair
-                        for key, value in pairs:
-                            groups[key].append(value)
+                    pairs = chain.from_iterable(_map_calls(step, keyed, batch))
+                    for shaped in shuffle_batches("map", pairs):  # the hot loop: no function layer per pair
+                        try:
+                            for key, value in shaped:
+                                groups[key].append(value)
+                        except TypeError:  # a key that cannot be hashed: say which
+                            check_pairs("map", shaped, shuffle=True)
+                            raise
                     buffer.check(records_in)
             if step.map_final:
-                buffer.add_final(step.map_final() or ())
+                buffer.add_final(chain.from_iterable(shuffle_batches("map_final", step.map_final() or ())))
             with out_fs.open(spec["output"], "wb") as out:
                 index = buffer.write(out)
         finally:
             buffer.close()
         return {"output": spec["output"], "index": index, "records_in": records_in}
 
-    with out_fs.open(spec["output"], "wb") as out:
-        writer = _writer(output_kind, out, "map")
+    with _writer(spec, "map") as writer:
         for split_json in spec["splits"]:
             split = Split.from_json(split_json)
             for keyed, batch in _record_batches(split, input_format, input_errors):
                 records_in += len(batch)
                 writer.add_all(chain.from_iterable(_map_calls(step, keyed, batch)))
         if step.map_final:
+            writer.flush()
+            writer.source = "map_final"
             writer.add_all(step.map_final() or ())
-        writer.flush()
-        bytes_out = out.tell()
-    return {"output": spec["output"], "records_in": records_in, "bytes_out": bytes_out}
+    return _written(spec, writer, records_in=records_in)
 
 
 def execute_reduce(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]:
@@ -139,18 +165,16 @@ def _read_block(share: int, local: bool) -> int:
 
 
 def _reduce(spec: dict[str, Any], step: Step, sources: list[Iterator[list[Any]]]) -> dict[str, Any]:
-    out_fs = get_filesystem(spec["output"])
     if step.reduce_init:
         step.reduce_init()
     reducer = step.reduce
-    with out_fs.open(spec["output"], "wb") as out:
-        writer = _writer(spec["output_kind"], out, "reduce")
+    with _writer(spec, "reduce") as writer:
         keys = count()  # counts the keys as the merge yields them
         if sources:
             groups = zip(merge_batch_groups(sources, step.value_key, step.sort_values), keys, strict=False)
             writer.add_all(chain.from_iterable(reducer(key, values) for (key, values), _ in groups))
         if step.reduce_final:
+            writer.flush()
+            writer.source = "reduce_final"
             writer.add_all(step.reduce_final() or ())
-        writer.flush()
-        bytes_out = out.tell()
-    return {"output": spec["output"], "keys_in": next(keys), "bytes_out": bytes_out}
+    return _written(spec, writer, keys_in=next(keys))
