@@ -30,6 +30,8 @@ from corral.job import Job, Step
 from corral.output import OutputSpec, output_spec, part_names
 from corral.planner import choose_reducers, list_inputs, make_splits, pack_bins, task_sizes
 from corral.plugins import get_plugin_manager
+from corral.sidefiles import side_files, work_url
+from corral.split import INPUT_FORMATS
 from corral.worker import job_ref
 
 log = logging.getLogger("corral")
@@ -109,7 +111,9 @@ def make_job_source(
     work = work_root(output, settings) if output else (_absolute(settings.work_dir) if settings.work_dir else None)
     run_work = join(work, run_id) if work and run_id else work
     locations = (*inputs, *([output] if output else []), *([run_work] if run_work else []))
-    return JobSource(job_ref(job_class), tuple(requirements), locations, inputs=inputs, output=output, work=work)
+    files = side_files(job_class, getattr(settings, "file", None) or [])
+    return JobSource(job_ref(job_class), tuple(requirements), locations, inputs=inputs, output=output, work=work,
+                     files=files)
 
 
 def _executor_report(executor: Executor) -> dict[str, Any]:
@@ -147,6 +151,7 @@ class Driver:
         self.started = time.time()
         self.report: dict[str, Any] = {}
         self.output = OutputSpec()
+        self.side_files: list[dict[str, Any]] = []  # in every task's payload (see corral.sidefiles)
 
     # --- the job --------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -156,12 +161,18 @@ class Driver:
         if not steps:
             raise UsageError(f"{self.job_class.__name__}.steps() returned no stages")
         self.output = output_spec(self.job_class, self.settings)
+        input_format = getattr(self.job_class, "input_format", "lines")
+        if input_format not in INPUT_FORMATS:
+            raise UsageError(f"invalid value for {self.job_class.__qualname__}.input_format: {input_format!r} is not "
+                             f"one of {', '.join(INPUT_FORMATS)}")
         out_fs = get_filesystem(self.out)
         files = list_inputs(self.inputs)  # first: a mistyped input must not cost the previous output
         for info in files:
             if info.url.startswith(self.out.rstrip("/") + "/"):
                 raise UsageError(f"input {display(info.url)} is inside the output folder {display(self.out)}")
         source = make_job_source(self.job_class, self.settings, self.inputs, self.out, self.run_id, job)
+        root = work_root(self.out, self.settings)
+        self.side_files = [{**f.to_json(), "url": work_url(root, f)} for f in source.files]
         self._prepare_output(out_fs)
         executor = create_executor(self.settings)
         manifest: dict[str, Any] = {}
@@ -236,7 +247,8 @@ class Driver:
         split_size, bin_size = task_sizes(
             total, settings.split_size, settings.map_bin_size, settings.explicit, self.concurrency
         )
-        bins = pack_bins(make_splits(files, split_size, kind), bin_size)
+        whole_files = kind == "text" and type(job).input_format == "csv"
+        bins = pack_bins(make_splits(files, split_size, kind, whole_files), bin_size)
         map_only = step.reduce is None
         partitions = 0 if map_only else (step.reducers or choose_reducers(
             total, len(bins), settings.reducers, settings.reduce_bin_size,
@@ -260,6 +272,7 @@ class Driver:
             "args": self.args,
             "stage": index,
             "memory_budget": settings.memory_budget,
+            "files": self.side_files,
         }
 
         def map_payload(task: str, splits: list, attempt: int) -> dict[str, Any]:
@@ -276,6 +289,7 @@ class Driver:
                 "output_kind": map_output_kind,
                 "input_format": type(job).input_format,
                 "input_errors": type(job).input_errors,
+                "input_header": bool(type(job).input_header),
                 **(final if map_only else {}),
             }
 

@@ -11,7 +11,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from corral.sidefiles import SideFile
 
 #: Failure kinds. Throttling is backpressure and does not count toward the retry limit: an executor
 #: that meets throttling retries it itself (with backoff) or reports THROTTLED, which the driver retries
@@ -63,6 +66,8 @@ def outcome_from_result(result: dict[str, Any], stats: dict[str, Any] | None = N
     if result.get("ok"):
         stats.setdefault("seconds", result.get("seconds"))
         stats.setdefault("peak_memory_mb", result.get("peak_memory_mb"))
+        if result.get("side_file_downloads"):
+            stats.setdefault("side_file_downloads", result["side_file_downloads"])
         return Outcome(result=result, stats=stats)
     error = result.get("error") or {}
     kind = INPUT_ERROR if error.get("kind") == "input" else USER_ERROR
@@ -89,6 +94,9 @@ class JobSource:
     inputs: tuple[str, ...] = ()
     output: str | None = None
     work: str | None = None
+    #: the job's side files (``corral.sidefiles``): ``build_package`` puts the small ones in the package;
+    #: a remote executor's ``deploy`` uploads the others (``corral.upload_side_files``).
+    files: tuple[SideFile, ...] = ()
 
 
 class Executor(ABC):

@@ -301,10 +301,13 @@ def output_spec(job_class: type, settings: Any) -> OutputSpec:
         if isinstance(header, str) or not isinstance(header, (list, tuple)) or not header or not all(
                 isinstance(column, str) for column in header):
             raise UsageError(f"invalid value for {name}.output_header: {header!r} is not a list of column names")
-        if fmt != "csv":
-            raise UsageError(f"{name}.output_header is set, but the output format is {fmt!r} (from {fmt_source}): "
-                             "a header row needs output_format = 'csv'")
-        header = tuple(header)
+        if fmt == "csv":
+            header = tuple(header)
+        elif fmt_source == f"{name}.output_format":
+            raise UsageError(f"{name}.output_header is set, but {name}.output_format is {fmt!r}: a header row "
+                             "needs output_format = 'csv'")
+        else:
+            header = None  # --output-format chose another format for a csv job: no header row there
     return OutputSpec(fmt, compression, header, getattr(settings, "max_records_per_file", None))
 
 

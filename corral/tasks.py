@@ -33,7 +33,9 @@ from corral.shuffle import (
 from corral.split import Split, iter_text_records
 
 
-def _record_batches(split: Split, input_format: str, input_errors: str) -> Iterable[tuple[bool, list]]:
+def _record_batches(
+    split: Split, input_format: str, input_errors: str, input_header: bool = False
+) -> Iterable[tuple[bool, list]]:
     """``(keyed, batch)`` for a split: batches of lines (keyed False) or (key, value) pairs (True)."""
     fs = get_filesystem(split.url)
     if split.kind == "records":
@@ -42,7 +44,7 @@ def _record_batches(split: Split, input_format: str, input_errors: str) -> Itera
                 yield True, batch
         return
     keyed = input_format == "tsv"
-    for batch in iter_text_records(fs, split, input_format, input_errors):
+    for batch in iter_text_records(fs, split, input_format, input_errors, input_header):
         yield keyed, batch
 
 
@@ -82,6 +84,7 @@ def execute_map(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]:
     output_kind = spec["output_kind"]
     input_format = spec.get("input_format", "lines")
     input_errors = spec.get("input_errors", "strict")
+    input_header = bool(spec.get("input_header"))
     records_in = 0
     out_fs = get_filesystem(spec["output"])
     if step.map_init:
@@ -99,7 +102,7 @@ def execute_map(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]:
         try:
             for split_json in spec["splits"]:
                 split = Split.from_json(split_json)
-                for keyed, batch in _record_batches(split, input_format, input_errors):
+                for keyed, batch in _record_batches(split, input_format, input_errors, input_header):
                     records_in += len(batch)
                     groups = buffer.groups
                     pairs = chain.from_iterable(_map_calls(step, keyed, batch))
@@ -122,7 +125,7 @@ def execute_map(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]:
     with _writer(spec, "map") as writer:
         for split_json in spec["splits"]:
             split = Split.from_json(split_json)
-            for keyed, batch in _record_batches(split, input_format, input_errors):
+            for keyed, batch in _record_batches(split, input_format, input_errors, input_header):
                 records_in += len(batch)
                 writer.add_all(chain.from_iterable(_map_calls(step, keyed, batch)))
         if step.map_final:

@@ -23,6 +23,7 @@ from typing import Any
 
 from corral.errors import InputError, UsageError
 from corral.job import Job
+from corral.sidefiles import local_paths
 
 _CORRAL_DIR = str(Path(__file__).resolve().parent)
 _job_classes: dict[tuple[str, str, str | None], type[Job]] = {}
@@ -94,6 +95,9 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         job = load_job_class(payload["job"])(payload.get("args"))
+        downloads = 0
+        if payload.get("files"):
+            job._side_files, downloads = local_paths(payload["files"])
         step = job.steps()[payload["stage"]]
         execute = execute_map if payload["kind"] == "map" else execute_reduce
         with _no_full_collections():
@@ -118,6 +122,8 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
         seconds=round(time.perf_counter() - started, 6),
         peak_memory_mb=peak_memory_mb(),
     )
+    if downloads:
+        result["side_file_downloads"] = downloads
     return result
 
 
