@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
-
+from corral._version import __version__
+from corral.hookspecs import hookimpl
 from corral.job import Job, Step
-from corral.plugins import hookimpl
 
 # Everything else loads on first use: every worker and every `corral` command imports this package,
 # so it stays cheap to import (a tiny job runs end to end in a fraction of a second).
@@ -18,9 +17,10 @@ _LAZY = {
         "CANCELLED", "INFRASTRUCTURE", "INPUT_ERROR", "OUT_OF_MEMORY", "THROTTLED", "TIMEOUT", "USER_ERROR",
         "Executor", "ExecutorSpec", "Failure", "JobSource", "Outcome", "outcome_from_result",
     ),
-    "corral.fs": ("FileInfo", "FileSystem", "get_filesystem"),
+    "corral.fs": ("FileInfo", "FileSystem", "ProtocolInfo", "get_filesystem"),
     "corral.options": ("Command", "Option", "int_in_range", "parse_bool", "parse_size"),
     "corral.packaging": ("Package", "PackagingError", "build_package"),
+    "corral.settings": ("Settings",),
     "corral.worker": ("run_task",),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
@@ -75,6 +75,8 @@ __all__ = [
     "Outcome",
     "Package",
     "PackagingError",
+    "ProtocolInfo",
+    "Settings",
     "Step",
     "UsageError",
     "__version__",

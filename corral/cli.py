@@ -6,10 +6,23 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from corral.errors import CorralError, JobFailed, UsageError
 from corral.job import Job
+
+if TYPE_CHECKING:
+    from corral.executor import ExecutorSpec
+    from corral.settings import Settings
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line that points to ``--help`` (not the whole usage):
+    ``corral run: error: the following arguments are required: INPUT, --out/-o (see: corral run --help)``.
+    Sub-command parsers are of this class too (argparse makes them of their parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
 
 
 def _add_settings(parser: argparse.ArgumentParser, out: str = "required") -> None:
@@ -90,7 +103,7 @@ def _run(job_class: type[Job], args: argparse.Namespace) -> int:
     return 0
 
 
-def _logging(settings: Any, say_what_is_done: bool = False) -> None:
+def _logging(settings: Settings, say_what_is_done: bool = False) -> None:
     level = {0: logging.WARNING, 1: logging.INFO}.get(settings.verbose, logging.DEBUG)
     # -v/-vv: corral's own loggers; -vvv: its libraries' too (botocore dumps every request)
     library_level = logging.DEBUG if settings.verbose >= 3 else logging.WARNING
@@ -139,26 +152,22 @@ def _print_summary(manifest: dict[str, Any]) -> None:
 
 
 def _backends(args: argparse.Namespace) -> int:
-    from importlib.metadata import packages_distributions
-
     from corral.plugins import get_plugin_manager, plugin_distribution
 
     pm = get_plugin_manager()
     print("executors (--backend):")
     for impl in pm.hook.corral_executors.get_hookimpls():
-        for spec in impl.function():
+        for spec in cast("list[ExecutorSpec]", impl.function()):
             print(f"  {spec.name:<12} {plugin_distribution(impl.plugin):<20} {spec.description}")
-    print("filesystems (URL protocols):")
-    dists = packages_distributions()
-    from fsspec.registry import known_implementations
+    print("filesystems (URL protocols; tested = corral's tests run jobs on it):")
+    from corral.fs import ProtocolInfo
 
     for impl in pm.hook.corral_filesystem_protocols.get_hookimpls():
         provider = plugin_distribution(impl.plugin)
-        for protocol in impl.function():
-            spec = known_implementations.get(protocol)
-            module = spec["class"].split(".", 1)[0] if spec else ""
-            via = dists.get(module, [module])[0] if module and module != "fsspec" else "fsspec"
-            print(f"  {protocol:<14} {provider:<20} via {via}")
+        for answer in cast("list[ProtocolInfo | str]", impl.function()):
+            info = ProtocolInfo((answer,), provider) if isinstance(answer, str) else answer
+            names = ", ".join(info.names)
+            print(f"  {names:<14} {provider:<20} via {info.library:<10} {'tested' if info.tested else ''}".rstrip())
     return 0
 
 
@@ -170,7 +179,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     argv = sys.argv[1:] if argv is None else argv
     invoked = next((a for a in argv if not a.startswith("-")), None)
 
-    parser = argparse.ArgumentParser(prog="corral", description="MapReduce in Python, anywhere.")
+    parser = ArgumentParser(prog="corral", description="MapReduce in Python, anywhere.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="run a job", description="Run a MapReduce job.")
     run.add_argument("job", metavar="JOB", help="path/to/job.py, path/to/job.py:Class or module:Class")
@@ -182,7 +191,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                     "--out are optional: given, the deployment is granted access to them (`corral run` "
                     "grants its own locations anyway).")
     deploy.add_argument("job", metavar="JOB", help="path/to/job.py, path/to/job.py:Class or module:Class")
-    deploy.add_argument("inputs", nargs="*", metavar="INPUT", help="input URLs the job will read")
+    deploy.add_argument("inputs", nargs="*", default=[], metavar="INPUT", help="input URLs the job will read")
     _add_settings(deploy, out="optional")
     undeploy = sub.add_parser(
         "undeploy", help="remove what `corral deploy` / `corral run` deployed for a job",
@@ -233,7 +242,7 @@ def run_job_main(job_class: type[Job], argv: list[str] | None = None) -> int:
     """``Job.main()``: ``python job.py INPUT... --out OUT [options]``."""
 
     def action() -> int:
-        parser = argparse.ArgumentParser(prog=os.path.basename(sys.argv[0]), description=job_class.__doc__)
+        parser = ArgumentParser(prog=os.path.basename(sys.argv[0]), description=job_class.__doc__)
         parser.add_argument("inputs", nargs="+", metavar="INPUT", help="input files, folders, globs or URLs")
         _add_settings(parser)
         return _run(job_class, parser.parse_args(argv))

@@ -1,7 +1,9 @@
 """Settings: defaults < ``[tool.corral]`` in pyproject.toml < corral.toml < ``CORRAL_*`` variables < flags.
 
 Both files are looked up in the current folder. Every value is validated by its Option's parser, and
-an invalid one is rejected with a message naming the setting and where it came from.
+an invalid one is rejected with a message naming the setting and where it came from; the resolved
+``corral.Settings`` remembers each value's source (``settings.source("backend")``) for later messages.
+The options themselves (corral's and how to add one) are in ``corral.settings``.
 """
 
 from __future__ import annotations
@@ -10,94 +12,36 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, cast
 
 from corral.errors import UsageError
-from corral.options import Option, int_in_range, parse_bool, parse_size
-
-MiB = 1 << 20
-
-
-def _text(value: Any) -> str:
-    return str(value)
+from corral.options import Option
+from corral.settings import CORE_OPTIONS, Settings
 
 
-def _one_of(*choices: str) -> Any:
-    def parse(value: Any) -> str:
-        if value not in choices:
-            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
-        return str(value)
+def all_options() -> list[Option[Any]]:
+    """corral's own options, then those plugins add through ``corral_options``, each once.
 
-    return parse
+    Several plugins may return the same Option object (remote backends sharing ``--memory``); two
+    different Option objects with one name are a UsageError naming both plugins and the option.
+    """
+    from corral.plugins import CORE_DISTRIBUTION, get_plugin_manager, plugin_distribution
 
-
-def _listed(value: Any) -> list[str]:
-    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
-
-
-def _log_level(value: Any) -> int:
-    if isinstance(value, bool):
-        return int(value)
-    return int_in_range(0, 3)(value)
-
-
-CORE_OPTIONS: list[Option] = [
-    Option("backend", _text, "processes", "where tasks run: an executor from `corral backends`", "NAME"),
-    Option("split-size", parse_size, 64 * MiB, "bytes of input per split (default 64MB)", "SIZE"),
-    Option("map-bin-size", parse_size, 64 * MiB, "bytes of splits packed into one map task", "SIZE"),
-    Option("reduce-bin-size", parse_size, 256 * MiB, "input bytes per reducer, when --reducers is not set", "SIZE"),
-    Option("reducers", int_in_range(1), None, "number of reduce tasks", "N"),
-    Option("max-concurrency", int_in_range(1), None, "tasks running at once (default: the backend's)", "N"),
-    Option("retries", int_in_range(0), 3, "retries of a failed task before the job fails", "N"),
-    Option("deadline", int_in_range(1), 6 * 3600,
-           "seconds from the job's start during which throttled tasks are retried; a task still throttled "
-           "then fails the job (default 21600 = 6 h)", "SECONDS"),
-    Option("requirements", _text, None,
-           "requirements file: third-party packages shipped to remote backends, on top of the job's "
-           "`requirements`", "FILE"),
-    Option("memory-budget", parse_size, 256 * MiB, "memory a task buffers before spilling to disk", "SIZE"),
-    Option("arg", lambda v: list(v) if isinstance(v, list) else [v], None,
-           "KEY=VALUE for the job, in self.args (repeatable)", "KEY=VALUE", repeat=True),
-    Option("output-format", _one_of("text", "csv", "jsonl", "value"), None,
-           "format of the part files: text (key<TAB>value), csv, jsonl or value (default: the job's "
-           "output_format, else text)", "FORMAT"),
-    Option("output-compression", _one_of("none", "gzip", "zstd"), None,
-           "compress the part files: gzip (.gz) or zstd (.zst) (default: the job's output_compression, else none)",
-           "NAME"),
-    Option("max-records-per-file", int_in_range(1), None,
-           "split each task's output into part files of at most N records (part-00000-00000…)", "N"),
-    Option("file", _listed, None,
-           "a read-only side file for every task, in self.file_path(NAME) (repeatable; adds to the job's files)",
-           "PATH", repeat=True),
-    Option("work-dir", _text, None, "where intermediate data goes (default OUT/_corral/work)", "URL"),
-    Option("keep-intermediate", parse_bool, False, "keep intermediate data after success", switch=True),
-    Option("overwrite", parse_bool, False, "replace an existing output folder", switch=True),
-    Option("quiet", parse_bool, False, "no progress bars and no summary", switch=True, short="-q"),
-    Option("verbose", _log_level, 0, "log retries (-vv: debug, -vvv: libraries too)", switch=True, short="-v"),
-]
-
-
-class Settings:
-    """The resolved settings of a run: attributes named like the options (``split_size``)."""
-
-    def __init__(self, values: dict[str, Any], explicit: set[str]) -> None:
-        self.__dict__.update(values)
-        self.explicit = explicit  # settings given by the user (any source), not defaulted
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "explicit"}
-
-    def __repr__(self) -> str:
-        return f"Settings({self.to_json()})"
-
-
-def all_options() -> list[Option]:
-    """corral's own options, then those plugins add through ``corral_options``."""
-    from corral.plugins import get_plugin_manager
-
+    pm = get_plugin_manager()
     options = list(CORE_OPTIONS)
-    for extra in get_plugin_manager().hook.corral_options():
-        options.extend(extra)
+    declared: dict[str, tuple[Option[Any], str]] = {o.name: (o, f"corral itself ({CORE_DISTRIBUTION})")
+                                                    for o in options}
+    for impl in reversed(pm.hook.corral_options.get_hookimpls()):  # the order pluggy calls them in
+        by = f"plugin {impl.plugin_name!r} ({plugin_distribution(impl.plugin)})"
+        for option in cast("list[Option[Any]]", impl.function()):
+            first = declared.get(option.name)
+            if first is None:
+                declared[option.name] = (option, by)
+                options.append(option)
+            elif first[0] is not option:
+                raise UsageError(f"option --{option.name} is declared twice, by {first[1]} and by {by}: "
+                                 "plugins share an option by returning the same Option object")
     return options
 
 
@@ -123,22 +67,22 @@ def _file_settings(folder: Path) -> list[tuple[str, dict[str, Any]]]:
 
 def load_settings(
     flags: Mapping[str, Any] | None = None,
-    folder: str | os.PathLike | None = None,
+    folder: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """Resolve every option from its sources; ``flags`` maps option dests to values (None = not given)."""
     options = all_options()
     by_key = {o.name: o for o in options} | {o.dest: o for o in options}
     environ = os.environ if environ is None else environ
-    values = {o.dest: o.default for o in options}
-    explicit: set[str] = set()
+    values: dict[str, Any] = {o.dest: o.default for o in options}
+    sources: dict[str, str] = {}
 
-    def apply(option: Option, raw: Any, source: str) -> None:
+    def apply(option: Option[Any], raw: Any, source: str) -> None:
         try:
             values[option.dest] = option.parse(raw)
         except ValueError as exc:
             raise UsageError(f"invalid value for {source}: {exc}") from None
-        explicit.add(option.dest)
+        sources[option.dest] = source
 
     for path, table in _file_settings(Path(folder or os.getcwd())):
         for key, raw in table.items():
@@ -155,5 +99,11 @@ def load_settings(
             raise UsageError(f"unknown setting {dest!r}")
         if raw is not None:
             apply(option, raw, "--" + option.name)
-    values["progress"] = not values["quiet"] and sys.stderr.isatty()
-    return Settings(values, explicit)
+    core = {option.dest: values.pop(option.dest) for option in CORE_OPTIONS}
+    return Settings(
+        **core,
+        progress=not core["quiet"] and sys.stderr.isatty(),
+        explicit=frozenset(sources),
+        sources=MappingProxyType(sources),
+        plugin_values=MappingProxyType(values),
+    )

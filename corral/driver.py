@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from corral import __version__
@@ -30,6 +31,7 @@ from corral.job import Job, Step
 from corral.output import OutputSpec, output_spec, part_names
 from corral.planner import choose_reducers, list_inputs, make_splits, pack_bins, task_sizes
 from corral.plugins import get_plugin_manager
+from corral.settings import Settings
 from corral.sidefiles import side_files, work_url
 from corral.split import INPUT_FORMATS
 from corral.worker import job_ref
@@ -41,12 +43,14 @@ BACKOFF_BASE = 0.1
 BACKOFF_CAP = 30.0
 
 
-def create_executor(settings: Any) -> Executor:
+def create_executor(settings: Settings) -> Executor:
     """Build the executor named by ``settings.backend`` from the plugins' ``corral_executors``."""
     specs = {spec.name: spec for specs in get_plugin_manager().hook.corral_executors() for spec in specs}
     spec = specs.get(settings.backend)
     if spec is None:
-        raise UsageError(f"unknown backend {settings.backend!r} (available: {', '.join(sorted(specs))})")
+        source = settings.source("backend")
+        where = f"from {source}; " if source != "default" else ""
+        raise UsageError(f"unknown backend {settings.backend!r} ({where}available: {', '.join(sorted(specs))})")
     return spec.create(settings)
 
 
@@ -85,14 +89,14 @@ def read_requirements(path: str) -> list[str]:
     return found
 
 
-def work_root(out: str, settings: Any) -> str:
+def work_root(out: str, settings: Settings) -> str:
     """The working root shared by runs (``--work-dir``, else ``OUT/_corral/work``); a run works in a folder in it."""
     return _absolute(settings.work_dir or join(out, "_corral", "work"))
 
 
 def make_job_source(
     job_class: type[Job],
-    settings: Any,
+    settings: Settings,
     inputs: Sequence[str] = (),
     out: str | None = None,
     run_id: str = "",
@@ -102,16 +106,16 @@ def make_job_source(
     ``corral deploy``): the job, its requirements (its ``requirements`` plus ``--requirements``), and
     the locations its tasks read (the inputs) and read and write (the working root)."""
     if job is None:
-        job = job_class(parse_job_args(getattr(settings, "arg", None) or []))
+        job = job_class(parse_job_args(settings.arg))
     requirements = list(job.requirements)
-    if getattr(settings, "requirements", None):
+    if settings.requirements:
         requirements += [r for r in read_requirements(settings.requirements) if r not in requirements]
     inputs = tuple(_absolute(i) for i in inputs)
     output = _absolute(out.rstrip("/") if len(out) > 1 else out) if out else None
     work = work_root(output, settings) if output else (_absolute(settings.work_dir) if settings.work_dir else None)
     run_work = join(work, run_id) if work and run_id else work
     locations = (*inputs, *([output] if output else []), *([run_work] if run_work else []))
-    files = side_files(job_class, getattr(settings, "file", None) or [])
+    files = side_files(job_class, settings.file)
     return JobSource(job_ref(job_class), tuple(requirements), locations, inputs=inputs, output=output, work=work,
                      files=files)
 
@@ -137,7 +141,7 @@ class TaskState:
 class Driver:
     """Runs one job. ``run()`` returns the manifest or raises ``JobFailed`` / ``UsageError``."""
 
-    def __init__(self, job_class: type[Job], inputs: Sequence[str], out: str, settings: Any) -> None:
+    def __init__(self, job_class: type[Job], inputs: Sequence[str], out: str, settings: Settings) -> None:
         self.job_class = job_class
         self.inputs = list(inputs)
         # local paths absolute: workers may run elsewhere (a container) with the same paths mounted
@@ -155,7 +159,7 @@ class Driver:
 
     # --- the job --------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        self.args = parse_job_args(self.settings.arg or [])
+        self.args = parse_job_args(self.settings.arg)
         job = self.job_class(self.args)
         steps = job.steps()
         if not steps:
@@ -190,8 +194,7 @@ class Driver:
                         files, final = self._run_stage(executor, job, index, step, files, last)
             finally:  # what the executor measured over the run (e.g. cost), failed or not
                 self.report = _executor_report(executor)
-            for src, name in final:
-                out_fs.move(src, join(self.out, name))
+            out_fs.move_many([(src, join(self.out, name)) for src, name in final])
             manifest = self._manifest("succeeded", None)
             self._write_manifest(out_fs, manifest)
             out_fs.write_bytes(join(self.out, "_SUCCESS"), b"")
@@ -294,7 +297,7 @@ class Driver:
             }
 
         map_tasks = [
-            TaskState(f"map-{j:04d}", lambda attempt, t=f"map-{j:04d}", b=b: map_payload(t, b, attempt))
+            TaskState(f"map-{j:04d}", partial(map_payload, f"map-{j:04d}", b))
             for j, b in enumerate(bins)
         ]
         self._run_wave(executor, index, "map", map_tasks, record)
@@ -321,7 +324,7 @@ class Driver:
                 }
 
             reduce_tasks = [
-                TaskState(f"reduce-{r:04d}", lambda attempt, r=r: reduce_payload(r, attempt))
+                TaskState(f"reduce-{r:04d}", partial(reduce_payload, r))
                 for r in range(partitions)
             ]
             self._run_wave(executor, index, "reduce", reduce_tasks, record)

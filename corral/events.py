@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.executor import Outcome
+
+if TYPE_CHECKING:
+    from corral.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -14,7 +17,7 @@ class JobStarted:
     stages: int
     inputs: list[str]
     out: str
-    settings: Any
+    settings: Settings
 
 
 @dataclass(frozen=True)
@@ -22,7 +25,7 @@ class PhaseStarted:
     stage: int
     phase: str  # "map" or "reduce"
     tasks: int
-    settings: Any
+    settings: Settings
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class TaskFinished:
     outcome: Outcome
     committed: bool  # this attempt's output is the task's committed output
     will_retry: bool
-    settings: Any
+    settings: Settings
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ class PhaseFinished:
     phase: str
     tasks: int
     seconds: float
-    settings: Any
+    settings: Settings
 
 
 @dataclass(frozen=True)
@@ -54,4 +57,4 @@ class JobFinished:
     counters: dict[str, dict[str, int]]
     manifest: dict[str, Any] = field(repr=False)
     error: str | None
-    settings: Any
+    settings: Settings

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from corral.settings import Settings
     from corral.sidefiles import SideFile
 
 #: Failure kinds. Throttling is backpressure and does not count toward the retry limit: an executor
@@ -70,9 +71,9 @@ def outcome_from_result(result: dict[str, Any], stats: dict[str, Any] | None = N
             stats.setdefault("side_file_downloads", result["side_file_downloads"])
         return Outcome(result=result, stats=stats)
     error = result.get("error") or {}
-    kind = INPUT_ERROR if error.get("kind") == "input" else USER_ERROR
+    kind = {"input": INPUT_ERROR, "cancelled": CANCELLED}.get(str(error.get("kind")), USER_ERROR)
     message = f"{error.get('type', 'Error')}: {error.get('message', '')}"
-    if kind == INPUT_ERROR:
+    if kind != USER_ERROR:
         message = error.get("message", "")
     return Outcome(failure=Failure(kind, message, error.get("traceback")), stats=stats)
 
@@ -142,7 +143,11 @@ class Executor(ABC):
     def __enter__(self) -> Executor:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        # an interrupt (Ctrl-C, a signal turned into SystemExit) leaving the block stops the attempts
+        # first: close() alone would wait for them to finish
+        if kind is not None and not issubclass(kind, Exception):
+            self.cancel_all()
         self.close()
 
 
@@ -151,5 +156,5 @@ class ExecutorSpec:
     """An executor a plugin provides: ``create(settings)`` builds it for one run."""
 
     name: str
-    create: Callable[[Any], Executor]
+    create: Callable[[Settings], Executor]
     description: str = ""

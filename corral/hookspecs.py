@@ -1,9 +1,10 @@
 """The plugin contract: every hook corral calls, in one module.
 
 A plugin is any module or object with functions named like these hooks and decorated with
-``corral.hookimpl``. corral's own filesystem, executors and progress display are plugins registered
-through these same hooks (see ``corral.plugins``); third-party distributions register theirs with an
-entry point in the group ``corral``.
+``corral.hookimpl`` (defined here, next to ``hookspec``, as in datasette). corral's own filesystem,
+executors and progress display are plugins registered through these same hooks (see
+``corral.plugins``); third-party distributions register theirs with an entry point in the group
+``corral``.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import pluggy
 if TYPE_CHECKING:
     from corral.events import JobFinished, JobStarted, PhaseFinished, PhaseStarted, TaskFinished
     from corral.executor import ExecutorSpec
-    from corral.fs import FileSystem
+    from corral.fs import FileSystem, ProtocolInfo
     from corral.options import Command, Option
 
 hookspec = pluggy.HookspecMarker("corral")
+#: Marks a plugin's implementation of a hook; a function named like no hook here is an error.
+hookimpl = pluggy.HookimplMarker("corral")
 
 
 @hookspec(firstresult=True)
@@ -32,8 +35,9 @@ def corral_filesystem(url: str) -> FileSystem | None:
 
 
 @hookspec
-def corral_filesystem_protocols() -> list[str]:
-    """Called by ``corral backends``. Return the URL protocols this plugin's filesystem serves."""
+def corral_filesystem_protocols() -> list[ProtocolInfo | str]:
+    """Called by ``corral backends``. Return the URL protocols this plugin's filesystem serves and can
+    use here (its libraries import), each a ``corral.ProtocolInfo`` or a plain protocol name."""
 
 
 @hookspec

@@ -6,7 +6,9 @@ import argparse
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -31,12 +33,16 @@ def parse_size(text: str | int) -> int:
     return value
 
 
-def int_in_range(low: int, high: int | None = None) -> Callable[[str | int], int]:
-    """A parser for whole numbers in ``[low, high]``, whose error says the range."""
+def int_in_range(low: int, high: int | None = None) -> Callable[[Any], int]:
+    """A parser for whole numbers in ``[low, high]``, whose error says the range.
 
-    def parse(text: str | int) -> int:
+    Only whole numbers are accepted: ``2.7`` (a TOML float, or the text) is refused rather than
+    truncated, and so is ``3.0``, as the text ``"3.0"`` always was.
+    """
+
+    def parse(text: Any) -> int:
         try:
-            if isinstance(text, bool):
+            if isinstance(text, bool | float):
                 raise ValueError
             value = int(text)
         except (TypeError, ValueError):
@@ -61,18 +67,23 @@ def parse_bool(text: str | bool) -> bool:
     raise ValueError(f"{text!r} is not true or false")
 
 
-@dataclass(frozen=True)
-class Option:
+@dataclass(frozen=True, eq=False)
+class Option(Generic[T]):
     """A setting: a ``corral run`` flag, a ``[tool.corral]`` key and a ``CORRAL_*`` variable at once.
 
     ``name`` uses dashes (``split-size``): the flag is ``--split-size``, the TOML key ``split-size``
     (``split_size`` also accepted), the variable ``CORRAL_SPLIT_SIZE``. ``parse`` turns a string (or a
-    TOML value) into the value, raising ``ValueError`` with the reason when it is invalid.
+    TOML value) into the value, raising ``ValueError`` with the reason when it is invalid. ``default``
+    is the value when no source sets it; an option without one is an ``Option[X | None]``.
+
+    A plugin keeps its Option objects and reads their values with ``settings.value(OPTION)``, typed
+    ``T``. An Option is its identity (``eq=False``): the same object returned by several plugins is
+    one setting; two objects with one name are a conflict (see ``corral.config.all_options``).
     """
 
     name: str
-    parse: Callable[[Any], Any]
-    default: Any
+    parse: Callable[[Any], T]
+    default: T
     help: str
     metavar: str | None = None
     switch: bool = False  # a flag that takes no value (--quiet)

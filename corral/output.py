@@ -17,7 +17,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from itertools import chain, islice
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import msgpack
 
@@ -25,6 +25,9 @@ from corral.errors import UsageError
 from corral.fs import get_filesystem, join
 from corral.pairs import check_pairs
 from corral.shuffle import _READ_BLOCK, _TEXT_ERRORS, _packer
+
+if TYPE_CHECKING:
+    from corral.settings import Settings
 
 FORMATS = ("text", "csv", "jsonl", "value")
 COMPRESSIONS = ("none", "gzip", "zstd")
@@ -238,7 +241,7 @@ def compressed(raw: IO[bytes], compression: str) -> IO[bytes]:
     if compression == "zstd":
         import zstandard
 
-        return zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=False)  # type: ignore[return-value]
+        return zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=False)
     return raw
 
 
@@ -274,41 +277,35 @@ class OutputSpec:
                    tuple(header) if header is not None else None, data.get("max_records"))
 
 
-def output_spec(job_class: type, settings: Any) -> OutputSpec:
-    """The job's output spec: ``--output-format`` / ``--output-compression`` (any settings source)
+def output_spec(job_class: type, settings: Settings) -> OutputSpec:
+    """The job's output spec: ``--output-format`` / ``--output-compression`` (from any settings source)
     over the Job's ``output_format`` / ``output_compression``; ``output_header`` from the Job;
-    ``--max-records-per-file``. A UsageError names a bad value and where it came from."""
+    ``--max-records-per-file``. A UsageError names a bad value of the Job's and the attribute."""
     name = job_class.__qualname__
-    fmt = getattr(settings, "output_format", None)
-    fmt_source = "--output-format"
+    fmt = settings.output_format
     if fmt is None:
-        fmt, fmt_source = getattr(job_class, "output_format", "text"), f"{name}.output_format"
-    if fmt not in FORMATS:
-        raise UsageError(f"invalid value for {fmt_source}: {fmt!r} is not one of {', '.join(FORMATS)}")
-    compression = getattr(settings, "output_compression", None)
-    compression_source = "--output-compression"
+        fmt = getattr(job_class, "output_format", None) or "text"
+        if fmt not in FORMATS:
+            raise UsageError(f"invalid value for {name}.output_format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    compression = settings.output_compression
     if compression is None:
-        compression = getattr(job_class, "output_compression", "none")
-        compression_source = f"{name}.output_compression"
-    if compression is None:
-        compression = "none"
-    if compression not in COMPRESSIONS:
-        raise UsageError(
-            f"invalid value for {compression_source}: {compression!r} is not one of {', '.join(COMPRESSIONS)}"
-        )
+        compression = getattr(job_class, "output_compression", None) or "none"
+        if compression not in COMPRESSIONS:
+            raise UsageError(f"invalid value for {name}.output_compression: {compression!r} is not one of "
+                             f"{', '.join(COMPRESSIONS)}")
     header = getattr(job_class, "output_header", None)
     if header is not None:
-        if isinstance(header, str) or not isinstance(header, (list, tuple)) or not header or not all(
+        if isinstance(header, str) or not isinstance(header, list | tuple) or not header or not all(
                 isinstance(column, str) for column in header):
             raise UsageError(f"invalid value for {name}.output_header: {header!r} is not a list of column names")
         if fmt == "csv":
             header = tuple(header)
-        elif fmt_source == f"{name}.output_format":
+        elif settings.output_format is None:
             raise UsageError(f"{name}.output_header is set, but {name}.output_format is {fmt!r}: a header row "
                              "needs output_format = 'csv'")
         else:
             header = None  # --output-format chose another format for a csv job: no header row there
-    return OutputSpec(fmt, compression, header, getattr(settings, "max_records_per_file", None))
+    return OutputSpec(fmt, compression, header, settings.max_records_per_file)
 
 
 class PartWriter(PairWriter):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 
 from corral.errors import UsageError
 from corral.fs import FileInfo, compression_of, display, get_filesystem
@@ -63,7 +64,7 @@ def pack_bins(splits: Sequence[Split], bin_size: int) -> list[list[Split]]:
 
 
 def task_sizes(
-    total: int, split_size: int, bin_size: int, explicit: set[str], concurrency: int
+    total: int, split_size: int, bin_size: int, explicit: AbstractSet[str], concurrency: int
 ) -> tuple[int, int]:
     """The split and map bin sizes to use: the user's where they set them, else small enough that
     every worker gets a task (``total / concurrency``), but never below 1 MiB per split."""

@@ -5,15 +5,15 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from corral.events import PhaseFinished, PhaseStarted, TaskFinished
-from corral.plugins import hookimpl
+from corral.events import JobFinished, PhaseFinished, PhaseStarted, TaskFinished
+from corral.hookspecs import hookimpl
 
 _bars: dict[tuple[int, str], Any] = {}
 
 
 @hookimpl
 def corral_phase_started(event: PhaseStarted) -> None:
-    if not getattr(event.settings, "progress", False):
+    if not event.settings.progress:
         return
     from tqdm import tqdm
 
@@ -37,6 +37,6 @@ def corral_phase_finished(event: PhaseFinished) -> None:
 
 
 @hookimpl
-def corral_job_finished(event: Any) -> None:
+def corral_job_finished(event: JobFinished) -> None:
     while _bars:
         _bars.popitem()[1].close()

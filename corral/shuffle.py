@@ -217,7 +217,7 @@ def merge_batches(sources: list[Iterator[list[Any]]]) -> Iterator[list[Any]]:
     in a source's next batches, are taken source after source, batch by batch. So the entries of a key
     keep the order of the sources, and a hot key streams through, one batch in memory per source.
     """
-    heads = []  # per source with entries left: [its batches, its current batch, position in it]
+    heads: list[list[Any]] = []  # per source with entries left: [its batches, its current batch, position in it]
     for source in sources:
         source = iter(source)
         entries = _next_entries(source)
@@ -343,7 +343,7 @@ def limit_fan_in(
             position = 0
         take = min(factor, len(sources) - factor + 1, len(sources) - position)
         f = tempfile.TemporaryFile(dir=spill_dir, prefix="corral-merge-")
-        buffered = io.BufferedWriter(f, buffer_size=1 << 20)  # type: ignore[arg-type]
+        buffered = io.BufferedWriter(f, buffer_size=1 << 20)
         writer = GroupWriter(buffered)
         group = sources[position : position + take]
         if sort_values:  # a key's values must stay one sorted run in the merged source
@@ -520,7 +520,7 @@ class MapBuffer:
             start = writer.offset
             for first in range(0, len(keys), _KEYS_PER_ROUND):
                 some_keys = keys[first : first + _KEYS_PER_ROUND]
-                values = list(map(groups.__getitem__, some_keys))
+                values: list[Any] = list(map(groups.__getitem__, some_keys))
                 if self._one_value_per_key:
                     values = list(zip(values))  # (value,): a group of one
                 if self.combine is not None:
@@ -539,7 +539,7 @@ class MapBuffer:
 
     def _spill(self) -> None:
         f = tempfile.TemporaryFile(dir=self.spill_dir, prefix="corral-spill-")
-        buffered = io.BufferedWriter(f, buffer_size=1 << 20)  # type: ignore[arg-type]
+        buffered = io.BufferedWriter(f, buffer_size=1 << 20)
         index, _ = self._write_memory(buffered)
         buffered.flush()
         buffered.detach()

@@ -66,9 +66,10 @@ def iter_line_chunks(fs: FileSystem, split: Split) -> Iterator[tuple[int, bytes]
         if split.start > 0:
             f.seek(split.start - 1)
             if f.read(1) != b"\n":
-                position = _skip_partial_line(f, split.start)
-                if position is None or position >= split.end:
+                next_line = _skip_partial_line(f, split.start)
+                if next_line is None or next_line >= split.end:
                     return
+                position = next_line
             f.seek(position)
         yield from _chunks(f, position, split.end)
 

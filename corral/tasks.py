@@ -17,6 +17,7 @@ from functools import partial
 from itertools import chain, count, repeat, starmap
 from typing import Any
 
+from corral import cancellation
 from corral.fs import get_filesystem
 from corral.job import Job, Step
 from corral.output import OutputSpec, PartWriter, RecordFile, iter_records
@@ -36,15 +37,18 @@ from corral.split import Split, iter_text_records
 def _record_batches(
     split: Split, input_format: str, input_errors: str, input_header: bool = False
 ) -> Iterable[tuple[bool, list]]:
-    """``(keyed, batch)`` for a split: batches of lines (keyed False) or (key, value) pairs (True)."""
+    """``(keyed, batch)`` for a split: batches of records (keyed False) or (key, value) pairs (True).
+    A cancelled attempt stops here, between batches (``corral.cancellation``)."""
     fs = get_filesystem(split.url)
     if split.kind == "records":
         with fs.open(split.url, "rb") as stream:
             for batch in iter_records(stream):
+                cancellation.check()
                 yield True, batch
         return
     keyed = input_format == "tsv"
     for batch in iter_text_records(fs, split, input_format, input_errors, input_header):
+        cancellation.check()
         yield keyed, batch
 
 
@@ -76,6 +80,7 @@ def _map_calls(step: Step, keyed: bool, batch: list) -> Iterable[Iterable[Any]]:
     """What the job's map yields for a batch of input records: one iterable of pairs per call."""
     if step.map_batch is not None:
         return (step.map_batch(batch),)
+    assert step.map is not None  # a Step has map or map_batch
     return starmap(step.map, batch) if keyed else map(step.map, repeat(None), batch)
 
 
@@ -171,6 +176,7 @@ def _reduce(spec: dict[str, Any], step: Step, sources: list[Iterator[list[Any]]]
     if step.reduce_init:
         step.reduce_init()
     reducer = step.reduce
+    assert reducer is not None  # only stages with a reduce have reduce tasks
     with _writer(spec, "reduce") as writer:
         keys = count()  # counts the keys as the merge yields them
         if sources:

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from corral.cancellation import TaskCancelled
 from corral.errors import InputError, UsageError
 from corral.job import Job
 from corral.sidefiles import local_paths
@@ -111,7 +112,7 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
                 "type": type(exc).__name__,
                 "message": str(exc),
                 "traceback": user_traceback(exc),
-                "kind": "input" if isinstance(exc, InputError) else "user",
+                "kind": _error_kind(exc),
             },
         }
     result.update(
@@ -125,6 +126,12 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
     if downloads:
         result["side_file_downloads"] = downloads
     return result
+
+
+def _error_kind(exc: Exception) -> str:
+    if isinstance(exc, TaskCancelled):
+        return "cancelled"
+    return "input" if isinstance(exc, InputError) else "user"
 
 
 @contextmanager

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# before anything imports gcsfs (`corral backends` does): without it, every access to a bucket of the GCS
+# emulator (tests/gcs_fixtures.py) waits 60 s on a gRPC call the emulator cannot answer
+os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 
 from tests.requirements import need, unavailable
 

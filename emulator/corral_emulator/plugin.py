@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from corral.options import Command
-from corral.plugins import hookimpl
+from corral import Command, hookimpl
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +28,7 @@ def corral_commands() -> list[Command]:
     return [
         Command(
             name="emulator",
-            help="a local AWS Lambda (Lambda API + Docker containers): serve, build-base",
+            help="a local AWS Lambda and Cloud Functions (their APIs + Docker containers): serve, build-base, prune",
             configure=_configure,
             run=_run,
         )

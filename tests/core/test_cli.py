@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import re
 import sys
 
 import pytest
@@ -115,7 +117,7 @@ def test_exit_codes_and_messages_as_commands(words, tmp_path):
         (["{ex}/wordcount.py", "--retries", "many"],
          "corral: error: invalid value for --retries: 'many' is not a whole number"),
         (["{ex}/wordcount.py", "--backend", "cloud9"],
-         "corral: error: unknown backend 'cloud9' (available: ..."),
+         "corral: error: unknown backend 'cloud9' (from --backend; available: ..."),
         (["{ex}/wordcount.py", "--arg", "novalue"],
          "corral: error: invalid value for --arg: 'novalue' is not KEY=VALUE"),
     ],
@@ -218,17 +220,58 @@ def test_python_job_file_runs_the_job(words, tmp_path):
     assert one_line_error(done.stderr) == f"corral: error: input not found: {tmp_path / 'missing'}"
 
 
-def test_backends_lists_executors_and_filesystems():
+FILESYSTEMS_HEADER = "filesystems (URL protocols; tested = corral's tests run jobs on it):"
+PROTOCOL_LINE = re.compile(
+    r"  (?P<names>[\w-]+(?:, [\w-]+)*) +(?P<dist>\S+) +via (?P<library>\S+)(?: +(?P<tested>tested))?"
+)
+
+
+def backends_listing() -> tuple[dict[str, str], dict[str, dict[str, str | None]]]:
+    """``corral backends`` as (executor -> distribution, protocol -> its line's fields)."""
     done = run_command("corral", "backends")
     assert (done.returncode, done.stderr) == (0, "")
     lines = done.stdout.splitlines()
     assert lines[0] == "executors (--backend):"
-    executors = {line.split()[0]: line.split()[1] for line in lines[1 : lines.index("filesystems (URL protocols):")]}
+    split = lines.index(FILESYSTEMS_HEADER)
+    executors = {line.split()[0]: line.split()[1] for line in lines[1:split]}
+    filesystems = {}
+    for line in lines[split + 1 :]:
+        match = PROTOCOL_LINE.fullmatch(line)
+        assert match, f"unexpected line {line!r}"
+        for name in match["names"].split(", "):
+            filesystems[name] = match.groupdict()
+    return executors, filesystems
+
+
+def test_backends_lists_executors_and_filesystems():
+    executors, filesystems = backends_listing()
     assert executors["processes"] == executors["threads"] == "corral-mapreduce"
-    filesystems = {
-        line.split()[0]: line.split()[1] for line in lines[lines.index("filesystems (URL protocols):") + 1 :]
-    }
-    assert filesystems["file"] == filesystems["memory"] == "corral-mapreduce"
+    assert filesystems["file"] == filesystems["local"]  # aliases share one line
+    assert filesystems["file"]["names"] == "file, local"
+    assert filesystems["file"]["dist"] == filesystems["memory"]["dist"] == "corral-mapreduce"
+    assert filesystems["file"]["library"] == "fsspec"
+    assert filesystems["file"]["tested"] == filesystems["memory"]["tested"] == "tested"
+
+
+def test_backends_lists_only_data_protocols_whose_library_imports():
+    _, filesystems = backends_listing()
+    # fsspec's wrappers, caches, archives and toys hold no data of a job's
+    for wrapper in ("blockcache", "cached", "filecache", "simplecache", "reference", "dir", "generic",
+                    "async_wrapper", "tar", "zip", "jlab", "jupyter", "gist", "github", "data"):
+        assert wrapper not in filesystems
+    # a protocol whose library does not import here is not offered
+    for protocol, module in (("hdfs", "pyarrow"), ("arrow_hdfs", "pyarrow"), ("sftp", "paramiko"),
+                             ("abfs", "adlfs"), ("smb", "smbprotocol")):
+        assert (protocol in filesystems) == (importlib.util.find_spec(module) is not None), protocol
+    for protocol, library in (("s3", "s3fs"), ("gs", "gcsfs")):
+        if importlib.util.find_spec(library) is None:
+            assert protocol not in filesystems
+        else:
+            assert filesystems[protocol]["library"] == library
+            assert filesystems[protocol]["tested"] == "tested"
+    assert filesystems.get("s3", {}).get("names") in (None, "s3, s3a")
+    assert filesystems.get("gs", {}).get("names") in (None, "gs, gcs")
+    assert filesystems["http"]["tested"] is None  # listed, usable, but no test of corral's runs a job on it
 
 
 # --- settings sources and precedence ---------------------------------------------------------------

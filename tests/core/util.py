@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import textwrap
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -92,3 +93,21 @@ def run_command(*argv: Any, cwd: Any = None, env: dict[str, str] | None = None, 
     return subprocess.run(
         args, cwd=cwd, env=env or clean_env(), capture_output=True, text=True, timeout=timeout
     )
+
+
+def install_plugin(site: Path, dist: str, module: str, source: str) -> None:
+    """Install into ``site`` (a folder for PYTHONPATH) a distribution ``dist`` 0.1 with the module ``module``
+    (``source``) and an entry point of the same name in the group ``corral``: what pip installs for a
+    plugin, found by the plugin manager like any other."""
+    site.mkdir(exist_ok=True)
+    (site / f"{module}.py").write_text(textwrap.dedent(source))
+    info = site / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[corral]\n{module} = {module}\n")
+
+
+def corral_with(site: Path, *argv: Any, cwd: Any = None, **env: str):
+    """The ``corral`` command with the plugins installed in ``site`` (see ``install_plugin``)."""
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    return run_command("corral", *argv, cwd=cwd, env=clean_env(PYTHONPATH=path, **env))

@@ -3,6 +3,9 @@
 Real S3 answers ``503 SlowDown`` when a prefix gets more requests than it can take; the client must back
 off and retry. Every request through the proxy is recorded (method, path, query, Range header), so a test
 can also check *how* corral talks to S3: ranged GETs for splits, multipart uploads for large writes.
+``delay`` adds a round trip's latency to every request, and ``in_flight`` records how many requests were
+under way at once when each one started, so a test can tell parallel requests from sequential ones. It
+proxies any HTTP API (the GCS emulator's too).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
@@ -30,14 +33,18 @@ class Seen:
     query: str
     range: str | None
     faulted: bool
+    copy_source: str | None = None  #: S3 CopyObject's x-amz-copy-source header
+    in_flight: int = field(default=1, compare=False)  #: requests under way when this one started, itself included
 
 
 class FaultyProxy:
     """``with FaultyProxy(moto_url, every=3) as proxy:`` then point ``AWS_ENDPOINT_URL_S3`` at ``proxy.url``."""
 
-    def __init__(self, target: str, every: int = 3) -> None:
+    def __init__(self, target: str, every: int = 3, delay: float = 0.0) -> None:
         self.target = target.rstrip("/")
         self.every = every
+        self.delay = delay
+        self._in_flight = 0
         self.seen: list[Seen] = []
         self._lock = threading.Lock()
         self._count = 0
@@ -52,12 +59,25 @@ class FaultyProxy:
         return sum(1 for s in self.seen if s.faulted)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        with self._lock:
+            self._in_flight += 1
+            in_flight = self._in_flight
+        try:
+            return await self._forward(request, in_flight)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    async def _forward(self, request: web.Request, in_flight: int) -> web.StreamResponse:
         body = await request.read()
         with self._lock:
             self._count += 1
             faulted = self.every > 0 and self._count % self.every == 0
             self.seen.append(Seen(request.method, request.path, request.query_string,
-                                  request.headers.get("Range"), faulted))
+                                  request.headers.get("Range"), faulted, request.headers.get("x-amz-copy-source"),
+                                  in_flight))
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if faulted:
             return web.Response(status=503, body=SLOW_DOWN, content_type="application/xml")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}

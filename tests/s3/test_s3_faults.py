@@ -100,3 +100,51 @@ def test_reducers_read_map_outputs_on_s3_in_few_large_ranged_gets(moto_server, s
     sizes = [int(end) - int(start) + 1 for start, end in (s.range.split("=")[1].split("-") for s in reads)]
     assert len(reads) <= 2 * 2, sizes  # a block or two per map output, not one per 64 KB
     assert max(sizes) > 256 << 10
+
+
+def test_committing_200_part_files_takes_parallel_copies_and_one_bulk_delete(moto_server, s3, bucket):
+    """Every request through the proxy takes 50 ms more, as a far-away store's would. 200 moves one after
+    another (s3fs's ``mv``: a HEAD, a copy and a delete each) would be 600 sequential round trips, 30 s;
+    the commit overlaps its copies and deletes the sources with one DeleteObjects."""
+    for i in range(200):
+        s3.put_object(Bucket=bucket, Key=f"work/reduce-{i:03d}.a1", Body=b"part %d\n" % i)
+    code = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+from corral import get_filesystem
+fs = get_filesystem("s3://{bucket}/")
+fs.move_many([(f"s3://{bucket}/work/reduce-{{i:03d}}.a1", f"s3://{bucket}/out/part-{{i:05d}}") for i in range(200)])
+"""
+    with FaultyProxy(moto_server["AWS_ENDPOINT_URL_S3"], every=0, delay=0.05) as proxy:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "AWS_ENDPOINT_URL_S3": proxy.url})
+    assert done.returncode == 0, done.stderr
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", []))
+    assert keys == [f"out/part-{i:05d}" for i in range(200)]
+    assert s3.get_object(Bucket=bucket, Key="out/part-00123")["Body"].read() == b"part 123\n"
+    copies = [s for s in proxy.seen if s.method == "PUT" and s.copy_source]
+    assert len(copies) == 200
+    # as many at once as botocore's connection pool allows (10 by default)
+    assert max(s.in_flight for s in copies) >= 8, [s.in_flight for s in copies][:40]
+    assert [s.query for s in proxy.seen if s.method == "POST"] == ["delete"]  # one DeleteObjects
+    assert not [s for s in proxy.seen if s.method == "DELETE"]
+    assert len(proxy.seen) <= 2 * 200 + 5, len(proxy.seen)  # a HEAD and a copy per file, then the delete
+
+
+def test_the_drivers_commit_on_s3_overlaps_its_copies(moto_server, s3, bucket):
+    texts = ["".join(f"w{(i * 7 + n) % 301} common\n" for n in range(2000)) for i in range(3)]
+    for i, text in enumerate(texts):
+        s3.put_object(Bucket=bucket, Key=f"in/{i}.txt", Body=text.encode())
+    with FaultyProxy(moto_server["AWS_ENDPOINT_URL_S3"], every=0, delay=0.02) as proxy:
+        done = subprocess.run(
+            [shutil.which("corral"), "run", str(EXAMPLES / "wordcount.py"), f"s3://{bucket}/in/",
+             "--out", f"s3://{bucket}/out", "--reducers", "24", "--backend", "threads", "-q"],
+            capture_output=True, text=True, timeout=300, env={**os.environ, "AWS_ENDPOINT_URL_S3": proxy.url},
+        )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    got = Counter({k: int(v) for k, v in (line.split("\t") for line in read_parts(s3, bucket, "out/"))})
+    assert got == expected_counts(texts)
+    copies = [s for s in proxy.seen if s.method == "PUT" and s.copy_source]
+    assert len(copies) == 24 and all("/out/part-000" in s.path for s in copies)
+    assert max(s.in_flight for s in copies) >= 8, [s.in_flight for s in copies]
+    assert not [s for s in proxy.seen if s.method == "DELETE"]  # sources go in bulk (DeleteObjects)

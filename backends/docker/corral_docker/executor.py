@@ -15,12 +15,12 @@ import platform
 import re
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any
 
 from corral_emulator import Emulator, EmulatorError, default_base_image
 from corral_lambda.executor import LambdaConfig, LambdaExecutor
 
-from corral import JobSource, UsageError
+from corral import JobSource, Settings, UsageError
+from corral_docker.plugin import BASE_IMAGE
 
 log = logging.getLogger("corral.docker")
 
@@ -138,7 +138,7 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def create_executor(settings: Any) -> DockerExecutor:
+def create_executor(settings: Settings) -> DockerExecutor:
     """One container per core by default (``--max-concurrency`` to change it)."""
     return DockerExecutor(settings.max_concurrency or cores(), LambdaConfig.from_settings(settings, endpoint_url=None),
-                          base_image=getattr(settings, "base_image", None))
+                          base_image=settings.value(BASE_IMAGE))

@@ -1,14 +1,17 @@
 """corral-docker's plugin (entry point ``docker`` in the group ``corral``).
 
 Its ``--memory`` and ``--timeout`` are corral-lambda's options (this distribution depends on it):
-one option is defined by one plugin only.
+an option name belongs to one Option object, which several plugins may return.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from corral import ExecutorSpec, Option, hookimpl
+from corral import ExecutorSpec, Option, Settings, hookimpl
+
+if TYPE_CHECKING:
+    from corral_docker.executor import DockerExecutor
 
 
 def _image(value: Any) -> str:
@@ -25,7 +28,7 @@ BASE_IMAGE = Option(
 )
 
 
-def create_executor(settings: Any) -> Any:
+def create_executor(settings: Settings) -> DockerExecutor:
     from corral_docker.executor import create_executor
 
     return create_executor(settings)
@@ -38,5 +41,5 @@ def corral_executors() -> list[ExecutorSpec]:
 
 
 @hookimpl
-def corral_options() -> list[Option]:
+def corral_options() -> list[Option[Any]]:
     return [BASE_IMAGE]

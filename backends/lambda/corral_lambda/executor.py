@@ -61,12 +61,26 @@ from corral import (
     JobSource,
     Outcome,
     Package,
+    Settings,
     UsageError,
     build_package,
     get_filesystem,
 )
 from corral_lambda import iam
 from corral_lambda.handler import PAYLOAD_KEY, RESULT_KEY, RESULTS_KEY
+from corral_lambda.options import (
+    ARCHITECTURE,
+    DEPLOY_BUCKET,
+    ENVIRONMENT,
+    EPHEMERAL_STORAGE,
+    FUNCTION_NAME_OPTION,
+    LAMBDA_ENDPOINT,
+    MEMORY,
+    ROLE_ARN_OPTION,
+    RUNTIME,
+    TIMEOUT,
+)
+from corral_lambda.options import REGION as REGION_OPTION
 from corral_lambda.pricing import PRICES_READ, REGION, estimate, gb_seconds
 from corral_lambda.results import invoke_stats, outcome_from_invoke
 from corral_lambda.runtime import host_runtime, platform_tags, python_version
@@ -131,21 +145,20 @@ class LambdaConfig:
         return self.platforms or tuple(platform_tags(self.runtime, self.architecture))
 
     @classmethod
-    def from_settings(cls, settings: Any, **overrides: Any) -> LambdaConfig:
-        deadline = getattr(settings, "deadline", None) or DEFAULT_DEADLINE
-        values = {
-            "memory": getattr(settings, "memory", 512),
-            "timeout": getattr(settings, "timeout", 60),
-            "ephemeral_storage": getattr(settings, "ephemeral_storage", None) or 512,
-            "function_name": getattr(settings, "function_name", None),
-            "role_arn": getattr(settings, "lambda_role_arn", None),
-            "region": getattr(settings, "region", None),
-            "endpoint_url": getattr(settings, "lambda_endpoint", None) or os.environ.get("AWS_ENDPOINT_URL_LAMBDA"),
-            "environment": dict(getattr(settings, "environment", None) or {}),
-            "runtime": getattr(settings, "runtime", None) or host_runtime(),
-            "architecture": getattr(settings, "architecture", None) or "x86_64",
-            "deploy_bucket": getattr(settings, "deploy_bucket", None),
-            "deadline": time.time() + float(deadline),
+    def from_settings(cls, settings: Settings, **overrides: Any) -> LambdaConfig:
+        values: dict[str, Any] = {
+            "memory": settings.value(MEMORY),
+            "timeout": settings.value(TIMEOUT),
+            "ephemeral_storage": settings.value(EPHEMERAL_STORAGE),
+            "function_name": settings.value(FUNCTION_NAME_OPTION),
+            "role_arn": settings.value(ROLE_ARN_OPTION),
+            "region": settings.value(REGION_OPTION),
+            "endpoint_url": settings.value(LAMBDA_ENDPOINT) or os.environ.get("AWS_ENDPOINT_URL_LAMBDA"),
+            "environment": dict(settings.value(ENVIRONMENT) or {}),
+            "runtime": settings.value(RUNTIME) or host_runtime(),
+            "architecture": settings.value(ARCHITECTURE),
+            "deploy_bucket": settings.value(DEPLOY_BUCKET),
+            "deadline": time.time() + float(settings.deadline),
         }
         values.update(overrides)
         return cls(**values)

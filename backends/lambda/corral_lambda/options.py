@@ -1,5 +1,6 @@
 """The settings of the Lambda code path. ``--memory`` and ``--timeout`` are defined here once and also
-serve every backend built on this one (``--backend docker``), which must not define them again."""
+serve every backend built on this one (``--backend docker``). Another plugin may return these same
+Option objects from its ``corral_options``; a new Option with one of these names is refused."""
 
 from __future__ import annotations
 

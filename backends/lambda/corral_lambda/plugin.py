@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from corral import ExecutorSpec, Option, hookimpl
+from corral import ExecutorSpec, Option, Settings, hookimpl
 from corral_lambda.options import OPTIONS
 
+if TYPE_CHECKING:
+    from corral_lambda.executor import LambdaExecutor
 
-def create_executor(settings: Any) -> Any:
+
+def create_executor(settings: Settings) -> LambdaExecutor:
     from corral_lambda.executor import DEFAULT_CONCURRENCY, LambdaConfig, LambdaExecutor
 
     return LambdaExecutor(settings.max_concurrency or DEFAULT_CONCURRENCY, LambdaConfig.from_settings(settings))
@@ -20,5 +23,5 @@ def corral_executors() -> list[ExecutorSpec]:
 
 
 @hookimpl
-def corral_options() -> list[Option]:
+def corral_options() -> list[Option[Any]]:
     return list(OPTIONS)

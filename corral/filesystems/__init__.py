@@ -1,0 +1,1 @@
+"""Built-in filesystems, registered as plugins exactly like external ones."""

@@ -1,0 +1,36 @@
+"""The core distribution as pip builds it: one version (corral/_version.py) and the typing marker."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from importlib.metadata import version
+
+import corral
+from corral._version import __version__
+
+from .util import REPO
+
+
+def test_one_version_everywhere():
+    assert corral.__version__ == __version__ == version("corral-mapreduce")
+
+
+def test_the_wheel_ships_py_typed_and_the_version(tmp_path):
+    source = tmp_path / "src"  # a copy: building leaves build/ and *.egg-info next to pyproject.toml
+    shutil.copytree(REPO / "corral", source / "corral", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    (wheel,) = tmp_path.glob("corral_mapreduce-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        metadata = next(z.read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
+    assert {"corral/py.typed", "corral/_version.py", "corral/settings.py"} <= names
+    assert f"\nVersion: {__version__}\n" in metadata
