@@ -74,6 +74,23 @@ class PairWriter:
     def _write(self, pairs: list[tuple[Any, Any]], key_types: set[type], value_types: set[type]) -> None:
         raise NotImplementedError
 
+    def close(self) -> list[str]:
+        """Write what is pending and close the output; the URLs written (file writers)."""
+        self.flush()
+        return []
+
+    def abort(self) -> None:
+        """Close what is open after a failure, without writing what is pending."""
+
+    def __enter__(self) -> PairWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+
 
 class RecordWriter(PairWriter):
     """Writes ``(key, value)`` records as msgpack batches (the format between the stages of a job)."""
@@ -197,8 +214,17 @@ class CsvFormat:
     def header_text(self) -> str:
         return self.encode_rows([list(self.header)]) if self.header else ""
 
-    def encode_rows(self, rows: Iterable[Any]) -> str:
-        self._writer.writerows(rows)
+    def encode_rows(self, rows: list[Any]) -> str:
+        text = self._written(self._writer, rows)
+        if "\r" in text:
+            # with "\n" line ends the csv module leaves a lone CR unquoted, which readers take for a line
+            # end: such rows are written as with "\r\n" line ends (quoting CR), then given "\n" ones
+            crlf = csv.writer(self._buffer, lineterminator="\r\n")
+            text = "".join([self._written(crlf, [row])[:-2] + "\n" for row in rows])
+        return text
+
+    def _written(self, writer: Any, rows: list[Any]) -> str:
+        writer.writerows(rows)
         text = self._buffer.getvalue()
         self._buffer.seek(0)
         self._buffer.truncate()

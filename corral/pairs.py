@@ -65,8 +65,8 @@ def unstorable(value: Any) -> Any:
 
 
 def value_error(source: str, key: Any, value: Any, bad: Any) -> TypeError:
-    inside = "" if bad is value else f" (inside {value!r})"
-    return TypeError(f"{source} yielded the value {describe(bad)}{inside} for the key {key!r}: {VALUES_RULE}")
+    what = f"the value {describe(value)}" if bad is value else f"{describe(bad)} in the value {value!r}"
+    return TypeError(f"{source} yielded a value corral cannot store for the key {key!r}: {what}; {VALUES_RULE}")
 
 
 def key_error(source: str, key: Any, value: Any, shuffle: bool = True) -> TypeError:

@@ -12,7 +12,6 @@ length], …], "output", "output_kind", "output_spec"}``. A final task's result 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from functools import partial
 from itertools import chain, count, repeat, starmap
 from typing import Any
@@ -52,20 +51,13 @@ def _record_batches(
         yield keyed, batch
 
 
-@contextmanager
-def _writer(spec: dict[str, Any], source: str) -> Iterator[PartWriter | RecordFile]:
-    """The writer of a task's output: part files (the last stage) or records (for the next stage)."""
+def _writer(spec: dict[str, Any], source: str) -> PartWriter | RecordFile:
+    """The writer of a task's output: part files (the last stage) or records (for the next stage). As a
+    context manager it closes the output, or on an error closes what is open (the driver discards it)."""
     url = spec["output"]
     if spec["output_kind"] == "text":
-        writer: PartWriter | RecordFile = PartWriter(url, OutputSpec.from_json(spec.get("output_spec")), source)
-    else:
-        writer = RecordFile(url, source)
-    try:
-        yield writer
-    except BaseException:
-        writer.abort()
-        raise
-    writer.close()
+        return PartWriter(url, OutputSpec.from_json(spec.get("output_spec")), source)
+    return RecordFile(url, source)
 
 
 def _written(spec: dict[str, Any], writer: Any, **result: Any) -> dict[str, Any]:
@@ -90,6 +82,7 @@ def execute_map(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]:
     input_format = spec.get("input_format", "lines")
     input_errors = spec.get("input_errors", "strict")
     input_header = bool(spec.get("input_header"))
+    source = "map" if step.map_batch is None else "map_batch"  # the method whose pairs these are, for messages
     records_in = 0
     out_fs = get_filesystem(spec["output"])
     if step.map_init:
@@ -111,12 +104,12 @@ def execute_map(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]:
                     records_in += len(batch)
                     groups = buffer.groups
                     pairs = chain.from_iterable(_map_calls(step, keyed, batch))
-                    for shaped in shuffle_batches("map", pairs):  # the hot loop: no function layer per pair
+                    for shaped in shuffle_batches(source, pairs):  # the hot loop: no function layer per pair
                         try:
                             for key, value in shaped:
                                 groups[key].append(value)
                         except TypeError:  # a key that cannot be hashed: say which
-                            check_pairs("map", shaped, shuffle=True)
+                            check_pairs(source, shaped, shuffle=True)
                             raise
                     buffer.check(records_in)
             if step.map_final:
@@ -127,7 +120,7 @@ def execute_map(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]:
             buffer.close()
         return {"output": spec["output"], "index": index, "records_in": records_in}
 
-    with _writer(spec, "map") as writer:
+    with _writer(spec, source) as writer:
         for split_json in spec["splits"]:
             split = Split.from_json(split_json)
             for keyed, batch in _record_batches(split, input_format, input_errors, input_header):
