@@ -175,13 +175,15 @@ def _holds(path: str, size: int) -> bool:
         return False
 
 
-def _download(f: SideFile, url: str) -> str:
+def _download(f: SideFile, url: str) -> tuple[str, bool]:
+    """The local copy of ``f`` (downloading it from ``url`` unless this machine has it), and whether it
+    was downloaded now."""
     from corral.fs import get_filesystem
 
     folder = os.path.join(download_dir(), f.sha256)
     target = os.path.join(folder, f.name)
     if _holds(target, f.size):  # another process of this container got it already
-        return target
+        return target, False
     os.makedirs(folder, exist_ok=True)
     free = shutil.disk_usage(folder).free
     if free < f.size:
@@ -204,7 +206,7 @@ def _download(f: SideFile, url: str) -> str:
         os.remove(partial)
         raise OSError(f"side file {f.name}: downloaded {url}, but it does not hold the {f.size} bytes shipped")
     os.replace(partial, target)
-    return target
+    return target, True
 
 
 def local_paths(entries: Sequence[dict[str, Any]]) -> tuple[dict[str, str], int]:
@@ -223,8 +225,8 @@ def local_paths(entries: Sequence[dict[str, Any]]) -> tuple[dict[str, str], int]
                 elif _holds(f.path, f.size):
                     path = f.path
                 elif entry.get("url"):
-                    path = _download(f, entry["url"])
-                    downloads += 1
+                    path, downloaded = _download(f, entry["url"])
+                    downloads += downloaded
                 else:
                     raise FileNotFoundError(f"side file {f.name}: not found at {f.path}, nor shipped with the job")
                 _resolved[f.sha256] = path
