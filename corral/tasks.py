@@ -14,6 +14,7 @@ from functools import partial
 from itertools import chain, count, repeat, starmap
 from typing import IO, Any
 
+from corral import cancellation
 from corral.fs import get_filesystem
 from corral.job import Job, Step
 from corral.shuffle import (
@@ -32,15 +33,18 @@ from corral.split import Split, iter_text_records
 
 
 def _record_batches(split: Split, input_format: str, input_errors: str) -> Iterable[tuple[bool, list]]:
-    """``(keyed, batch)`` for a split: batches of lines (keyed False) or (key, value) pairs (True)."""
+    """``(keyed, batch)`` for a split: batches of lines (keyed False) or (key, value) pairs (True).
+    A cancelled attempt stops here, between batches (``corral.cancellation``)."""
     fs = get_filesystem(split.url)
     if split.kind == "records":
         with fs.open(split.url, "rb") as stream:
             for batch in iter_records(stream):
+                cancellation.check()
                 yield True, batch
         return
     keyed = input_format == "tsv"
     for lines in iter_text_records(fs, split, input_format, input_errors):
+        cancellation.check()
         yield keyed, lines
 
 

@@ -24,11 +24,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """Add the sub-commands (serve, build-base, prune) to ``parser``."""
     sub = parser.add_subparsers(dest="emulator_command", metavar="{serve,build-base,prune}")
     sub.required = True
-    serve = sub.add_parser("serve", help="serve Lambda's API on 127.0.0.1 and run functions in Docker containers")
-    serve.add_argument("--port", type=int, default=9001, help="port of the Lambda API (default 9001; 0 = any)")
+    serve = sub.add_parser("serve", help="serve Lambda's and Cloud Functions' APIs on 127.0.0.1 and run functions "
+                                         "in Docker containers")
+    serve.add_argument("--port", type=int, default=9001,
+                       help="port of both APIs (Lambda, Cloud Functions v2) (default 9001; 0 = any)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--max-concurrency", type=_positive_int, default=10,
-                       help="invocations running at once before 429 TooManyRequestsException (default 10)")
+                       help="requests running at once (both platforms) before 429 (default 10)")
     serve.add_argument("--mount", action="append", default=[], metavar="PATH",
                        help="host folder mounted read-write at the same path in every container (repeatable)")
     serve.add_argument("--base-image", default=None,
@@ -84,6 +86,10 @@ def run_serve(args: argparse.Namespace) -> int:
         endpoint = emulator.start()
         print(f"corral emulator: Lambda API on {endpoint} (image {emulator.base_image}); Ctrl-C to stop", flush=True)
         print(f'  boto3.client("lambda", endpoint_url="{endpoint}", region_name="{emulator.region}")', flush=True)
+        print(f"corral emulator: Cloud Functions v2 API on {endpoint} (OAuth token endpoint {endpoint}/token)",
+              flush=True)
+        print(f'  functions_v2.FunctionServiceClient(transport="rest", client_options={{"api_endpoint": '
+              f'"{endpoint}"}}, credentials=AnonymousCredentials())', flush=True)
         while not stop.wait(0.5):
             pass
         print("corral emulator: stopping, removing containers...", flush=True)
@@ -109,7 +115,8 @@ def run_prune(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="corral-emulator", description="A local AWS Lambda in Docker containers")
+    parser = argparse.ArgumentParser(prog="corral-emulator",
+                                     description="A local AWS Lambda and Cloud Functions in Docker containers")
     configure(parser)
     return run(parser.parse_args(argv))
 

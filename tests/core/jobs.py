@@ -357,6 +357,45 @@ class DieOnce(WordCount):
         yield from super().map(key, line)
 
 
+class DieBesideSlow(WordCount):
+    """Two map tasks at once: the one reading ``die`` exits (first attempt only) while the one reading
+    ``slow`` is still running (``--arg folder=PATH`` holds the markers)."""
+
+    def map(self, key, line):
+        folder = self.args["folder"]
+        if line == "slow":
+            open(os.path.join(folder, "slow-started"), "w").close()
+            time.sleep(1.0)
+        elif line == "die" and _first_time(os.path.join(folder, "died")):
+            deadline = time.time() + 10
+            while not os.path.exists(os.path.join(folder, "slow-started")) and time.time() < deadline:
+                time.sleep(0.01)
+            os._exit(3)
+        yield from super().map(key, line)
+
+
+class EatMemoryOnce(WordCount):
+    """WordCount whose map fills ``--arg mb=N`` megabytes on its first attempt (for the OOM killer)."""
+
+    def map(self, key, line):
+        if _first_time(self.args["marker"]):
+            hog = [b"x" * (1 << 20) for _ in range(int(self.args["mb"]))]  # written, so resident
+            del hog
+        yield from super().map(key, line)
+
+
+class Sleeper(corral.Job):
+    """Map-only: writes its process id to ``--arg folder=PATH``, then sleeps ``--arg sleep=S`` per line
+    (a task to cancel, or a driver to kill while its workers run)."""
+
+    def map(self, key, line):
+        folder = self.args["folder"]
+        with open(os.path.join(folder, f"pid-{os.getpid()}-{time.monotonic_ns()}"), "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(float(self.args.get("sleep", "30")))
+        yield None, line
+
+
 class Slow(WordCount):
     """WordCount whose map sleeps a moment per line (to keep tasks running concurrently)."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -112,15 +113,15 @@ def test_the_retries_setting_default_is_three(text_file, tmp_path):
 # --- dead workers --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("how", ["kill", "exit"])
-def test_a_worker_process_that_dies_is_retried(text_file, tmp_path, how):
+@pytest.mark.parametrize(("how", "said"), [("kill", r"killed by signal 9 \(SIGKILL\)"), ("exit", "exited with code 3")])
+def test_a_worker_process_that_dies_is_retried_and_says_how_it_died(text_file, tmp_path, how, said):
     marker = tmp_path / "marker"
     result = run(jobs.DieOnce, text_file, tmp_path / "out", backend="processes", arg=[f"marker={marker}", f"how={how}"])
     assert marker.exists()
     assert counts(tmp_path / "out") == EXPECTED
     first, second = result["stages"][0]["tasks"]["map-0000"]["attempts"]
     assert first["status"] == "failed" and first["failure"]["kind"] == corral.INFRASTRUCTURE
-    assert "worker process died" in first["failure"]["message"]
+    assert re.fullmatch(rf"worker process \d+ {said}", first["failure"]["message"]), first["failure"]["message"]
     assert second["status"] == "committed"
 
 
@@ -134,7 +135,21 @@ def test_a_dying_worker_among_many_running_tasks(tmp_path):
     )
     assert counts(tmp_path / "out") == word_counter(text)
     failed = [a for t in result["stages"][0]["tasks"].values() for a in t["attempts"] if a["status"] == "failed"]
-    assert 1 <= len(failed) <= 2  # the dead one, and perhaps one running beside it in the broken pool
+    assert len(failed) == 1  # the dead one only: the task running beside it is not charged a retry
+
+
+def test_a_dead_worker_charges_only_its_own_task_not_the_one_running_beside_it(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("die\n")
+    (tmp_path / "in" / "b.txt").write_text("slow\n")
+    result = run(jobs.DieBesideSlow, tmp_path / "in", tmp_path / "out", backend="processes", max_concurrency=2,
+                 map_bin_size="1", arg=[f"folder={tmp_path}"])
+    assert counts(tmp_path / "out") == {"die": 1, "slow": 1}
+    tasks = result["stages"][0]["tasks"]
+    attempts = {name: t["attempts"] for name, t in tasks.items() if name.startswith("map")}
+    assert sorted([a["status"] for a in t] for t in attempts.values()) == [["committed"], ["failed", "committed"]]
+    failure = next(t[0]["failure"] for t in attempts.values() if len(t) == 2)
+    assert re.fullmatch(r"worker process \d+ exited with code 3", failure["message"]), failure
 
 
 # --- duplicate attempts ------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ from corral import (
     Executor,
     Failure,
     JobSource,
+    MemorySizing,
     Outcome,
     Package,
     Settings,
@@ -81,7 +82,7 @@ from corral_lambda.options import (
     TIMEOUT,
 )
 from corral_lambda.options import REGION as REGION_OPTION
-from corral_lambda.pricing import PRICES_READ, REGION, estimate, gb_seconds
+from corral_lambda.pricing import PRICES_READ, REGION, estimate, gb_seconds, sizing
 from corral_lambda.results import invoke_stats, outcome_from_invoke
 from corral_lambda.runtime import host_runtime, platform_tags, python_version
 
@@ -627,6 +628,10 @@ class LambdaExecutor(Executor):
             usage["gb_seconds"] += gb_seconds(billed, memory)
             extra = max(0, self.config.ephemeral_storage - 512)
             usage["ephemeral_gb_seconds"] += gb_seconds(billed, extra)
+
+    def sizing(self) -> MemorySizing:
+        """Lambda's memory settings and list prices at this run's memory and architecture."""
+        return sizing(self.config.architecture, self.config.memory)
 
     def report(self) -> dict[str, Any]:
         """Invocations, throttles, billed GB-seconds and the estimated cost at Lambda's list prices."""

@@ -1,0 +1,38 @@
+"""Cooperative cancellation of a running task, for executors that cannot kill it (threads).
+
+The executor runs the task inside ``cancellable(event)``; the task's loops call ``check()`` between
+batches of input and output (once per batch: a thread-local lookup), which raises ``TaskCancelled``
+once the event is set. ``run_task`` turns that into a result whose error kind is ``"cancelled"``.
+Where no event is set (a worker process, a remote function) ``check()`` does nothing: those tasks
+are stopped by ending their process.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_local = threading.local()
+
+
+class TaskCancelled(Exception):
+    """The executor cancelled this attempt (a speculative duplicate that lost, an interrupted run)."""
+
+
+def check() -> None:
+    """Raise ``TaskCancelled`` if the attempt running in this thread was cancelled."""
+    event = getattr(_local, "event", None)
+    if event is not None and event.is_set():
+        raise TaskCancelled("the attempt was cancelled")
+
+
+@contextmanager
+def cancellable(event: threading.Event) -> Iterator[None]:
+    """Run the enclosed task so that setting ``event`` stops it at its next ``check()``."""
+    previous = getattr(_local, "event", None)
+    _local.event = event
+    try:
+        yield
+    finally:
+        _local.event = previous
