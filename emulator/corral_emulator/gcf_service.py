@@ -256,6 +256,7 @@ class GcfService:
             function.busy = False
             self.deploying.difference_update({previous[2], new_dir})
         function.state = "ACTIVE"
+        function.serving = True
         function.state_messages = []
         function.update_time = rfc3339()
         op.finish(response={"@type": FUNCTION_TYPE, **function.to_json()})
@@ -346,7 +347,7 @@ class GcfService:
                      path: str) -> web.StreamResponse:
         name = f"projects/{project}/locations/{location}/functions/{function_id}"
         function = self.functions.get(name)
-        if function is None or function.settings is None or function.revision == "":
+        if function is None or not function.serving:
             return _plain(404, f"Error: Page not found. The requested URL {request.path} was not found on this "
                                "server (no deployed function of that name).")
         problem = self._authenticate(request, function)

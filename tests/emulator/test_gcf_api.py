@@ -153,7 +153,7 @@ def test_upload_url_wants_a_zip_content_type(gcf_client):
     assert unknown.status_code == 404
 
 
-def test_failed_deploys_end_the_operation_with_the_reason(gcf_client, gcf_deploy):
+def test_failed_deploys_end_the_operation_with_the_reason(gcf_client, gcf_deploy, gcf_call):
     from google.api_core import exceptions
     from google.cloud import functions_v2
 
@@ -168,6 +168,8 @@ def test_failed_deploys_end_the_operation_with_the_reason(gcf_client, gcf_deploy
     assert "ModuleNotFoundError: No module named 'not_a_module_anywhere'" in message
     failed = gcf_client.get_function(name=f"{GCF_PARENT}/functions/bad-import")
     assert failed.state == functions_v2.Function.State.FAILED
+    assert "No module named 'not_a_module_anywhere'" in failed.state_messages[0].message
+    assert gcf_call(failed).status_code == 404  # nothing serves a function whose first deploy failed
 
     with pytest.raises(exceptions.GoogleAPICallError) as excinfo:
         gcf_deploy("def other(request):\n    return 'ok'\n", name="no-target")
