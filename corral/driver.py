@@ -173,8 +173,13 @@ class Driver:
             if info.url.startswith(self.out.rstrip("/") + "/"):
                 raise UsageError(f"input {display(info.url)} is inside the output folder {display(self.out)}")
         source = make_job_source(self.job_class, self.settings, self.inputs, self.out, self.run_id, job)
-        self._prepare_output(out_fs)
+        # the backend checks its settings first: a value it refuses must not cost the previous output
         executor = create_executor(self.settings)
+        try:
+            self._prepare_output(out_fs)
+        except BaseException:
+            executor.close()
+            raise
         manifest: dict[str, Any] = {}
         try:
             try:

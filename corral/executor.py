@@ -76,7 +76,10 @@ def outcome_from_result(result: dict[str, Any], stats: dict[str, Any] | None = N
     if result.get("ok"):
         return Outcome(result=result, stats=stats)
     error = result.get("error") or {}
-    kind = {"input": INPUT_ERROR, "cancelled": CANCELLED}.get(str(error.get("kind")), USER_ERROR)
+    # "input": bad input data (the message names the file and offset); "infrastructure": the worker
+    # could not run the task at all (e.g. a remote handler could not read its payload)
+    kinds = {"input": INPUT_ERROR, "cancelled": CANCELLED, "infrastructure": INFRASTRUCTURE}
+    kind = kinds.get(str(error.get("kind")), USER_ERROR)
     message = f"{error.get('type', 'Error')}: {error.get('message', '')}"
     if kind != USER_ERROR:
         message = error.get("message", "")
