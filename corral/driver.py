@@ -24,7 +24,15 @@ from typing import Any
 
 from corral import __version__
 from corral.errors import JobFailed, UsageError
-from corral.events import JobFinished, JobStarted, PhaseFinished, PhaseStarted, TaskFinished
+from corral.events import (
+    JobFinished,
+    JobStarted,
+    PhaseFinished,
+    PhaseStarted,
+    TaskFinished,
+    TaskProgress,
+    TaskStarted,
+)
 from corral.executor import INPUT_ERROR, THROTTLED, Executor, JobSource, Outcome
 from corral.fs import FileInfo, display, get_filesystem, join
 from corral.job import Job, Step
@@ -154,6 +162,8 @@ class Driver:
         self.counters: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.started = time.time()
         self.report: dict[str, Any] = {}
+        self.executor_info: dict[str, Any] = {"name": settings.backend}
+        self._running: dict[tuple[str, int], tuple[int, str]] = {}  # (task, attempt) -> (stage, phase)
         self.output = OutputSpec()
         self.side_files: list[dict[str, Any]] = []  # in every task's payload (see corral.sidefiles)
 
@@ -177,16 +187,27 @@ class Driver:
         source = make_job_source(self.job_class, self.settings, self.inputs, self.out, self.run_id, job)
         root = work_root(self.out, self.settings)
         self.side_files = [{**f.to_json(), "url": work_url(root, f)} for f in source.files]
-        self._prepare_output(out_fs)
+        # the backend checks its settings first: a value it refuses must not cost the previous output
         executor = create_executor(self.settings)
+        try:
+            self._prepare_output(out_fs)
+        except BaseException:
+            executor.close()
+            raise
         manifest: dict[str, Any] = {}
         try:
             try:
                 with executor:
                     self.concurrency = executor.max_concurrency
                     executor.deploy(source)
+                    cores, sizing = executor.cores(), executor.sizing()
+                    self.executor_info = {"name": executor.name or self.settings.backend,
+                                          "max_concurrency": self.concurrency, "cores": cores,
+                                          "sizing": sizing.to_json() if sizing else None}
+                    executor.progress = self._task_progress
                     self.hook.corral_job_started(
-                        event=JobStarted(self._job_name(), len(steps), self.inputs, self.out, self.settings)
+                        event=JobStarted(self._job_name(), len(steps), self.inputs, self.out, self.settings,
+                                         self.run_id, self.executor_info["name"], self.concurrency, cores, sizing)
                     )
                     final: list[tuple[str, str]] = []
                     for index, step in enumerate(steps):
@@ -357,7 +378,11 @@ class Driver:
                 while ready and len(running) < limit:
                     state = ready.pop()
                     payload = state.make_payload(len(state.attempts) + 1)
-                    state.attempts.append({"attempt": payload["attempt"], "output": payload["output"]})
+                    state.attempts.append({"attempt": payload["attempt"], "output": payload["output"],
+                                           "start": round(time.time() - self.started, 3)})
+                    self._running[(state.task, payload["attempt"])] = (stage, phase)
+                    self.hook.corral_task_started(
+                        event=TaskStarted(stage, phase, state.task, payload["attempt"], self.settings))
                     running[executor.submit(payload)] = (state, payload)
                 timeout = max(0.0, delayed[0][0] - time.monotonic()) if delayed else None
                 if not running:
@@ -392,7 +417,9 @@ class Driver:
     ) -> None:
         attempt = payload["attempt"]
         entry = state.attempts[attempt - 1]
+        entry["end"] = round(time.time() - self.started, 3)
         entry["stats"] = outcome.stats
+        self._running.pop((state.task, attempt), None)
         committed = will_retry = False
         if outcome.ok and state.committed is None:
             state.committed = outcome.result
@@ -439,6 +466,17 @@ class Driver:
         except OSError as exc:  # leftovers are harmless: nothing reads an uncommitted attempt
             log.debug("could not remove %s: %s", url, exc)
 
+    def _task_progress(self, report: dict[str, Any]) -> None:
+        """``executor.progress``: a running attempt's counter deltas, passed on to the observers."""
+        where = self._running.get((report.get("task"), report.get("attempt")))  # type: ignore[arg-type]
+        if where is None:  # the attempt ended meanwhile: its totals came with its result
+            return
+        self.hook.corral_task_progress(event=TaskProgress(
+            where[0], where[1], report["task"], report["attempt"],
+            [(str(g), str(n), int(a)) for g, n, a in report.get("counters", ())],
+            float(report.get("cpu_seconds") or 0.0), self.settings,
+        ))
+
     # --- counters and manifest ------------------------------------------------------------------
     def _add_counters(self, result: dict[str, Any] | None) -> None:
         for group, name, amount in (result or {}).get("counters", ()):
@@ -448,7 +486,7 @@ class Driver:
         return {group: dict(sorted(names.items())) for group, names in sorted(self.counters.items())}
 
     def _manifest(self, status: str, error: str | None) -> dict[str, Any]:
-        return {
+        manifest = {
             "corral_version": __version__,
             "job": self._job_name(),
             "run_id": self.run_id,
@@ -463,8 +501,19 @@ class Driver:
             "settings": self.settings.to_json(),
             "counters": self._plain_counters(),
             "stages": self.stages,
+            "executor": self.executor_info,
             **({"report": self.report} if self.report else {}),
         }
+        manifest["advice"] = self._advice(manifest)
+        return manifest
+
+    def _advice(self, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every plugin's ``corral_job_advice``; advice that fails is logged, never why a job fails."""
+        try:
+            return [item for items in self.hook.corral_job_advice(manifest=manifest) for item in items or ()]
+        except Exception as exc:
+            log.warning("advice about the run failed: %s: %s", type(exc).__name__, exc)
+            return []
 
     def _write_manifest(self, out_fs: Any, manifest: dict[str, Any]) -> None:
         out_fs.write_bytes(

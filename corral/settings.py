@@ -30,6 +30,8 @@ from corral.options import Option, int_in_range, parse_bool, parse_size
 T = TypeVar("T")
 MiB = 1 << 20
 DEFAULT_SOURCE = "default"
+#: How long throttled tasks are retried, from the job's start (``--deadline``): 6 hours.
+DEFAULT_DEADLINE = 6 * 3600
 
 
 def setting(option: Option[T]) -> T:
@@ -84,7 +86,7 @@ class Settings:
     retries: int = setting(Option("retries", int_in_range(0), 3, "retries of a failed task before the job fails",
                                   "N"))
     deadline: int = setting(Option(
-        "deadline", int_in_range(1), 6 * 3600,
+        "deadline", int_in_range(1), DEFAULT_DEADLINE,
         "seconds from the job's start during which throttled tasks are retried; a task still throttled "
         "then fails the job (default 21600 = 6 h)", "SECONDS"))
     requirements: str | None = setting(Option(
