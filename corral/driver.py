@@ -37,12 +37,14 @@ from corral.interrupts import Interrupted, InterruptGuard
 from corral.job import Job, Step
 from corral.journal import Journal, read_journal
 from corral.lease import Keeper, Lease, LeaseLostError
+from corral.output import OutputSpec, output_spec, part_names
 from corral.planner import choose_reducers, list_inputs, make_splits, pack_bins, task_sizes
 from corral.plugins import get_plugin_manager
 from corral.resume import Resume, code_hash, fingerprint, nothing_to_resume, plan_settings
 from corral.retry import RetryPolicy
 from corral.settings import Settings
-from corral.split import Split
+from corral.sidefiles import side_files, work_url
+from corral.split import INPUT_FORMATS, Split
 from corral.tasks import MapSpec, ReduceSpec
 from corral.wave import Attempt, Leftovers, SpeculationPolicy, TaskFailedError, TaskState, Wave
 from corral.worker import job_ref
@@ -132,7 +134,9 @@ def make_job_source(
     work = work_root(output, settings) if output else (_absolute(settings.work_dir) if settings.work_dir else None)
     run_work = join(work, run_id) if work and run_id else work
     locations = (*inputs, *([output] if output else []), *([run_work] if run_work else []))
-    return JobSource(job_ref(job_class), tuple(requirements), locations, inputs=inputs, output=output, work=work)
+    files = side_files(job_class, settings.file)
+    return JobSource(job_ref(job_class), tuple(requirements), locations, inputs=inputs, output=output, work=work,
+                     files=files)
 
 
 def _executor_report(executor: Executor) -> dict[str, Any]:
@@ -179,6 +183,8 @@ class Driver:
         self.speculative = {"attempts": 0, "won": 0}
         self.executor_info: dict[str, Any] = {"name": settings.backend}
         self._running: dict[tuple[str, int], tuple[int, str]] = {}  # (task, attempt) -> (stage, phase)
+        self.output = OutputSpec()
+        self.side_files: list[dict[str, Any]] = []  # in every task's payload (see corral.sidefiles)
 
     # --- the job --------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -187,6 +193,11 @@ class Driver:
         steps = job.steps()
         if not steps:
             raise UsageError(f"{self.job_class.__name__}.steps() returned no stages")
+        self.output = output_spec(self.job_class, self.settings)
+        input_format = getattr(self.job_class, "input_format", "lines")
+        if input_format not in INPUT_FORMATS:
+            raise UsageError(f"invalid value for {self.job_class.__qualname__}.input_format: {input_format!r} is not "
+                             f"one of {', '.join(INPUT_FORMATS)}")
         out_fs = get_filesystem(self.out)
         files = list_inputs(self.inputs)  # first: a mistyped input must not cost the previous output
         self._refuse_inputs_in_output(files)
@@ -232,6 +243,8 @@ class Driver:
                 self._abandon(out_fs, earlier)
             self.replace_old = self._old_output(out_fs)
         source = make_job_source(self.job_class, self.settings, self.inputs, self.out, self.run_id, job)
+        root = work_root(self.out, self.settings)
+        self.side_files = [{**f.to_json(), "url": work_url(root, f)} for f in source.files]
         executor = spec.create(self.settings)
         self.journal = Journal(out_fs, self.out)
         if self.resume is not None:
@@ -401,7 +414,8 @@ class Driver:
         self.stages.append(record)
         stage_dir = join(self.work, f"stage-{index}")
         base: dict[str, Any] = {"job": job_ref(self.job_class), "args": self.args, "stage": index,
-                                "memory_budget": self.settings.memory_budget}
+                                "memory_budget": self.settings.memory_budget, "files": tuple(self.side_files)}
+        final_spec = self.output.to_json() if last else None  # how the last stage writes its part files
         map_kind = "shuffle" if partitions else ("text" if last else "records")
         map_suffix = {"shuffle": ".bin", "records": ".rec", "text": ""}[map_kind]
         split_kind = "text" if index == 0 else "records"
@@ -410,6 +424,7 @@ class Driver:
                 **base, task=(name := f"map-{j:04d}"), attempt=1, output=self._output(stage_dir, name, 1, map_suffix),
                 output_kind=map_kind, splits=tuple(Split(u, s, e, split_kind) for u, s, e in splits),
                 partitions=partitions, input_format=type(job).input_format, input_errors=type(job).input_errors,
+                input_header=bool(type(job).input_header), output_spec=None if partitions else final_spec,
             ))
             for j, splits in enumerate(plan["plan"])
         ]
@@ -422,6 +437,7 @@ class Driver:
                     **base, task=(name := f"reduce-{r:04d}"), attempt=1,
                     output=self._output(stage_dir, name, 1, reduce_suffix), output_kind=reduce_kind, partition=r,
                     sources=tuple((m.committed["output"], *m.committed["index"][r]) for m in maps),  # type: ignore[index]
+                    output_spec=final_spec,
                 ))
                 for r in range(partitions)
             ]
@@ -442,7 +458,9 @@ class Driver:
         split_size, bin_size = task_sizes(
             total, settings.split_size, settings.map_bin_size, settings.explicit, self.concurrency
         )
-        splits = make_splits(files, split_size, "text" if index == 0 else "records")
+        kind = "text" if index == 0 else "records"
+        whole_files = kind == "text" and self.job_class.input_format == "csv"  # quoted fields may hold newlines
+        splits = make_splits(files, split_size, kind, whole_files)
         if split_size < SMALL_SPLIT and len(splits) > MAX_SMALL_SPLITS:
             raise UsageError(
                 f"invalid value for --split-size: {split_size} bytes would cut the {total} bytes of input into "
@@ -480,10 +498,14 @@ class Driver:
         """An attempt's own output name: attempts of a task never share one (nor do earlier drivers')."""
         return join(stage_dir, f"{task}.a{attempt}-{secrets.token_hex(3)}{suffix}")
 
-    @staticmethod
-    def _final_names(results: list[dict[str, Any]]) -> list[tuple[str, str]]:
-        """(committed attempt output, final name in OUT) for the last stage's outputs."""
-        return [(o["output"], f"part-{n:05d}") for n, o in enumerate(results)]
+    def _final_names(self, results: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        """(committed part file, final name in OUT) for the last stage's outputs: ``part-00003.csv.gz``, or
+        with --max-records-per-file ``part-00003-00000.csv.gz``…"""
+        return [
+            (url, name)
+            for n, o in enumerate(results)
+            for url, name in zip(o["parts"], part_names(n, len(o["parts"]), self.output), strict=True)
+        ]
 
     # --- a wave of tasks ------------------------------------------------------------------------
     def _run_wave(
@@ -655,6 +677,7 @@ class Driver:
             "inputs": self.inputs,
             "out": self.out,
             "backend": self.settings.backend,
+            "output": self.output.to_json(),
             "settings": redacted_settings(self.settings),
             "counters": self._plain_counters(),
             "speculative": dict(self.speculative),

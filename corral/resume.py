@@ -31,6 +31,10 @@ PLAN_SETTINGS = {
     "reducers": "--reducers",
     "arg": "--arg",
     "work_dir": "--work-dir",
+    "output_format": "--output-format",
+    "output_compression": "--output-compression",
+    "max_records_per_file": "--max-records-per-file",
+    "file": "--file",
 }
 
 
@@ -139,8 +143,10 @@ class Resume:
             moved &= _listing(out_fs, out)
         final_src = {src: dst for src, dst in self.final or ()}
 
-        def exists(url: str) -> bool:
-            return url in present or final_src.get(url) in moved
+        def exists(commit: dict[str, Any]) -> bool:
+            """Whether a committed attempt's output files are all there (or moved into OUT already)."""
+            urls = (commit.get("result") or {}).get("parts") or [commit["output"]]
+            return all(url in present or final_src.get(url) in moved for url in urls)
 
         for stage in sorted(self.stages):
             plan = self.stages[stage]
@@ -150,13 +156,13 @@ class Resume:
             reduces = plan["reduce_tasks"]
             last_phase = [f"reduce-{r:04d}" for r in range(reduces)] if reduces else \
                 [f"map-{j:04d}" for j in range(plan["map_tasks"])]
-            kept = [t for t in last_phase if (c := self.commits.get((stage, t))) and exists(c["output"])]
+            kept = [t for t in last_phase if (c := self.commits.get((stage, t))) and exists(c)]
             for task in set(last_phase) - set(kept):
                 self.commits.pop((stage, task), None)
             if reduces and len(kept) < reduces:  # map outputs are needed again: keep those that exist
                 for j in range(plan["map_tasks"]):
                     commit = self.commits.get((stage, f"map-{j:04d}"))
-                    if commit and not exists(commit["output"]):
+                    if commit and not exists(commit):
                         del self.commits[(stage, f"map-{j:04d}")]
             if len(kept) < len(last_phase):
                 self.replan_from = stage + 1

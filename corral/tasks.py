@@ -3,9 +3,12 @@
 The driver builds a ``MapSpec`` or ``ReduceSpec`` per attempt, journals what it committed, and sends
 ``spec.to_json()`` to the executor (executors see plain JSON-able dicts); the worker turns the dict
 back into a spec with ``spec_from_json``. The wire format is flat: ``{"kind": "map", "job", "args",
-"stage", "task", "attempt", "memory_budget", "splits", "partitions", "output", "output_kind",
-"input_format", "input_errors"}`` and ``{"kind": "reduce", …, "partition", "sources": [[url, offset,
-length], …], "output", "output_kind"}``.
+"stage", "task", "attempt", "memory_budget", "files", "output", "output_kind", "splits",
+"partitions", "input_format", "input_errors", "input_header"}`` and ``{"kind": "reduce", …,
+"partition", "sources": [[url, offset, length], …]}``. ``output_kind`` is ``"shuffle"`` (one indexed
+object for the reducers), ``"text"`` (the final part files, written as ``"output_spec"`` says: see
+``corral.output.OutputSpec``) or ``"records"`` (a stage feeding the next stage). A final task's result
+lists its part files (``"parts"``), which the driver commits.
 """
 
 from __future__ import annotations
@@ -14,28 +17,23 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import chain, count, repeat, starmap
-from typing import IO, Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from corral import cancellation
 from corral.fs import get_filesystem
 from corral.job import Job, Step
+from corral.output import OutputSpec, PartWriter, RecordFile, iter_records
+from corral.pairs import check_pairs, shuffle_batches
 from corral.shuffle import (
     MERGE_FACTOR,
     MapBuffer,
-    RecordWriter,
-    TextWriter,
     iter_group_batches,
-    iter_records,
     limit_fan_in,
     merge_batch_groups,
     range_blocks,
     spill_dir,
 )
 from corral.split import Split, iter_text_records
-
-#: What a map task writes: one indexed object for the reducers ("shuffle"), the final text part of a
-#: map-only job ("text"), or binary records feeding the next stage ("records").
-OutputKind = Literal["shuffle", "text", "records"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +48,8 @@ class TaskSpec:
     output_kind: str
     args: dict[str, str] = field(default_factory=dict)
     memory_budget: int = 256 << 20
+    files: tuple[dict[str, Any], ...] = ()  # the job's side files (see corral.sidefiles)
+    output_spec: dict[str, Any] | None = None  # how a final task writes its part files (corral.output)
 
     kind: ClassVar[str] = ""
 
@@ -60,8 +60,9 @@ class TaskSpec:
     def to_json(self) -> dict[str, Any]:
         return {
             "kind": self.kind, "job": self.job, "args": self.args, "stage": self.stage, "task": self.task,
-            "attempt": self.attempt, "memory_budget": self.memory_budget, "output": self.output,
-            "output_kind": self.output_kind,
+            "attempt": self.attempt, "memory_budget": self.memory_budget, "files": list(self.files),
+            "output": self.output, "output_kind": self.output_kind,
+            **({"output_spec": self.output_spec} if self.output_spec is not None else {}),
         }
 
 
@@ -71,6 +72,7 @@ class MapSpec(TaskSpec):
     partitions: int = 0  # reduce partitions of a "shuffle" output; 0 for map-only stages
     input_format: str = "lines"
     input_errors: str = "strict"
+    input_header: bool = False  # csv input: the first row names the columns
 
     kind: ClassVar[str] = "map"
 
@@ -78,6 +80,7 @@ class MapSpec(TaskSpec):
         return {
             **super().to_json(), "splits": [s.to_json() for s in self.splits], "partitions": self.partitions,
             "input_format": self.input_format, "input_errors": self.input_errors,
+            "input_header": self.input_header,
         }
 
 
@@ -97,13 +100,14 @@ def spec_from_json(data: dict[str, Any]) -> MapSpec | ReduceSpec:
     common = {
         "job": data["job"], "stage": data["stage"], "task": data["task"], "attempt": data["attempt"],
         "output": data["output"], "output_kind": data["output_kind"], "args": data.get("args") or {},
-        "memory_budget": int(data.get("memory_budget") or 256 << 20),
+        "memory_budget": int(data.get("memory_budget") or 256 << 20), "files": tuple(data.get("files") or ()),
+        "output_spec": data.get("output_spec"),
     }
     if data["kind"] == "map":
         return MapSpec(
             **common, splits=tuple(Split.from_json(s) for s in data["splits"]),
             partitions=data.get("partitions", 0), input_format=data.get("input_format", "lines"),
-            input_errors=data.get("input_errors", "strict"),
+            input_errors=data.get("input_errors", "strict"), input_header=bool(data.get("input_header")),
         )
     if data["kind"] == "reduce":
         return ReduceSpec(
@@ -112,8 +116,10 @@ def spec_from_json(data: dict[str, Any]) -> MapSpec | ReduceSpec:
     raise ValueError(f"unknown task kind {data['kind']!r}")
 
 
-def _record_batches(split: Split, input_format: str, input_errors: str) -> Iterable[tuple[bool, list]]:
-    """``(keyed, batch)`` for a split: batches of lines (keyed False) or (key, value) pairs (True).
+def _record_batches(
+    split: Split, input_format: str, input_errors: str, input_header: bool = False
+) -> Iterable[tuple[bool, list]]:
+    """``(keyed, batch)`` for a split: batches of records (keyed False) or (key, value) pairs (True).
     A cancelled attempt stops here, between batches (``corral.cancellation``)."""
     fs = get_filesystem(split.url)
     if split.kind == "records":
@@ -123,13 +129,26 @@ def _record_batches(split: Split, input_format: str, input_errors: str) -> Itera
                 yield True, batch
         return
     keyed = input_format == "tsv"
-    for lines in iter_text_records(fs, split, input_format, input_errors):
+    for batch in iter_text_records(fs, split, input_format, input_errors, input_header):
         cancellation.check()
-        yield keyed, lines
+        yield keyed, batch
 
 
-def _writer(output_kind: str, out: IO[bytes], source: str) -> TextWriter | RecordWriter:
-    return TextWriter(out, source) if output_kind == "text" else RecordWriter(out, source)
+def _writer(spec: TaskSpec, source: str) -> PartWriter | RecordFile:
+    """The writer of a task's output: part files (the last stage) or records (for the next stage). As a
+    context manager it closes the output, or on an error closes what is open (the driver discards it)."""
+    url = spec.output
+    if spec.output_kind == "text":
+        return PartWriter(url, OutputSpec.from_json(spec.output_spec), source)
+    return RecordFile(url, source)
+
+
+def _written(spec: TaskSpec, writer: Any, **result: Any) -> dict[str, Any]:
+    """A task's result: its output (the part files of a final task) and its size."""
+    result.update(output=spec.output, bytes_out=writer.bytes_out)
+    if spec.output_kind == "text":
+        result["parts"] = writer.parts
+    return result
 
 
 def _map_calls(step: Step, keyed: bool, batch: list) -> Iterable[Iterable[Any]]:
@@ -145,6 +164,8 @@ def execute_map(spec: MapSpec, job: Job, step: Step) -> dict[str, Any]:
     output_kind = spec.output_kind
     input_format = spec.input_format
     input_errors = spec.input_errors
+    input_header = spec.input_header
+    source = "map" if step.map_batch is None else "map_batch"  # the method whose pairs these are, for messages
     records_in = 0
     out_fs = get_filesystem(spec.output)
     if step.map_init:
@@ -161,32 +182,36 @@ def execute_map(spec: MapSpec, job: Job, step: Step) -> dict[str, Any]:
         )
         try:
             for split in spec.splits:
-                for keyed, batch in _record_batches(split, input_format, input_errors):
+                for keyed, batch in _record_batches(split, input_format, input_errors, input_header):
                     records_in += len(batch)
                     groups = buffer.groups
-                    for pairs in _map_calls(step, keyed, batch):  # the hot loop: no function layer per pair
-                        for key, value in pairs:
-                            groups[key].append(value)
+                    pairs = chain.from_iterable(_map_calls(step, keyed, batch))
+                    for shaped in shuffle_batches(source, pairs):  # the hot loop: no function layer per pair
+                        try:
+                            for key, value in shaped:
+                                groups[key].append(value)
+                        except TypeError:  # a key that cannot be hashed: say which
+                            check_pairs(source, shaped, shuffle=True)
+                            raise
                     buffer.check(records_in)
             if step.map_final:
-                buffer.add_final(step.map_final() or ())
+                buffer.add_final(chain.from_iterable(shuffle_batches("map_final", step.map_final() or ())))
             with out_fs.open(spec.output, "wb") as out:
                 index = buffer.write(out)
         finally:
             buffer.close()
         return {"output": spec.output, "index": index, "records_in": records_in}
 
-    with out_fs.open(spec.output, "wb") as out:
-        writer = _writer(output_kind, out, "map")
+    with _writer(spec, source) as writer:
         for split in spec.splits:
-            for keyed, batch in _record_batches(split, input_format, input_errors):
+            for keyed, batch in _record_batches(split, input_format, input_errors, input_header):
                 records_in += len(batch)
                 writer.add_all(chain.from_iterable(_map_calls(step, keyed, batch)))
         if step.map_final:
+            writer.flush()
+            writer.source = "map_final"
             writer.add_all(step.map_final() or ())
-        writer.flush()
-        bytes_out = out.tell()
-    return {"output": spec.output, "records_in": records_in, "bytes_out": bytes_out}
+    return _written(spec, writer, records_in=records_in)
 
 
 def execute_reduce(spec: ReduceSpec, job: Job, step: Step) -> dict[str, Any]:
@@ -222,19 +247,17 @@ def _read_block(share: int, local: bool) -> int:
 
 
 def _reduce(spec: ReduceSpec, step: Step, sources: list[Iterator[list[Any]]]) -> dict[str, Any]:
-    out_fs = get_filesystem(spec.output)
     if step.reduce_init:
         step.reduce_init()
     reducer = step.reduce
     assert reducer is not None  # only stages with a reduce have reduce tasks
-    with out_fs.open(spec.output, "wb") as out:
-        writer = _writer(spec.output_kind, out, "reduce")
+    with _writer(spec, "reduce") as writer:
         keys = count()  # counts the keys as the merge yields them
         if sources:
             groups = zip(merge_batch_groups(sources, step.value_key, step.sort_values), keys, strict=False)
             writer.add_all(chain.from_iterable(reducer(key, values) for (key, values), _ in groups))
         if step.reduce_final:
+            writer.flush()
+            writer.source = "reduce_final"
             writer.add_all(step.reduce_final() or ())
-        writer.flush()
-        bytes_out = out.tell()
-    return {"output": spec.output, "keys_in": next(keys), "bytes_out": bytes_out}
+    return _written(spec, writer, keys_in=next(keys))

@@ -125,7 +125,7 @@ class Leftovers:
 
 def discard(url: str) -> None:
     try:
-        get_filesystem(url).remove(url)
+        get_filesystem(url).remove(url, recursive=True)  # a final task's output may be a folder of parts
     except OSError as exc:  # leftovers are harmless: nothing reads an uncommitted attempt
         log.debug("could not remove %s: %s", url, exc)
 
