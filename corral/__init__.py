@@ -21,6 +21,7 @@ _LAZY = {
     "corral.options": ("Command", "Option", "int_in_range", "parse_bool", "parse_size"),
     "corral.packaging": ("Package", "PackagingError", "build_package"),
     "corral.settings": ("Settings",),
+    "corral.sizing": ("MemorySizing",),
     "corral.worker": ("run_task",),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
@@ -71,6 +72,7 @@ __all__ = [
     "Job",
     "JobFailed",
     "JobSource",
+    "MemorySizing",
     "Option",
     "Outcome",
     "Package",

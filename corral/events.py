@@ -9,6 +9,7 @@ from corral.executor import Outcome
 
 if TYPE_CHECKING:
     from corral.settings import Settings
+    from corral.sizing import MemorySizing
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,11 @@ class JobStarted:
     inputs: list[str]
     out: str
     settings: Settings
+    run_id: str = ""
+    backend: str = ""
+    concurrency: int = 0  # tasks at once
+    cores: int | None = None  # local executors: the cores their workers share (Executor.cores())
+    sizing: MemorySizing | None = None  # remote executors: memory settings and prices (Executor.sizing())
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,28 @@ class PhaseStarted:
     stage: int
     phase: str  # "map" or "reduce"
     tasks: int
+    settings: Settings
+
+
+@dataclass(frozen=True)
+class TaskStarted:
+    stage: int
+    phase: str
+    task: str
+    attempt: int
+    settings: Settings
+
+
+@dataclass(frozen=True)
+class TaskProgress:
+    """What a running attempt counted since its previous report (deltas, not totals)."""
+
+    stage: int
+    phase: str
+    task: str
+    attempt: int
+    counters: list[tuple[str, str, int]]  # (group, name, amount added)
+    cpu_seconds: float
     settings: Settings
 
 

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from corral.settings import Settings
+    from corral.sidefiles import SideFile
+    from corral.sizing import MemorySizing
 
 #: Failure kinds. Throttling is backpressure and does not count toward the retry limit: an executor
 #: that meets throttling retries it itself (with backoff) or reports THROTTLED, which the driver retries
@@ -60,15 +62,25 @@ class Outcome:
         return self.failure is None
 
 
+#: What ``corral.worker.run_task`` measures and reports about an attempt, copied into its stats (the
+#: manifest's per-attempt figures, which the report and the advice read).
+WORKER_STATS = ("seconds", "peak_memory_mb", "cpu_seconds", "rss_mb", "worker", "records_in", "keys_in",
+                "bytes_in", "bytes_out", "side_file_downloads")
+
+
 def outcome_from_result(result: dict[str, Any], stats: dict[str, Any] | None = None) -> Outcome:
     """Turn ``corral.worker.run_task``'s answer into an Outcome (every executor receives one)."""
     stats = dict(stats or {})
+    for key in WORKER_STATS:
+        if result.get(key) is not None:
+            stats.setdefault(key, result[key])
     if result.get("ok"):
-        stats.setdefault("seconds", result.get("seconds"))
-        stats.setdefault("peak_memory_mb", result.get("peak_memory_mb"))
         return Outcome(result=result, stats=stats)
     error = result.get("error") or {}
-    kind = {"input": INPUT_ERROR, "cancelled": CANCELLED}.get(str(error.get("kind")), USER_ERROR)
+    # "input": bad input data (the message names the file and offset); "infrastructure": the worker
+    # could not run the task at all (e.g. a remote handler could not read its payload)
+    kinds = {"input": INPUT_ERROR, "cancelled": CANCELLED, "infrastructure": INFRASTRUCTURE}
+    kind = kinds.get(str(error.get("kind")), USER_ERROR)
     message = f"{error.get('type', 'Error')}: {error.get('message', '')}"
     if kind != USER_ERROR:
         message = error.get("message", "")
@@ -92,12 +104,19 @@ class JobSource:
     inputs: tuple[str, ...] = ()
     output: str | None = None
     work: str | None = None
+    #: the job's side files (``corral.sidefiles``): ``build_package`` puts the small ones in the package;
+    #: a remote executor's ``deploy`` uploads the others (``corral.upload_side_files``).
+    files: tuple[SideFile, ...] = ()
 
 
 class Executor(ABC):
     """Runs task payloads with at most ``max_concurrency`` at once."""
 
     name: str = ""
+    #: Set by the driver before the first ``submit``: an executor whose tasks report progress while
+    #: they run (``corral.worker.run_task``'s ``progress`` argument) passes each report to it, as it is,
+    #: from any thread. Executors that cannot (remote functions) ignore it.
+    progress: Callable[[dict[str, Any]], None] | None = None
 
     def __init__(self, max_concurrency: int) -> None:
         self.max_concurrency = max_concurrency
@@ -123,6 +142,16 @@ class Executor(ABC):
         """The run was interrupted (Ctrl-C, SIGTERM): stop every running attempt now (terminate local
         workers, stop this run's containers, abandon remote invocations), so that ``close`` returns
         promptly and nothing of the run keeps running. Default: nothing."""
+
+    def cores(self) -> int | None:
+        """Local executors: the cores of this machine their workers share, against which the workers'
+        CPU time is the run's CPU utilisation. None (the default) where tasks run elsewhere."""
+        return None
+
+    def sizing(self) -> MemorySizing | None:
+        """Remote executors: the platform's memory settings and prices (``corral.MemorySizing``), for
+        the cost so far and the memory right-sizing advice. None (the default) where there are none."""
+        return None
 
     def report(self) -> dict[str, Any]:
         """Figures about the whole run that only the executor knows (e.g. billed GB-seconds and an

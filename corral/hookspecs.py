@@ -14,7 +14,17 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from corral.events import JobFinished, JobStarted, PhaseFinished, PhaseStarted, TaskFinished
+    from typing import Any
+
+    from corral.events import (
+        JobFinished,
+        JobStarted,
+        PhaseFinished,
+        PhaseStarted,
+        TaskFinished,
+        TaskProgress,
+        TaskStarted,
+    )
     from corral.executor import ExecutorSpec
     from corral.fs import FileSystem, ProtocolInfo
     from corral.options import Command, Option
@@ -78,6 +88,24 @@ def corral_phase_started(event: PhaseStarted) -> None:
 
 
 @hookspec
+def corral_task_started(event: TaskStarted) -> None:
+    """Called by the driver when it hands a task attempt to the executor (a first try, a retry or a
+    speculative duplicate), just before the attempt can start running."""
+
+
+@hookspec
+def corral_task_progress(event: TaskProgress) -> None:
+    """Called while a task attempt runs, with what it counted since the previous call: counter deltas
+    and CPU seconds. Local executors forward them at least every 2 s; remote backends report nothing
+    before the attempt ends (its totals then come with ``corral_task_finished``).
+
+    Called from an executor's thread, not the driver's: an implementation must be quick and
+    thread-safe. Deltas of an attempt that later fails or is discarded are not part of the job's
+    totals; only ``corral_task_finished`` with ``committed`` says what counts.
+    """
+
+
+@hookspec
 def corral_task_finished(event: TaskFinished) -> None:
     """Called by the driver after every task attempt ends, whether it succeeded or failed."""
 
@@ -85,6 +113,18 @@ def corral_task_finished(event: TaskFinished) -> None:
 @hookspec
 def corral_phase_finished(event: PhaseFinished) -> None:
     """Called by the driver when every task of a phase (a stage's map or reduce wave) is committed."""
+
+
+@hookspec
+def corral_job_advice(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Called by the driver once when the job ends (succeeded or failed), before the manifest is
+    written, with the manifest as it will be written (its attempts, their measurements, ``executor``).
+
+    Return advice about the run, each a JSON-able dict with at least ``kind`` (e.g. ``"memory"``),
+    ``level`` (``"info"`` or ``"warning"``) and ``message`` (one line). The driver stores every
+    plugin's advice in the manifest under ``advice``; the built-in ``corral.advice`` plugin gives
+    corral's own (memory right-sizing, leaks, CPU utilisation, skew) and prints them all at the end.
+    """
 
 
 @hookspec

@@ -22,6 +22,7 @@ DEFAULT_PLUGINS = (
     "corral.filesystems.fsspec",
     "corral.executors.local",
     "corral.progress",
+    "corral.advice",
 )
 
 CORE_DISTRIBUTION = "corral-mapreduce"

@@ -12,11 +12,12 @@ import importlib
 import importlib.util
 import os
 import resource
+import secrets
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 from corral.cancellation import TaskCancelled
 from corral.errors import InputError, UsageError
 from corral.job import Job
+from corral.sidefiles import local_paths
 
 _CORRAL_DIR = str(Path(__file__).resolve().parent)
 _job_classes: dict[tuple[str, str, str | None], type[Job]] = {}
@@ -88,38 +90,67 @@ def load_module_from_path(path: str, name: str) -> Any:
     return module
 
 
-def run_task(payload: dict[str, Any]) -> dict[str, Any]:
-    """Run one task attempt described by ``payload``; return its result (never raises)."""
+def run_task(payload: dict[str, Any], progress: ProgressSink | None = None) -> dict[str, Any]:
+    """Run one task attempt described by ``payload``; return its result (never raises).
+
+    With ``progress`` (or a sink installed in this process by ``report_progress_to``), what the task
+    counts is reported while it runs, every ``PROGRESS_INTERVAL`` seconds: ``{"task", "attempt",
+    "counters": [[group, name, amount added], …], "cpu_seconds": added}``.
+    """
     from corral.tasks import execute_map, execute_reduce
 
     started = time.perf_counter()
-    try:
-        job = load_job_class(payload["job"])(payload.get("args"))
-        step = job.steps()[payload["stage"]]
-        execute = execute_map if payload["kind"] == "map" else execute_reduce
-        with _no_full_collections():
+    sink = progress or _default_sink
+    key = (payload.get("task"), payload.get("attempt"))
+    downloads = 0
+    with _no_full_collections() as cpu_clock:
+        cpu_started = cpu_clock()
+        try:
+            job = load_job_class(payload["job"])(payload.get("args"))
+            if payload.get("files"):
+                job._side_files, downloads = local_paths(payload["files"])
+            step = job.steps()[payload["stage"]]
+            execute = execute_map if payload["kind"] == "map" else execute_reduce
+            if sink is not None:
+                _reporter.watch(key, job, cpu_clock, sink)
             result = execute(payload, job, step)
-    except Exception as exc:
-        return {
-            "ok": False,
-            "task": payload.get("task"),
-            "attempt": payload.get("attempt"),
-            "error": {
-                "type": type(exc).__name__,
-                "message": str(exc),
-                "traceback": user_traceback(exc),
-                "kind": _error_kind(exc),
-            },
-        }
+            result.update(ok=True, counters=[[group, name, amount] for (group, name), amount in job._counters.items()])
+        except Exception as exc:
+            result = {
+                "ok": False,
+                "error": {
+                    "type": type(exc).__name__,
+                    "message": str(exc),
+                    "traceback": user_traceback(exc),
+                    "kind": _error_kind(exc),
+                },
+            }
+        finally:
+            if sink is not None:
+                _reporter.forget(key)
+        cpu_seconds = cpu_clock() - cpu_started
     result.update(
-        ok=True,
-        task=payload["task"],
-        attempt=payload["attempt"],
-        counters=[[group, name, amount] for (group, name), amount in job._counters.items()],
+        task=payload.get("task"),
+        attempt=payload.get("attempt"),
         seconds=round(time.perf_counter() - started, 6),
+        cpu_seconds=round(cpu_seconds, 6),
         peak_memory_mb=peak_memory_mb(),
+        rss_mb=rss_mb(),
+        worker=worker_id(),
+        bytes_in=_bytes_in(payload),
     )
+    if downloads:
+        result["side_file_downloads"] = downloads
+    if "bytes_out" not in result and result.get("index"):  # a map task's shuffle object: its partitions
+        result["bytes_out"] = sum(length for _, length in result["index"])
     return result
+
+
+def _bytes_in(payload: dict[str, Any]) -> int:
+    """The bytes a task reads: its splits (map) or its partition of every map output (reduce)."""
+    if payload.get("kind") == "map":
+        return sum(int(s["end"]) - int(s["start"]) for s in payload.get("splits", ()))
+    return sum(int(source[2]) for source in payload.get("sources", ()))
 
 
 def _error_kind(exc: Exception) -> str:
@@ -129,12 +160,15 @@ def _error_kind(exc: Exception) -> str:
 
 
 @contextmanager
-def _no_full_collections() -> Iterator[None]:
-    """Hold back the garbage collector's full collections while a task runs.
+def _no_full_collections() -> Iterator[Callable[[], float]]:
+    """Hold back the garbage collector's full collections while a task runs; yield the task's CPU clock.
 
     A task's buffers are millions of long-lived objects (a list per key); each full collection walks
     all of them again, which cost map loops 10-15%. Young collections go on (cycles that user code
     makes and drops are still freed); what reaches the oldest generation waits for the task's end.
+
+    The CPU clock is the process's when the task runs alone in it (a worker process, a container:
+    I/O threads count too), else the task's thread's (the threads executor runs several at once).
     """
     global _tasks_running, _gc_thresholds
     with _gc_lock:
@@ -142,13 +176,107 @@ def _no_full_collections() -> Iterator[None]:
             _gc_thresholds = gc.get_threshold()
             gc.set_threshold(_gc_thresholds[0], _gc_thresholds[1], 1 << 30)
         _tasks_running += 1
+        alone = _tasks_running == 1
     try:
-        yield
+        yield time.process_time if alone else _thread_cpu_clock()
     finally:
         with _gc_lock:
             _tasks_running -= 1
             if _tasks_running == 0:
                 gc.set_threshold(*_gc_thresholds)
+
+
+def _thread_cpu_clock() -> Callable[[], float]:
+    """The calling thread's CPU time, readable from other threads too (the progress reporter)."""
+    if hasattr(time, "pthread_getcpuclockid"):
+        clock = time.pthread_getcpuclockid(threading.get_ident())
+        return lambda: time.clock_gettime(clock)
+    return time.thread_time  # only right on the task's own thread: the reporter then sends no CPU
+
+
+# --- progress of running tasks ----------------------------------------------------------------------
+ProgressSink = Callable[[dict[str, Any]], None]
+#: Seconds between two progress reports of a running task (the live page wants one every 2 s at most).
+PROGRESS_INTERVAL = 1.0
+_default_sink: ProgressSink | None = None
+
+
+def report_progress_to(sink: ProgressSink | None) -> None:
+    """Make every task this process runs report its progress to ``sink`` (a worker pool's initializer)."""
+    global _default_sink
+    _default_sink = sink
+
+
+class _Reporter:
+    """The tasks of this process that report progress, and the thread that sends their deltas.
+
+    Counting stays what it was (``increment_counter`` adds to a Counter): every interval, the thread
+    copies each task's counters and sends what changed since its last report.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tasks: dict[tuple[Any, Any], list[Any]] = {}  # key -> [job, cpu clock, sink, counters sent, cpu sent]
+        self._thread: threading.Thread | None = None
+
+    def watch(self, key: tuple[Any, Any], job: Job, cpu_clock: Callable[[], float], sink: ProgressSink) -> None:
+        with self._lock:
+            self._tasks[key] = [job, cpu_clock, sink, {}, cpu_clock()]
+            if self._thread is None or not self._thread.is_alive():  # none yet, or this is a forked child
+                self._thread = threading.Thread(target=self._run, name="corral-progress", daemon=True)
+                self._thread.start()
+
+    def forget(self, key: tuple[Any, Any]) -> None:
+        with self._lock:
+            self._tasks.pop(key, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(PROGRESS_INTERVAL)
+            with self._lock:
+                tasks = list(self._tasks.items())
+            for (task, attempt), entry in tasks:
+                job, cpu_clock, sink, sent, cpu_sent = entry
+                counts = dict(job._counters)  # one C-level copy: safe while the task's thread counts
+                delta = [[group, name, amount - sent.get((group, name), 0)]
+                         for (group, name), amount in counts.items() if amount != sent.get((group, name), 0)]
+                cpu = cpu_clock() if cpu_clock is not time.thread_time else cpu_sent
+                entry[3], entry[4] = counts, cpu
+                try:
+                    sink({"task": task, "attempt": attempt, "counters": delta, "cpu_seconds": round(cpu - cpu_sent, 6)})
+                except Exception:  # progress is a nicety: never the reason a task fails
+                    pass
+
+
+_reporter = _Reporter()
+if hasattr(os, "register_at_fork"):  # a forked worker starts with no tasks, a free lock and no thread
+    os.register_at_fork(after_in_child=lambda: _Reporter.__init__(_reporter))
+
+
+# --- measurements -----------------------------------------------------------------------------------
+_worker: tuple[int, str] | None = None
+
+
+def worker_id() -> str:
+    """This process's id for the run: ``PID-RANDOM``, new in every process (a forked worker, a container's
+    runtime), so that tasks that ran in one warm worker can be told apart from another's."""
+    global _worker
+    if _worker is None or _worker[0] != os.getpid():
+        _worker = (os.getpid(), secrets.token_hex(3))
+    return f"{_worker[0]}-{_worker[1]}"
+
+
+def rss_mb() -> float | None:
+    """This process's resident memory now, in MB (None where /proc is missing)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            resident = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(resident * _PAGE_SIZE / (1 << 20), 1)
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def peak_memory_mb() -> float:

@@ -80,7 +80,7 @@ class ThreadExecutor(Executor):
 
         def run() -> dict[str, Any]:
             with cancellable(event):
-                return run_task(payload)
+                return run_task(payload, self.progress)
 
         inner = self._pool.submit(run)
         target: Future[Outcome] = Future()
@@ -116,6 +116,9 @@ class ThreadExecutor(Executor):
         for inner, event in entries:
             event.set()
             inner.cancel()
+
+    def cores(self) -> int | None:
+        return default_concurrency()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -199,6 +202,9 @@ class ProcessExecutor(Executor):
         process.start()
         theirs.close()
         return _Worker(process, ours)
+
+    def cores(self) -> int | None:
+        return default_concurrency()
 
     def deploy(self, job: JobSource) -> None:
         for url in job.locations:
@@ -359,6 +365,10 @@ class ProcessExecutor(Executor):
         except Exception as exc:  # an answer that does not unpickle: the attempt failed, the worker lives
             result = {"ok": False, "error": {"type": type(exc).__name__, "message": f"unreadable result: {exc}",
                                              "kind": "user"}}
+        if isinstance(result, tuple):  # ("progress", report): the running attempt's counter deltas
+            if self.progress is not None:
+                self.progress(result[1])
+            return
         with self._lock:
             attempt, worker.attempt = worker.attempt, None
             if attempt is not None:
@@ -439,12 +449,20 @@ def _worker_main(conn: Connection, parent: int | None, inherited: list[int]) -> 
         except OSError:
             pass
     _die_with_parent(parent)
+    sending = threading.Lock()  # the task's progress reports go out from another thread
+
+    def progress(report: dict[str, Any]) -> None:
+        with sending:
+            conn.send(("progress", report))
+
     while True:
         try:
             payload = conn.recv()
         except (EOFError, OSError):
             return
-        conn.send(run_task(payload))
+        result = run_task(payload, progress)
+        with sending:
+            conn.send(result)
 
 
 def _die_with_parent(parent: int | None) -> None:

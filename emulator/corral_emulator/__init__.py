@@ -1,4 +1,4 @@
-"""corral-emulator: a local AWS Lambda (Lambda's HTTP API and Runtime API, functions in Docker containers).
+"""corral-emulator: a local AWS Lambda and Google Cloud Functions (2nd gen), functions in Docker containers.
 
 The names below load on first use, so importing the package (as corral's plugin loader does) stays cheap.
 """

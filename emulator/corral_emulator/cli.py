@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -24,11 +26,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """Add the sub-commands (serve, build-base, prune) to ``parser``."""
     sub = parser.add_subparsers(dest="emulator_command", metavar="{serve,build-base,prune}")
     sub.required = True
-    serve = sub.add_parser("serve", help="serve Lambda's API on 127.0.0.1 and run functions in Docker containers")
-    serve.add_argument("--port", type=int, default=9001, help="port of the Lambda API (default 9001; 0 = any)")
+    serve = sub.add_parser("serve", help="serve Lambda's and Cloud Functions' APIs on 127.0.0.1 and run functions "
+                                         "in Docker containers")
+    serve.add_argument("--port", type=int, default=9001,
+                       help="port of both APIs (Lambda, Cloud Functions v2) (default 9001; 0 = any)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--max-concurrency", type=_positive_int, default=10,
-                       help="invocations running at once before 429 TooManyRequestsException (default 10)")
+                       help="requests running at once (both platforms) before 429 (default 10)")
     serve.add_argument("--mount", action="append", default=[], metavar="PATH",
                        help="host folder mounted read-write at the same path in every container (repeatable)")
     serve.add_argument("--base-image", default=None,
@@ -39,6 +43,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--region", default=None, help="region in ARNs and AWS_REGION (default from env or us-east-1)")
     serve.add_argument("--log-dir", default=None, help="folder for the functions' logs (one file per function)")
     serve.add_argument("--quiet", action="store_true", help="do not echo the functions' logs to stderr")
+    serve.add_argument("--key-file", default=None, metavar="PATH",
+                       help="write a service-account key file for google-auth (its token_uri is this emulator) "
+                            "to PATH (default: a file in the emulator's temporary folder)")
     serve.add_argument("--throttle", type=float, default=None, metavar="FRACTION",
                        help="fault injection: answer 429 to this fraction of invocations, e.g. 0.33 "
                             "(default $CORRAL_EMULATOR_THROTTLE or 0)")
@@ -84,6 +91,12 @@ def run_serve(args: argparse.Namespace) -> int:
         endpoint = emulator.start()
         print(f"corral emulator: Lambda API on {endpoint} (image {emulator.base_image}); Ctrl-C to stop", flush=True)
         print(f'  boto3.client("lambda", endpoint_url="{endpoint}", region_name="{emulator.region}")', flush=True)
+        print(f"corral emulator: Cloud Functions v2 API on {endpoint} (OAuth token endpoint {endpoint}/token)",
+              flush=True)
+        print(f'  functions_v2.FunctionServiceClient(transport="rest", client_options={{"api_endpoint": '
+              f'"{endpoint}"}}, credentials=AnonymousCredentials())', flush=True)
+        key_file = write_key_file(emulator, args.key_file)
+        print(f"  ID tokens for the functions' URLs: export GOOGLE_APPLICATION_CREDENTIALS={key_file}", flush=True)
         while not stop.wait(0.5):
             pass
         print("corral emulator: stopping, removing containers...", flush=True)
@@ -92,6 +105,19 @@ def run_serve(args: argparse.Namespace) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+def write_key_file(emulator: Emulator, path: str | None) -> str:
+    """Write a service-account key of ``emulator`` (readable by this user only); return its path."""
+    assert emulator.workdir is not None
+    target = os.path.abspath(path) if path else str(emulator.workdir / "service-account.json")
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(emulator.service_account_key(), f, indent=2)
+    except OSError as exc:
+        raise EmulatorError(f"cannot write the key file {target}: {exc.strerror}") from None
+    return target
 
 
 def run_build_base(args: argparse.Namespace) -> int:
@@ -109,7 +135,8 @@ def run_prune(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="corral-emulator", description="A local AWS Lambda in Docker containers")
+    parser = argparse.ArgumentParser(prog="corral-emulator",
+                                     description="A local AWS Lambda and Cloud Functions in Docker containers")
     configure(parser)
     return run(parser.parse_args(argv))
 

@@ -1,4 +1,4 @@
-"""``Emulator``: the Lambda API and its container pool, served from a background thread."""
+"""``Emulator``: the Lambda API, the Cloud Functions API and their container pool, served from a background thread."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ import docker
 import docker.errors
 from aiohttp import web
 
+from corral_emulator import gcf_api, lambda_api
 from corral_emulator.engine import Engine
 from corral_emulator.errors import EmulatorError
-from corral_emulator.lambda_api import make_app
+from corral_emulator.gcf_service import GcfService
+from corral_emulator.lambda_service import LambdaService
 
 log = logging.getLogger("corral_emulator")
 
@@ -43,18 +45,23 @@ def docker_client(timeout: int = 120, pool: int = 64) -> docker.DockerClient:
 
 
 class Emulator:
-    """A local AWS Lambda.
+    """A local AWS Lambda and Google Cloud Functions (2nd gen).
 
-    ``start()`` serves Lambda's API on ``http://host:port`` (``port=0`` picks a free port) and returns that
-    URL, for ``boto3.client("lambda", endpoint_url=url)``. Functions run in containers of ``base_image``
-    (any image with ``python3``) with their memory capped at MemorySize; at most ``max_concurrency``
-    invocations run at once (more are throttled with 429). ``throttle_fraction`` (default
+    ``start()`` serves both APIs on ``http://host:port`` (``port=0`` picks a free port) and returns that
+    URL: for ``boto3.client("lambda", endpoint_url=url)``, and for ``functions_v2.FunctionServiceClient``
+    with ``api_endpoint`` = its host:port (REST transport, http). Functions run in containers of
+    ``base_image`` (any image with ``python3``) with their memory capped at the function's; at most
+    ``max_concurrency`` requests run at once across both platforms (more are answered 429; the function's
+    reserved concurrency or max instances too). ``throttle_fraction`` (default
     ``$CORRAL_EMULATOR_THROTTLE``, else 0) is a fault hook for tests: that fraction of invocations is
     answered 429 TooManyRequestsException (reason ConcurrentInvocationLimitExceeded) whatever the load,
     drawn from a generator seeded with ``throttle_seed`` (the same sequence on every run). Idle
     containers are removed after ``idle_timeout`` seconds. ``mounts`` are host folders bind-mounted
-    read-write at the same path in every container. ``stop()`` removes every container this instance
-    started.
+    read-write at the same path in every container. ``cloud_cpu`` caps each container's CPU as the
+    platform would (Lambda: one vCPU at 1769 MB; GCF: ``availableCpu``). ``stop()`` removes every
+    container this instance started. ``service_account_key()`` gives a key file for google-auth whose
+    ``token_uri`` is this emulator (the functions' URLs need ID tokens). A GCF create or patch answers
+    when its deploy is done, or after ``operation_wait`` seconds with ``done: false`` (0: at once, as GCF).
     """
 
     def __init__(
@@ -68,12 +75,13 @@ class Emulator:
         init_timeout: float = 10.0,
         region: str | None = None,
         account_id: str = "000000000000",
-        lambda_cpu: bool = False,
+        cloud_cpu: bool = False,
         workdir: str | os.PathLike | None = None,
         log_dir: str | os.PathLike | None = None,
         log_stream: TextIO | None = None,
         throttle_fraction: float | None = None,
         throttle_seed: int = 0,
+        operation_wait: float = 5.0,
     ) -> None:
         if max_concurrency < 1:
             raise EmulatorError("max_concurrency must be at least 1")
@@ -86,6 +94,7 @@ class Emulator:
             raise EmulatorError(f"throttle_fraction must be at least 0 and below 1, not {throttle_fraction}")
         self.throttle_fraction = throttle_fraction
         self.throttle_seed = throttle_seed
+        self.operation_wait = operation_wait
         self.port = port
         self.host = host
         self.base_image = base_image or default_base_image()
@@ -100,13 +109,15 @@ class Emulator:
         self.init_timeout = init_timeout
         self.region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         self.account_id = account_id
-        self.lambda_cpu = lambda_cpu
+        self.cloud_cpu = cloud_cpu
         self.instance_id = uuid.uuid4().hex[:16]
         self._workdir_arg = workdir
         self._log_dir_arg = log_dir
         self.log_stream = log_stream
         self.workdir: Path | None = None
         self.engine: Engine | None = None
+        self.lambda_service: LambdaService | None = None
+        self.gcf: GcfService | None = None
         self.endpoint: str | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -161,12 +172,11 @@ class Emulator:
             workdir=self.workdir,
             base_image=self.base_image,
             region=self.region,
-            account_id=self.account_id,
             max_concurrency=self.max_concurrency,
             idle_timeout=self.idle_timeout,
             init_timeout=self.init_timeout,
             mounts=self.mounts,
-            lambda_cpu=self.lambda_cpu,
+            cloud_cpu=self.cloud_cpu,
             log_dir=Path(self._log_dir_arg) if self._log_dir_arg else self.workdir / "logs",
             log_stream=self.log_stream,
             docker_client=self._docker,
@@ -174,8 +184,15 @@ class Emulator:
             throttle_seed=self.throttle_seed,
         )
         await self.engine.start()
-        runner = web.AppRunner(make_app(self.engine), access_log=None, handle_signals=False,
-                               shutdown_timeout=1.0)
+        self.lambda_service = LambdaService(self.engine, self.account_id)
+        await self.lambda_service.start()
+        self.gcf = GcfService(self.engine, self.operation_wait)
+        await self.gcf.start()
+        app = web.Application(middlewares=[lambda_api.aws_errors, gcf_api.google_errors],
+                              client_max_size=lambda_api.API_READ_LIMIT)
+        lambda_api.add_routes(app, self.lambda_service)
+        gcf_api.add_routes(app, self.gcf)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
         try:
             sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
@@ -187,11 +204,23 @@ class Emulator:
             host = f"[{self.host}]" if ":" in self.host else self.host
             self.endpoint = f"http://{host}:{port}"
             self.port = port
+            self.gcf.base_url = self.endpoint
             self._ready.set()
             await self._stop_event.wait()
         finally:
             await self.engine.close()
             await runner.cleanup()
+
+    def service_account_key(self, project: str = "corral-emulator", email: str | None = None) -> dict:
+        """A service-account key file (JSON data, with a fresh RSA key) whose ``token_uri`` is this emulator's.
+
+        Written to a file and named by ``GOOGLE_APPLICATION_CREDENTIALS`` (or given to
+        ``google.oauth2.service_account``), it lets google-auth mint access tokens and the ID tokens that
+        the functions' URLs require, from this emulator.
+        """
+        if self.gcf is None or not self.endpoint:
+            raise EmulatorError("start the emulator first")
+        return self.gcf.tokens.service_account_key(self.gcf.token_uri(), project, email)
 
     def stop(self) -> None:
         """Stop serving and remove every container of this instance (and its temporary files)."""

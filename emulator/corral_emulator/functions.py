@@ -15,9 +15,13 @@ import zipfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral_emulator.errors import ApiError, invalid, not_found
+
+if TYPE_CHECKING:
+    from corral_emulator.engine import Engine
+    from corral_emulator.lambda_sandbox import LambdaSandbox
 
 MAX_ZIP_BYTES = 50 * 1024 * 1024  # Lambda's limit for a direct upload
 MAX_UNZIPPED_BYTES = 262_144_000  # Lambda's limit for the unzipped package
@@ -136,15 +140,15 @@ def check_zip_size(data: bytes) -> None:
                        f"Request must be smaller than {MAX_ZIP_BYTES} bytes for the CreateFunction operation")
 
 
-def extract_zip(data: bytes, dest: Path) -> None:
+def extract_zip(data: bytes, dest: Path, max_unzipped: int = MAX_UNZIPPED_BYTES) -> None:
     """Unzip a deployment package into ``dest`` keeping Unix modes (an executable ``bootstrap`` stays so)."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         infos = archive.infolist()
     except (zipfile.BadZipFile, ValueError):
         raise invalid("Could not unzip uploaded file. Please check your file, then try to upload again.") from None
-    if sum(i.file_size for i in infos) > MAX_UNZIPPED_BYTES:
-        raise invalid(f"Unzipped size must be smaller than {MAX_UNZIPPED_BYTES} bytes")
+    if sum(i.file_size for i in infos) > max_unzipped:
+        raise invalid(f"Unzipped size must be smaller than {max_unzipped} bytes")
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
     try:
@@ -192,6 +196,16 @@ class Function:
     last_modified: str = field(default_factory=now_iso)
     revision_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     generation: int = 0
+    retired: bool = False  # deleted
+
+    @property
+    def instance_limit(self) -> int | None:
+        return self.reserved_concurrency
+
+    def new_sandbox(self, engine: Engine) -> LambdaSandbox:
+        from corral_emulator.lambda_sandbox import LambdaSandbox
+
+        return LambdaSandbox(engine, self)
 
     def touch(self) -> None:
         self.last_modified = now_iso()

@@ -9,19 +9,21 @@ import logging
 
 from aiohttp import web
 
-from corral_emulator.engine import Engine
 from corral_emulator.errors import ApiError, invalid, not_found, too_large
 from corral_emulator.functions import NAME_RE, parse_function_name
+from corral_emulator.lambda_service import LambdaService
 
 log = logging.getLogger("corral_emulator")
 
 MAX_REQUEST_BYTES = 6291456  # Lambda's synchronous request payload limit
 API_READ_LIMIT = 128 * 1024 * 1024
-ENGINE = web.AppKey("engine", Engine)
+SERVICE = web.AppKey("lambda", LambdaService)
+#: The paths of Lambda's API (the GCF API's, on the same port, do not collide with them).
+PREFIXES = ("/2015-03-31/", "/2017-10-31/", "/2019-09-30/", "/corral/functions/")
 
 
-def _engine(request: web.Request) -> Engine:
-    return request.app[ENGINE]
+def _service(request: web.Request) -> LambdaService:
+    return request.app[SERVICE]
 
 
 def _name(request: web.Request) -> str:
@@ -53,6 +55,9 @@ def _ok(data: dict | None, status: int = 200) -> web.Response:
 
 @web.middleware
 async def aws_errors(request: web.Request, handler) -> web.StreamResponse:
+    """Errors of Lambda's paths in AWS's JSON form (the other paths have their own)."""
+    if not request.path.startswith(PREFIXES):
+        return await handler(request)
     try:
         return await handler(request)
     except ApiError as exc:
@@ -79,13 +84,13 @@ async def create_function(request: web.Request) -> web.Response:
         raise invalid(f"Function name {name!r} is not valid")
     if body.get("PackageType", "Zip") != "Zip":
         raise invalid("corral-emulator supports PackageType Zip only")
-    function = await _engine(request).create_function(name, body)
+    function = await _service(request).create_function(name, body)
     return _ok(function.configuration(), status=201)
 
 
 async def list_functions(request: web.Request) -> web.Response:
-    engine = _engine(request)
-    names = sorted(engine.functions)
+    service = _service(request)
+    names = sorted(service.functions)
     try:
         start = int(request.query.get("Marker") or 0)
         count = int(request.query.get("MaxItems") or 50)
@@ -94,14 +99,14 @@ async def list_functions(request: web.Request) -> web.Response:
     if not 1 <= count <= 10000:
         raise invalid("MaxItems must be between 1 and 10000")
     page = names[start: start + count]
-    data: dict = {"Functions": [engine.functions[n].configuration() for n in page]}
+    data: dict = {"Functions": [service.functions[n].configuration() for n in page]}
     if start + count < len(names):
         data["NextMarker"] = str(start + count)
     return _ok(data)
 
 
 async def get_function(request: web.Request) -> web.Response:
-    function = _engine(request).get(_name(request))
+    function = _service(request).get(_name(request))
     host = request.host
     data = {
         "Configuration": function.configuration(),
@@ -115,61 +120,61 @@ async def get_function(request: web.Request) -> web.Response:
 
 
 async def get_code_zip(request: web.Request) -> web.Response:
-    function = _engine(request).get(_name(request))
+    function = _service(request).get(_name(request))
     return web.Response(body=function.zip_bytes, content_type="application/zip")
 
 
 async def get_configuration(request: web.Request) -> web.Response:
-    return _ok(_engine(request).get(_name(request)).configuration())
+    return _ok(_service(request).get(_name(request)).configuration())
 
 
 async def update_configuration(request: web.Request) -> web.Response:
     body = await _json(request)
-    function = await _engine(request).update_configuration(_name(request), body)
+    function = await _service(request).update_configuration(_name(request), body)
     return _ok(function.configuration())
 
 
 async def update_code(request: web.Request) -> web.Response:
     body = await _json(request)
-    function = await _engine(request).update_code(_name(request), body)
+    function = await _service(request).update_code(_name(request), body)
     return _ok(function.configuration())
 
 
 async def delete_function(request: web.Request) -> web.Response:
-    await _engine(request).delete_function(_name(request))
+    await _service(request).delete_function(_name(request))
     return _ok(None, status=204)
 
 
 # ------------------------------------------------------------------ concurrency
 async def put_concurrency(request: web.Request) -> web.Response:
     body = await _json(request)
-    engine = _engine(request)
-    function = engine.get(_name(request))
+    service = _service(request)
+    function = service.get(_name(request))
     value = body.get("ReservedConcurrentExecutions")
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise invalid("ReservedConcurrentExecutions must be a whole number >= 0")
-    if value > engine.max_concurrency:
+    if value > service.max_concurrency:
         raise invalid(f"Specified ReservedConcurrentExecutions for function exceeds the emulator's "
-                      f"concurrency limit ({engine.max_concurrency}).")
+                      f"concurrency limit ({service.max_concurrency}).")
     function.reserved_concurrency = value
     return _ok({"ReservedConcurrentExecutions": value})
 
 
 async def get_concurrency(request: web.Request) -> web.Response:
-    function = _engine(request).get(_name(request))
+    function = _service(request).get(_name(request))
     if function.reserved_concurrency is None:
         return _ok({})
     return _ok({"ReservedConcurrentExecutions": function.reserved_concurrency})
 
 
 async def delete_concurrency(request: web.Request) -> web.Response:
-    _engine(request).get(_name(request)).reserved_concurrency = None
+    _service(request).get(_name(request)).reserved_concurrency = None
     return _ok(None, status=204)
 
 
 # ------------------------------------------------------------------ invoke
 async def invoke(request: web.Request) -> web.Response:
-    engine = _engine(request)
+    service = _service(request)
     name = _name(request)
     limit_message = f"Request must be smaller than {MAX_REQUEST_BYTES} bytes for the InvokeFunction operation"
     if request.content_length is not None and request.content_length > MAX_REQUEST_BYTES:
@@ -177,7 +182,7 @@ async def invoke(request: web.Request) -> web.Response:
     payload = await request.read()
     if len(payload) > MAX_REQUEST_BYTES:
         raise too_large(limit_message)
-    function = engine.get(name)
+    function = service.get(name)
     invocation_type = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
     if invocation_type not in ("RequestResponse", "Event", "DryRun"):
         raise invalid(f"Invalid InvocationType {invocation_type!r}")
@@ -201,9 +206,9 @@ async def invoke(request: web.Request) -> web.Response:
     if invocation_type == "DryRun":
         return web.Response(status=204, headers={"X-Amz-Executed-Version": "$LATEST"})
     if invocation_type == "Event":
-        request_id = engine.submit_event(function, payload)
+        request_id = service.submit_event(function, payload)
         return web.Response(status=202, headers={"X-Amzn-RequestId": request_id})
-    result = await engine.invoke(function, payload, client_context)
+    result = await service.invoke(function, payload, client_context)
     return web.Response(
         status=200,
         body=result.outcome.payload,
@@ -212,9 +217,9 @@ async def invoke(request: web.Request) -> web.Response:
     )
 
 
-def make_app(engine: Engine) -> web.Application:
-    app = web.Application(middlewares=[aws_errors], client_max_size=API_READ_LIMIT)
-    app[ENGINE] = engine
+def add_routes(app: web.Application, service: LambdaService) -> None:
+    """Serve Lambda's API from ``app`` (which has ``aws_errors`` among its middlewares)."""
+    app[SERVICE] = service
     r = app.router
     for base in ("/2015-03-31/functions", "/2015-03-31/functions/"):
         r.add_post(base, create_function)
@@ -230,4 +235,3 @@ def make_app(engine: Engine) -> web.Application:
     r.add_delete("/2017-10-31/functions/{name}/concurrency", delete_concurrency)
     r.add_get("/2019-09-30/functions/{name}/concurrency", get_concurrency)
     r.add_get("/corral/functions/{name}/code.zip", get_code_zip)
-    return app

@@ -28,7 +28,7 @@ def corral_commands() -> list[Command]:
     return [
         Command(
             name="emulator",
-            help="a local AWS Lambda (Lambda API + Docker containers): serve, build-base",
+            help="a local AWS Lambda and Cloud Functions (their APIs + Docker containers): serve, build-base, prune",
             configure=_configure,
             run=_run,
         )

@@ -178,3 +178,116 @@ def headers_of():
 def client_for():
     """``client_for(endpoint)`` -> a boto3 Lambda client without retries."""
     return make_client
+
+
+# ---------------------------------------------------------------- Cloud Functions (the same emulator)
+GCF_PARENT = "projects/corral-test/locations/us-central1"
+
+
+@pytest.fixture(scope="session")
+def gcf_client(emulator):
+    """Google's own ``FunctionServiceClient`` (REST transport, anonymous credentials) on the emulator."""
+    from tests.requirements import need
+
+    need("google.cloud.functions_v2", "google.auth", "requests")
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import functions_v2
+
+    return functions_v2.FunctionServiceClient(
+        transport="rest", client_options=ClientOptions(api_endpoint=emulator.endpoint),
+        credentials=AnonymousCredentials())
+
+
+@pytest.fixture(scope="session")
+def service_account_key(emulator):
+    """A key file's data whose token_uri is the emulator's (for google-auth)."""
+    return emulator.service_account_key(project="corral-test")
+
+
+@pytest.fixture(scope="session")
+def id_token_for(service_account_key):
+    """``id_token_for(url)`` -> an ID token for that audience, minted by google-auth at the emulator's /token."""
+    import google.auth.transport.requests
+    from google.oauth2 import service_account
+
+    def mint(audience: str) -> str:
+        credentials = service_account.IDTokenCredentials.from_service_account_info(
+            service_account_key, target_audience=audience)
+        credentials.refresh(google.auth.transport.requests.Request())
+        return credentials.token
+
+    return mint
+
+
+def upload_source(client, files: dict[str, str | bytes]):
+    """generateUploadUrl, then PUT the zip of ``files`` to it; the storage source to deploy."""
+    import requests
+
+    answer = client.generate_upload_url(request={"parent": GCF_PARENT})
+    response = requests.put(answer.upload_url, data=zip_files(files), headers={"Content-Type": "application/zip"},
+                            timeout=60)
+    assert response.status_code == 200, response.text
+    return answer.storage_source
+
+
+@pytest.fixture
+def gcf_deploy(gcf_client):
+    """``gcf_deploy(source, memory=, timeout=, max_instances=, env=, entry_point=, name=)`` -> the deployed
+    Function (through create_function and its operation); deleted after the test."""
+    created: list[str] = []
+
+    def deploy(source: str | None = None, *, files: dict | None = None, memory: str = "256Mi", timeout: int = 30,
+               max_instances: int = 3, env: dict | None = None, entry_point: str = "handler",
+               name: str | None = None, labels: dict | None = None, runtime: str = "python311"):
+        function_id = name or f"t-{uuid.uuid4().hex[:10]}"
+        storage = upload_source(gcf_client, files or {"main.py": source or ""})
+        function = {
+            "build_config": {"runtime": runtime, "entry_point": entry_point, "source": {"storage_source": storage}},
+            "service_config": {"available_memory": memory, "timeout_seconds": timeout,
+                               "max_instance_count": max_instances, "max_instance_request_concurrency": 1,
+                               "environment_variables": env or {}},
+            "labels": labels or {},
+        }
+        created.append(f"{GCF_PARENT}/functions/{function_id}")
+        operation = gcf_client.create_function(request={"parent": GCF_PARENT, "function_id": function_id,
+                                                        "function": function})
+        return operation.result(timeout=300)
+
+    yield deploy
+    from google.api_core import exceptions
+
+    for name in created:
+        try:
+            gcf_client.delete_function(request={"name": name}).result(timeout=60)
+        except exceptions.NotFound:
+            pass
+
+
+@pytest.fixture
+def gcf_call(id_token_for):
+    """``gcf_call(function, json=..., data=..., headers=..., token=True)`` -> the requests Response."""
+    import requests
+
+    def call(function, path: str = "", token: bool | str = True, **kwargs):
+        uri = function.service_config.uri
+        headers = dict(kwargs.pop("headers", {}) or {})
+        if token is True:
+            headers["Authorization"] = f"Bearer {id_token_for(uri)}"
+        elif token:
+            headers["Authorization"] = f"Bearer {token}"
+        return requests.post(uri + path, headers=headers, timeout=kwargs.pop("timeout", 120), **kwargs)
+
+    return call
+
+
+@pytest.fixture
+def gcf_log(emulator):
+    """``gcf_log(function)`` -> the text of that function's log (the emulator's log folder)."""
+
+    def read(function) -> str:
+        project, location, function_id = (function.name.split("/")[i] for i in (1, 3, 5))
+        path = emulator.engine.log_dir / f"gcf-{project}-{location}-{function_id}.log"
+        return path.read_text() if path.exists() else ""
+
+    return read

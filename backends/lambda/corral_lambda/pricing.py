@@ -17,6 +17,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from corral import MemorySizing
+from corral.remote import gb_seconds  # noqa: F401 - GB-s = billed ms / 1000 x memory MB / 1024
+
 #: When the prices below were checked (us-east-1, https://aws.amazon.com/lambda/pricing/).
 PRICES_READ = "2026-11-21"
 REGION = "us-east-1"
@@ -36,11 +39,9 @@ PRICES = {
     "arm64": Price("arm64", gb_second=0.0000133334, request=0.20 / 1_000_000, ephemeral_gb_second=0.0000000309),
 }
 FREE_EPHEMERAL_MB = 512
-
-
-def gb_seconds(billed_ms: float, memory_mb: float) -> float:
-    """GB-seconds of one invocation: billed duration in seconds times configured memory in GB."""
-    return billed_ms / 1000.0 * memory_mb / 1024.0
+#: Lambda's memory settings, and the CPU that comes with them: one vCPU at 1769 MB, up to 6 at 10240 MB.
+MIN_MEMORY_MB, MAX_MEMORY_MB = 128, 10240
+MB_PER_VCPU, MAX_VCPUS = 1769, 6.0
 
 
 def estimate(
@@ -60,3 +61,14 @@ def estimate(
         },
         "prices": {**asdict(price), "region": REGION, "read": PRICES_READ, "source": SOURCE},
     }
+
+
+def sizing(architecture: str, memory_mb: int, platform: str = "AWS Lambda") -> MemorySizing:
+    """Lambda's memory settings and prices, for the cost so far and the right-sizing advice."""
+    price = PRICES[architecture]
+    return MemorySizing(
+        platform=platform, memory_mb=memory_mb, min_mb=MIN_MEMORY_MB, max_mb=MAX_MEMORY_MB, step_mb=1,
+        mb_per_vcpu=MB_PER_VCPU, max_vcpus=MAX_VCPUS, usd_per_gb_second=price.gb_second,
+        usd_per_request=price.request, billing_increment_ms=1, option="--memory",
+        prices=f"{REGION} list prices of {PRICES_READ} ({architecture})",
+    )
