@@ -186,7 +186,7 @@ class GcfInstance(Sandbox):
         """The connection broke: out of memory (Docker's OOM event, maybe a moment later), or a crash."""
         peak = self._peak()
         deadline = time.monotonic() + 2.0
-        while self.oom_events == oom_before and not (self.exit_status and self.exit_status[1]):
+        while self.oom_events == oom_before and self.exit_status is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
