@@ -125,20 +125,10 @@ def test_build_base_from_debian_packages(docker_engine, client_for, package):
 def test_serve_prints_both_apis_and_echoes_gcf_logs(docker_engine, tmp_path, monkeypatch):
     """``serve`` names both APIs with a client line each, writes a key file for google-auth, and echoes a GCF
     function's output as ``[id] line``."""
-    from tests.requirements import need
-
-    need("google.cloud.functions_v2", "google.auth", "requests")
     import queue
     import threading
 
-    import google.auth.transport.requests
-    import requests
-    from google.api_core.client_options import ClientOptions
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import functions_v2
-    from google.oauth2 import id_token
-
-    from tests.emulator.conftest import GCF_PARENT, upload_source
+    from tests.emulator.conftest import create_function, make_gcf_client
 
     key_file = tmp_path / "key.json"
     process = subprocess.Popen([*_emulator_command(), "serve", "--port", "0", "--key-file", str(key_file)],
@@ -156,13 +146,13 @@ def test_serve_prints_both_apis_and_echoes_gcf_logs(docker_engine, tmp_path, mon
         stderr: queue.Queue[str] = queue.Queue()
         threading.Thread(target=lambda: [stderr.put(line) for line in process.stderr], daemon=True).start()
 
-        client = functions_v2.FunctionServiceClient(transport="rest", credentials=AnonymousCredentials(),
-                                                    client_options=ClientOptions(api_endpoint=endpoint))
-        storage = upload_source(client, {"main.py": "def handler(request):\n    print('hello from gcf')\n"
-                                                    "    return 'ok'\n"})
-        function = client.create_function(request={"parent": GCF_PARENT, "function_id": "echoed", "function": {
-            "build_config": {"runtime": "python311", "entry_point": "handler", "source": {"storage_source": storage}},
-        }}).result(timeout=300)
+        client = make_gcf_client(endpoint)
+        import google.auth.transport.requests
+        import requests
+        from google.oauth2 import id_token
+
+        function = create_function(client, "echoed", "def handler(request):\n    print('hello from gcf')\n"
+                                                     "    return 'ok'\n").result(timeout=300)
         uri = function.service_config.uri
         monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
         token = id_token.fetch_id_token(google.auth.transport.requests.Request(), uri)
