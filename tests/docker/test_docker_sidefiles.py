@@ -47,3 +47,21 @@ def test_a_side_file_too_big_for_tmp_is_refused_before_anything_runs(workdir):
         "corral: error: the side files downloaded to each function's /tmp need 600.0 MB, more than its 512 MB of "
         "ephemeral storage (--ephemeral-storage): huge.bin (600.0 MB)\n"))
     assert not (workdir / "out" / "_SUCCESS").exists()
+
+
+def test_the_cloudfront_example_on_docker_equals_processes(workdir):
+    """The example's lookup table goes in the package; the gzipped CSV parts equal the processes backend's,
+    byte for byte, and so do the counters."""
+    from tests.docker.conftest import REPO
+
+    sample = REPO / "examples" / "data" / "cloudfront" / "logs"
+    outputs = {}
+    for backend in ("processes", "docker"):
+        out = workdir / backend
+        done = corral("run", REPO / "examples" / "cloudfront.py", sample, "--out", out, "--backend", backend,
+                      "--map-bin-size", "256KB", "--max-concurrency", "2", cwd=workdir)
+        assert done.returncode == 0, done.stderr[-3000:]
+        m = json.loads((out / "_corral" / "manifest.json").read_text())
+        outputs[backend] = ({p.name: p.read_bytes() for p in sorted(out.glob("part-*"))}, m["counters"])
+    assert outputs["docker"] == outputs["processes"]
+    assert len(outputs["docker"][0]) >= 2 and outputs["docker"][1]["cloudfront"]["kept"] > 1000
