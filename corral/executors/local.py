@@ -194,6 +194,7 @@ class ProcessExecutor(Executor):
         self._workers: list[_Worker] = []
         self._stopping = False  # no more replacements (cancel_all, close)
         self._done = False  # the serving thread is to end
+        self._closed = False
         self._oom = OomWatch()
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_write, False)  # a full pipe wakes the thread already
@@ -296,9 +297,12 @@ class ProcessExecutor(Executor):
         self._wake()
 
     def close(self) -> None:
-        """Let running attempts finish (queued ones are cancelled), then stop the workers."""
+        """Let running attempts finish (queued ones are cancelled), then stop the workers. Closing twice
+        is closing once."""
         with self._lock:
-            self._stopping = True
+            if self._closed:
+                return
+            self._closed = self._stopping = True
             queued = list(self._queue)
             self._queue.clear()
             for attempt in queued:

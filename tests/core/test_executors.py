@@ -152,6 +152,7 @@ def test_cancel_all_kills_every_worker_and_close_returns_at_once(tmp_path, one_l
     assert [f.result(timeout=5).failure.kind for f in futures] == [corral.CANCELLED] * 3
     executor.close()
     assert time.monotonic() - started < 3
+    executor.close()  # closing twice is closing once
     assert not gone_within(workers, 5)
     assert not gone_within(everything, 5)  # nor any other process the pool started
     assert executor.submit({"never": "run"}).result(timeout=1).failure.kind == corral.CANCELLED
