@@ -483,8 +483,10 @@ def _kill(process: Any) -> None:
 
 def _worker_main(conn: Connection, parent: int | None, inherited: list[int]) -> None:
     """A worker's life: run each payload the driver sends, answer its result; leave when the pipe
-    closes. Ctrl-C is the driver's to handle (it cancels the attempts); the worker ignores SIGINT."""
+    closes. Ctrl-C is the driver's to handle (it cancels the attempts): the worker ignores SIGINT, and
+    SIGTERM ends it (not a handler the driver installed before the fork)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     for fd in inherited:
         try:
             os.close(fd)
