@@ -36,9 +36,12 @@ from corral.events import (
 from corral.executor import INPUT_ERROR, THROTTLED, Executor, JobSource, Outcome
 from corral.fs import FileInfo, display, get_filesystem, join
 from corral.job import Job, Step
+from corral.output import OutputSpec, output_spec, part_names
 from corral.planner import choose_reducers, list_inputs, make_splits, pack_bins, task_sizes
 from corral.plugins import get_plugin_manager
 from corral.settings import Settings
+from corral.sidefiles import side_files, work_url
+from corral.split import INPUT_FORMATS
 from corral.worker import job_ref
 
 log = logging.getLogger("corral")
@@ -120,7 +123,9 @@ def make_job_source(
     work = work_root(output, settings) if output else (_absolute(settings.work_dir) if settings.work_dir else None)
     run_work = join(work, run_id) if work and run_id else work
     locations = (*inputs, *([output] if output else []), *([run_work] if run_work else []))
-    return JobSource(job_ref(job_class), tuple(requirements), locations, inputs=inputs, output=output, work=work)
+    files = side_files(job_class, settings.file)
+    return JobSource(job_ref(job_class), tuple(requirements), locations, inputs=inputs, output=output, work=work,
+                     files=files)
 
 
 def _executor_report(executor: Executor) -> dict[str, Any]:
@@ -159,6 +164,8 @@ class Driver:
         self.report: dict[str, Any] = {}
         self.executor_info: dict[str, Any] = {"name": settings.backend}
         self._running: dict[tuple[str, int], tuple[int, str]] = {}  # (task, attempt) -> (stage, phase)
+        self.output = OutputSpec()
+        self.side_files: list[dict[str, Any]] = []  # in every task's payload (see corral.sidefiles)
 
     # --- the job --------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -167,14 +174,26 @@ class Driver:
         steps = job.steps()
         if not steps:
             raise UsageError(f"{self.job_class.__name__}.steps() returned no stages")
+        self.output = output_spec(self.job_class, self.settings)
+        input_format = getattr(self.job_class, "input_format", "lines")
+        if input_format not in INPUT_FORMATS:
+            raise UsageError(f"invalid value for {self.job_class.__qualname__}.input_format: {input_format!r} is not "
+                             f"one of {', '.join(INPUT_FORMATS)}")
         out_fs = get_filesystem(self.out)
         files = list_inputs(self.inputs)  # first: a mistyped input must not cost the previous output
         for info in files:
             if info.url.startswith(self.out.rstrip("/") + "/"):
                 raise UsageError(f"input {display(info.url)} is inside the output folder {display(self.out)}")
         source = make_job_source(self.job_class, self.settings, self.inputs, self.out, self.run_id, job)
-        self._prepare_output(out_fs)
+        root = work_root(self.out, self.settings)
+        self.side_files = [{**f.to_json(), "url": work_url(root, f)} for f in source.files]
+        # the backend checks its settings first: a value it refuses must not cost the previous output
         executor = create_executor(self.settings)
+        try:
+            self._prepare_output(out_fs)
+        except BaseException:
+            executor.close()
+            raise
         manifest: dict[str, Any] = {}
         try:
             try:
@@ -252,7 +271,8 @@ class Driver:
         split_size, bin_size = task_sizes(
             total, settings.split_size, settings.map_bin_size, settings.explicit, self.concurrency
         )
-        bins = pack_bins(make_splits(files, split_size, kind), bin_size)
+        whole_files = kind == "text" and type(job).input_format == "csv"
+        bins = pack_bins(make_splits(files, split_size, kind, whole_files), bin_size)
         map_only = step.reduce is None
         partitions = 0 if map_only else (step.reducers or choose_reducers(
             total, len(bins), settings.reducers, settings.reduce_bin_size,
@@ -270,11 +290,13 @@ class Driver:
             "tasks": {},
         }
         self.stages.append(record)
+        final = {"output_spec": self.output.to_json()} if last else {}
         base = {
             "job": job_ref(self.job_class),
             "args": self.args,
             "stage": index,
             "memory_budget": settings.memory_budget,
+            "files": self.side_files,
         }
 
         def map_payload(task: str, splits: list, attempt: int) -> dict[str, Any]:
@@ -291,6 +313,8 @@ class Driver:
                 "output_kind": map_output_kind,
                 "input_format": type(job).input_format,
                 "input_errors": type(job).input_errors,
+                "input_header": bool(type(job).input_header),
+                **(final if map_only else {}),
             }
 
         map_tasks = [
@@ -317,6 +341,7 @@ class Driver:
                     ],
                     "output": join(stage_dir, f"{task}.a{attempt}-{secrets.token_hex(3)}{suffix}"),
                     "output_kind": reduce_kind,
+                    **final,
                 }
 
             reduce_tasks = [
@@ -328,7 +353,11 @@ class Driver:
         assert all(outputs)
         record["intermediate_objects"] = 0 if map_only else len(map_tasks)
         if last:
-            return [], [(o["output"], f"part-{n:05d}") for n, o in enumerate(outputs)]  # type: ignore[index]
+            return [], [
+                (url, name)
+                for n, o in enumerate(outputs)
+                for url, name in zip(o["parts"], part_names(n, len(o["parts"]), self.output), strict=True)  # type: ignore[index]
+            ]
         return [FileInfo(o["output"], o["bytes_out"]) for o in outputs], []  # type: ignore[index]
 
     # --- a wave of tasks, with retries ----------------------------------------------------------
@@ -433,7 +462,7 @@ class Driver:
 
     def _discard(self, url: str) -> None:
         try:
-            get_filesystem(url).remove(url)
+            get_filesystem(url).remove(url, recursive=True)  # a final task's output may be a folder of parts
         except OSError as exc:  # leftovers are harmless: nothing reads an uncommitted attempt
             log.debug("could not remove %s: %s", url, exc)
 
@@ -468,6 +497,7 @@ class Driver:
             "inputs": self.inputs,
             "out": self.out,
             "backend": self.settings.backend,
+            "output": self.output.to_json(),
             "settings": self.settings.to_json(),
             "counters": self._plain_counters(),
             "stages": self.stages,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from corral.settings import Settings
+    from corral.sidefiles import SideFile
     from corral.sizing import MemorySizing
 
 #: Failure kinds. Throttling is backpressure and does not count toward the retry limit: an executor
@@ -64,7 +65,7 @@ class Outcome:
 #: What ``corral.worker.run_task`` measures and reports about an attempt, copied into its stats (the
 #: manifest's per-attempt figures, which the report and the advice read).
 WORKER_STATS = ("seconds", "peak_memory_mb", "cpu_seconds", "rss_mb", "worker", "records_in", "keys_in",
-                "bytes_in", "bytes_out")
+                "bytes_in", "bytes_out", "side_file_downloads")
 
 
 def outcome_from_result(result: dict[str, Any], stats: dict[str, Any] | None = None) -> Outcome:
@@ -76,7 +77,10 @@ def outcome_from_result(result: dict[str, Any], stats: dict[str, Any] | None = N
     if result.get("ok"):
         return Outcome(result=result, stats=stats)
     error = result.get("error") or {}
-    kind = {"input": INPUT_ERROR, "cancelled": CANCELLED}.get(str(error.get("kind")), USER_ERROR)
+    # "input": bad input data (the message names the file and offset); "infrastructure": the worker
+    # could not run the task at all (e.g. a remote handler could not read its payload)
+    kinds = {"input": INPUT_ERROR, "cancelled": CANCELLED, "infrastructure": INFRASTRUCTURE}
+    kind = kinds.get(str(error.get("kind")), USER_ERROR)
     message = f"{error.get('type', 'Error')}: {error.get('message', '')}"
     if kind != USER_ERROR:
         message = error.get("message", "")
@@ -100,6 +104,9 @@ class JobSource:
     inputs: tuple[str, ...] = ()
     output: str | None = None
     work: str | None = None
+    #: the job's side files (``corral.sidefiles``): ``build_package`` puts the small ones in the package;
+    #: a remote executor's ``deploy`` uploads the others (``corral.upload_side_files``).
+    files: tuple[SideFile, ...] = ()
 
 
 class Executor(ABC):

@@ -24,7 +24,6 @@ the first invocation.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -38,6 +37,7 @@ from typing import Any
 
 from corral.errors import CorralError
 from corral.executor import JobSource
+from corral.sidefiles import package_files
 
 # ast, io, shutil, site, subprocess, tempfile and zipfile are imported where used: every worker imports
 # corral, and only the driver builds packages.
@@ -74,11 +74,6 @@ class Package:
     files: tuple[str, ...]
 
     @property
-    def code_sha256(self) -> str:
-        """The hash as AWS Lambda reports it (``CodeSha256``: base64 of the sha256 digest)."""
-        return base64.b64encode(bytes.fromhex(self.sha256)).decode("ascii")
-
-    @property
     def size(self) -> int:
         return len(self.zip_bytes)
 
@@ -101,6 +96,17 @@ class Package:
     def largest(self, count: int = 5) -> list[tuple[str, int]]:
         """The ``count`` largest top-level entries once unzipped: ``[(name, bytes), ...]``."""
         return sorted(self.unzipped_sizes().items(), key=lambda item: (-item[1], item[0]))[:count]
+
+
+def manylinux_platforms(machine: str, glibc_minor: int) -> list[str]:
+    """The pip platform tags of wheels that run on a Linux with glibc 2.``glibc_minor`` on ``machine``
+    (``x86_64``, ``aarch64``), newest first: ``manylinux_2_N`` down to 2_18 (pip does not expand those),
+    then ``manylinux2014`` (2_17, which pip expands to manylinux2010 and manylinux1).
+
+    A function's runtime decides them (its OS's glibc), not this machine: Lambda's python3.11 runs on
+    glibc 2.26, Cloud Functions' python312 on Ubuntu 22.04's 2.35.
+    """
+    return [*(f"manylinux_2_{n}_{machine}" for n in range(glibc_minor, 17, -1)), f"manylinux2014_{machine}"]
 
 
 def build_package(
@@ -130,6 +136,7 @@ def build_package(
         files[arcname] = path.read_bytes()
         if arcname.endswith(".py"):
             _check_syntax(path, files[arcname], python_version)
+    files.update(package_files(job.files))  # the small side files (the others go through the working folder)
     for arcname, data in (handler_files or {}).items():
         arcname = arcname.replace(os.sep, "/").lstrip("/")
         if arcname.startswith("corral/"):

@@ -30,6 +30,8 @@ from corral.options import Option, int_in_range, parse_bool, parse_size
 T = TypeVar("T")
 MiB = 1 << 20
 DEFAULT_SOURCE = "default"
+#: How long throttled tasks are retried, from the job's start (``--deadline``): 6 hours.
+DEFAULT_DEADLINE = 6 * 3600
 
 
 def setting(option: Option[T]) -> T:
@@ -54,8 +56,17 @@ def _host(value: Any) -> str:
     return text
 
 
+def _one_of(*choices: str) -> Any:
+    def parse(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        return str(value)
+
+    return parse
+
+
 def _items(value: Any) -> tuple[str, ...]:
-    """A repeatable ``KEY=VALUE`` option: a list from flags or TOML, one item from a variable."""
+    """A repeatable option (``KEY=VALUE``, a path): a list from flags or TOML, one item from a variable."""
     return tuple(str(v) for v in value) if isinstance(value, list | tuple) else (str(value),)
 
 
@@ -82,7 +93,7 @@ class Settings:
     retries: int = setting(Option("retries", int_in_range(0), 3, "retries of a failed task before the job fails",
                                   "N"))
     deadline: int = setting(Option(
-        "deadline", int_in_range(1), 6 * 3600,
+        "deadline", int_in_range(1), DEFAULT_DEADLINE,
         "seconds from the job's start during which throttled tasks are retried; a task still throttled "
         "then fails the job (default 21600 = 6 h)", "SECONDS"))
     requirements: str | None = setting(Option(
@@ -93,6 +104,20 @@ class Settings:
                                         "memory a task buffers before spilling to disk", "SIZE"))
     arg: tuple[str, ...] = setting(Option("arg", _items, (), "KEY=VALUE for the job, in self.args (repeatable)",
                                           "KEY=VALUE", repeat=True))
+    output_format: str | None = setting(Option(
+        "output-format", _one_of("text", "csv", "jsonl", "value"), None,
+        "format of the part files: text (key<TAB>value), csv, jsonl or value (default: the job's output_format, "
+        "else text)", "FORMAT"))
+    output_compression: str | None = setting(Option(
+        "output-compression", _one_of("none", "gzip", "zstd"), None,
+        "compress the part files: gzip (.gz) or zstd (.zst) (default: the job's output_compression, else none)",
+        "NAME"))
+    max_records_per_file: int | None = setting(Option(
+        "max-records-per-file", int_in_range(1), None,
+        "split each task's output into part files of at most N records (part-00000-00000…)", "N"))
+    file: tuple[str, ...] = setting(Option(
+        "file", _items, (), "a read-only side file for every task, found with self.file_path(NAME) (repeatable; "
+        "adds to the job's files)", "PATH", repeat=True))
     work_dir: str | None = setting(Option("work-dir", _text, None,
                                           "where intermediate data goes (default OUT/_corral/work)", "URL"))
     keep_intermediate: bool = setting(Option("keep-intermediate", parse_bool, False,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import heapq
 import io
-import json
 import os
 import struct
 import sys
@@ -27,6 +26,8 @@ from operator import itemgetter
 from typing import IO, Any
 
 import msgpack
+
+from corral.pairs import check_keys, check_values
 
 #: Values of one key are stored in entries of at most this many values, so no entry is unbounded.
 MAX_VALUES_PER_ENTRY = 1024
@@ -58,10 +59,6 @@ def _own_size(value: Any) -> int:
     if value is None or value is True or value is False or (type(value) is int and -5 <= value <= 256):
         return 0
     return sys.getsizeof(value)
-
-
-def _key_error(key: Any) -> TypeError:
-    return TypeError(f"keys must be str, but a key {key!r} of type {type(key).__name__} was yielded")
 
 
 def _packer() -> Callable[[Any], bytes]:
@@ -477,13 +474,17 @@ class MapBuffer:
         return combined[0] if combined else []
 
     # --- sorting and writing ------------------------------------------------------------------
+    def _a_value(self, key: str) -> Any:
+        """A buffered value of ``key`` (for messages)."""
+        values = self.groups[key]
+        return values if self._one_value_per_key else values[0]
+
     def _sorted_partitions(self) -> list[list[str]]:
         """The buffered keys of each partition, sorted. The default partitioner runs in C over all
         keys at once (CRC-32 of their UTF-8 bytes, modulo the partition count). Keys are partitioned
         in the buffer's order (near their neighbours in memory), then each partition is sorted."""
         keys = list(self.groups)
-        if set(map(type, keys)) - {str}:
-            raise _key_error(next(k for k in keys if type(k) is not str))
+        check_keys("map", keys, self._a_value)
         n = self.num_partitions
         if n == 1 and self.partition is default_partition:
             keys.sort()
@@ -524,6 +525,7 @@ class MapBuffer:
                     values = list(zip(values))  # (value,): a group of one
                 if self.combine is not None:
                     some_keys, values = self._combine_all(some_keys, values)
+                check_values("map" if self.combine is None else "map (or combine)", some_keys, values)
                 if self.sort_values:
                     for group in values:
                         if len(group) > 1:
@@ -583,88 +585,6 @@ class MapBuffer:
         for f, _ in self.spills:
             f.close()
         self.spills = []
-
-
-# --- records between stages and final text output --------------------------------------------
-
-
-class PairWriter:
-    """Writes the ``(key, value)`` pairs that ``map`` or ``reduce`` yields, validated and encoded in
-    batches (no per-pair function layer); subclasses choose the encoding."""
-
-    BATCH = 8192
-
-    def __init__(self, out: IO[bytes], source: str = "reduce") -> None:
-        self.out = out
-        self.source = source  # the method whose pairs these are, for error messages
-        self._pending: list[Any] = []
-
-    def add_all(self, pairs: Iterable[Any]) -> None:
-        """Add every pair of ``pairs`` (consumed in batches: a generator yielding millions is fine)."""
-        pending = self._pending
-        pairs = iter(pairs)
-        pending += islice(pairs, self.BATCH - len(pending))
-        while len(pending) >= self.BATCH:
-            self.flush()
-            pending = self._pending
-            pending += islice(pairs, self.BATCH)
-
-    def flush(self) -> None:
-        pairs, self._pending = self._pending, []
-        if pairs:
-            if set(map(type, pairs)) != {tuple} or set(map(len, pairs)) != {2}:
-                pairs = [self._pair(item) for item in pairs]
-            self._write(pairs)
-
-    def _pair(self, item: Any) -> tuple[Any, Any]:
-        try:
-            key, value = item
-        except (TypeError, ValueError):
-            raise TypeError(f"{self.source} must yield (key, value) pairs, but it yielded {item!r}") from None
-        return key, value
-
-    def _write(self, pairs: list[tuple[Any, Any]]) -> None:
-        raise NotImplementedError
-
-
-class RecordWriter(PairWriter):
-    """Writes ``(key, value)`` records as msgpack batches (the format between the stages of a job)."""
-
-    def __init__(self, out: IO[bytes], source: str = "reduce") -> None:
-        super().__init__(out, source)
-        self._pack = _packer()
-
-    def _write(self, pairs: list[tuple[Any, Any]]) -> None:
-        self.out.write(self._pack(list(chain.from_iterable(pairs))))
-
-
-def iter_records(stream: IO[bytes]) -> Iterator[list[tuple[Any, Any]]]:
-    """Batches of ``(key, value)`` records from a stream written by RecordWriter."""
-    unpacker = msgpack.Unpacker(
-        stream, raw=False, strict_map_key=False, read_size=_READ_BLOCK, unicode_errors=_TEXT_ERRORS
-    )
-    for batch in unpacker:
-        yield list(zip(batch[0::2], batch[1::2], strict=True))
-
-
-class TextWriter(PairWriter):
-    """Writes final output lines ``key<TAB>value`` (a str value as is, any other value as JSON; a None
-    key writes the value alone)."""
-
-    def __init__(self, out: IO[bytes], source: str = "reduce") -> None:
-        super().__init__(out, source)
-        self._dumps = json.JSONEncoder(ensure_ascii=False).encode
-
-    def _write(self, pairs: list[tuple[Any, Any]]) -> None:
-        if set(map(type, map(_first, pairs))) == {str} and set(map(type, map(_second, pairs))) <= {str, int}:
-            text = "".join([f"{key}\t{value}\n" for key, value in pairs])  # str and int: JSON's text too
-        else:
-            text = "".join([f"{self._line(key, value)}\n" for key, value in pairs])
-        self.out.write(text.encode("utf-8", _TEXT_ERRORS))
-
-    def _line(self, key: Any, value: Any) -> str:
-        text = value if isinstance(value, str) else self._dumps(value)
-        return text if key is None else f"{key}\t{text}"
 
 
 def spill_dir() -> str | None:

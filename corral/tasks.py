@@ -2,9 +2,11 @@
 
 A map spec: ``{"kind": "map", "job", "stage", "task", "attempt", "splits", "partitions", "output",
 "output_kind", "input_format", "memory_budget"}``; ``output_kind`` is ``"shuffle"`` (one indexed
-object for the reducers), ``"text"`` (final part file of a map-only job) or ``"records"`` (a map-only
-stage feeding the next stage). A reduce spec: ``{"kind": "reduce", …, "partition", "sources":
-[[url, offset, length], …], "output", "output_kind"}``.
+object for the reducers), ``"text"`` (the final part files of a map-only job, written as the spec's
+``"output_spec"`` says: see ``corral.output.OutputSpec``) or ``"records"`` (a map-only stage feeding
+the next stage). A reduce spec: ``{"kind": "reduce", …, "partition", "sources": [[url, offset,
+length], …], "output", "output_kind", "output_spec"}``. A final task's result lists its part files
+(``"parts"``), which the driver commits.
 """
 
 from __future__ import annotations
@@ -12,18 +14,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from functools import partial
 from itertools import chain, count, repeat, starmap
-from typing import IO, Any
+from typing import Any
 
 from corral import cancellation
 from corral.fs import get_filesystem
 from corral.job import Job, Step
+from corral.output import OutputSpec, PartWriter, RecordFile, iter_records
+from corral.pairs import check_pairs, shuffle_batches
 from corral.shuffle import (
     MERGE_FACTOR,
     MapBuffer,
-    RecordWriter,
-    TextWriter,
     iter_group_batches,
-    iter_records,
     limit_fan_in,
     merge_batch_groups,
     range_blocks,
@@ -32,8 +33,10 @@ from corral.shuffle import (
 from corral.split import Split, iter_text_records
 
 
-def _record_batches(split: Split, input_format: str, input_errors: str) -> Iterable[tuple[bool, list]]:
-    """``(keyed, batch)`` for a split: batches of lines (keyed False) or (key, value) pairs (True).
+def _record_batches(
+    split: Split, input_format: str, input_errors: str, input_header: bool = False
+) -> Iterable[tuple[bool, list]]:
+    """``(keyed, batch)`` for a split: batches of records (keyed False) or (key, value) pairs (True).
     A cancelled attempt stops here, between batches (``corral.cancellation``)."""
     fs = get_filesystem(split.url)
     if split.kind == "records":
@@ -43,13 +46,26 @@ def _record_batches(split: Split, input_format: str, input_errors: str) -> Itera
                 yield True, batch
         return
     keyed = input_format == "tsv"
-    for lines in iter_text_records(fs, split, input_format, input_errors):
+    for batch in iter_text_records(fs, split, input_format, input_errors, input_header):
         cancellation.check()
-        yield keyed, lines
+        yield keyed, batch
 
 
-def _writer(output_kind: str, out: IO[bytes], source: str) -> TextWriter | RecordWriter:
-    return TextWriter(out, source) if output_kind == "text" else RecordWriter(out, source)
+def _writer(spec: dict[str, Any], source: str) -> PartWriter | RecordFile:
+    """The writer of a task's output: part files (the last stage) or records (for the next stage). As a
+    context manager it closes the output, or on an error closes what is open (the driver discards it)."""
+    url = spec["output"]
+    if spec["output_kind"] == "text":
+        return PartWriter(url, OutputSpec.from_json(spec.get("output_spec")), source)
+    return RecordFile(url, source)
+
+
+def _written(spec: dict[str, Any], writer: Any, **result: Any) -> dict[str, Any]:
+    """A task's result: its output (the part files of a final task) and its size."""
+    result.update(output=spec["output"], bytes_out=writer.bytes_out)
+    if spec["output_kind"] == "text":
+        result["parts"] = writer.parts
+    return result
 
 
 def _map_calls(step: Step, keyed: bool, batch: list) -> Iterable[Iterable[Any]]:
@@ -65,6 +81,8 @@ def execute_map(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]:
     output_kind = spec["output_kind"]
     input_format = spec.get("input_format", "lines")
     input_errors = spec.get("input_errors", "strict")
+    input_header = bool(spec.get("input_header"))
+    source = "map" if step.map_batch is None else "map_batch"  # the method whose pairs these are, for messages
     records_in = 0
     out_fs = get_filesystem(spec["output"])
     if step.map_init:
@@ -82,33 +100,37 @@ def execute_map(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]:
         try:
             for split_json in spec["splits"]:
                 split = Split.from_json(split_json)
-                for keyed, batch in _record_batches(split, input_format, input_errors):
+                for keyed, batch in _record_batches(split, input_format, input_errors, input_header):
                     records_in += len(batch)
                     groups = buffer.groups
-                    for pairs in _map_calls(step, keyed, batch):  # the hot loop: no function layer per pair
-                        for key, value in pairs:
-                            groups[key].append(value)
+                    pairs = chain.from_iterable(_map_calls(step, keyed, batch))
+                    for shaped in shuffle_batches(source, pairs):  # the hot loop: no function layer per pair
+                        try:
+                            for key, value in shaped:
+                                groups[key].append(value)
+                        except TypeError:  # a key that cannot be hashed: say which
+                            check_pairs(source, shaped, shuffle=True)
+                            raise
                     buffer.check(records_in)
             if step.map_final:
-                buffer.add_final(step.map_final() or ())
+                buffer.add_final(chain.from_iterable(shuffle_batches("map_final", step.map_final() or ())))
             with out_fs.open(spec["output"], "wb") as out:
                 index = buffer.write(out)
         finally:
             buffer.close()
         return {"output": spec["output"], "index": index, "records_in": records_in}
 
-    with out_fs.open(spec["output"], "wb") as out:
-        writer = _writer(output_kind, out, "map")
+    with _writer(spec, source) as writer:
         for split_json in spec["splits"]:
             split = Split.from_json(split_json)
-            for keyed, batch in _record_batches(split, input_format, input_errors):
+            for keyed, batch in _record_batches(split, input_format, input_errors, input_header):
                 records_in += len(batch)
                 writer.add_all(chain.from_iterable(_map_calls(step, keyed, batch)))
         if step.map_final:
+            writer.flush()
+            writer.source = "map_final"
             writer.add_all(step.map_final() or ())
-        writer.flush()
-        bytes_out = out.tell()
-    return {"output": spec["output"], "records_in": records_in, "bytes_out": bytes_out}
+    return _written(spec, writer, records_in=records_in)
 
 
 def execute_reduce(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]:
@@ -144,19 +166,17 @@ def _read_block(share: int, local: bool) -> int:
 
 
 def _reduce(spec: dict[str, Any], step: Step, sources: list[Iterator[list[Any]]]) -> dict[str, Any]:
-    out_fs = get_filesystem(spec["output"])
     if step.reduce_init:
         step.reduce_init()
     reducer = step.reduce
     assert reducer is not None  # only stages with a reduce have reduce tasks
-    with out_fs.open(spec["output"], "wb") as out:
-        writer = _writer(spec["output_kind"], out, "reduce")
+    with _writer(spec, "reduce") as writer:
         keys = count()  # counts the keys as the merge yields them
         if sources:
             groups = zip(merge_batch_groups(sources, step.value_key, step.sort_values), keys, strict=False)
             writer.add_all(chain.from_iterable(reducer(key, values) for (key, values), _ in groups))
         if step.reduce_final:
+            writer.flush()
+            writer.source = "reduce_final"
             writer.add_all(step.reduce_final() or ())
-        writer.flush()
-        bytes_out = out.tell()
-    return {"output": spec["output"], "keys_in": next(keys), "bytes_out": bytes_out}
+    return _written(spec, writer, keys_in=next(keys))

@@ -25,6 +25,7 @@ from typing import Any
 from corral.cancellation import TaskCancelled
 from corral.errors import InputError, UsageError
 from corral.job import Job
+from corral.sidefiles import local_paths
 
 _CORRAL_DIR = str(Path(__file__).resolve().parent)
 _job_classes: dict[tuple[str, str, str | None], type[Job]] = {}
@@ -101,10 +102,13 @@ def run_task(payload: dict[str, Any], progress: ProgressSink | None = None) -> d
     started = time.perf_counter()
     sink = progress or _default_sink
     key = (payload.get("task"), payload.get("attempt"))
+    downloads = 0
     with _no_full_collections() as cpu_clock:
         cpu_started = cpu_clock()
         try:
             job = load_job_class(payload["job"])(payload.get("args"))
+            if payload.get("files"):
+                job._side_files, downloads = local_paths(payload["files"])
             step = job.steps()[payload["stage"]]
             execute = execute_map if payload["kind"] == "map" else execute_reduce
             if sink is not None:
@@ -135,6 +139,8 @@ def run_task(payload: dict[str, Any], progress: ProgressSink | None = None) -> d
         worker=worker_id(),
         bytes_in=_bytes_in(payload),
     )
+    if downloads:
+        result["side_file_downloads"] = downloads
     if "bytes_out" not in result and result.get("index"):  # a map task's shuffle object: its partitions
         result["bytes_out"] = sum(length for _, length in result["index"])
     return result

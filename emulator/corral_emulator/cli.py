@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -41,6 +43,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--region", default=None, help="region in ARNs and AWS_REGION (default from env or us-east-1)")
     serve.add_argument("--log-dir", default=None, help="folder for the functions' logs (one file per function)")
     serve.add_argument("--quiet", action="store_true", help="do not echo the functions' logs to stderr")
+    serve.add_argument("--key-file", default=None, metavar="PATH",
+                       help="write a service-account key file for google-auth (its token_uri is this emulator) "
+                            "to PATH (default: a file in the emulator's temporary folder)")
     serve.add_argument("--throttle", type=float, default=None, metavar="FRACTION",
                        help="fault injection: answer 429 to this fraction of invocations, e.g. 0.33 "
                             "(default $CORRAL_EMULATOR_THROTTLE or 0)")
@@ -90,6 +95,8 @@ def run_serve(args: argparse.Namespace) -> int:
               flush=True)
         print(f'  functions_v2.FunctionServiceClient(transport="rest", client_options={{"api_endpoint": '
               f'"{endpoint}"}}, credentials=AnonymousCredentials())', flush=True)
+        key_file = write_key_file(emulator, args.key_file)
+        print(f"  ID tokens for the functions' URLs: export GOOGLE_APPLICATION_CREDENTIALS={key_file}", flush=True)
         while not stop.wait(0.5):
             pass
         print("corral emulator: stopping, removing containers...", flush=True)
@@ -98,6 +105,19 @@ def run_serve(args: argparse.Namespace) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+def write_key_file(emulator: Emulator, path: str | None) -> str:
+    """Write a service-account key of ``emulator`` (readable by this user only); return its path."""
+    assert emulator.workdir is not None
+    target = os.path.abspath(path) if path else str(emulator.workdir / "service-account.json")
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(emulator.service_account_key(), f, indent=2)
+    except OSError as exc:
+        raise EmulatorError(f"cannot write the key file {target}: {exc.strerror}") from None
+    return target
 
 
 def run_build_base(args: argparse.Namespace) -> int:

@@ -34,10 +34,14 @@ CONNECTION_ERROR = ("The request failed because either the HTTP response was mal
                     "instance had an error.")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_port(taken: set[int]) -> int:
+    """A port nothing listens on now, and that no live instance of this emulator was given."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in taken:
+            return port
 
 
 @dataclass
@@ -64,7 +68,7 @@ class GcfInstance(Sandbox):
         self.settings: Settings = settings
         self.function_id = function.function_id
         self.revision = function.revision
-        self.port = free_port()
+        self.port = free_port({s.port for s in engine.sandboxes.values() if isinstance(s, GcfInstance)})
         self.framework_dir = function.framework_dir
 
     # ---------------------------------------------------------------- the container

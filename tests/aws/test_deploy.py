@@ -143,7 +143,7 @@ def test_the_role_policy_follows_the_job_locations(emulator, s3, bucket, monkeyp
 
 
 def test_a_package_over_50_mb_goes_through_the_deploy_bucket(emulator, s3, bucket, monkeypatch):
-    from corral_lambda.executor import MAX_DIRECT_UPLOAD, LambdaExecutor
+    from corral_lambda.executor import MAX_DIRECT_UPLOAD, LambdaExecutor, code_sha256
 
     from corral.packaging import make_zip
 
@@ -168,7 +168,7 @@ def test_a_package_over_50_mb_goes_through_the_deploy_bucket(emulator, s3, bucke
     assert parts(s3, bucket, "out")["part-00000"] == b"big\t1\npackage\t1\n"
     config = state(emulator.endpoint, "corral-wordcount-WordCount")
     assert built[-1].size > MAX_DIRECT_UPLOAD and config["CodeSize"] == built[-1].size
-    assert config["CodeSha256"] == built[-1].code_sha256
+    assert config["CodeSha256"] == code_sha256(built[-1])
     assert s3.list_objects_v2(Bucket="corral-code").get("KeyCount", 0) == 0  # Lambda keeps its own copy
 
 
@@ -176,7 +176,9 @@ def test_large_payloads_and_results_go_by_reference_through_s3(emulator, s3, buc
     """With the inline limits lowered to 64 bytes, every payload and result crosses through the job's
     working folder on S3: the word count is still exact, and nothing is left behind."""
     from corral_lambda import plugin
-    from corral_lambda.executor import DEFAULT_CONCURRENCY, LambdaConfig, LambdaExecutor
+    from corral_lambda.executor import LambdaConfig, LambdaExecutor
+
+    from corral.remote import DEFAULT_CONCURRENCY
 
     monkeypatch.setenv("CORRAL_LAMBDA_IAM_SETTLE", "0")
     removed: list[str] = []

@@ -279,3 +279,15 @@ def gcf_call(id_token_for):
         return requests.post(uri + path, headers=headers, timeout=kwargs.pop("timeout", 120), **kwargs)
 
     return call
+
+
+@pytest.fixture
+def gcf_log(emulator):
+    """``gcf_log(function)`` -> the text of that function's log (the emulator's log folder)."""
+
+    def read(function) -> str:
+        project, location, function_id = (function.name.split("/")[i] for i in (1, 3, 5))
+        path = emulator.engine.log_dir / f"gcf-{project}-{location}-{function_id}.log"
+        return path.read_text() if path.exists() else ""
+
+    return read

@@ -18,9 +18,8 @@ import boto3
 import pytest
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
-from corral_lambda import handler as handler_module
 from corral_lambda import iam
-from corral_lambda.executor import HANDLER, MAX_UNZIPPED, LambdaConfig, LambdaExecutor
+from corral_lambda.executor import HANDLER, MAX_UNZIPPED, LambdaConfig, LambdaExecutor, code_sha256
 from corral_lambda.pricing import PRICES, estimate, gb_seconds
 
 import corral
@@ -137,7 +136,7 @@ def test_deploy_creates_a_missing_function(package):
     executor, stub = make_executor()
     stub.add_client_error("get_function", "ResourceNotFoundException", "Function not found", 404)
     stub.add_response("create_function", {"FunctionName": "fn"}, {**CREATE, "Code": {"ZipFile": package.zip_bytes}})
-    stub.add_response("get_function", configuration(CodeSha256=package.code_sha256), {"FunctionName": "fn"})
+    stub.add_response("get_function", configuration(CodeSha256=code_sha256(package)), {"FunctionName": "fn"})
     with stub:
         executor.deploy(JOB)
     stub.assert_no_pending_responses()
@@ -154,7 +153,7 @@ def test_create_function_is_retried_while_a_new_role_propagates(package, monkeyp
         stub.add_client_error("create_function", "InvalidParameterValueException",
                               "The role defined for the function cannot be assumed by Lambda.", 400)
     stub.add_response("create_function", {"FunctionName": "fn"}, {**CREATE, "Code": {"ZipFile": package.zip_bytes}})
-    stub.add_response("get_function", configuration(CodeSha256=package.code_sha256), {"FunctionName": "fn"})
+    stub.add_response("get_function", configuration(CodeSha256=code_sha256(package)), {"FunctionName": "fn"})
     with stub:
         executor.deploy(JOB)
     stub.assert_no_pending_responses()
@@ -162,7 +161,7 @@ def test_create_function_is_retried_while_a_new_role_propagates(package, monkeyp
 
 def test_deploy_of_unchanged_code_updates_nothing(package):
     executor, stub = make_executor()
-    stub.add_response("get_function", configuration(CodeSha256=package.code_sha256), {"FunctionName": "fn"})
+    stub.add_response("get_function", configuration(CodeSha256=code_sha256(package)), {"FunctionName": "fn"})
     with stub:  # any further call would fail: the stubber has no response for it
         executor.deploy(JOB)
     assert executor.deploy_actions == [] and executor.uploads == 0
@@ -177,9 +176,9 @@ def test_deploy_of_unchanged_code_updates_nothing(package):
 def test_a_changed_setting_updates_the_configuration_only(package, setting, field, value):
     setting_value = {"EphemeralStorage": 2048, "Environment": {"MODE": "fast"}}.get(field, value)
     executor, stub = make_executor(**{setting: setting_value})
-    stub.add_response("get_function", configuration(CodeSha256=package.code_sha256), {"FunctionName": "fn"})
+    stub.add_response("get_function", configuration(CodeSha256=code_sha256(package)), {"FunctionName": "fn"})
     stub.add_response("update_function_configuration", {}, {"FunctionName": "fn", field: value})
-    stub.add_response("get_function", configuration(CodeSha256=package.code_sha256), {"FunctionName": "fn"})
+    stub.add_response("get_function", configuration(CodeSha256=code_sha256(package)), {"FunctionName": "fn"})
     with stub:
         executor.deploy(JOB)
     stub.assert_no_pending_responses()
@@ -191,7 +190,7 @@ def test_changed_code_updates_the_code_only(package):
     stub.add_response("get_function", configuration(CodeSha256="old"), {"FunctionName": "fn"})
     stub.add_response("update_function_code", {}, {"FunctionName": "fn", "ZipFile": package.zip_bytes,
                                                    "Architectures": ["x86_64"]})
-    stub.add_response("get_function", configuration(CodeSha256=package.code_sha256), {"FunctionName": "fn"})
+    stub.add_response("get_function", configuration(CodeSha256=code_sha256(package)), {"FunctionName": "fn"})
     with stub:
         executor.deploy(JOB)
     stub.assert_no_pending_responses()
@@ -201,10 +200,10 @@ def test_changed_code_updates_the_code_only(package):
 def test_a_new_architecture_goes_with_the_code_as_aws_requires(package):
     """UpdateFunctionConfiguration has no Architectures: AWS takes it in UpdateFunctionCode."""
     executor, stub = make_executor(architecture="arm64")
-    stub.add_response("get_function", configuration(CodeSha256=package.code_sha256), {"FunctionName": "fn"})
+    stub.add_response("get_function", configuration(CodeSha256=code_sha256(package)), {"FunctionName": "fn"})
     stub.add_response("update_function_code", {}, {"FunctionName": "fn", "ZipFile": package.zip_bytes,
                                                    "Architectures": ["arm64"]})
-    stub.add_response("get_function", configuration(CodeSha256=package.code_sha256, Architectures=["arm64"]),
+    stub.add_response("get_function", configuration(CodeSha256=code_sha256(package), Architectures=["arm64"]),
                       {"FunctionName": "fn"})
     with stub:
         executor.deploy(JOB)
@@ -258,26 +257,6 @@ def test_over_50_mb_zipped_needs_a_deploy_bucket(monkeypatch):
         executor.deploy(JOB)
 
 
-def test_large_payloads_and_results_go_by_reference_through_the_working_folder(tmp_path):
-    """The executor writes a large payload to storage, the handler reads it, writes its large result
-    back, and the executor reads and removes both: nothing large crosses Lambda's 6 MB limits."""
-    executor, _ = make_executor(inline_payload_limit=1024, inline_result_limit=1024)
-    executor.refs = str(tmp_path / "_refs")
-    payload = {"task": "reduce-0000", "attempt": 1, "sources": [["s3://b/x", 0, n] for n in range(500)]}
-    event, stored = executor._event(payload)
-    assert stored and len(event) < 300 and (tmp_path / "_refs").exists()
-    unwrapped, results = handler_module.unwrap(json.loads(event))
-    assert unwrapped == payload and results == {"url": executor.refs, "limit": 1024}
-    big_result = {"ok": True, "index": [[n, n + 1] for n in range(1000)]}
-    answer = handler_module.wrap(big_result, results)
-    assert set(answer) == {"_corral_result", "bytes"}
-    assert json.loads(executor._fetch_result(json.dumps(answer).encode())) == big_result
-    executor._remove(stored)
-    assert list((tmp_path / "_refs").iterdir()) == []  # payload and result removed once read
-    small = {"ok": True}
-    assert handler_module.wrap(small, results) is small
-
-
 def test_the_report_adds_up_gb_seconds_and_the_cost():
     executor, stub = make_executor(memory=1024, architecture="arm64")
     stub.add_response("invoke", invoke_ok(billed_ms=2000, memory=1024))
@@ -299,18 +278,6 @@ def test_price_table_and_gb_seconds():
     x86 = estimate("x86_64", 1_000_000, 400_000)
     assert x86["estimated_cost_usd"] == pytest.approx(400_000 * 0.0000166667 + 0.20)
     assert PRICES["arm64"].gb_second < PRICES["x86_64"].gb_second
-
-
-def test_handler_caps_the_memory_budget_and_runs_the_packaged_job(monkeypatch, tmp_path):
-    event = {"memory_budget": 256 << 20, "job": {"module": "myjob", "class": "J", "path": "/host/myjob.py"}}
-    monkeypatch.setenv("LAMBDA_TASK_ROOT", str(tmp_path))
-    prepared = handler_module.prepare(event, 128)
-    assert prepared["memory_budget"] == int(128 * 0.4 * (1 << 20))
-    assert prepared["job"]["path"] == "/host/myjob.py"  # not packaged here: the path stays
-    (tmp_path / "myjob.py").write_text("")
-    assert handler_module.prepare(event, 1024)["job"]["path"] is None
-    assert handler_module.prepare(event, 1024)["memory_budget"] == 256 << 20  # under the cap
-    assert event["job"]["path"] == "/host/myjob.py"  # the caller's event is left alone
 
 
 def test_no_iam_rights_says_how_to_do_without(package):

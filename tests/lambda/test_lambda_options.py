@@ -7,12 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from corral_lambda.executor import LambdaConfig, function_name_for
-from corral_lambda.options import MEMORY, OPTIONS, TIMEOUT
+from corral_lambda.executor import LambdaConfig
+from corral_lambda.options import OPTIONS
 
 from corral.cli import main
 from corral.config import load_settings
 from corral.errors import UsageError
+from corral.remote import MEMORY, TIMEOUT, function_name_for
 
 WORDCOUNT = Path(__file__).resolve().parents[2] / "examples" / "wordcount.py"
 
@@ -36,22 +37,23 @@ def data(isolated) -> Path:
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [
-        ("--memory", "100", "100 is out of range (must be from 128 to 10240)"),
-        ("--memory", "10241", "must be from 128 to 10240"),
+        ("--memory", "100", "100 is out of range (must be from 128 to 32768)"),
+        ("--memory", "10241", "10241 is out of range for Lambda (must be from 128 to 10240)"),
         ("--memory", "lots", "'lots' is not a whole number"),
-        ("--timeout", "0", "0 is out of range (must be from 1 to 900)"),
-        ("--timeout", "901", "must be from 1 to 900"),
-        ("--function-name", "no spaces", "not a Lambda function name"),
+        ("--timeout", "0", "0 is out of range (must be from 1 to 3600)"),
+        ("--timeout", "901", "901 is out of range for Lambda (must be from 1 to 900)"),
+        ("--function-name", "no spaces", "'no spaces' is not a function name"),
         ("--lambda-role-arn", "role", "not an IAM role ARN"),
         ("--lambda-endpoint", "localhost:9000", "not an http(s):// URL"),
         ("--ephemeral-storage", "511", "511 is out of range (must be from 512 to 10240)"),
         ("--ephemeral-storage", "10241", "must be from 512 to 10240"),
         ("--environment", "NOVALUE", "'NOVALUE' is not KEY=VALUE"),
         ("--environment", "AWS_REGION=eu-west-1", "AWS_REGION is set by Lambda itself"),
-        ("--environment", "1X=y", "not a variable name Lambda accepts"),
+        ("--environment", "1X=y", "'1X' is not a variable name"),
+        ("--environment", f"BIG={'x' * 4100}", "the variables exceed Lambda's 4 KB limit"),
         ("--architecture", "sparc", "'sparc' is not a Lambda architecture (x86_64 or arm64)"),
         ("--runtime", "python3.10", "python3.10 cannot run corral, which needs Python 3.11 or newer"),
-        ("--runtime", "nodejs20.x", "is not a Python runtime of Lambda"),
+        ("--runtime", "nodejs20.x", "'nodejs20.x' is not a Python runtime (python3.11, python3.12, ...)"),
         ("--deploy-bucket", "Not_A_Bucket", "is not an S3 bucket name"),
         ("--deadline", "0", "0 is out of range (must be at least 1)"),
     ],
@@ -71,8 +73,14 @@ def test_deploy_commands_validate_options_before_anything(capsys, isolated, comm
     assert code == 2 and "invalid value for --memory: 64 is out of range" in err
 
 
+@pytest.mark.parametrize("command", [["deploy"], ["undeploy"]])
+def test_deploy_commands_check_lambdas_own_ranges_too(capsys, isolated, command):
+    code, err = run_cli(capsys, *command, WORDCOUNT, "--backend", "lambda", "--memory", "20000")
+    assert code == 2 and "invalid value for --memory: 20000 is out of range for Lambda" in err
+
+
 def test_settings_reach_the_lambda_configuration(isolated):
-    from corral_lambda.runtime import host_runtime
+    from corral.remote import host_runtime
 
     settings = load_settings({"environment": ["MODE=fast", "URL=http://x/?a=b"], "architecture": "arm64",
                               "ephemeral_storage": "2048", "deploy_bucket": "my-code", "deadline": "60"})
@@ -110,11 +118,11 @@ def test_environment_variables_are_validated_too(capsys, data, monkeypatch):
 def test_the_console_script_exits_2(data):
     done = subprocess.run(
         [Path(sys.executable).with_name("corral"), "run", WORDCOUNT, data, "--out", data.parent / "out",
-         "--backend", "docker", "--memory", "100"],
+         "--backend", "docker", "--memory", "20000"],
         capture_output=True, text=True, cwd=data.parent,
     )
     assert done.returncode == 2, done.stderr
-    assert "--memory" in done.stderr and "128 to 10240" in done.stderr
+    assert "invalid value for --memory: 20000 is out of range for Lambda (must be from 128 to 10240)" in done.stderr
 
 
 def test_defaults_and_config_file(isolated):
@@ -136,7 +144,8 @@ def test_memory_and_timeout_are_defined_once():
     from corral.config import all_options
 
     names = [o.name for o in all_options()]
-    for name in ("memory", "timeout", "base-image", "lambda-endpoint"):
+    for name in ("memory", "timeout", "environment", "region", "runtime", "function-name", "base-image",
+                 "lambda-endpoint"):
         assert names.count(name) == 1, name
 
 

@@ -114,8 +114,10 @@ def test_code_sha256_is_what_lambda_reports(project, isolated):
     import base64
     import hashlib
 
+    from corral_lambda.executor import code_sha256
+
     package = corral.build_package(source(project))
-    assert package.code_sha256 == base64.b64encode(hashlib.sha256(package.zip_bytes).digest()).decode()
+    assert code_sha256(package) == base64.b64encode(hashlib.sha256(package.zip_bytes).digest()).decode()
 
 
 def test_runtime_requirements_are_pinned_to_what_runs_here():

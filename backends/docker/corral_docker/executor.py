@@ -1,9 +1,12 @@
-"""The ``docker`` executor: corral-lambda's executor, pointed at a corral-emulator it starts itself.
+"""The ``docker`` executor: a platform's own executor, pointed at a corral-emulator it starts itself.
 
-Everything on the Lambda path is reused as is: the package, the deploy (CreateFunction /
-UpdateFunctionCode only when the code changed), the invocations and their classification. What this
-adds: the emulator's life (started on ``deploy``, stopped on ``close``) and the bind mounts that let
-containers read and write the job's local inputs, output and working folder at the same paths.
+``--platform lambda`` (the default) runs corral-lambda's code path, ``--platform gcf`` corral-gcf's:
+the same package, deploy (create, or update only what changed), invocations and classification as
+in the cloud. ``EmulatedFunctions`` is what this backend adds to either, once: the emulator's life
+(started on ``deploy``, stopped on ``close``, and at once with its containers on ``cancel_all``) and
+the bind mounts that let containers read and write the job's local inputs, output and working folder
+at the same paths. Each platform's class then overrides what a local emulator does not have (AWS
+credentials and IAM; Google credentials, ID tokens and service accounts).
 """
 
 from __future__ import annotations
@@ -15,17 +18,20 @@ import platform
 import re
 from collections.abc import Iterable
 from dataclasses import replace
+from typing import Any
 
 from corral_emulator import Emulator, EmulatorError, default_base_image
 from corral_lambda.executor import LambdaConfig, LambdaExecutor
 
 from corral import JobSource, Settings, UsageError
-from corral_docker.plugin import BASE_IMAGE
+from corral.remote import RemoteFunctionExecutor
 
 log = logging.getLogger("corral.docker")
 
 #: Idle containers live this long (the executor stops the whole emulator at the end of the run anyway).
 IDLE_TIMEOUT = 600.0
+#: The role a Lambda function of the emulator runs as (the emulator does not check roles).
+EMULATOR_ROLE = "arn:aws:iam::000000000000:role/corral-lambda"
 
 
 def machine() -> tuple[str, str]:
@@ -80,65 +86,92 @@ def mounts_for(locations: Iterable[str]) -> list[str]:
     return sorted(chosen)
 
 
-class DockerExecutor(LambdaExecutor):
-    """Runs tasks in Lambda-like containers on the local Docker engine, through the Lambda API."""
+class EmulatedFunctions:
+    """Mixed in before a ``corral.remote`` executor (whose config has an ``endpoint_url``): its
+    functions run in a corral-emulator this executor starts, with the job's local folders mounted."""
 
     name = "docker"
 
-    def __init__(self, max_concurrency: int, config: LambdaConfig, base_image: str | None = None,
-                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+    def __init__(self, *args: Any, base_image: str | None = None, idle_timeout: float = IDLE_TIMEOUT,
+                 **kwargs: Any) -> None:
         self.base_image = base_image or default_base_image()
-        architecture, _ = machine()
-        config = replace(
-            config,
-            architecture=architecture,  # containers run natively: wheels for this machine and the image's Python
-            platforms=None,
-            runtime=f"python{image_python_version(self.base_image)}",
-            credentials=("corral", "corral"),  # the emulator does not check signatures
-            manage_iam=False,  # no IAM here: the emulator does not check roles
-        )
-        super().__init__(max_concurrency, config)
         self.idle_timeout = idle_timeout
         self.emulator: Emulator | None = None
         self.mounts: list[str] = []
+        super().__init__(*args, **kwargs)
 
     def check_locations(self, job: JobSource) -> None:
-        """Local paths are mounted; other URLs (s3://…) are reached from the containers directly."""
+        """Local paths are mounted; other URLs (s3://, gs://…) are reached from the containers directly."""
 
     def deploy(self, job: JobSource) -> None:
-        self.mounts = mounts_for([*job.locations, *([job.work] if job.work else [])])
-        self.emulator = Emulator(
-            base_image=self.base_image,
-            max_concurrency=self.max_concurrency,
-            mounts=self.mounts,
-            idle_timeout=self.idle_timeout,
-        )
-        try:
-            endpoint = self.emulator.start()
-        except EmulatorError as exc:
-            self.emulator = None
-            raise UsageError(f"the docker backend cannot start its Lambda emulator: {exc}") from None
-        log.info("emulator at %s (image %s), mounts: %s", endpoint, self.base_image, ", ".join(self.mounts))
-        self.config = replace(self.config, endpoint_url=endpoint)
-        super().deploy(job)
+        if self.emulator is None:
+            self.mounts = mounts_for([*job.locations, *([job.work] if job.work else [])])
+            self.emulator = Emulator(base_image=self.base_image, max_concurrency=self.max_concurrency,  # type: ignore[attr-defined]
+                                     mounts=self.mounts, idle_timeout=self.idle_timeout)
+            try:
+                endpoint = self.emulator.start()
+            except EmulatorError as exc:
+                self.emulator = None
+                raise UsageError(f"the docker backend cannot start its emulator: {exc}") from None
+            log.info("emulator at %s (image %s), mounts: %s", endpoint, self.base_image, ", ".join(self.mounts))
+            self.config = replace(self.config, endpoint_url=endpoint)  # type: ignore[has-type]
+        super().deploy(job)  # type: ignore[misc]
 
     def undeploy(self, job: JobSource) -> None:
         """Nothing to remove: the emulator, and the functions in it, live only as long as one run."""
 
+    def stop_emulator(self) -> None:
+        if self.emulator is not None:
+            self.emulator.stop()  # removes every container of this emulator
+            self.emulator = None
+
+    def cancel_all(self) -> None:
+        """Abandon every invocation, then stop the emulator and this run's containers at once."""
+        super().cancel_all()  # type: ignore[misc]
+        self.stop_emulator()
+
     def close(self) -> None:
         try:
-            super().close()
+            super().close()  # type: ignore[misc]
         finally:
-            if self.emulator is not None:
-                self.emulator.stop()
-                self.emulator = None
+            self.stop_emulator()
+
+
+class DockerLambdaExecutor(EmulatedFunctions, LambdaExecutor):
+    """``--platform lambda``: Lambda-like containers, reached through the Lambda API with boto3."""
+
+    def client_arguments(self) -> dict[str, Any]:
+        return {"aws_access_key_id": "corral", "aws_secret_access_key": "corral"}  # not checked by the emulator
+
+    def ensure_identity(self, job: JobSource) -> str:
+        return EMULATOR_ROLE  # no IAM here: the emulator does not check roles
+
+    def remove_identity(self, name: str, found: Any | None) -> list[str]:
+        return []
+
+
+#: Kept for code written against the Lambda-only docker backend.
+DockerExecutor = DockerLambdaExecutor
 
 
 def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def create_executor(settings: Settings) -> DockerExecutor:
-    """One container per core by default (``--max-concurrency`` to change it)."""
-    return DockerExecutor(settings.max_concurrency or cores(), LambdaConfig.from_settings(settings, endpoint_url=None),
-                          base_image=settings.value(BASE_IMAGE))
+def create_executor(settings: Settings) -> RemoteFunctionExecutor:
+    """One container per core by default (``--max-concurrency`` to change it), on ``--platform``'s path."""
+    from corral_docker.plugin import BASE_IMAGE, PLATFORM
+
+    base_image = settings.value(BASE_IMAGE) or default_base_image()
+    runtime = f"python{image_python_version(base_image)}"
+    concurrency = settings.max_concurrency or cores()
+    if settings.value(PLATFORM) == "gcf":
+        try:
+            from corral_docker.gcf import create_gcf_executor
+        except ImportError as exc:
+            raise UsageError(f"--platform gcf needs corral-gcf ({exc}): pip install corral-gcf") from None
+        return create_gcf_executor(settings, concurrency, base_image, runtime)
+    architecture, _ = machine()  # containers run natively: wheels for this machine and the image's Python
+    config = LambdaConfig.from_settings(settings, endpoint_url=None, architecture=architecture, platforms=None,
+                                        runtime=runtime)
+    return DockerLambdaExecutor(concurrency, config, base_image=base_image)

@@ -1,7 +1,7 @@
 """corral-docker's plugin (entry point ``docker`` in the group ``corral``).
 
-Its ``--memory`` and ``--timeout`` are corral-lambda's options (this distribution depends on it):
-an option name belongs to one Option object, which several plugins may return.
+``--memory``, ``--timeout`` and the other options of remote functions are corral.remote's, the same
+objects corral-lambda and corral-gcf return: one setting however many plugins declare it.
 """
 
 from __future__ import annotations
@@ -9,9 +9,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from corral import ExecutorSpec, Option, Settings, hookimpl
+from corral.remote import OPTIONS as REMOTE_OPTIONS
 
 if TYPE_CHECKING:
-    from corral_docker.executor import DockerExecutor
+    from corral.remote import RemoteFunctionExecutor
+
+PLATFORMS = ("lambda", "gcf")
 
 
 def _image(value: Any) -> str:
@@ -21,14 +24,26 @@ def _image(value: Any) -> str:
     return text
 
 
-BASE_IMAGE = Option(
+def _platform(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text not in PLATFORMS:
+        raise ValueError(f"{text!r} is not a platform the docker backend emulates ({' or '.join(PLATFORMS)})")
+    return text
+
+
+BASE_IMAGE: Option[str | None] = Option(
     "base-image", _image, None,
     "image the docker backend's functions run in (default corral-lambda-python:3.11, "
     "from `corral emulator build-base`)", "IMAGE",
 )
+PLATFORM: Option[str] = Option(
+    "platform", _platform, "lambda",
+    "the code path the docker backend runs locally: lambda (AWS Lambda's, default) or gcf (Google Cloud "
+    "Functions', needs corral-gcf)", "NAME",
+)
 
 
-def create_executor(settings: Settings) -> DockerExecutor:
+def create_executor(settings: Settings) -> RemoteFunctionExecutor:
     from corral_docker.executor import create_executor
 
     return create_executor(settings)
@@ -37,9 +52,10 @@ def create_executor(settings: Settings) -> DockerExecutor:
 @hookimpl
 def corral_executors() -> list[ExecutorSpec]:
     return [ExecutorSpec("docker", create_executor,
-                         "Lambda-like containers on the local Docker engine (the Lambda code path, emulated)")]
+                         "cloud-function containers on the local Docker engine (the Lambda or GCF code path, "
+                         "emulated)")]
 
 
 @hookimpl
 def corral_options() -> list[Option[Any]]:
-    return [BASE_IMAGE]
+    return [*REMOTE_OPTIONS, BASE_IMAGE, PLATFORM]

@@ -1,168 +1,121 @@
-"""The ``lambda`` executor: deploy the job as a Lambda function, run each task as one synchronous Invoke.
+"""The ``lambda`` executor: what is AWS Lambda's on top of ``corral.remote.RemoteFunctionExecutor``.
 
-``deploy`` builds the package (``corral.build_package``, wheels for the runtime and architecture), checks
-Lambda's size limits, creates or updates the function's execution role (``corral_lambda.iam``; not with
-``--lambda-role-arn``), then brings the function up to date, touching only what changed: CreateFunction
-when it is missing, UpdateFunctionCode only when the CodeSha256 (or the architecture) differs,
-UpdateFunctionConfiguration only when a setting differs, waiting until it is Active / Successful.
-A zip over 50 MB goes through S3 (``--deploy-bucket``): PutObject, then ``Code.S3Bucket/S3Key``, then
-the object is deleted (Lambda keeps its own copy).
+The shared layer builds the package, decides what to create or update, runs the invocations (retries,
+throttling until ``--deadline``, payloads by reference, usage and cost) and cancels them. This module
+adds Lambda's side: boto3's calls (GetFunction, CreateFunction, UpdateFunctionCode,
+UpdateFunctionConfiguration, DeleteFunction, a RequestResponse Invoke with LogType=Tail), the
+function's execution role (``corral_lambda.iam``; not with ``--lambda-role-arn``), Lambda's limits
+(250 MB unzipped; a zip over 50 MB goes through S3 with ``--deploy-bucket``), its error codes, its
+REPORT line (``corral_lambda.results``) and its prices (``corral_lambda.pricing``).
 
-``submit`` invokes it (RequestResponse, LogType=Tail) on a bounded thread pool and turns the answer into
-an Outcome with the measurements (billed duration, max memory used, cold start, throttled invokes).
-
-Retries of the Invoke call itself, with exponential backoff and full jitter (tenacity), each logged
-(``-v``):
-
-- throttling (429 ``TooManyRequestsException``, whatever its reason, e.g.
-  ``ConcurrentInvocationLimitExceeded``) is backpressure: retried without limit until the job's
-  deadline (``--deadline``), never counted as a failure. At the deadline the attempt fails as
-  ``throttled``, and the driver fails the job (exit 1). ``stats["throttles"]`` counts them per attempt.
-- server errors (5xx) and failures to connect (the request never ran) are retried ``api_attempts`` times,
-  then the attempt fails as ``infrastructure``, which counts toward ``--retries``.
-- a connection lost *during* an invocation is not retried here (the function may still be running): it
-  fails the attempt as ``infrastructure`` and the driver retries the task under a new attempt name.
-
-Function errors (the user's exception, out of memory, timeouts) are failures of the attempt, counted
-toward ``--retries`` by the driver. Nothing is dropped: every attempt comes back as an Outcome.
-
-Payloads stay far below Lambda's 6 MB limits: a payload over ``inline_payload_limit`` bytes is written
-to the job's working folder and passed by reference, and so is a large result (see ``handler``).
+Lambda records code by ``CodeSha256`` (base64 of the zip's sha256), and takes a new architecture with
+UpdateFunctionCode only (not UpdateFunctionConfiguration): a changed architecture re-sends the code.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
 import logging
 import os
 import re
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar
 
 import boto3
 import botocore.config
 import botocore.exceptions
-from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
 
-from corral import (
-    INFRASTRUCTURE,
-    THROTTLED,
-    CorralError,
-    Executor,
-    Failure,
-    JobSource,
-    MemorySizing,
-    Outcome,
-    Package,
-    Settings,
-    UsageError,
-    build_package,
-    get_filesystem,
+from corral import THROTTLED, CorralError, JobSource, MemorySizing, Outcome, Package, Settings, UsageError
+from corral.remote import (
+    FUNCTION_NAME,
+    MEMORY,
+    RETRY,
+    TIMEOUT,
+    Answer,
+    Limits,
+    RemoteConfig,
+    RemoteFunctionExecutor,
+    Source,
+    check_environment,
+    check_range,
+    flag,
+    gb_seconds,
+    invalid,
 )
 from corral_lambda import iam
-from corral_lambda.handler import PAYLOAD_KEY, RESULT_KEY, RESULTS_KEY
-from corral_lambda.options import (
-    ARCHITECTURE,
-    DEPLOY_BUCKET,
-    ENVIRONMENT,
-    EPHEMERAL_STORAGE,
-    FUNCTION_NAME_OPTION,
-    LAMBDA_ENDPOINT,
-    MEMORY,
-    ROLE_ARN_OPTION,
-    RUNTIME,
-    TIMEOUT,
-)
-from corral_lambda.options import REGION as REGION_OPTION
-from corral_lambda.pricing import PRICES_READ, REGION, estimate, gb_seconds, sizing
+from corral_lambda.options import ARCHITECTURE, DEPLOY_BUCKET, EPHEMERAL_STORAGE, LAMBDA_ENDPOINT, ROLE_ARN
+from corral_lambda.pricing import PRICES_READ, REGION, estimate, sizing
 from corral_lambda.results import invoke_stats, outcome_from_invoke
-from corral_lambda.runtime import host_runtime, platform_tags, python_version
+from corral_lambda.runtime import platform_tags
 
 log = logging.getLogger("corral.lambda")
-T = TypeVar("T")
 
 HANDLER = "corral_lambda.handler.handler"
-DEFAULT_CONCURRENCY = 100
-DEFAULT_DEADLINE = 6 * 3600.0
 MAX_DIRECT_UPLOAD = 50 * 1024 * 1024  # Lambda's limit for Code.ZipFile
 MAX_UNZIPPED = 262_144_000  # Lambda's limit for the unzipped package (250 MB), however it is uploaded
 MAX_PAYLOAD = 6 * 1024 * 1024  # Lambda's limit for a synchronous request (and response)
-INLINE_PAYLOAD_LIMIT = 256 * 1024  # larger payloads go by reference through the working folder
-INLINE_RESULT_LIMIT = 1024 * 1024  # larger results come back by reference
-MAX_BACKOFF = 10.0  # seconds: the cap of one wait between Invoke retries
+LIMITS = Limits(memory_mb=(128, 10240), timeout_s=(1, 900), max_request=MAX_PAYLOAD, max_response=MAX_PAYLOAD)
 #: After the policy of an existing role changed, wait this long before the first invoke (IAM is
 #: eventually consistent: a task started at once could be denied what the new policy grants).
 #: ``CORRAL_LAMBDA_IAM_SETTLE`` (seconds) overrides it, e.g. 0 against an IAM that applies changes at once.
 IAM_SETTLE_SECONDS = 10.0
 DEPLOY_PREFIX = "corral-deploy"
-EMULATOR_ROLE = "arn:aws:iam::000000000000:role/corral-lambda"
 MANAGED_TAG = "corral:managed"
 THROTTLE_CODES = frozenset(
     {"TooManyRequestsException", "ThrottlingException", "Throttling", "RequestLimitExceeded",
      "ConcurrentInvocationLimitExceeded"}
 )
-_NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
 IAM_OPERATIONS = frozenset({"GetCallerIdentity", "GetRole", "CreateRole", "ListRoleTags", "GetRolePolicy",
                             "PutRolePolicy", "UpdateAssumeRolePolicy"})
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: Variables Lambda sets itself and refuses in a function's configuration.
+RESERVED_ENV = frozenset({
+    "_HANDLER", "_X_AMZN_TRACE_ID", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_EXECUTION_ENV",
+    "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_FUNCTION_VERSION",
+    "AWS_LAMBDA_INITIALIZATION_TYPE", "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_LAMBDA_LOG_STREAM_NAME",
+    "AWS_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+    "AWS_LAMBDA_RUNTIME_API", "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR",
+})
+MAX_ENV_BYTES = 4096
 
 
 @dataclass(frozen=True)
-class LambdaConfig:
-    """How the function is deployed and reached (the resolved ``--memory``, ``--timeout``, …)."""
+class LambdaConfig(RemoteConfig):
+    """How the function is deployed and reached: the shared settings, and Lambda's own."""
 
-    memory: int = 512
-    timeout: int = 60
     ephemeral_storage: int = 512
-    function_name: str | None = None  # default: function_name_for(job)
     role_arn: str | None = None  # an existing role: corral manages no IAM
-    manage_iam: bool = True  # create/update corral's role when no role_arn (False: a backend without IAM)
-    region: str | None = None
     endpoint_url: str | None = None
-    environment: Mapping[str, str] = field(default_factory=dict)
-    runtime: str = field(default_factory=host_runtime)
     architecture: str = "x86_64"
     platforms: tuple[str, ...] | None = None  # the wheels' platform tags (default: for runtime + architecture)
     deploy_bucket: str | None = None
-    credentials: tuple[str, str] | None = None  # (key id, secret) instead of boto3's own lookup
-    deadline: float | None = None  # time.time() after which throttled invokes are no longer retried
-    api_attempts: int = 5  # attempts of a call failing with 5xx or connection errors
-    inline_payload_limit: int = INLINE_PAYLOAD_LIMIT
-    inline_result_limit: int = INLINE_RESULT_LIMIT
-
-    @property
-    def python_version(self) -> str:
-        return python_version(self.runtime)
 
     @property
     def wheel_platforms(self) -> tuple[str, ...]:
         return self.platforms or tuple(platform_tags(self.runtime, self.architecture))
 
     @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> LambdaConfig:
-        values: dict[str, Any] = {
-            "memory": settings.value(MEMORY),
-            "timeout": settings.value(TIMEOUT),
-            "ephemeral_storage": settings.value(EPHEMERAL_STORAGE),
-            "function_name": settings.value(FUNCTION_NAME_OPTION),
-            "role_arn": settings.value(ROLE_ARN_OPTION),
-            "region": settings.value(REGION_OPTION),
+    def settings_values(cls, settings: Settings) -> dict[str, Any]:
+        return {
+            **super().settings_values(settings),
+            "ephemeral_storage": settings.value(EPHEMERAL_STORAGE) or 512,
+            "role_arn": settings.value(ROLE_ARN),
             "endpoint_url": settings.value(LAMBDA_ENDPOINT) or os.environ.get("AWS_ENDPOINT_URL_LAMBDA"),
-            "environment": dict(settings.value(ENVIRONMENT) or {}),
-            "runtime": settings.value(RUNTIME) or host_runtime(),
-            "architecture": settings.value(ARCHITECTURE),
+            "architecture": settings.value(ARCHITECTURE) or "x86_64",
             "deploy_bucket": settings.value(DEPLOY_BUCKET),
-            "deadline": time.time() + float(settings.deadline),
         }
-        values.update(overrides)
-        return cls(**values)
+
+    def validate(self, source: Source = flag) -> None:
+        check_range(MEMORY, self.memory, *LIMITS.memory_mb, "Lambda", source)
+        check_range(TIMEOUT, self.timeout, *LIMITS.timeout_s, "Lambda", source)
+        if self.function_name and not _NAME.match(self.function_name):
+            raise invalid(FUNCTION_NAME, f"{self.function_name!r} is not a Lambda function name "
+                                         "(1-64 of A-Z a-z 0-9 _ -)", source)
+        check_environment(self.environment, "Lambda", RESERVED_ENV, max_bytes=MAX_ENV_BYTES, source=source)
 
 
 def iam_settle_seconds() -> float:
@@ -172,23 +125,15 @@ def iam_settle_seconds() -> float:
         return IAM_SETTLE_SECONDS
 
 
-def function_name_for(ref: Mapping[str, Any]) -> str:
-    """``corral-<module>-<class>``, made a valid function name (at most 64 characters)."""
-    raw = f"corral-{ref['module']}-{ref['class']}"
-    name = _NAME_CHARS.sub("-", raw).strip("-")
-    if len(name) > 64:
-        digest = hashlib.sha1(raw.encode()).hexdigest()[:8]
-        name = name[:55].rstrip("-") + "-" + digest
-    return name
+def code_sha256(package: Package) -> str:
+    """The package's hash as Lambda reports it (``CodeSha256``: base64 of the sha256 digest)."""
+    return base64.b64encode(bytes.fromhex(package.sha256)).decode("ascii")
 
 
 def handler_files() -> dict[str, bytes]:
     """The files the package needs besides corral and the job: this handler (with a bare package)."""
     here = Path(__file__).resolve().parent
-    return {
-        "corral_lambda/__init__.py": b"",
-        "corral_lambda/handler.py": (here / "handler.py").read_bytes(),
-    }
+    return {"corral_lambda/__init__.py": b"", "corral_lambda/handler.py": (here / "handler.py").read_bytes()}
 
 
 def _error_code(exc: BaseException | None) -> str | None:
@@ -203,51 +148,28 @@ def _status(exc: BaseException | None) -> int:
     return 0
 
 
-def is_throttle(exc: BaseException | None) -> bool:
-    return _error_code(exc) in THROTTLE_CODES or _status(exc) == 429
+def _environment(config: Mapping[str, Any]) -> dict[str, str]:
+    return dict((config.get("Environment") or {}).get("Variables") or {})
 
 
-def is_retryable(exc: BaseException) -> bool:
-    """Throttles, server errors and failures to connect (the request never ran)."""
-    if is_throttle(exc) or _status(exc) >= 500:
-        return True
-    return isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError))
-
-
-def _describe(exc: BaseException | None) -> str:
-    if isinstance(exc, botocore.exceptions.ClientError):
-        error = exc.response.get("Error", {})
-        reason = exc.response.get("Reason") or error.get("Reason")
-        text = f"{error.get('Code')}: {error.get('Message') or ''}".rstrip(": ")
-        return f"{text} ({reason})" if reason else text
-    return f"{type(exc).__name__}: {exc}"
-
-
-class LambdaExecutor(Executor):
+class LambdaExecutor(RemoteFunctionExecutor):
     """Runs tasks as invocations of one Lambda function (on AWS, or any endpoint speaking its API)."""
 
     name = "lambda"
+    limits = LIMITS
+    platform = "AWS"
+    storage_scheme = "s3://"
+    cost_name = "Lambda"
+    api_errors: ClassVar[tuple[type[BaseException], ...]] = (botocore.exceptions.ClientError,
+                                                             botocore.exceptions.BotoCoreError)
+    config: LambdaConfig
 
     def __init__(self, max_concurrency: int, config: LambdaConfig, client: Any = None,
                  clients: Mapping[str, Any] | None = None) -> None:
-        super().__init__(max_concurrency)
-        self.config = config
+        super().__init__(max_concurrency, config)
         self._client = client
         self._clients: dict[str, Any] = dict(clients or {})  # iam, sts, s3 (tests may pass their own)
         self._client_lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix=f"corral-{self.name}")
-        self.function_name: str | None = config.function_name
-        self.package: Package | None = None
-        self.deadline = config.deadline if config.deadline is not None else time.time() + DEFAULT_DEADLINE
-        #: Where large payloads and results go (the job's working root), once deployed.
-        self.refs: str | None = None
-        #: What the last ``deploy`` / ``undeploy`` did: "create-role", "update-role", "create",
-        #: "update-code", "update-config", "delete", "delete-role" (none: all up to date).
-        self.deploy_actions: list[str] = []
-        self.uploads = 0  # code uploads (ZipFile or S3) by the last deploy
-        self._usage_lock = threading.Lock()
-        self._usage = {"invocations": 0, "throttles": 0, "billed_ms": 0.0, "gb_seconds": 0.0,
-                       "ephemeral_gb_seconds": 0.0, "unmeasured": 0}
 
     # --- clients ------------------------------------------------------------------------------------
     @property
@@ -262,27 +184,27 @@ class LambdaExecutor(Executor):
         return (self.config.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
                 or boto3.session.Session().region_name or "us-east-1")
 
+    @property
+    def endpoint_url(self) -> str | None:
+        return self.config.endpoint_url
+
+    def client_arguments(self) -> dict[str, Any]:
+        """Extra arguments of the Lambda client (credentials come from boto3's standard chain)."""
+        return {}
+
     def make_client(self) -> Any:
-        config = self.config
-        session = boto3.session.Session()
-        credentials: dict[str, str] = {}
-        if config.credentials:
-            credentials = {"aws_access_key_id": config.credentials[0],
-                           "aws_secret_access_key": config.credentials[1]}
-        elif config.endpoint_url and session.get_credentials() is None:
-            credentials = {"aws_access_key_id": "corral", "aws_secret_access_key": "corral"}  # an emulator
-        return session.client(
+        return boto3.session.Session().client(
             "lambda",
             region_name=self.region,
-            endpoint_url=config.endpoint_url,
+            endpoint_url=self.config.endpoint_url,
             config=botocore.config.Config(
-                retries={"total_max_attempts": 1},  # retried by _call, with corral's policy
+                retries={"total_max_attempts": 1},  # retried by call(), with corral's policy
                 connect_timeout=10,
-                read_timeout=config.timeout + 60,
+                read_timeout=self.config.timeout + 60,
                 max_pool_connections=self.max_concurrency + 4,
                 tcp_keepalive=True,
             ),
-            **credentials,
+            **self.client_arguments(),
         )
 
     def aws(self, service: str) -> Any:
@@ -296,58 +218,43 @@ class LambdaExecutor(Executor):
                 )
             return self._clients[service]
 
-    # --- calls, retried -----------------------------------------------------------------------------
-    def _call(self, fn: Callable[..., T], label: str = "", counts: dict[str, int] | None = None,
-              **kwargs: Any) -> T:
-        """``fn(**kwargs)`` retried as the module says; ``counts`` gets attempts, throttles, errors."""
-        counts = counts if counts is not None else {}
-        for key in ("attempts", "throttles", "errors"):
-            counts.setdefault(key, 0)
-        operation = getattr(fn, "__name__", "call")
-        backoff = wait_random_exponential(multiplier=0.1, max=MAX_BACKOFF)
+    # --- errors -------------------------------------------------------------------------------------
+    def error_kind(self, exc: BaseException) -> str | None:
+        """Throttles; server errors and failures to connect (the request never ran). A connection lost
+        *during* an invocation is not retried (the function may still run): the driver retries the task."""
+        if _error_code(exc) in THROTTLE_CODES or _status(exc) == 429:
+            return THROTTLED
+        if _status(exc) >= 500 or isinstance(exc, (botocore.exceptions.EndpointConnectionError,
+                                                   botocore.exceptions.ConnectTimeoutError)):
+            return RETRY
+        return None
 
-        def attempt() -> T:
-            counts["attempts"] += 1
-            return fn(**kwargs)
+    def describe_error(self, exc: BaseException) -> str:
+        if isinstance(exc, botocore.exceptions.ClientError):
+            error = exc.response.get("Error", {})
+            reason = exc.response.get("Reason") or error.get("Reason")
+            text = f"{error.get('Code')}: {error.get('Message') or ''}".rstrip(": ")
+            return f"{text} ({reason})" if reason else text
+        return f"{type(exc).__name__}: {exc}"
 
-        def stop(state: RetryCallState) -> bool:
-            exc = state.outcome.exception() if state.outcome else None
-            if is_throttle(exc):
-                counts["throttles"] += 1
-                return time.time() >= self.deadline
-            counts["errors"] += 1
-            return counts["errors"] >= self.config.api_attempts
+    def translate_error(self, exc: BaseException, context: str) -> CorralError:
+        if isinstance(exc, botocore.exceptions.NoCredentialsError):
+            return UsageError("no AWS credentials found (environment, ~/.aws, SSO or an instance role)")
+        hint = ""
+        if _error_code(exc) in ("AccessDenied", "AccessDeniedException") and getattr(
+                exc, "operation_name", "") in IAM_OPERATIONS:
+            hint = (" (corral creates the function's role: allow your identity the IAM actions the README "
+                    "lists, or pass --lambda-role-arn to run as an existing role)")
+        return CorralError(f"{context}: {self.describe_error(exc)}{hint}")
 
-        def wait(state: RetryCallState) -> float:
-            return max(0.0, min(backoff(state), self.deadline - time.time()))
+    # --- the package ---------------------------------------------------------------------------------
+    def handler_files(self) -> Mapping[str, bytes]:
+        return handler_files()
 
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            what = "throttled" if is_throttle(exc) else "failed"
-            log.info("%s: %s %s (%s); retry %d in %.2f s", label or operation, operation, what, _describe(exc),
-                     state.attempt_number, state.next_action.sleep if state.next_action else 0.0)
+    def wheel_platforms(self) -> list[str]:
+        return list(self.config.wheel_platforms)
 
-        retrying = Retrying(retry=retry_if_exception(is_retryable), stop=stop, wait=wait, reraise=True,
-                            before_sleep=before_sleep)
-        return retrying(attempt)
-
-    # --- deploy -------------------------------------------------------------------------------------
-    def check_locations(self, job: JobSource) -> None:
-        """Functions on AWS cannot see this machine's files: only URLs (s3://…) make sense there."""
-        if self.config.endpoint_url:
-            return  # an emulator may mount them
-        local = [loc for loc in job.locations if "://" not in loc or loc.startswith("file://")]
-        if local:
-            raise UsageError(
-                f"the {self.name} backend runs tasks on AWS, which cannot read or write the local path "
-                f"{local[0]!r}: use s3:// URLs (or --backend docker to run the Lambda code path locally)"
-            )
-
-    def build(self, job: JobSource) -> Package:
-        return build_package(job, handler_files(), platform=list(self.config.wheel_platforms),
-                             python_version=self.config.python_version)
-
-    def check_size(self, package: Package) -> None:
+    def check_package(self, package: Package) -> None:
         """Lambda's limits, before anything is uploaded: 250 MB unzipped; 50 MB zipped unless through S3."""
         unzipped = package.unzipped_size
         if unzipped > MAX_UNZIPPED:
@@ -363,39 +270,15 @@ class LambdaExecutor(Executor):
                 "to upload it through S3"
             )
 
-    def deploy(self, job: JobSource) -> None:
-        self.check_locations(job)
-        name = self.function_name = self.config.function_name or function_name_for(job.ref)
-        self.refs = f"{job.work.rstrip('/')}/_refs" if job.work else None
-        started = time.perf_counter()
-        package = self.package = self.build(job)
-        self.check_size(package)
-        built = time.perf_counter()
-        self.deploy_actions = []
-        self.uploads = 0
-        try:
-            role = self.ensure_role(job)
-            self.deploy_actions += self.ensure_function(package, job, role)
-        except botocore.exceptions.NoCredentialsError:
-            raise UsageError("no AWS credentials found (environment, ~/.aws, SSO or an instance role)") from None
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
-            hint = ""
-            if _error_code(exc) in ("AccessDenied", "AccessDeniedException") and getattr(
-                    exc, "operation_name", "") in IAM_OPERATIONS:
-                hint = (" (corral creates the function's role: allow your identity the IAM actions the README "
-                        "lists, or pass --lambda-role-arn to run as an existing role)")
-            raise CorralError(f"cannot deploy the function {name}: {_describe(exc)}{hint}") from None
-        log.info("%s: package %s (%.1f MB, built in %.2f s); %s in %.2f s", name, package.sha256[:12],
-                 package.size / 2**20, built - started, ", ".join(self.deploy_actions) or "function up to date",
-                 time.perf_counter() - built)
+    def package_hash(self, package: Package) -> str:
+        return code_sha256(package)
 
-    def ensure_role(self, job: JobSource) -> str:
+    # --- the role ------------------------------------------------------------------------------------
+    def ensure_identity(self, job: JobSource) -> str:
         """The role the function runs as: ``--lambda-role-arn``, else corral's own, created or updated
         with the job's least-privilege policy (waiting for IAM when an existing policy changed)."""
         if self.config.role_arn:
             return self.config.role_arn
-        if not self.config.manage_iam:
-            return EMULATOR_ROLE
         assert self.function_name is not None
         account, partition = iam.caller_identity(self.aws("sts"))
         policy = iam.job_policy(self.function_name, job.inputs, [job.work] if job.work else [], self.region,
@@ -414,7 +297,19 @@ class LambdaExecutor(Executor):
                 time.sleep(settle)
         return arn
 
-    def desired_configuration(self, job: JobSource, role: str) -> dict[str, Any]:
+    def remove_identity(self, name: str, found: Any | None) -> list[str]:
+        """The role the function ran as and corral's role of that name, if corral created them (tagged)."""
+        if self.config.role_arn:
+            return []
+        roles = [iam.role_name(name)]
+        if found is not None:
+            in_use = str(found["Configuration"].get("Role") or "").rsplit("/", 1)[-1]
+            roles = list(dict.fromkeys([in_use, *roles])) if in_use else roles
+        client = self.aws("iam")
+        return ["delete-role" for role in roles if iam.delete_role(client, role, name)]
+
+    # --- the function ----------------------------------------------------------------------------------
+    def desired_configuration(self, job: JobSource, identity: str | None) -> dict[str, Any]:
         config = self.config
         return {
             "Runtime": config.runtime,
@@ -424,8 +319,37 @@ class LambdaExecutor(Executor):
             "EphemeralStorage": {"Size": config.ephemeral_storage},
             "Environment": {"Variables": dict(config.environment)},
             "Description": f"corral job {job.ref['module']}:{job.ref['class']}",
-            "Role": role,
+            "Role": identity,
+            "Architectures": [config.architecture],
         }
+
+    def deployed_configuration(self, found: Any) -> dict[str, Any]:
+        current = found["Configuration"]
+        return {
+            **current,
+            "EphemeralStorage": {"Size": (current.get("EphemeralStorage") or {}).get("Size", 512)},
+            "Environment": {"Variables": _environment(current)},
+            "Description": current.get("Description") or "",
+            "Architectures": current.get("Architectures") or ["x86_64"],
+        }
+
+    def deployed_hash(self, found: Any) -> str | None:
+        return found["Configuration"].get("CodeSha256")
+
+    def is_managed(self, found: Any) -> bool:
+        return (found.get("Tags") or {}).get(MANAGED_TAG) == "true"
+
+    def get_function(self, name: str) -> Any | None:
+        try:
+            found = self.call(self.client.get_function, FunctionName=name)
+        except botocore.exceptions.ClientError as exc:
+            if _error_code(exc) != "ResourceNotFoundException":
+                raise
+            return None
+        current = found["Configuration"]
+        if current.get("State") == "Pending" or current.get("LastUpdateStatus") == "InProgress":
+            self._wait("function_updated_v2", name)
+        return found
 
     def _code(self, package: Package) -> tuple[dict[str, Any], Callable[[], None]]:
         """How to send the code: ``{"ZipFile": …}``, or through S3 over 50 MB (and how to clean that up)."""
@@ -442,236 +366,89 @@ class LambdaExecutor(Executor):
             try:
                 s3.delete_object(Bucket=bucket, Key=key)
             except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
-                log.warning("could not delete s3://%s/%s: %s", bucket, key, _describe(exc))
+                log.warning("could not delete s3://%s/%s: %s", bucket, key, self.describe_error(exc))
 
         return {"S3Bucket": bucket, "S3Key": key}, cleanup
 
-    def _get_function(self, name: str) -> dict[str, Any] | None:
+    def create_function(self, name: str, package: Package, desired: dict[str, Any]) -> None:
+        code, cleanup = self._code(package)
         try:
-            return self._call(self.client.get_function, FunctionName=name)
-        except botocore.exceptions.ClientError as exc:
-            if _error_code(exc) != "ResourceNotFoundException":
-                raise
-            return None
+            iam.while_role_propagates(lambda: self.call(
+                self.client.create_function, FunctionName=name, PackageType="Zip", Code=code,
+                Tags={MANAGED_TAG: "true"}, **desired,
+            ))
+        finally:
+            cleanup()
+        self._wait("function_active_v2", name)
 
-    def ensure_function(self, package: Package, job: JobSource, role: str) -> list[str]:
-        """Create or update the function so that it runs ``package`` as configured; say what was done."""
-        name = self.function_name
-        assert name is not None
-        desired = self.desired_configuration(job, role)
-        architectures = [self.config.architecture]
-        found = self._get_function(name)
-        if found is None:
-            code, cleanup = self._code(package)
-            try:
-                iam.while_role_propagates(lambda: self._call(
-                    self.client.create_function, FunctionName=name, PackageType="Zip", Code=code,
-                    Architectures=architectures, Tags={MANAGED_TAG: "true"}, **desired,
-                ))
-            finally:
-                cleanup()
-            self._wait("function_active_v2", name)
-            return ["create"]
-        if (found.get("Tags") or {}).get(MANAGED_TAG) != "true":
-            raise UsageError(f"the function {name} exists but was not created by corral (no {MANAGED_TAG} tag): "
-                             "corral leaves it alone; choose another --function-name")
-        current = found["Configuration"]
+    def update_function(self, name: str, found: Any, package: Package | None, changes: dict[str, Any]) -> list[str]:
         actions = []
-        if current.get("State") == "Pending" or current.get("LastUpdateStatus") == "InProgress":
-            self._wait("function_updated_v2", name)
-        # the architecture is a parameter of UpdateFunctionCode (not of UpdateFunctionConfiguration)
-        moved = current.get("Architectures", ["x86_64"]) != architectures
-        if current.get("CodeSha256") != package.code_sha256 or moved:
-            code, cleanup = self._code(package)
+        architectures = changes.pop("Architectures", None)
+        if package is not None or architectures:  # AWS takes a new architecture with the code only
+            assert self.package is not None
+            code, cleanup = self._code(package or self.package)
             try:
-                self._call(self.client.update_function_code, FunctionName=name, Architectures=architectures,
-                           **code)
+                self.call(self.client.update_function_code, FunctionName=name,
+                          Architectures=[self.config.architecture], **code)
             finally:
                 cleanup()
             self._wait("function_updated_v2", name)
             actions.append("update-code")
-        changed = {key: value for key, value in desired.items() if _differs(current, key, value)}
-        if changed:
-            iam.while_role_propagates(lambda: self._call(
-                self.client.update_function_configuration, FunctionName=name, **changed))
+        if changes:
+            iam.while_role_propagates(lambda: self.call(
+                self.client.update_function_configuration, FunctionName=name, **changes))
             self._wait("function_updated_v2", name)
             actions.append("update-config")
         return actions
 
+    def delete_function(self, name: str, found: Any) -> None:
+        self.call(self.client.delete_function, FunctionName=name)
+
     def _wait(self, waiter: str, name: str | None) -> None:
         self.client.get_waiter(waiter).wait(FunctionName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 600})
 
-    # --- undeploy -----------------------------------------------------------------------------------
-    def undeploy(self, job: JobSource) -> None:
-        """Delete the function, then its role and policy if corral created them (tagged); nothing else."""
-        name = self.function_name = self.config.function_name or function_name_for(job.ref)
-        self.deploy_actions = []
-        try:
-            found = self._get_function(name)
-            roles = [iam.role_name(name)]
-            if found is not None:
-                if (found.get("Tags") or {}).get(MANAGED_TAG) != "true":
-                    raise UsageError(f"the function {name} was not created by corral (no {MANAGED_TAG} tag): "
-                                     "left alone")
-                in_use = str(found["Configuration"].get("Role") or "").rsplit("/", 1)[-1]
-                roles = list(dict.fromkeys([in_use, *roles])) if in_use else roles
-                self._call(self.client.delete_function, FunctionName=name)
-                self.deploy_actions.append("delete")
-                log.info("deleted the function %s", name)
-            else:
-                log.info("the function %s does not exist", name)
-            if self.config.manage_iam and not self.config.role_arn:
-                client = self.aws("iam")
-                for role in roles:
-                    if iam.delete_role(client, role, name):
-                        self.deploy_actions.append("delete-role")
-        except botocore.exceptions.NoCredentialsError:
-            raise UsageError("no AWS credentials found (environment, ~/.aws, SSO or an instance role)") from None
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
-            raise CorralError(f"cannot undeploy the function {name}: {_describe(exc)}") from None
-
-    # --- tasks --------------------------------------------------------------------------------------
-    def submit(self, payload: dict[str, Any]) -> Future[Outcome]:
-        future: Future[Outcome] = Future()
-
-        def run() -> None:
-            try:
-                outcome = self.invoke(payload)
-            except BaseException as exc:  # never lose an attempt: report it
-                outcome = Outcome(failure=Failure(INFRASTRUCTURE, f"{type(exc).__name__}: {exc}"))
-            future.set_result(outcome)
-
-        self._pool.submit(run)
-        return future
-
-    def _event(self, payload: dict[str, Any]) -> tuple[bytes, str | None]:
-        """The Invoke body for ``payload`` (and the URL it was stored at, when passed by reference)."""
-        extra = {RESULTS_KEY: {"url": self.refs, "limit": self.config.inline_result_limit}} if self.refs else {}
-        body = json.dumps({**payload, **extra}, separators=(",", ":")).encode("utf-8")
-        if len(body) <= self.config.inline_payload_limit or (not self.refs and len(body) <= MAX_PAYLOAD):
-            return body, None
-        if not self.refs:
-            raise CorralError(f"a payload of {len(body)} bytes is over Lambda's {MAX_PAYLOAD} byte limit, and "
-                              "the job has no working folder to pass it through")
-        url = f"{self.refs}/payload-{uuid.uuid4().hex}.json"
-        get_filesystem(url).write_bytes(url, json.dumps(payload, separators=(",", ":")).encode("utf-8"))
-        return json.dumps({PAYLOAD_KEY: url, **extra}, separators=(",", ":")).encode("utf-8"), url
-
-    def _remove(self, url: str | None) -> None:
-        if url:
-            try:
-                get_filesystem(url).remove(url)
-            except OSError as exc:
-                log.debug("could not remove %s: %s", url, exc)
-
-    def invoke(self, payload: dict[str, Any]) -> Outcome:
-        """One synchronous invocation of the function with ``payload``; never raises for API errors."""
-        started = time.perf_counter()
-        label = f"{payload['task']} attempt {payload.get('attempt')}" if "task" in payload else "invoke"
-        counts: dict[str, int] = {}
-        body, stored = self._event(payload)
-        try:
-            response = self._call(self.client.invoke, label=label, counts=counts, FunctionName=self.function_name,
-                                  InvocationType="RequestResponse", LogType="Tail", Payload=body)
-            data = response["Payload"].read()
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
-            self._remove(stored)
-            self._count(counts, {})
-            stats = {"seconds": round(time.perf_counter() - started, 6), "throttles": counts.get("throttles", 0),
-                     "invoke_attempts": counts.get("attempts", 1)}
-            if is_throttle(exc):
-                message = (f"still throttled at the job's deadline (--deadline) after {counts.get('throttles')} "
-                           f"throttled invokes: {_describe(exc)}")
-                return Outcome(failure=Failure(THROTTLED, message), stats=stats)
-            return Outcome(failure=Failure(INFRASTRUCTURE, _describe(exc)), stats=stats)
-        self._remove(stored)
-        seconds = round(time.perf_counter() - started, 6)
-        headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    # --- invocations ---------------------------------------------------------------------------------
+    def invoke_raw(self, body: bytes) -> Answer:
+        response = self.client.invoke(FunctionName=self.function_name, InvocationType="RequestResponse",
+                                      LogType="Tail", Payload=body)
         tail = response.get("LogResult")
-        log_text = base64.b64decode(tail).decode("utf-8", "replace") if tail else ""
-        stats = {"seconds": seconds, **invoke_stats(headers, log_text)}
-        stats.setdefault("memory_size_mb", self.config.memory)
-        stats["throttles"] = counts.get("throttles", 0)
-        stats["invoke_attempts"] = counts.get("attempts", 1)
-        self._count(counts, stats)
-        if not response.get("FunctionError"):
-            data = self._fetch_result(data)
-        return outcome_from_invoke(data, response.get("FunctionError"), stats, self.config.memory,
-                                   self.config.timeout)
+        return Answer(
+            body=response["Payload"].read(),
+            status=int(response.get("StatusCode") or 200),
+            headers=response.get("ResponseMetadata", {}).get("HTTPHeaders", {}),
+            error=response.get("FunctionError"),
+            log=base64.b64decode(tail).decode("utf-8", "replace") if tail else "",
+        )
 
-    def _fetch_result(self, data: bytes) -> bytes:
-        """The result itself when the function returned a reference to it (a large result)."""
-        if RESULT_KEY.encode() not in data[:200]:
-            return data
-        try:
-            url = json.loads(data)[RESULT_KEY]
-            result = get_filesystem(url).read_bytes(url)
-        except (ValueError, KeyError, TypeError, OSError) as exc:
-            return json.dumps({"ok": False, "error": {"type": "ResultUnavailable", "message": str(exc)}}).encode()
-        self._remove(url)
-        return result
+    def answer_stats(self, answer: Answer) -> dict[str, Any]:
+        return invoke_stats(answer.headers, answer.log)
 
-    # --- the run's figures --------------------------------------------------------------------------
-    def _count(self, counts: Mapping[str, int], stats: Mapping[str, Any]) -> None:
-        with self._usage_lock:
-            usage = self._usage
-            usage["throttles"] += counts.get("throttles", 0)
-            if not stats:
-                return  # the function never ran: nothing billed
-            usage["invocations"] += 1
-            billed = stats.get("billed_ms")
-            if billed is None:
-                usage["unmeasured"] += 1
-                return
-            memory = stats.get("memory_size_mb") or self.config.memory
-            usage["billed_ms"] += billed
-            usage["gb_seconds"] += gb_seconds(billed, memory)
-            extra = max(0, self.config.ephemeral_storage - 512)
-            usage["ephemeral_gb_seconds"] += gb_seconds(billed, extra)
+    def classify(self, answer: Answer, stats: dict[str, Any]) -> Outcome:
+        return outcome_from_invoke(answer.body, answer.error, stats, self.config.memory, self.config.timeout)
+
+    # --- the run's figures -----------------------------------------------------------------------------
+    def usage_terms(self, stats: Mapping[str, Any]) -> dict[str, float]:
+        extra = max(0, self.config.ephemeral_storage - 512)
+        return {"ephemeral_gb_seconds": gb_seconds(stats.get("billed_ms") or 0, extra)}
+
+    def estimate(self, usage: Mapping[str, float]) -> dict[str, Any]:
+        return estimate(self.config.architecture, int(usage["invocations"]), usage["gb_seconds"],
+                        usage.get("ephemeral_gb_seconds", 0.0))
 
     def sizing(self) -> MemorySizing:
         """Lambda's memory settings and list prices at this run's memory and architecture."""
         return sizing(self.config.architecture, self.config.memory)
 
-    def report(self) -> dict[str, Any]:
-        """Invocations, throttles, billed GB-seconds and the estimated cost at Lambda's list prices."""
-        with self._usage_lock:
-            usage = dict(self._usage)
-        if not usage["invocations"] and not usage["throttles"]:
-            return {}
-        cost = estimate(self.config.architecture, usage["invocations"], usage["gb_seconds"],
-                        usage["ephemeral_gb_seconds"])
-        summary = (f"{usage['invocations']} invocations, {usage['gb_seconds']:.3f} GB-s billed "
-                   f"({self.config.architecture}, {self.config.memory} MB): estimated Lambda cost "
-                   f"${cost['estimated_cost_usd']:.6f} at {REGION} list prices of {PRICES_READ}")
-        if usage["throttles"]:
-            summary += f"; {usage['throttles']} throttled invokes retried"
-        return {
-            "summary": summary,
-            "function": self.function_name,
-            "architecture": self.config.architecture,
-            "memory_mb": self.config.memory,
-            "ephemeral_storage_mb": self.config.ephemeral_storage,
-            "invocations": usage["invocations"],
-            "throttled_invokes": usage["throttles"],
-            "unmeasured_invocations": usage["unmeasured"],
-            "billed_ms": usage["billed_ms"],
-            "gb_seconds": round(usage["gb_seconds"], 6),
-            "ephemeral_gb_seconds": round(usage["ephemeral_gb_seconds"], 6),
-            **cost,
-        }
+    def summary_detail(self) -> str:
+        return f"{self.config.architecture}, {self.config.memory} MB"
+
+    def report_details(self) -> dict[str, Any]:
+        return {"architecture": self.config.architecture, "ephemeral_storage_mb": self.config.ephemeral_storage}
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        super().close()
         if self._client is not None and hasattr(self._client, "close"):
             self._client.close()
 
 
-def _differs(current: Mapping[str, Any], key: str, value: Any) -> bool:
-    if key == "Environment":
-        return (current.get("Environment") or {}).get("Variables", {}) != value.get("Variables", {})
-    if key == "EphemeralStorage":
-        return (current.get("EphemeralStorage") or {}).get("Size", 512) != value.get("Size", 512)
-    if key == "Description":
-        return (current.get(key) or "") != value
-    return current.get(key) != value
+__all__ = ["HANDLER", "LIMITS", "PRICES_READ", "REGION", "LambdaConfig", "LambdaExecutor", "code_sha256"]

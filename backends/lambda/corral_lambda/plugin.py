@@ -12,7 +12,8 @@ if TYPE_CHECKING:
 
 
 def create_executor(settings: Settings) -> LambdaExecutor:
-    from corral_lambda.executor import DEFAULT_CONCURRENCY, LambdaConfig, LambdaExecutor
+    from corral.remote import DEFAULT_CONCURRENCY
+    from corral_lambda.executor import LambdaConfig, LambdaExecutor
 
     return LambdaExecutor(settings.max_concurrency or DEFAULT_CONCURRENCY, LambdaConfig.from_settings(settings))
 

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from corral import MemorySizing
+from corral.remote import gb_seconds  # noqa: F401 - GB-s = billed ms / 1000 x memory MB / 1024
 
 #: When the prices below were checked (us-east-1, https://aws.amazon.com/lambda/pricing/).
 PRICES_READ = "2026-11-21"
@@ -41,11 +42,6 @@ FREE_EPHEMERAL_MB = 512
 #: Lambda's memory settings, and the CPU that comes with them: one vCPU at 1769 MB, up to 6 at 10240 MB.
 MIN_MEMORY_MB, MAX_MEMORY_MB = 128, 10240
 MB_PER_VCPU, MAX_VCPUS = 1769, 6.0
-
-
-def gb_seconds(billed_ms: float, memory_mb: float) -> float:
-    """GB-seconds of one invocation: billed duration in seconds times configured memory in GB."""
-    return billed_ms / 1000.0 * memory_mb / 1024.0
 
 
 def estimate(
