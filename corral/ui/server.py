@@ -53,6 +53,7 @@ class LiveServer:
         self._thread = threading.Thread(target=self._loop.run_forever, name="corral-live-view", daemon=True)
         self._runner: web.AppRunner | None = None
         self._closing: asyncio.Event | None = None
+        self._streams = 0  # event streams open
 
     def start(self) -> str:
         """Bind and serve; return the page's URL. A port that cannot be had is a UsageError."""
@@ -102,7 +103,10 @@ class LiveServer:
     async def _stop(self) -> None:
         assert self._closing is not None and self._runner is not None
         self._closing.set()
-        await asyncio.sleep(2 * POLL)  # the event streams send the final state and end
+        for _ in range(40):  # the open event streams send the final state and end (within a second)
+            if not self._streams:
+                break
+            await asyncio.sleep(0.025)
         await self._runner.cleanup()
 
     async def _tick(self) -> None:
@@ -125,6 +129,14 @@ class LiveServer:
         return web.json_response(self.state.snapshot(), dumps=_dumps, headers={"Cache-Control": "no-store"})
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
+        assert self._closing is not None
+        self._streams += 1
+        try:
+            return await self._stream(request)
+        finally:
+            self._streams -= 1
+
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
         assert self._closing is not None
         async with sse_response(request) as stream:
             sent = -1
