@@ -122,8 +122,21 @@ class Settings:
                                           "where intermediate data goes (default OUT/_corral/work)", "URL"))
     keep_intermediate: bool = setting(Option("keep-intermediate", parse_bool, False,
                                              "keep intermediate data after success", switch=True))
-    overwrite: bool = setting(Option("overwrite", parse_bool, False, "replace an existing output folder",
-                                     switch=True))
+    overwrite: bool = setting(Option(
+        "overwrite", parse_bool, False,
+        "replace an existing output folder (when the new run commits), or start an unfinished run again",
+        switch=True))
+    resume: bool = setting(Option(
+        "resume", parse_bool, False,
+        "continue the unfinished run in OUT (after a crash, kill or Ctrl-C), reusing its committed tasks",
+        switch=True))
+    speculative: bool = setting(Option(
+        "speculative", parse_bool, True,
+        "start a duplicate attempt of a straggling task once most of its wave is done (default on; "
+        "--no-speculative turns it off)", switch=True))
+    lease_timeout: int = setting(Option(
+        "lease-timeout", int_in_range(1), 60,
+        "seconds without a heartbeat after which another run may take over OUT's lease (default 60)", "SECONDS"))
     quiet: bool = setting(Option("quiet", parse_bool, False, "no progress bars and no summary", switch=True,
                                  short="-q"))
     verbose: int = setting(Option("verbose", _log_level, 0, "log retries (-vv: debug, -vvv: libraries too)",

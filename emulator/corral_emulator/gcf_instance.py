@@ -44,6 +44,19 @@ def free_port(taken: set[int]) -> int:
             return port
 
 
+async def read_limited(stream: aiohttp.StreamReader, length: int | None, limit: int = MAX_BODY_BYTES) -> bytes | None:
+    """A request's or a response's whole body, or None as soon as it is longer than ``limit``."""
+    if length is not None and length > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in stream.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 @dataclass
 class Answer:
     """What the caller gets for one request, and what the platform adds to the log."""
@@ -148,7 +161,7 @@ class GcfInstance(Sandbox):
                                                data=body, allow_redirects=False) as response:
                         status = response.status
                         response_headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP}
-                        data = await self._read_limited(response)
+                        data = await read_limited(response.content, response.content_length)
                 except (aiohttp.ClientError, ConnectionError) as exc:
                     failure = exc
         except TimeoutError:
@@ -169,22 +182,11 @@ class GcfInstance(Sandbox):
         return Answer(status, data, response_headers, peak_bytes=self._peak(),
                       duration_ms=(time.monotonic() - started) * 1000)
 
-    async def _read_limited(self, response: aiohttp.ClientResponse) -> bytes | None:
-        if response.content_length is not None and response.content_length > MAX_BODY_BYTES:
-            return None
-        chunks, size = [], 0
-        async for chunk in response.content.iter_any():
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                return None
-            chunks.append(chunk)
-        return b"".join(chunks)
-
     async def _connection_failed(self, started: float, oom_before: int, exc: Exception | None) -> Answer:
         """The connection broke: out of memory (Docker's OOM event, maybe a moment later), or a crash."""
         peak = self._peak()
         deadline = time.monotonic() + 2.0
-        while self.oom_events == oom_before and not (self.exit_status and self.exit_status[1]):
+        while self.oom_events == oom_before and self.exit_status is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break

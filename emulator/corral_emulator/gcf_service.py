@@ -43,7 +43,7 @@ from corral_emulator.gcf_functions import (
     settable,
     validate,
 )
-from corral_emulator.gcf_instance import HOP_BY_HOP, MAX_BODY_BYTES, Answer, GcfInstance
+from corral_emulator.gcf_instance import HOP_BY_HOP, MAX_BODY_BYTES, Answer, GcfInstance, read_limited
 from corral_emulator.sandbox import MB
 from corral_emulator.tokens import TokenIssuer
 
@@ -356,11 +356,9 @@ class GcfService:
         if problem:
             return _plain(401, f"Your client does not have permission to the requested URL: {problem}.",
                           {"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/"'})
-        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-            return self._too_large(request.content_length)
-        body = await self._read_body(request)
+        body = await read_limited(request.content, request.content_length)
         if body is None:
-            return self._too_large(None)
+            return self._too_large(request.content_length)
         engine = self.engine
         limit_message = ("Rate exceeded. The request was aborted because there was no available instance: "
                          "{detail}.")
@@ -404,15 +402,6 @@ class GcfService:
         if scheme.lower() != "bearer" or not token.strip():
             return "the Authorization header is not 'Bearer <ID token>'"
         return self.tokens.check_id_token(token.strip(), {function.uri})
-
-    async def _read_body(self, request: web.Request) -> bytes | None:
-        chunks, size = [], 0
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                return None
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     def _too_large(self, size: int | None) -> web.Response:
         what = f"of {size} bytes " if size is not None else ""

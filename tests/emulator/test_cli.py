@@ -125,20 +125,10 @@ def test_build_base_from_debian_packages(docker_engine, client_for, package):
 def test_serve_prints_both_apis_and_echoes_gcf_logs(docker_engine, tmp_path, monkeypatch):
     """``serve`` names both APIs with a client line each, writes a key file for google-auth, and echoes a GCF
     function's output as ``[id] line``."""
-    from tests.requirements import need
-
-    need("google.cloud.functions_v2", "google.auth", "requests")
     import queue
     import threading
 
-    import google.auth.transport.requests
-    import requests
-    from google.api_core.client_options import ClientOptions
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import functions_v2
-    from google.oauth2 import id_token
-
-    from tests.emulator.conftest import GCF_PARENT, upload_source
+    from tests.emulator.conftest import create_function, make_gcf_client
 
     key_file = tmp_path / "key.json"
     process = subprocess.Popen([*_emulator_command(), "serve", "--port", "0", "--key-file", str(key_file)],
@@ -156,13 +146,13 @@ def test_serve_prints_both_apis_and_echoes_gcf_logs(docker_engine, tmp_path, mon
         stderr: queue.Queue[str] = queue.Queue()
         threading.Thread(target=lambda: [stderr.put(line) for line in process.stderr], daemon=True).start()
 
-        client = functions_v2.FunctionServiceClient(transport="rest", credentials=AnonymousCredentials(),
-                                                    client_options=ClientOptions(api_endpoint=endpoint))
-        storage = upload_source(client, {"main.py": "def handler(request):\n    print('hello from gcf')\n"
-                                                    "    return 'ok'\n"})
-        function = client.create_function(request={"parent": GCF_PARENT, "function_id": "echoed", "function": {
-            "build_config": {"runtime": "python311", "entry_point": "handler", "source": {"storage_source": storage}},
-        }}).result(timeout=300)
+        client = make_gcf_client(endpoint)
+        import google.auth.transport.requests
+        import requests
+        from google.oauth2 import id_token
+
+        function = create_function(client, "echoed", "def handler(request):\n    print('hello from gcf')\n"
+                                                     "    return 'ok'\n").result(timeout=300)
         uri = function.service_config.uri
         monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
         token = id_token.fetch_id_token(google.auth.transport.requests.Request(), uri)
@@ -177,6 +167,53 @@ def test_serve_prints_both_apis_and_echoes_gcf_logs(docker_engine, tmp_path, mon
                 pass
         assert "[echoed] hello from gcf\n" in seen, seen
         assert any(line.startswith("[echoed] ") and " POST 200 /gcf/" in line for line in seen), seen
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+# --- serving beyond this machine runs anyone's code: refused unless asked for by name ------------------
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])
+def test_serve_on_an_address_other_machines_reach_is_refused_without_the_flag(host):
+    done = subprocess.run([*_emulator_command(), "serve", "--host", host, "--port", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"corral emulator: error: --host {host} is reachable from other machines, and the emulator runs any code "
+        "sent to its APIs without authentication: add --allow-remote-code-execution to serve it anyway (only on "
+        "a network you trust)\n"
+    )
+    assert done.stdout == ""  # refused before anything started
+
+
+def test_loopback_hosts_need_no_flag():
+    assert cli.is_loopback("127.0.0.1") and cli.is_loopback("::1") and cli.is_loopback("localhost")
+    assert cli.is_loopback("127.0.0.2")
+    assert not cli.is_loopback("0.0.0.0") and not cli.is_loopback("::") and not cli.is_loopback("192.168.1.20")
+    assert not cli.is_loopback("no-such-host.invalid")
+
+
+@pytest.mark.docker
+def test_serve_on_all_addresses_with_the_flag_warns_and_serves(docker_engine):
+    process = subprocess.Popen(
+        [*_emulator_command(), "serve", "--host", "0.0.0.0", "--port", "0", "--allow-remote-code-execution",
+         "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = process.stdout.readline()
+        match = re.search(r"Lambda API on (http://0\.0\.0\.0:(\d+))", first)
+        assert match, first + (process.stderr.read() if process.poll() is not None else "")
+        warning = process.stderr.readline()
+        assert warning == (f"corral emulator: WARNING: serving {match.group(1)} on 0.0.0.0 without authentication: "
+                           "anyone who can reach it can run code on this machine\n")
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{match.group(2)}/2015-03-31/functions/", timeout=10) as r:
+            assert r.status == 200  # it serves
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     finally:

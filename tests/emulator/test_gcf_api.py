@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from tests.emulator.conftest import GCF_PARENT, upload_source, zip_files
+from tests.emulator.conftest import GCF_PARENT, create_function, make_gcf_client, upload_source, zip_files
 
 pytestmark = pytest.mark.docker
 
@@ -254,22 +254,14 @@ def test_invoke_needs_an_id_token_for_the_function(gcf_deploy, gcf_call, service
 def test_operations_answered_at_once_are_polled_by_the_client(docker_engine):
     """As on GCF, create answers ``done: false`` at once (``operation_wait=0``): the function is DEPLOYING,
     a second operation on it is refused with 409 ABORTED, and the client's ``result()`` polls until done."""
-    from tests.requirements import need
-
-    need("google.cloud.functions_v2", "google.auth", "requests")
     from corral_emulator import Emulator
-    from google.api_core import exceptions
-    from google.api_core.client_options import ClientOptions
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import functions_v2
 
     with Emulator(operation_wait=0) as emu:
-        client = functions_v2.FunctionServiceClient(transport="rest", credentials=AnonymousCredentials(),
-                                                    client_options=ClientOptions(api_endpoint=emu.endpoint))
-        storage = upload_source(client, {"main.py": "def handler(request):\n    return 'ok'\n"})
-        operation = client.create_function(request={"parent": GCF_PARENT, "function_id": "polled", "function": {
-            "build_config": {"runtime": "python311", "entry_point": "handler", "source": {"storage_source": storage}},
-        }})
+        client = make_gcf_client(emu.endpoint)
+        from google.api_core import exceptions
+        from google.cloud import functions_v2
+
+        operation = create_function(client, "polled", "def handler(request):\n    return 'ok'\n")
         assert operation.operation.done is False
         assert operation.metadata.verb == "create" and operation.metadata.target.endswith("/functions/polled")
         name = f"{GCF_PARENT}/functions/polled"

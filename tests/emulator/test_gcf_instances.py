@@ -205,26 +205,17 @@ def handler(request):
 
 def test_idle_instances_are_reaped(docker_engine):
     """An emulator of its own, with a 1 s idle timeout: the deploy's instance goes, the next request is cold."""
-    from tests.requirements import need
-
-    need("google.cloud.functions_v2", "google.auth", "requests")
-    import google.auth.transport.requests
-    import requests
     from corral_emulator import Emulator
-    from google.api_core.client_options import ClientOptions
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import functions_v2
-    from google.oauth2 import service_account
 
-    from tests.emulator.conftest import GCF_PARENT, upload_source
+    from tests.emulator.conftest import create_function, make_gcf_client
 
     with Emulator(idle_timeout=1.0) as emu:
-        client = functions_v2.FunctionServiceClient(transport="rest", credentials=AnonymousCredentials(),
-                                                    client_options=ClientOptions(api_endpoint=emu.endpoint))
-        storage = upload_source(client, {"main.py": "def handler(request):\n    return 'hi'\n"})
-        function = client.create_function(request={"parent": GCF_PARENT, "function_id": "reaped", "function": {
-            "build_config": {"runtime": "python311", "entry_point": "handler", "source": {"storage_source": storage}},
-        }}).result(timeout=300)
+        client = make_gcf_client(emu.endpoint)
+        import google.auth.transport.requests
+        import requests
+        from google.oauth2 import service_account
+
+        function = create_function(client, "reaped", "def handler(request):\n    return 'hi'\n").result(timeout=300)
         assert len(containers_of(docker_engine, function)) == 1  # the health check's instance, warm
         deadline = time.monotonic() + 10
         while containers_of(docker_engine, function) and time.monotonic() < deadline:
