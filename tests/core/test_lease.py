@@ -70,15 +70,16 @@ def test_a_second_run_on_the_same_output_is_refused_naming_the_holder(slow_input
     assert not (out / "_corral" / "lock").exists()  # released at the end
 
 
-def _lock(out: Path, **fields) -> None:
+def _lock(out: Path, age: float = 0, **fields) -> None:
+    """A lock of another run whose last heartbeat was ``age`` seconds ago."""
     (out / "_corral").mkdir(parents=True, exist_ok=True)
-    holder = {"run_id": "20260101T000000-abcdef", "host": "elsewhere", "pid": 4242, "heartbeat": time.time()}
+    holder = {"run_id": "20260101T000000-abcdef", "host": "elsewhere", "pid": 4242, "heartbeat": time.time() - age}
     (out / "_corral" / "lock").write_text(json.dumps({**holder, **fields}))
 
 
 def test_a_live_lease_of_another_host_is_respected(tmp_path, capsys):
     (tmp_path / "in.txt").write_text("a b\n")
-    _lock(tmp_path / "out", heartbeat=time.time() - 30)
+    _lock(tmp_path / "out", age=30)
     code, _, err = cli(capsys, "run", f"{jobs.__file__}:WordCount", tmp_path / "in.txt", "--out", tmp_path / "out",
                        "--backend", "threads")
     assert code == 2
@@ -86,7 +87,7 @@ def test_a_live_lease_of_another_host_is_respected(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("fields, why", [
-    ({"heartbeat": time.time() - 1000}, "run 20260101T000000-abcdef on host elsewhere (pid 4242): "
+    ({"age": 1000}, "run 20260101T000000-abcdef on host elsewhere (pid 4242): "
                                         "no heartbeat for 17 min"),
     ({"host": socket.gethostname(), "pid": 2 ** 22 + 1}, f"run 20260101T000000-abcdef on host "
                                                            f"{socket.gethostname()} (pid {2 ** 22 + 1}): "
