@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from corral.settings import Settings
+    from corral.sidefiles import SideFile
     from corral.sizing import MemorySizing
 
 #: Failure kinds. Throttling is backpressure and does not count toward the retry limit: an executor
@@ -64,7 +65,7 @@ class Outcome:
 #: What ``corral.worker.run_task`` measures and reports about an attempt, copied into its stats (the
 #: manifest's per-attempt figures, which the report and the advice read).
 WORKER_STATS = ("seconds", "peak_memory_mb", "cpu_seconds", "rss_mb", "worker", "records_in", "keys_in",
-                "bytes_in", "bytes_out")
+                "bytes_in", "bytes_out", "side_file_downloads")
 
 
 def outcome_from_result(result: dict[str, Any], stats: dict[str, Any] | None = None) -> Outcome:
@@ -103,6 +104,9 @@ class JobSource:
     inputs: tuple[str, ...] = ()
     output: str | None = None
     work: str | None = None
+    #: the job's side files (``corral.sidefiles``): ``build_package`` puts the small ones in the package;
+    #: a remote executor's ``deploy`` uploads the others (``corral.upload_side_files``).
+    files: tuple[SideFile, ...] = ()
 
 
 class Executor(ABC):

@@ -46,7 +46,11 @@ class Job:
     """
 
     #: "lines": key None, value the line. "tsv": a line with exactly one tab is (key, value).
+    #: "csv": key None, value the row's fields (a list of str; a CSV file is one split, as a quoted
+    #: field may hold a newline). "jsonl": key None, value the line's JSON value.
     input_format: ClassVar[str] = "lines"
+    #: csv input: the first row of each file names the columns, and each row comes as a dict.
+    input_header: ClassVar[bool] = False
     #: "strict": undecodable UTF-8 input fails the task, naming file and byte offset.
     #: "replace": undecodable bytes become U+FFFD.  "surrogateescape": kept losslessly.
     input_errors: ClassVar[str] = "strict"
@@ -54,11 +58,23 @@ class Job:
     sort_values: ClassVar[bool] = False
     #: third-party requirements shipped with the job to remote backends ("pkg==1.0", ...).
     requirements: ClassVar[list[str]] = []
+    #: the part files: "text" (key<TAB>value), "csv", "jsonl" ({"key": …, "value": …}) or "value"
+    #: (the value alone). ``--output-format`` overrides it. Only the last stage's output has a format.
+    output_format: ClassVar[str] = "text"
+    #: "none", "gzip" (part-00000.csv.gz) or "zstd" (.zst). ``--output-compression`` overrides it.
+    output_compression: ClassVar[str] = "none"
+    #: csv output: a header row at the top of every part file; every row must have its length.
+    output_header: ClassVar[list[str] | None] = None
+    #: read-only side files shipped to every task (paths relative to the job's file), found in a task
+    #: with ``self.file_path(name)``; ``--file PATH`` adds more.
+    files: ClassVar[list[str]] = []
 
     def __init__(self, args: dict[str, str] | None = None) -> None:
         #: ``--arg KEY=VALUE`` settings of the run (strings), the same in every task.
         self.args: dict[str, str] = dict(args or {})
         self._counters: Counter[tuple[str, str]] = Counter()
+        #: side file name -> local path, set by the worker for a task (see ``file_path``).
+        self._side_files: dict[str, str] | None = None
 
     # --- the user's methods (defaults) ---------------------------------------------------------
     def map(self, key: Any, value: Any) -> Iterable[Pair]:
@@ -119,6 +135,16 @@ class Job:
     def increment_counter(self, group: str, name: str, amount: int = 1) -> None:
         """Add ``amount`` to a counter; totals over committed task attempts are reported at the end."""
         self._counters[(group, name)] += amount
+
+    # --- side files ---------------------------------------------------------------------------
+    def file_path(self, name: str) -> str:
+        """The local path of the side file ``name`` (its file name, or its path as listed in ``files``
+        or ``--file``), wherever the task runs: the file itself on local backends, a copy shipped in
+        the package or downloaded once per container on remote ones. Read-only: open it in
+        ``map_init`` and keep what it holds for the task."""
+        from corral.sidefiles import find_side_file
+
+        return find_side_file(self, name)
 
     # --- running --------------------------------------------------------------------------------
     @classmethod

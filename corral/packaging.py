@@ -37,6 +37,7 @@ from typing import Any
 
 from corral.errors import CorralError
 from corral.executor import JobSource
+from corral.sidefiles import package_files
 
 # ast, io, shutil, site, subprocess, tempfile and zipfile are imported where used: every worker imports
 # corral, and only the driver builds packages.
@@ -135,6 +136,7 @@ def build_package(
         files[arcname] = path.read_bytes()
         if arcname.endswith(".py"):
             _check_syntax(path, files[arcname], python_version)
+    files.update(package_files(job.files))  # the small side files (the others go through the working folder)
     for arcname, data in (handler_files or {}).items():
         arcname = arcname.replace(os.sep, "/").lstrip("/")
         if arcname.startswith("corral/"):

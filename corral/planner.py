@@ -29,13 +29,16 @@ def list_inputs(urls: Sequence[str]) -> list[FileInfo]:
     return files
 
 
-def make_splits(files: Sequence[FileInfo], split_size: int, kind: str = "text") -> list[Split]:
-    """Cut files into byte ranges of ``split_size``; a compressed file is one split; empty files none."""
+def make_splits(
+    files: Sequence[FileInfo], split_size: int, kind: str = "text", whole_files: bool = False
+) -> list[Split]:
+    """Cut files into byte ranges of ``split_size``; a compressed file is one split, and so is every file
+    with ``whole_files`` (csv input, whose quoted fields may hold newlines); empty files none."""
     splits = []
     for info in files:
         if info.size == 0:
             continue
-        if kind != "text" or compression_of(info.url):
+        if kind != "text" or whole_files or compression_of(info.url):
             splits.append(Split(info.url, 0, info.size, kind))
             continue
         for start in range(0, info.size, split_size):

@@ -158,8 +158,10 @@ MEMORY: Option[int] = Option("memory", int_in_range(128, 32768), 512,
 TIMEOUT: Option[int] = Option("timeout", int_in_range(1, 3600), 60,
                  "seconds a task may run before it is stopped (lambda, docker: 1-900; gcf: 1-3600; default 60)",
                  "SECONDS")
-ENVIRONMENT: Option[dict[str, str] | None] = Option("environment", parse_environment, None,
-                     "KEY=VALUE set in the function's environment (repeatable)", "KEY=VALUE", repeat=True)
+ENVIRONMENT: Option[dict[str, str] | None] = Option(
+    "environment", parse_environment, None,
+    "KEY=VALUE set in the function's environment (repeatable; values are redacted in the manifest)",
+    "KEY=VALUE", repeat=True, secret=True)
 REGION: Option[str | None] = Option("region", _text, None,
                 "the function's region (lambda: default AWS_REGION, then us-east-1; gcf: default us-central1)",
                 "REGION")

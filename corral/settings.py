@@ -49,8 +49,17 @@ def _log_level(value: Any) -> int:
     return int_in_range(0, 3)(value)
 
 
+def _one_of(*choices: str) -> Any:
+    def parse(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        return str(value)
+
+    return parse
+
+
 def _items(value: Any) -> tuple[str, ...]:
-    """A repeatable ``KEY=VALUE`` option: a list from flags or TOML, one item from a variable."""
+    """A repeatable option (``KEY=VALUE``, a path): a list from flags or TOML, one item from a variable."""
     return tuple(str(v) for v in value) if isinstance(value, list | tuple) else (str(value),)
 
 
@@ -88,12 +97,39 @@ class Settings:
                                         "memory a task buffers before spilling to disk", "SIZE"))
     arg: tuple[str, ...] = setting(Option("arg", _items, (), "KEY=VALUE for the job, in self.args (repeatable)",
                                           "KEY=VALUE", repeat=True))
+    output_format: str | None = setting(Option(
+        "output-format", _one_of("text", "csv", "jsonl", "value"), None,
+        "format of the part files: text (key<TAB>value), csv, jsonl or value (default: the job's output_format, "
+        "else text)", "FORMAT"))
+    output_compression: str | None = setting(Option(
+        "output-compression", _one_of("none", "gzip", "zstd"), None,
+        "compress the part files: gzip (.gz) or zstd (.zst) (default: the job's output_compression, else none)",
+        "NAME"))
+    max_records_per_file: int | None = setting(Option(
+        "max-records-per-file", int_in_range(1), None,
+        "split each task's output into part files of at most N records (part-00000-00000…)", "N"))
+    file: tuple[str, ...] = setting(Option(
+        "file", _items, (), "a read-only side file for every task, found with self.file_path(NAME) (repeatable; "
+        "adds to the job's files)", "PATH", repeat=True))
     work_dir: str | None = setting(Option("work-dir", _text, None,
                                           "where intermediate data goes (default OUT/_corral/work)", "URL"))
     keep_intermediate: bool = setting(Option("keep-intermediate", parse_bool, False,
                                              "keep intermediate data after success", switch=True))
-    overwrite: bool = setting(Option("overwrite", parse_bool, False, "replace an existing output folder",
-                                     switch=True))
+    overwrite: bool = setting(Option(
+        "overwrite", parse_bool, False,
+        "replace an existing output folder (when the new run commits), or start an unfinished run again",
+        switch=True))
+    resume: bool = setting(Option(
+        "resume", parse_bool, False,
+        "continue the unfinished run in OUT (after a crash, kill or Ctrl-C), reusing its committed tasks",
+        switch=True))
+    speculative: bool = setting(Option(
+        "speculative", parse_bool, True,
+        "start a duplicate attempt of a straggling task once most of its wave is done (default on; "
+        "--no-speculative turns it off)", switch=True))
+    lease_timeout: int = setting(Option(
+        "lease-timeout", int_in_range(1), 60,
+        "seconds without a heartbeat after which another run may take over OUT's lease (default 60)", "SECONDS"))
     quiet: bool = setting(Option("quiet", parse_bool, False, "no progress bars and no summary", switch=True,
                                  short="-q"))
     verbose: int = setting(Option("verbose", _log_level, 0, "log retries (-vv: debug, -vvv: libraries too)",

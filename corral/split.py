@@ -7,14 +7,19 @@ A compressed file is always one whole split (it cannot be entered in the middle)
 
 from __future__ import annotations
 
+import io
+import json
 import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from itertools import islice
 from typing import Any
 
 from corral.errors import InputError
 from corral.fs import FileSystem, compression_of, display
 
+#: What ``Job.input_format`` may be.
+INPUT_FORMATS = ("lines", "tsv", "csv", "jsonl")
 #: Bytes read per request while scanning a split; lines are handed on in chunks of about this size.
 READ_BLOCK = 4 << 20
 
@@ -118,15 +123,20 @@ def _chunks(f: Any, position: int, end: int | None) -> Iterator[tuple[int, bytes
         yield pending_offset, b"".join(pending)
 
 
-def decode_lines(chunk: bytes, offset: int, url: str, errors: str) -> list[str]:
-    """The lines of a line-aligned chunk, without their ``\\n`` / ``\\r\\n``."""
+def decode_text(chunk: bytes, offset: int, url: str, errors: str) -> str:
+    """A chunk as text; an InputError names the file and byte offset of invalid UTF-8."""
     try:
-        text = chunk.decode("utf-8", errors)
+        return chunk.decode("utf-8", errors)
     except UnicodeDecodeError as exc:
         raise InputError(
             f"{display(url)}: invalid UTF-8 at byte offset {offset + exc.start} "
             f"(set input_errors = 'replace' on the job to read it anyway)"
         ) from None
+
+
+def decode_lines(chunk: bytes, offset: int, url: str, errors: str) -> list[str]:
+    """The lines of a line-aligned chunk, without their ``\\n`` / ``\\r\\n``."""
+    text = decode_text(chunk, offset, url, errors)
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()
@@ -136,15 +146,73 @@ def decode_lines(chunk: bytes, offset: int, url: str, errors: str) -> list[str]:
 
 
 def iter_text_records(
-    fs: FileSystem, split: Split, input_format: str, errors: str
-) -> Iterator[list[tuple[Any, Any]] | list[str]]:
-    """Batches of input lines for ``map``: lists of lines ("lines") or of (key, value) ("tsv")."""
+    fs: FileSystem, split: Split, input_format: str, errors: str, header: bool = False
+) -> Iterator[list[Any]]:
+    """Batches of input records for ``map``: lists of lines ("lines"), of (key, value) ("tsv"), of rows
+    ("csv": lists of fields, or dicts with ``header``) or of JSON values ("jsonl")."""
+    if input_format == "csv":
+        yield from _csv_rows(fs, split, errors, header)
+        return
     for offset, chunk in iter_line_chunks(fs, split):
         lines = decode_lines(chunk, offset, split.url, errors)
         if input_format == "tsv":
             yield [_tsv_record(line) for line in lines]
+        elif input_format == "jsonl":
+            yield _json_values(lines, offset, split.url)
         else:
             yield lines
+
+
+def _json_values(lines: list[str], offset: int, url: str) -> list[Any]:
+    """The JSON value of each line (blank lines skipped); an InputError names the line's byte offset."""
+    decode = json.JSONDecoder().decode
+    try:
+        return [decode(line) for line in lines if line and not line.isspace()]
+    except ValueError:
+        pass
+    position = offset
+    for line in lines:
+        if line and not line.isspace():
+            try:
+                decode(line)
+            except ValueError as exc:
+                raise InputError(f"{display(url)}: the line at byte offset {position} is not JSON ({exc})") from None
+        position += len(line.encode("utf-8", "surrogateescape")) + 1
+    raise AssertionError("unreachable")
+
+
+#: Rows per batch handed to ``map`` for csv input.
+CSV_BATCH = 8192
+
+
+def _csv_rows(fs: FileSystem, split: Split, errors: str, header: bool) -> Iterator[list[Any]]:
+    """Batches of a csv split's rows, parsed by the ``csv`` module across chunks (a quoted field may
+    hold newlines); with ``header``, the first row names the columns and rows come as dicts."""
+    import csv
+
+    def lines() -> Iterator[str]:
+        for offset, chunk in iter_line_chunks(fs, split):
+            yield from io.StringIO(decode_text(chunk, offset, split.url, errors), newline="")
+
+    reader = csv.reader(lines())
+    columns: list[str] | None = None
+    try:
+        if header:
+            columns = next(reader, None)
+            if columns is None:
+                return
+        while batch := list(islice(reader, CSV_BATCH)):
+            if columns is not None:
+                width = len(columns)
+                if set(map(len, batch)) != {width}:
+                    bad = next(row for row in batch if len(row) != width)
+                    raise InputError(f"{display(split.url)}: a row has {len(bad)} fields, but the header row has "
+                                     f"{width} ({', '.join(columns)}): {bad!r}")
+                yield [dict(zip(columns, row, strict=True)) for row in batch]
+            else:
+                yield batch
+    except csv.Error as exc:
+        raise InputError(f"{display(split.url)}: cannot read line {reader.line_num} as csv ({exc})") from None
 
 
 def _tsv_record(line: str) -> tuple[str | None, str]:

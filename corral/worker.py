@@ -1,8 +1,9 @@
 """``run_task(payload) -> result``: the single entry every executor and remote handler calls.
 
-Both sides are plain JSON-able dicts. A task never raises: a failure comes back as
-``{"ok": False, "error": {"type", "message", "traceback"}}`` with the user's traceback, so that every
-backend (a thread, a process, a Lambda invoke, an HTTP call) reports it the same way.
+Both sides are plain JSON-able dicts (the payload is a ``corral.tasks`` spec's wire form). A task
+never raises: a failure comes back as ``{"ok": False, "error": {"type", "message", "traceback"}}``
+with the user's traceback, so that every backend (a thread, a process, a Lambda invoke, an HTTP
+call) reports it the same way.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 from corral.cancellation import TaskCancelled
 from corral.errors import InputError, UsageError
 from corral.job import Job
+from corral.sidefiles import local_paths
 
 _CORRAL_DIR = str(Path(__file__).resolve().parent)
 _job_classes: dict[tuple[str, str, str | None], type[Job]] = {}
@@ -96,20 +98,23 @@ def run_task(payload: dict[str, Any], progress: ProgressSink | None = None) -> d
     counts is reported while it runs, every ``PROGRESS_INTERVAL`` seconds: ``{"task", "attempt",
     "counters": [[group, name, amount added], …], "cpu_seconds": added}``.
     """
-    from corral.tasks import execute_map, execute_reduce
+    from corral.tasks import MapSpec, execute_map, execute_reduce, spec_from_json
 
     started = time.perf_counter()
     sink = progress or _default_sink
     key = (payload.get("task"), payload.get("attempt"))
+    downloads = 0
     with _no_full_collections() as cpu_clock:
         cpu_started = cpu_clock()
         try:
-            job = load_job_class(payload["job"])(payload.get("args"))
-            step = job.steps()[payload["stage"]]
-            execute = execute_map if payload["kind"] == "map" else execute_reduce
+            spec = spec_from_json(payload)
+            job = load_job_class(spec.job)(spec.args)
+            if spec.files:
+                job._side_files, downloads = local_paths(list(spec.files))
+            step = job.steps()[spec.stage]
             if sink is not None:
                 _reporter.watch(key, job, cpu_clock, sink)
-            result = execute(payload, job, step)
+            result = execute_map(spec, job, step) if isinstance(spec, MapSpec) else execute_reduce(spec, job, step)
             result.update(ok=True, counters=[[group, name, amount] for (group, name), amount in job._counters.items()])
         except Exception as exc:
             result = {
@@ -135,6 +140,8 @@ def run_task(payload: dict[str, Any], progress: ProgressSink | None = None) -> d
         worker=worker_id(),
         bytes_in=_bytes_in(payload),
     )
+    if downloads:
+        result["side_file_downloads"] = downloads
     if "bytes_out" not in result and result.get("index"):  # a map task's shuffle object: its partitions
         result["bytes_out"] = sum(length for _, length in result["index"])
     return result

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import json
 import logging
+import os
 import signal
+import socket
 import sys
 import threading
 
@@ -28,7 +32,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                          "in Docker containers")
     serve.add_argument("--port", type=int, default=9001,
                        help="port of both APIs (Lambda, Cloud Functions v2) (default 9001; 0 = any)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1); an address other machines can reach "
+                            "needs --allow-remote-code-execution")
+    serve.add_argument("--allow-remote-code-execution", action="store_true",
+                       help="serve on a --host that is not loopback: the APIs run whatever code they are sent, "
+                            "without authentication, so anyone who reaches the port can run code on this machine")
     serve.add_argument("--max-concurrency", type=_positive_int, default=10,
                        help="requests running at once (both platforms) before 429 (default 10)")
     serve.add_argument("--mount", action="append", default=[], metavar="PATH",
@@ -41,6 +50,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--region", default=None, help="region in ARNs and AWS_REGION (default from env or us-east-1)")
     serve.add_argument("--log-dir", default=None, help="folder for the functions' logs (one file per function)")
     serve.add_argument("--quiet", action="store_true", help="do not echo the functions' logs to stderr")
+    serve.add_argument("--key-file", default=None, metavar="PATH",
+                       help="write a service-account key file for google-auth (its token_uri is this emulator) "
+                            "to PATH (default: a file in the emulator's temporary folder)")
     serve.add_argument("--throttle", type=float, default=None, metavar="FRACTION",
                        help="fault injection: answer 429 to this fraction of invocations, e.g. 0.33 "
                             "(default $CORRAL_EMULATOR_THROTTLE or 0)")
@@ -62,7 +74,26 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or a name) reaches only this machine."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except (OSError, UnicodeError):
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+
+
 def run_serve(args: argparse.Namespace) -> int:
+    remote = not is_loopback(args.host)
+    if remote and not args.allow_remote_code_execution:
+        print(f"corral emulator: error: --host {args.host} is reachable from other machines, and the emulator "
+              "runs any code sent to its APIs without authentication: add --allow-remote-code-execution to "
+              "serve it anyway (only on a network you trust)", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     emulator = Emulator(
         port=args.port,
@@ -84,12 +115,17 @@ def run_serve(args: argparse.Namespace) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         endpoint = emulator.start()
+        if remote:
+            print(f"corral emulator: WARNING: serving {endpoint} on {args.host} without authentication: anyone "
+                  "who can reach it can run code on this machine", file=sys.stderr, flush=True)
         print(f"corral emulator: Lambda API on {endpoint} (image {emulator.base_image}); Ctrl-C to stop", flush=True)
         print(f'  boto3.client("lambda", endpoint_url="{endpoint}", region_name="{emulator.region}")', flush=True)
         print(f"corral emulator: Cloud Functions v2 API on {endpoint} (OAuth token endpoint {endpoint}/token)",
               flush=True)
         print(f'  functions_v2.FunctionServiceClient(transport="rest", client_options={{"api_endpoint": '
               f'"{endpoint}"}}, credentials=AnonymousCredentials())', flush=True)
+        key_file = write_key_file(emulator, args.key_file)
+        print(f"  ID tokens for the functions' URLs: export GOOGLE_APPLICATION_CREDENTIALS={key_file}", flush=True)
         while not stop.wait(0.5):
             pass
         print("corral emulator: stopping, removing containers...", flush=True)
@@ -98,6 +134,19 @@ def run_serve(args: argparse.Namespace) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+def write_key_file(emulator: Emulator, path: str | None) -> str:
+    """Write a service-account key of ``emulator`` (readable by this user only); return its path."""
+    assert emulator.workdir is not None
+    target = os.path.abspath(path) if path else str(emulator.workdir / "service-account.json")
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(emulator.service_account_key(), f, indent=2)
+    except OSError as exc:
+        raise EmulatorError(f"cannot write the key file {target}: {exc.strerror}") from None
+    return target
 
 
 def run_build_base(args: argparse.Namespace) -> int:

@@ -60,7 +60,8 @@ class Emulator:
     read-write at the same path in every container. ``cloud_cpu`` caps each container's CPU as the
     platform would (Lambda: one vCPU at 1769 MB; GCF: ``availableCpu``). ``stop()`` removes every
     container this instance started. ``service_account_key()`` gives a key file for google-auth whose
-    ``token_uri`` is this emulator (the functions' URLs need ID tokens).
+    ``token_uri`` is this emulator (the functions' URLs need ID tokens). A GCF create or patch answers
+    when its deploy is done, or after ``operation_wait`` seconds with ``done: false`` (0: at once, as GCF).
     """
 
     def __init__(
@@ -80,6 +81,7 @@ class Emulator:
         log_stream: TextIO | None = None,
         throttle_fraction: float | None = None,
         throttle_seed: int = 0,
+        operation_wait: float = 5.0,
     ) -> None:
         if max_concurrency < 1:
             raise EmulatorError("max_concurrency must be at least 1")
@@ -92,6 +94,7 @@ class Emulator:
             raise EmulatorError(f"throttle_fraction must be at least 0 and below 1, not {throttle_fraction}")
         self.throttle_fraction = throttle_fraction
         self.throttle_seed = throttle_seed
+        self.operation_wait = operation_wait
         self.port = port
         self.host = host
         self.base_image = base_image or default_base_image()
@@ -183,7 +186,7 @@ class Emulator:
         await self.engine.start()
         self.lambda_service = LambdaService(self.engine, self.account_id)
         await self.lambda_service.start()
-        self.gcf = GcfService(self.engine)
+        self.gcf = GcfService(self.engine, self.operation_wait)
         await self.gcf.start()
         app = web.Application(middlewares=[lambda_api.aws_errors, gcf_api.google_errors],
                               client_max_size=lambda_api.API_READ_LIMIT)

@@ -278,6 +278,7 @@ class GcfFunction:
     build_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     uri: str = ""
     busy: bool = False  # an operation on it is running
+    serving: bool = False  # a deploy of it succeeded: its URL answers
 
     @property
     def name(self) -> str:

@@ -34,10 +34,27 @@ CONNECTION_ERROR = ("The request failed because either the HTTP response was mal
                     "instance had an error.")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_port(taken: set[int]) -> int:
+    """A port nothing listens on now, and that no live instance of this emulator was given."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in taken:
+            return port
+
+
+async def read_limited(stream: aiohttp.StreamReader, length: int | None, limit: int = MAX_BODY_BYTES) -> bytes | None:
+    """A request's or a response's whole body, or None as soon as it is longer than ``limit``."""
+    if length is not None and length > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in stream.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 @dataclass
@@ -64,7 +81,7 @@ class GcfInstance(Sandbox):
         self.settings: Settings = settings
         self.function_id = function.function_id
         self.revision = function.revision
-        self.port = free_port()
+        self.port = free_port({s.port for s in engine.sandboxes.values() if isinstance(s, GcfInstance)})
         self.framework_dir = function.framework_dir
 
     # ---------------------------------------------------------------- the container
@@ -144,7 +161,7 @@ class GcfInstance(Sandbox):
                                                data=body, allow_redirects=False) as response:
                         status = response.status
                         response_headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP}
-                        data = await self._read_limited(response)
+                        data = await read_limited(response.content, response.content_length)
                 except (aiohttp.ClientError, ConnectionError) as exc:
                     failure = exc
         except TimeoutError:
@@ -165,22 +182,11 @@ class GcfInstance(Sandbox):
         return Answer(status, data, response_headers, peak_bytes=self._peak(),
                       duration_ms=(time.monotonic() - started) * 1000)
 
-    async def _read_limited(self, response: aiohttp.ClientResponse) -> bytes | None:
-        if response.content_length is not None and response.content_length > MAX_BODY_BYTES:
-            return None
-        chunks, size = [], 0
-        async for chunk in response.content.iter_any():
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                return None
-            chunks.append(chunk)
-        return b"".join(chunks)
-
     async def _connection_failed(self, started: float, oom_before: int, exc: Exception | None) -> Answer:
         """The connection broke: out of memory (Docker's OOM event, maybe a moment later), or a crash."""
         peak = self._peak()
         deadline = time.monotonic() + 2.0
-        while self.oom_events == oom_before and not (self.exit_status and self.exit_status[1]):
+        while self.oom_events == oom_before and self.exit_status is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break

@@ -3,8 +3,8 @@
 A deploy (create or patch) is a long-running operation, as on GCF: unpack the uploaded zip, check the
 source file, provide functions-framework for the image's Python, then start one instance and wait for
 it to listen (GCF's health check: a function that cannot load fails its deploy, with its logs). That
-instance stays warm in the pool. The API answers when the operation is done, or after ``HOLD`` seconds
-with ``done: false`` (the client polls ``operations/{id}``).
+instance stays warm in the pool. The API answers when the operation is done, or after ``operation_wait``
+seconds with ``done: false`` (the client polls ``operations/{id}``).
 
 An invocation goes through the pool every platform shares (``Engine.acquire``: max instances and the
 emulator's ``max_concurrency``, 429 beyond), then to the instance (``GcfInstance.forward``).
@@ -43,14 +43,14 @@ from corral_emulator.gcf_functions import (
     settable,
     validate,
 )
-from corral_emulator.gcf_instance import HOP_BY_HOP, MAX_BODY_BYTES, Answer, GcfInstance
+from corral_emulator.gcf_instance import HOP_BY_HOP, MAX_BODY_BYTES, Answer, GcfInstance, read_limited
 from corral_emulator.sandbox import MB
 from corral_emulator.tokens import TokenIssuer
 
 log = logging.getLogger("corral_emulator")
 
-#: Seconds the API waits for an operation before answering ``done: false``.
-HOLD = 5.0
+#: Seconds the API waits for a deploy before answering ``done: false`` (GCF answers at once: 0).
+OPERATION_WAIT = 5.0
 MAX_SOURCE_BYTES = 100 * 1000 * 1000  # GCF: 100 MB compressed sources
 MAX_UNZIPPED_BYTES = 500 * 1000 * 1000  # and 500 MB uncompressed
 INVALID_ARGUMENT = 3  # google.rpc.Code
@@ -80,8 +80,9 @@ def _plain(status: int, message: str, headers: dict[str, str] | None = None) -> 
 class GcfService:
     """The functions of the Cloud Functions v2 API, their uploads, operations and invocations."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, operation_wait: float = OPERATION_WAIT) -> None:
         self.engine = engine
+        self.operation_wait = operation_wait
         self.functions: dict[str, GcfFunction] = {}  # by resource name
         self.operations: dict[str, GcfOperation] = {}
         self.uploads: dict[str, tuple[str, str]] = {}  # upload token -> (bucket, object)
@@ -197,7 +198,8 @@ class GcfService:
         return op
 
     async def _hold(self, task: asyncio.Task) -> None:
-        await asyncio.wait({task}, timeout=HOLD)
+        if self.operation_wait > 0:
+            await asyncio.wait({task}, timeout=self.operation_wait)
 
     # ---------------------------------------------------------------- deploys
     async def _deploy(self, function: GcfFunction, spec: dict, settings: Settings, op: GcfOperation,
@@ -256,6 +258,7 @@ class GcfService:
             function.busy = False
             self.deploying.difference_update({previous[2], new_dir})
         function.state = "ACTIVE"
+        function.serving = True
         function.state_messages = []
         function.update_time = rfc3339()
         op.finish(response={"@type": FUNCTION_TYPE, **function.to_json()})
@@ -346,18 +349,16 @@ class GcfService:
                      path: str) -> web.StreamResponse:
         name = f"projects/{project}/locations/{location}/functions/{function_id}"
         function = self.functions.get(name)
-        if function is None or function.settings is None or function.revision == "":
+        if function is None or not function.serving:
             return _plain(404, f"Error: Page not found. The requested URL {request.path} was not found on this "
                                "server (no deployed function of that name).")
         problem = self._authenticate(request, function)
         if problem:
             return _plain(401, f"Your client does not have permission to the requested URL: {problem}.",
                           {"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/"'})
-        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-            return self._too_large(request.content_length)
-        body = await self._read_body(request)
+        body = await read_limited(request.content, request.content_length)
         if body is None:
-            return self._too_large(None)
+            return self._too_large(request.content_length)
         engine = self.engine
         limit_message = ("Rate exceeded. The request was aborted because there was no available instance: "
                          "{detail}.")
@@ -402,22 +403,15 @@ class GcfService:
             return "the Authorization header is not 'Bearer <ID token>'"
         return self.tokens.check_id_token(token.strip(), {function.uri})
 
-    async def _read_body(self, request: web.Request) -> bytes | None:
-        chunks, size = [], 0
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                return None
-            chunks.append(chunk)
-        return b"".join(chunks)
-
     def _too_large(self, size: int | None) -> web.Response:
         what = f"of {size} bytes " if size is not None else ""
         return _plain(413, f"Your client issued a request that was too large: the request body {what}exceeds "
                            f"the limit of {MAX_BODY_BYTES // MB} MiB ({MAX_BODY_BYTES} bytes).")
 
     def _forwarded_headers(self, request: web.Request, execution_id: str) -> dict[str, str]:
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        # the body is forwarded as aiohttp decoded it: without its Content-Encoding
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() not in HOP_BY_HOP and k.lower() != "content-encoding"}
         authorization = headers.get("Authorization", "")
         if authorization.count(".") == 2:  # Cloud Run passes the ID token on without its signature
             headers["Authorization"] = authorization.rsplit(".", 1)[0] + ".SIGNATURE_REMOVED_BY_GOOGLE"

@@ -553,3 +553,41 @@ class MapFinalRepeatsKeys(corral.Job):
 
     def reduce(self, key, values):
         yield key, sorted(values)
+
+
+class HotKey(corral.Job):
+    """Every line is a value of one key, ``hot`` (or, with ``--arg keys=N``, of one of N keys by its
+    last digits); reduce counts them (a task's memory must follow its budget, not its keys)."""
+
+    def map(self, key, line):
+        keys = self.args.get("keys")
+        yield ("hot" if keys is None else f"k{int(line[-6:]) % int(keys)}"), line
+
+    def reduce(self, key, values):
+        n = 0
+        for _ in values:
+            n += 1
+        yield key, n
+
+
+class HotKeySorted(HotKey):
+    """HotKey whose values reach reduce sorted (checked there), through a combine that keeps every value
+    and streams them out of sort order (each pair swapped): the worst case for a task's memory."""
+
+    sort_values = True
+
+    def combine(self, key, values):
+        values = iter(values)
+        for value in values:
+            following = next(values, None)
+            if following is not None:
+                yield key, following
+            yield key, value
+
+    def reduce(self, key, values):
+        n, last = 0, None
+        for value in values:
+            if last is not None and value < last:
+                raise ValueError(f"{value!r} after {last!r}")
+            n, last = n + 1, value
+        yield key, n

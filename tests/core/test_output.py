@@ -150,7 +150,8 @@ def test_non_str_key_fails_the_job_with_a_clear_message(tmp_path):
     with pytest.raises(corral.JobFailed) as failed:
         run(IntKeys, tmp_path / "in.txt", tmp_path / "out", retries=0)
     assert str(failed.value) == (
-        "task map-0000 attempt 1: TypeError: keys must be str, but a key 4 of type int was yielded"
+        "task map-0000 attempt 1: TypeError: map yielded the key 4 (of type int) with the value 'word': "
+        "keys must be str"
     )
 
 

@@ -184,9 +184,8 @@ def client_for():
 GCF_PARENT = "projects/corral-test/locations/us-central1"
 
 
-@pytest.fixture(scope="session")
-def gcf_client(emulator):
-    """Google's own ``FunctionServiceClient`` (REST transport, anonymous credentials) on the emulator."""
+def make_gcf_client(endpoint: str):
+    """Google's own ``FunctionServiceClient`` (REST transport, anonymous credentials) on an emulator."""
     from tests.requirements import need
 
     need("google.cloud.functions_v2", "google.auth", "requests")
@@ -195,8 +194,20 @@ def gcf_client(emulator):
     from google.cloud import functions_v2
 
     return functions_v2.FunctionServiceClient(
-        transport="rest", client_options=ClientOptions(api_endpoint=emulator.endpoint),
-        credentials=AnonymousCredentials())
+        transport="rest", client_options=ClientOptions(api_endpoint=endpoint), credentials=AnonymousCredentials())
+
+
+def create_function(client, function_id: str, source: str, **service):
+    """Upload ``source`` as main.py and create ``function_id`` (entry point ``handler``); the Operation."""
+    storage = upload_source(client, {"main.py": source})
+    return client.create_function(request={"parent": GCF_PARENT, "function_id": function_id, "function": {
+        "build_config": {"runtime": "python311", "entry_point": "handler", "source": {"storage_source": storage}},
+        "service_config": service}})
+
+
+@pytest.fixture(scope="session")
+def gcf_client(emulator):
+    return make_gcf_client(emulator.endpoint)
 
 
 @pytest.fixture(scope="session")
@@ -279,3 +290,15 @@ def gcf_call(id_token_for):
         return requests.post(uri + path, headers=headers, timeout=kwargs.pop("timeout", 120), **kwargs)
 
     return call
+
+
+@pytest.fixture
+def gcf_log(emulator):
+    """``gcf_log(function)`` -> the text of that function's log (the emulator's log folder)."""
+
+    def read(function) -> str:
+        project, location, function_id = (function.name.split("/")[i] for i in (1, 3, 5))
+        path = emulator.engine.log_dir / f"gcf-{project}-{location}-{function_id}.log"
+        return path.read_text() if path.exists() else ""
+
+    return read

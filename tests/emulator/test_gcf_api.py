@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from tests.emulator.conftest import GCF_PARENT, upload_source, zip_files
+from tests.emulator.conftest import GCF_PARENT, create_function, make_gcf_client, upload_source, zip_files
 
 pytestmark = pytest.mark.docker
 
@@ -153,7 +153,7 @@ def test_upload_url_wants_a_zip_content_type(gcf_client):
     assert unknown.status_code == 404
 
 
-def test_failed_deploys_end_the_operation_with_the_reason(gcf_client, gcf_deploy):
+def test_failed_deploys_end_the_operation_with_the_reason(gcf_client, gcf_deploy, gcf_call):
     from google.api_core import exceptions
     from google.cloud import functions_v2
 
@@ -168,6 +168,8 @@ def test_failed_deploys_end_the_operation_with_the_reason(gcf_client, gcf_deploy
     assert "ModuleNotFoundError: No module named 'not_a_module_anywhere'" in message
     failed = gcf_client.get_function(name=f"{GCF_PARENT}/functions/bad-import")
     assert failed.state == functions_v2.Function.State.FAILED
+    assert "No module named 'not_a_module_anywhere'" in failed.state_messages[0].message
+    assert gcf_call(failed).status_code == 404  # nothing serves a function whose first deploy failed
 
     with pytest.raises(exceptions.GoogleAPICallError) as excinfo:
         gcf_deploy("def other(request):\n    return 'ok'\n", name="no-target")
@@ -247,3 +249,28 @@ def test_invoke_needs_an_id_token_for_the_function(gcf_deploy, gcf_call, service
     with pytest.raises(google.auth.exceptions.RefreshError, match="Invalid JWT Signature"):
         service_account.IDTokenCredentials.from_service_account_info(stranger, target_audience=uri).refresh(
             google.auth.transport.requests.Request())
+
+
+def test_operations_answered_at_once_are_polled_by_the_client(docker_engine):
+    """As on GCF, create answers ``done: false`` at once (``operation_wait=0``): the function is DEPLOYING,
+    a second operation on it is refused with 409 ABORTED, and the client's ``result()`` polls until done."""
+    from corral_emulator import Emulator
+
+    with Emulator(operation_wait=0) as emu:
+        client = make_gcf_client(emu.endpoint)
+        from google.api_core import exceptions
+        from google.cloud import functions_v2
+
+        operation = create_function(client, "polled", "def handler(request):\n    return 'ok'\n")
+        assert operation.operation.done is False
+        assert operation.metadata.verb == "create" and operation.metadata.target.endswith("/functions/polled")
+        name = f"{GCF_PARENT}/functions/polled"
+        assert client.get_function(name=name).state == functions_v2.Function.State.DEPLOYING
+        with pytest.raises(exceptions.Conflict, match="already in progress"):
+            client.delete_function(name=name)
+        function = operation.result(timeout=120)
+        assert function.state == functions_v2.Function.State.ACTIVE
+        assert operation.done() and client.get_function(name=name).state == functions_v2.Function.State.ACTIVE
+        deleted = client.delete_function(name=name)
+        deleted.result(timeout=60)
+        assert deleted.metadata.verb == "delete"

@@ -1,0 +1,142 @@
+"""What ``map``, ``combine`` and ``reduce`` may yield, checked where it is yielded.
+
+Pairs are ``(key, value)`` tuples. Keys are ``str`` (or ``None`` in a job's output, to write the value
+alone); values are ``str``, ``int``, ``float``, ``bool``, ``None``, or lists and dicts (with ``str``
+keys) of those. Anything else (a bare string, a number, bytes, a set, an object) fails the task with
+a message naming the method and the value, not a codec's error far from the user's line.
+
+The checks run in C over batches of pairs and look closer only when something is off. Into the
+shuffle, map's hot loop checks each batch's shape as it is yielded; the values are checked when the
+map buffer writes them (after ``combine``, once per stored value), keys when it sorts them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from itertools import chain, islice
+from operator import itemgetter
+from typing import Any
+
+#: Values a pair may hold without a closer look (lists, tuples and dicts of them are looked into).
+SCALARS = frozenset({str, int, float, bool, type(None)})
+_STR_KEY = frozenset({str})
+_STR_OR_NONE_KEY = frozenset({str, type(None)})
+#: What ``unstorable`` returns for a value corral can store.
+OK = object()
+_first = itemgetter(0)
+_second = itemgetter(1)
+_pair_length = tuple.__len__  # a TypeError for anything but a tuple: shape and type in one pass
+#: Pairs of map's hot loop checked together: few enough that they are still in the CPU's caches.
+SHUFFLE_BATCH = 1024
+VALUES_RULE = "values must be str, int, float, bool, None, or lists and dicts (with str keys) of those"
+
+
+def describe(value: Any) -> str:
+    """``repr(value)`` (shortened) and its type, for messages."""
+    text = repr(value)
+    if len(text) > 200:
+        text = text[:200] + "…"
+    return f"{text} (of type {type(value).__name__})"
+
+
+def unstorable(value: Any) -> Any:
+    """The part of ``value`` corral cannot store (a set, bytes, an object, a dict's non-str key…), or
+    ``OK`` when it can store all of it."""
+    kind = type(value)
+    if kind in SCALARS:
+        return OK
+    if kind is list or kind is tuple:
+        if set(map(type, value)) <= SCALARS:
+            return OK
+        for item in value:
+            bad = unstorable(item)
+            if bad is not OK:
+                return bad
+        return OK
+    if kind is dict:
+        bad_key = next((k for k in value if type(k) is not str), OK)
+        if bad_key is not OK:
+            return bad_key
+        return unstorable(list(value.values()))
+    if isinstance(value, (str, int, float)):  # subclasses (an IntEnum, numpy.float64) store as their base
+        return OK
+    return value
+
+
+
+def value_error(source: str, key: Any, value: Any, bad: Any) -> TypeError:
+    what = f"the value {describe(value)}" if bad is value else f"{describe(bad)} in the value {value!r}"
+    return TypeError(f"{source} yielded a value corral cannot store for the key {key!r}: {what}; {VALUES_RULE}")
+
+
+def key_error(source: str, key: Any, value: Any, shuffle: bool = True) -> TypeError:
+    what = "str" if shuffle else "str (or None, to write the value alone)"
+    return TypeError(f"{source} yielded the key {describe(key)} with the value {value!r}: keys must be {what}")
+
+
+def _as_pair(source: str, item: Any) -> tuple[Any, Any]:
+    if isinstance(item, (tuple, list)) and len(item) == 2:
+        return item[0], item[1]
+    raise TypeError(f"{source} must yield (key, value) pairs, but it yielded {describe(item)}")
+
+
+def check_pairs(source: str, pairs: list[Any], shuffle: bool = False) -> tuple[set[type], set[type]]:
+    """Check a batch of what ``source`` (``"map"``, ``"reduce"``…) yielded, in place: every item must
+    be a ``(key, value)`` pair (a list of two is made a tuple), keys ``str`` (or ``None``, except into
+    the shuffle), values storable. A TypeError names the method and the pair. Returns the key and value
+    types seen, for the writers' fast paths."""
+    try:
+        shaped = set(map(_pair_length, pairs)) == {2}
+    except TypeError:
+        shaped = False
+    if not shaped:
+        pairs[:] = [_as_pair(source, item) for item in pairs]
+    key_types = set(map(type, map(_first, pairs)))
+    allowed = _STR_KEY if shuffle else _STR_OR_NONE_KEY
+    if not key_types <= allowed:
+        key, value = next(p for p in pairs if type(p[0]) not in allowed)
+        raise key_error(source, key, value, shuffle)
+    value_types = set(map(type, map(_second, pairs)))
+    if not value_types <= SCALARS:
+        for key, value in pairs:
+            if type(value) not in SCALARS:
+                bad = unstorable(value)
+                if bad is not OK:
+                    raise value_error(source, key, value, bad)
+    return key_types, value_types
+
+
+def shuffle_batches(source: str, pairs: Iterable[Any]) -> Iterator[list[tuple[Any, Any]]]:
+    """``pairs`` in batches of ``SHUFFLE_BATCH`` (consumed as they come), each checked to hold only
+    ``(key, value)`` tuples: the shape check of map's hot loop. Keys and values are checked later, by
+    the map buffer (``check_keys``, ``check_values``); a key that cannot be hashed fails in the loop,
+    which then calls ``check_pairs`` for the message."""
+    iterator = iter(pairs)
+    while batch := list(islice(iterator, SHUFFLE_BATCH)):
+        try:
+            shaped = set(map(_pair_length, batch)) == {2}
+        except TypeError:
+            shaped = False
+        if not shaped:
+            batch = [_as_pair(source, item) for item in batch]
+        yield batch
+
+
+def check_keys(source: str, keys: list[Any], first_value: Any) -> None:
+    """Every key of a map buffer is a str (``first_value(key)``: a value of it, for the message)."""
+    if set(map(type, keys)) <= _STR_KEY:
+        return
+    key = next(k for k in keys if type(k) is not str)
+    raise key_error(source, key, first_value(key))
+
+
+def check_values(source: str, keys: list[str], groups: list[list[Any]]) -> None:
+    """Every value of ``groups`` (the lists of values of ``keys``) is storable."""
+    if set(map(type, chain.from_iterable(groups))) <= SCALARS:
+        return
+    for key, values in zip(keys, groups, strict=True):
+        for value in values:
+            if type(value) not in SCALARS:
+                bad = unstorable(value)
+                if bad is not OK:
+                    raise value_error(source, key, value, bad)
