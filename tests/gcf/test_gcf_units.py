@@ -73,8 +73,7 @@ def test_local_paths_are_refused_without_an_endpoint(data):
 
 def test_no_credentials_is_a_usage_error(data, tmp_path):
     """Nothing of Google's standard chain here (no key file, no gcloud login, no metadata server)."""
-    env = environment(HOME=str(tmp_path), CLOUDSDK_CONFIG=str(tmp_path / "gcloud"), GCE_METADATA_HOST="127.0.0.1:9",
-                      GCE_METADATA_IP="127.0.0.1:9")
+    env = environment(HOME=str(tmp_path), CLOUDSDK_CONFIG=str(tmp_path / "gcloud"), NO_GCE_CHECK="true")
     done = corral_cli("deploy", WORDCOUNT, "--backend", "gcf", "--project", "my-project", cwd=data, env=env,
                       timeout=120)
     assert done.returncode == 2, done.stderr

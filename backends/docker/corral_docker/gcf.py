@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from corral_gcf.executor import GcfConfig, GcfExecutor
+from corral_gcf import GcfConfig, GcfExecutor
 
 from corral import JobSource, Settings
 from corral_docker.executor import EmulatedFunctions

@@ -49,8 +49,17 @@ import requests
 from google.cloud import functions_v2
 from google.protobuf import field_mask_pb2
 
-from corral import THROTTLED, CorralError, JobSource, MemorySizing, Outcome, Package, Settings, UsageError
-from corral.packaging import manylinux_platforms
+from corral import (
+    THROTTLED,
+    CorralError,
+    JobSource,
+    MemorySizing,
+    Outcome,
+    Package,
+    Settings,
+    UsageError,
+    manylinux_platforms,
+)
 from corral.remote import (
     FUNCTION_NAME,
     MEMORY,
