@@ -8,9 +8,12 @@ answer are classified (``error_kind``, ``classify``), its ``limits`` and its pri
 Everything else lives here:
 
 - **deploy** (template): build the package for the function's runtime (``corral.build_package``, Linux
-  wheels), check it, make sure of the identity the function runs as, then create the function when it
-  is missing, or update only what changed: the code when its content hash differs, the configuration
-  when a setting differs; nothing at all when both match. A function corral did not create is left alone.
+  wheels, and the job's small side files), check it, make sure of the identity the function runs as,
+  then create the function when it is missing, or update only what changed: the code when its content
+  hash differs, the configuration when a setting differs; nothing at all when both match. A function
+  corral did not create is left alone. Larger side files must fit the function's ``/tmp``
+  (``side_file_room``), checked before anything else, and are uploaded to the working folder once per
+  content hash (``corral.sidefiles``); the function downloads each once per warm instance.
 - **invocations**: one synchronous call per task attempt on a pool of ``max_concurrency`` threads; the
   futures never raise. A payload larger than ``config.inline_payload_limit`` goes by reference through
   the job's working folder, and so does a large result (``run_remote`` writes it, the executor reads it
@@ -63,6 +66,8 @@ from corral.errors import CorralError, UsageError
 from corral.executor import CANCELLED, INFRASTRUCTURE, THROTTLED, Executor, Failure, JobSource, Outcome
 from corral.options import Option, int_in_range
 from corral.settings import DEFAULT_DEADLINE, Settings
+from corral.sidefiles import check_room
+from corral.sidefiles import upload as upload_side_files
 
 log = logging.getLogger("corral.remote")
 T = TypeVar("T")
@@ -473,8 +478,16 @@ class RemoteFunctionExecutor(Executor):
         except self.api_errors as exc:
             raise self.translate_error(exc, context) from None
 
+    def side_file_room(self) -> tuple[int, str] | None:
+        """The MB of local disk (``/tmp``) a function has for the side files it downloads, and the option
+        that sets it; None when the platform does not say (no check)."""
+        return None
+
     def deploy(self, job: JobSource) -> None:
         self.check_locations(job)
+        room = self.side_file_room()
+        if room is not None:  # before anything is built or deployed
+            check_room(job.files, *room)
         name = self.function_name = self.config.function_name or self.default_function_name(job)
         self.refs = f"{job.work.rstrip('/')}/_refs" if job.work else None
         started = time.perf_counter()
@@ -499,6 +512,9 @@ class RemoteFunctionExecutor(Executor):
                 changes = {key: value for key, value in desired.items() if current.get(key) != value}
                 if code is not None or changes:
                     self.deploy_actions += self.update_function(name, found, code, changes)
+        if job.work:  # side files too large for the package: in the working folder, once per content hash
+            for url in upload_side_files(job.files, job.work):
+                self.log.info("uploaded the side file %s", url)
         self.log.info("%s: package %s (%.1f MB, built in %.2f s); %s in %.2f s", name, package.sha256[:12],
                  package.size / MiB, built - started, ", ".join(self.deploy_actions) or "function up to date",
                  time.perf_counter() - built)

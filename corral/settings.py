@@ -49,6 +49,13 @@ def _log_level(value: Any) -> int:
     return int_in_range(0, 3)(value)
 
 
+def _host(value: Any) -> str:
+    text = str(value).strip()
+    if not text or any(c.isspace() or c in "/[]" for c in text):
+        raise ValueError(f"{value!r} is not a host name or IP address")
+    return text
+
+
 def _one_of(*choices: str) -> Any:
     def parse(value: Any) -> str:
         if value not in choices:
@@ -134,6 +141,16 @@ class Settings:
                                  short="-q"))
     verbose: int = setting(Option("verbose", _log_level, 0, "log retries (-vv: debug, -vvv: libraries too)",
                                   switch=True, short="-v"))
+    ui: bool = setting(Option("ui", parse_bool, False,
+                              "serve a live view of the run on 127.0.0.1 (the URL is printed)", switch=True))
+    ui_port: int = setting(Option("ui-port", int_in_range(0, 65535), 0, "port of the live view (default: a free one)",
+                                  "N"))
+    ui_host: str = setting(Option("ui-host", _host, "127.0.0.1",
+                                  "interface the live view listens on (default 127.0.0.1: this machine only)", "HOST"))
+    ui_linger: int = setting(Option("ui-linger", int_in_range(0), 0,
+                                    "seconds the live view stays up after the job ends", "SECONDS"))
+    report: bool = setting(Option("report", parse_bool, False,
+                                  "write the run's HTML report, OUT/_corral/report.html, at the end", switch=True))
 
     # derived and bookkeeping fields (no options)
     progress: bool = False  # progress bars: not --quiet and stderr is a terminal
