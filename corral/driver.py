@@ -37,7 +37,7 @@ from corral.executor import INPUT_ERROR, THROTTLED, Executor, JobSource, Outcome
 from corral.fs import FileInfo, display, get_filesystem, join
 from corral.job import Job, Step
 from corral.output import OutputSpec, output_spec, part_names
-from corral.planner import choose_reducers, list_inputs, make_splits, pack_bins, task_sizes
+from corral.planner import choose_reducers, list_inputs, plan_map_tasks, task_sizes
 from corral.plugins import get_plugin_manager
 from corral.settings import Settings
 from corral.sidefiles import side_files, work_url
@@ -272,7 +272,8 @@ class Driver:
             total, settings.split_size, settings.map_bin_size, settings.explicit, self.concurrency
         )
         whole_files = kind == "text" and type(job).input_format == "csv"
-        bins = pack_bins(make_splits(files, split_size, kind, whole_files), bin_size)
+        bins = plan_map_tasks(files, split_size, bin_size, self.concurrency, kind, whole_files,
+                              fixed_bin_size="map_bin_size" in settings.explicit)
         map_only = step.reduce is None
         partitions = 0 if map_only else (step.reducers or choose_reducers(
             total, len(bins), settings.reducers, settings.reduce_bin_size,

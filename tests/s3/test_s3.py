@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import corral
-from corral.planner import list_inputs, make_splits, pack_bins
+from corral.planner import list_inputs, plan_map_tasks
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 sys.path.insert(0, str(EXAMPLES))
@@ -81,12 +81,14 @@ def test_twenty_thousand_small_objects_plan_quickly_into_bins(moto_server, s3, b
         backend.put_object(bucket, f"many/{i // 1000:02d}/obj-{i:05d}.txt", b"word %d\n" % i)
     started = time.perf_counter()
     files = list_inputs([f"s3://{bucket}/many/"])
-    bins = pack_bins(make_splits(files, 64 << 20), 64 << 10)
+    bins = plan_map_tasks(files, 64 << 20, 64 << 10, 2, fixed_bin_size=True)
     seconds = time.perf_counter() - started
     assert len(files) == 20_000
     assert sum(f.size for f in files) == sum(len(b"word %d\n" % i) for i in range(20_000))
     assert sum(len(b) for b in bins) == 20_000
-    assert len(bins) == -(-sum(f.size for f in files) // (64 << 10))  # bins are full: many files each
+    assert len(bins) == -(-sum(f.size for f in files) // (64 << 10))  # as few bins as fit: many files each
+    sizes = [sum(s.end - s.start for s in b) for b in bins]
+    assert max(sizes) - min(sizes) <= 2 * 11  # of the same size, within a file or two (of 7-11 bytes)
     print(f"planned 20,000 objects into {len(bins)} bins in {seconds:.2f} s")
 
 
