@@ -24,6 +24,8 @@ MOVE_CONCURRENCY = 32
 #: connection at a time with a listen backlog of 5, so more in flight only wait for dropped SYNs to be
 #: retried; gcsfs deletes 5 at a time there for the same reason.
 EMULATOR_MOVE_CONCURRENCY = 4
+#: Small objects a map task reads at once from an object store (``FileSystem.read_ahead``).
+READ_AHEAD = 16
 _GLOB_CHARS = "*?["
 
 
@@ -36,6 +38,8 @@ class FsspecFileSystem(FileSystem):
         #: An object store behind an async client (s3fs, gcsfs): copies server-side, many at once.
         self._object_store = not self._local and bool(getattr(fs, "async_impl", False))
         self.move_concurrency = MOVE_CONCURRENCY if getattr(fs, "on_google", True) else EMULATOR_MOVE_CONCURRENCY
+        # reads ahead where each read is a request; the GCS emulator serves one connection at a time
+        self.read_ahead = 0 if self._local or "memory" in _protocols(fs) else min(READ_AHEAD, self.move_concurrency)
 
     def _path(self, url: str) -> str:
         return self.fs._strip_protocol(url)
@@ -82,6 +86,10 @@ class FsspecFileSystem(FileSystem):
     def read_range(self, url: str, start: int, end: int) -> bytes:
         if end <= start:
             return b""
+        if self._local:  # straight to the file: fsspec's opener costs more than a small file's read
+            with open(self._path(url), "rb") as f:
+                f.seek(start)
+                return f.read(end - start)
         return self.fs.cat_file(self._path(url), start=start, end=end)
 
     def move(self, src: str, dst: str) -> None:
