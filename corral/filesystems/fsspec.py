@@ -63,6 +63,8 @@ class FsspecFileSystem(FileSystem):
             raise FileNotFoundError(url) from None
         if info.get("type") != "directory":
             return [FileInfo(self._url(path), int(info.get("size") or 0))]
+        if self._local:
+            return _local_files(path)
         found = self.fs.find(path, detail=True)
         prefix = path.rstrip("/") + "/"
         result = []
@@ -128,6 +130,43 @@ class FsspecFileSystem(FileSystem):
 
     def exists(self, url: str) -> bool:
         return self.fs.exists(self._path(url))
+
+
+def _local_files(folder: str) -> list[FileInfo]:
+    """The files below a local folder, as ``expand`` lists them, with ``os.scandir`` (a stat per file;
+    fsspec's ``find`` costs ten times as much, which 100,000 input files notice). Symbolic links are
+    followed (a folder reached twice, by a loop of links, is listed once); a broken one is no file."""
+    found: list[FileInfo] = []
+    seen = {_identity(os.stat(folder))}
+    pending = [folder]
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except (FileNotFoundError, NotADirectoryError):  # gone since it was listed
+            continue
+        for entry in entries:
+            if entry.name[:1] in ("_", "."):
+                continue
+            try:
+                if entry.is_dir():
+                    identity = _identity(entry.stat())
+                    if identity not in seen:
+                        seen.add(identity)
+                        pending.append(entry.path)
+                else:
+                    found.append(FileInfo(entry.path, entry.stat().st_size))
+            except FileNotFoundError:  # a broken link, or a file removed meanwhile
+                continue
+    found.sort(key=_url_of)
+    return found
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_dev, stat.st_ino
+
+
+def _url_of(info: FileInfo) -> str:
+    return info.url
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:

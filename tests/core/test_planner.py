@@ -82,6 +82,29 @@ def test_inputs_keep_their_order_and_are_listed_once(tree):
     ]
 
 
+def test_links_are_followed_a_loop_listed_once_and_a_broken_link_is_no_file(tmp_path):
+    root = tmp_path / "in"
+    (root / "real").mkdir(parents=True)
+    (root / "real" / "a.txt").write_text("alpha\n")
+    (tmp_path / "elsewhere.txt").write_text("beta\n")
+    (root / "b.txt").symlink_to(tmp_path / "elsewhere.txt")
+    (root / "real" / "loop").symlink_to(root)  # a folder reached again: listed once
+    (root / "broken.txt").symlink_to(tmp_path / "missing.txt")
+    (root / "_hidden").symlink_to(tmp_path / "elsewhere.txt")
+    assert list_inputs([str(root)]) == [FileInfo(str(root / "b.txt"), 5), FileInfo(str(root / "real" / "a.txt"), 6)]
+
+
+def test_thousands_of_files_are_listed_in_order_with_their_sizes(tmp_path):
+    root = tmp_path / "many"
+    for d in (9, 10, 0):  # d10 sorts before d9, as names do
+        (root / f"d{d}").mkdir(parents=True)
+        for n in range(1500):
+            (root / f"d{d}" / f"{n:05d}.log").write_bytes(b"x" * (n % 7))
+    files = list_inputs([str(root)])
+    assert [f.url for f in files] == [str(root / f"d{d}" / f"{n:05d}.log") for d in (0, 10, 9) for n in range(1500)]
+    assert [f.size for f in files] == [n % 7 for _ in range(3) for n in range(1500)]
+
+
 @pytest.mark.parametrize("name", ["missing.txt", "missing-dir/", "nothing-*.txt"])
 def test_missing_input_is_a_usage_error_naming_it(tmp_path, name):
     url = str(tmp_path / name)
