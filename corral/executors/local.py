@@ -17,6 +17,7 @@ of a tiny job. A pipe per worker confines a death to that worker's attempt.
 from __future__ import annotations
 
 import atexit
+import logging
 import multiprocessing
 import multiprocessing.util
 import os
@@ -48,6 +49,8 @@ from corral.executor import (
 from corral.executors.oom import OomWatch
 from corral.hookspecs import hookimpl
 from corral.worker import run_task
+
+log = logging.getLogger("corral")
 
 #: How long ``close`` waits for a worker to leave after its pipe closed, before killing it.
 _STOP_GRACE = 5.0
@@ -226,8 +229,8 @@ class ProcessExecutor(Executor):
     def _start_worker(self, context: Any) -> _Worker:
         ours, theirs = context.Pipe()
         forked = context.get_start_method() == "fork"
-        # a forked worker inherits the driver's end of every pipe: it closes them, so that each pipe
-        # reads as closed once the driver is gone (the watch of platforms without a death signal)
+        # a forked worker inherits the driver's end of every pipe: it closes them, so that a pipe the
+        # driver closes reads as closed in its worker (how ``close`` tells workers to leave)
         inherited = [ours.fileno(), self._wake_read, self._wake_write, *(w.conn.fileno() for w in self._workers)]
         if not forked:
             inherited = []
@@ -409,7 +412,10 @@ class ProcessExecutor(Executor):
                                              "kind": "user"}}
         if isinstance(result, tuple):  # ("progress", report): the running attempt's counter deltas
             if self.progress is not None:
-                self.progress(result[1])
+                try:
+                    self.progress(result[1])
+                except Exception:  # progress is a nicety: never the reason attempts stop being served
+                    log.exception("progress report failed")
             return
         with self._lock:
             attempt, worker.attempt = worker.attempt, None
