@@ -3,8 +3,9 @@ would have cost), memory leaks across the tasks of one warm worker, CPU utilisat
 workers, and skew (a task far slower than its phase's median).
 
 A built-in plugin: ``corral_job_advice`` computes it (the driver stores it in the manifest's
-``advice``), ``corral_job_finished`` prints it. ``corral report`` shows the manifest's advice, or
-computes it again for a manifest that has none.
+``advice``), ``corral_job_finished`` prints it (an item with ``"print": False`` is for the manifest and
+the report only: a local run's memory peak). ``corral report`` shows the manifest's advice, or computes
+it again for a manifest that has none.
 """
 
 from __future__ import annotations
@@ -97,8 +98,8 @@ def memory_advice(manifest: dict[str, Any], runs: list[Attempt]) -> dict[str, An
     peak = max(peaks)
     needed = peak * (1 + HEADROOM)
     sizing = sizing_of(manifest)
-    if sizing is None:  # a local run: what a remote backend would need
-        return {"kind": "memory", "level": "info", "peak_mb": peak, "needed_mb": round(needed, 1),
+    if sizing is None:  # a local run: what a remote backend would need (in the manifest and report, not printed)
+        return {"kind": "memory", "level": "info", "print": False, "peak_mb": peak, "needed_mb": round(needed, 1),
                 "message": f"memory: tasks peaked at {peak:.0f} MB (worker RSS); with 20% headroom they need "
                            f"{needed:.0f} MB (--memory on a remote backend)"}
     setting = sizing.memory_mb
@@ -273,5 +274,5 @@ def corral_job_finished(event: Any) -> None:
     if getattr(event.settings, "quiet", False):
         return
     for item in event.manifest.get("advice") or ():
-        if event.ok or item.get("level") == "warning":
+        if item.get("level") == "warning" or (event.ok and item.get("print", True)):
             print(format_line(item), file=sys.stderr)

@@ -69,6 +69,14 @@ def make_splits(
     return splits
 
 
+def count_splits(files: Sequence[FileInfo], split_size: int, kind: str = "text", whole_files: bool = False) -> int:
+    """How many splits ``make_splits`` would cut (counted, not made: a tiny ``--split-size`` could make
+    millions)."""
+    return sum(
+        -(-info.size // split_size) if _cuttable(info.url, kind, whole_files) else 1 for info in files if info.size
+    )
+
+
 def plan_map_tasks(
     files: Sequence[FileInfo],
     split_size: int,

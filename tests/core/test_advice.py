@@ -199,11 +199,13 @@ def test_leak_warning_on_the_processes_backend(tmp_path, many_splits, leaks):
     else:
         assert warnings == [], run.stderr
         assert all(a["kind"] != "leak" for a in m["advice"])
-    # the right-size line of a local run: its peak, and what a remote backend would need
-    (memory,) = [line for line in run.stderr.splitlines() if line.startswith("corral: memory:")]
+    # the right-size advice of a local run (in the manifest and report; not printed after every local
+    # run): its peak, and what a remote backend would need
+    assert not [line for line in run.stderr.splitlines() if line.startswith("corral: memory:")]
+    (memory,) = [a for a in m["advice"] if a["kind"] == "memory"]
     peak = max(a.stats["peak_memory_mb"] for a in manifest_attempts(m))
-    assert memory == (f"corral: memory: tasks peaked at {peak:.0f} MB (worker RSS); with 20% headroom they need "
-                      f"{peak * 1.2:.0f} MB (--memory on a remote backend)")
+    assert memory["message"] == (f"memory: tasks peaked at {peak:.0f} MB (worker RSS); with 20% headroom they "
+                                 f"need {peak * 1.2:.0f} MB (--memory on a remote backend)")
     assert (peak > 200) == leaks
 
 
