@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.docker.conftest import corral
+from tests.ui.conftest import browser, page  # noqa: F401 - fixtures (headless Chromium)
 
 pytestmark = pytest.mark.docker
 
@@ -104,3 +105,23 @@ def test_a_job_that_does_not_leak_gets_no_warning_and_a_smaller_size(workdir):
     if item.get("cpu_bound"):
         assert f"with {item['suggested_vcpu']:.2f} vCPU at {item['suggested_mb']} MB they would run about" in memory
     assert m["executor"]["sizing"]["memory_mb"] == 512 and m["executor"]["cores"] is None
+
+
+def test_the_report_of_a_docker_run_shows_cold_starts_memory_cap_and_billing(workdir, page):
+    _, m = run_job(workdir, "steady", "KEPT[:] = [block]")
+    out = Path(m["out"])
+    made = corral("report", out, cwd=workdir)
+    assert made.returncode == 0, made.stderr
+    page.context.set_offline(True)
+    page.goto((out / "_corral" / "report.html").as_uri())
+    page.wait_for_function("() => window.corralReport !== undefined")
+    assert page.errors == []
+    found = attempts(m)
+    colds = page.evaluate("() => Chart.getChart('timeline').data.datasets.flatMap(d => d.data).filter(p => p.cold).length")
+    assert colds == sum(1 for a in found if a["stats"]["cold_start"]) >= 1
+    cap = page.evaluate("() => Chart.getChart('memory').data.datasets.map(d => d.label)")
+    assert cap == ["peak memory (MB)", "memory cap (512 MB)"]
+    usd = m["report"]["estimated_cost_usd"]
+    cost = page.locator("#cost").inner_text().split("\n")
+    assert cost[:2] == ["estimated cost", f"${usd:.{max(6, 2 - math.floor(math.log10(usd)))}f}"]  # 3 digits at least
+    assert page.locator("#advice li").first.inner_text().startswith("memory: peak ")
