@@ -54,6 +54,7 @@ class LiveServer:
         self._runner: web.AppRunner | None = None
         self._closing: asyncio.Event | None = None
         self._streams = 0  # event streams open
+        self._stopping = threading.Lock()
 
     def start(self) -> str:
         """Bind and serve; return the page's URL. A port that cannot be had is a UsageError."""
@@ -69,9 +70,13 @@ class LiveServer:
         return self.url
 
     def stop(self) -> None:
-        """Send the last state to every open page, then stop serving."""
-        if not self._thread.is_alive():
-            return
+        """Send the last state to every open page, then stop serving (once; from any thread)."""
+        with self._stopping:
+            if not self._thread.is_alive() or self._loop.is_closed():
+                return
+            self._stop_now()
+
+    def _stop_now(self) -> None:
         try:
             asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=10)
         finally:

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from tests.docker.conftest import corral
-from tests.ui.conftest import browser, page  # noqa: F401 - fixtures (headless Chromium)
 
 pytestmark = pytest.mark.docker
 
@@ -117,7 +116,8 @@ def test_the_report_of_a_docker_run_shows_cold_starts_memory_cap_and_billing(wor
     page.wait_for_function("() => window.corralReport !== undefined")
     assert page.errors == []
     found = attempts(m)
-    colds = page.evaluate("() => Chart.getChart('timeline').data.datasets.flatMap(d => d.data).filter(p => p.cold).length")
+    colds = page.evaluate("() => Chart.getChart('timeline').data.datasets.flatMap(d => d.data)"
+                          ".filter(p => p.cold).length")
     assert colds == sum(1 for a in found if a["stats"]["cold_start"]) >= 1
     cap = page.evaluate("() => Chart.getChart('memory').data.datasets.map(d => d.label)")
     assert cap == ["peak memory (MB)", "memory cap (512 MB)"]

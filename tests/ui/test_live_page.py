@@ -92,6 +92,8 @@ def test_live_page_moves_while_the_job_runs_and_agrees_with_the_manifest(tmp_pat
         # the end: the page shows the final state, the JSON agrees with the manifest
         wait_until(lambda: page.locator("#status").inner_text() == "succeeded", 60, "the job's end")
         run.wait_for_line("corral: the live view stays at ")
+        run.wait_for_line("corral: job succeeded in ")  # the run is over while its page stays up …
+        assert not (out / "_corral" / "lock").exists()  # … and OUT is free for the next run
         page.screenshot(path=tmp_path / "live-3.png", full_page=True)
         manifest = json.loads((out / "_corral" / "manifest.json").read_text())
         state = get_state(url)

@@ -169,7 +169,8 @@ def test_report_draws_speculative_discarded_failed_reused_attempts_and_cold_star
     cold = {"cold_start": True, "max_memory_used_mb": 60, "memory_size_mb": 512, "billed_ms": 900}
     warm = {"cold_start": False, "max_memory_used_mb": 61, "memory_size_mb": 512, "billed_ms": 300}
     tasks = {
-        "map-0000": {"phase": "map", "committed_attempt": 1, "attempts": [attempt(1, "committed", 0.1, 1.0, stats=cold)]},
+        "map-0000": {"phase": "map", "committed_attempt": 1,
+                     "attempts": [attempt(1, "committed", 0.1, 1.0, stats=cold)]},
         "map-0001": {"phase": "map", "committed_attempt": 2, "attempts": [
             attempt(1, "cancelled", 0.1, 7.2, stats=cold),  # the straggler, stopped once its duplicate committed
             attempt(2, "committed", 6.0, 7.1, speculative=True, stats=warm)]},
@@ -179,8 +180,8 @@ def test_report_draws_speculative_discarded_failed_reused_attempts_and_cold_star
             attempt(2, "committed", 1.6, 2.5, stats=warm)]},
         "map-0003": {"phase": "map", "committed_attempt": 1, "reused": True, "attempts": [
             {"attempt": 1, "status": "committed", "reused": True, "stats": {"seconds": 1.0}}]},
-        "reduce-0000": {"phase": "reduce", "committed_attempt": 1, "attempts": [attempt(1, "committed", 7.3, 7.9,
-                                                                                        stats={**warm, "bytes_out": 2048})]},
+        "reduce-0000": {"phase": "reduce", "committed_attempt": 1,
+                        "attempts": [attempt(1, "committed", 7.3, 7.9, stats={**warm, "bytes_out": 2048})]},
     }
     manifest = {"job": "logs:Logs", "run_id": "r1", "status": "succeeded", "error": None, "started": 1.7e9,
                 "seconds": 8.0, "inputs": ["s3://b/in/"], "out": "s3://b/out", "backend": "lambda",
