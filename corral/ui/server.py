@@ -10,6 +10,7 @@ to it and read the state).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import os
@@ -54,6 +55,7 @@ class LiveServer:
         self._runner: web.AppRunner | None = None
         self._closing: asyncio.Event | None = None
         self._streams = 0  # event streams open
+        self._ticker: asyncio.Task[None] | None = None
         self._stopping = threading.Lock()
 
     def start(self) -> str:
@@ -103,7 +105,7 @@ class LiveServer:
             raise
         self.port = int(self._runner.addresses[0][1])
         self.url = url_for(self.host, self.port)
-        asyncio.get_running_loop().create_task(self._tick())
+        self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
     async def _stop(self) -> None:
         assert self._closing is not None and self._runner is not None
@@ -112,6 +114,10 @@ class LiveServer:
             if not self._streams:
                 break
             await asyncio.sleep(0.025)
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
         await self._runner.cleanup()
 
     async def _tick(self) -> None:
@@ -138,6 +144,8 @@ class LiveServer:
         self._streams += 1
         try:
             return await self._stream(request)
+        except ConnectionError:  # the page went away (closed, reloaded): nothing to tell anyone
+            return web.Response(status=204)
         finally:
             self._streams -= 1
 

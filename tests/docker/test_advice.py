@@ -101,8 +101,10 @@ def test_a_job_that_does_not_leak_gets_no_warning_and_a_smaller_size(workdir):
     assert item["memory_mb"] == 512 and item["suggested_mb"] < 512 and item["platform"] == "AWS Lambda"
     assert item["suggested_cost_usd"] < item["cost_usd"]
     # the emulator gives a 512 MB function 512/1769 of a CPU, as Lambda does: a busy task says so
-    if item.get("cpu_bound"):
-        assert f"with {item['suggested_vcpu']:.2f} vCPU at {item['suggested_mb']} MB they would run about" in memory
+    if item.get("slowdown"):
+        assert f"{item['suggested_mb']} MB gets {item['suggested_vcpu']:.2f}" in memory or \
+               f"{item['suggested_vcpu']:.2f} at {item['suggested_mb']} MB)" in memory
+        assert f": they would run about {item['slowdown']:.1f}x slower there" in memory
     assert m["executor"]["sizing"]["memory_mb"] == 512 and m["executor"]["cores"] is None
 
 

@@ -112,10 +112,17 @@ def test_live_page_moves_while_the_job_runs_and_agrees_with_the_manifest(tmp_pat
         assert read(page, counter) == 640 and read(page, "#tasks-committed") == 2
         assert "This is its final state." in page.locator("#footer").inner_text()
         assert page.errors == []
+        # the pushed updates: server-sent events, each the same JSON; a page that goes away is no error
+        with urllib.request.urlopen(url + "api/events", timeout=10) as events:
+            assert events.headers["Content-Type"].startswith("text/event-stream")
+            assert events.readline() == b"event: state\r\n"
+            assert json.loads(events.readline().decode().removeprefix("data: "))["status"] == "succeeded"
+        page.close()
         # Ctrl-C ends the lingering server at once, and the run keeps its success
         run.process.send_signal(signal.SIGINT)
         code, stderr = run.finish(timeout=20)
         assert code == 0, stderr
+        assert "Traceback" not in stderr and "Error" not in stderr, stderr
         assert (out / "_SUCCESS").exists()
         with pytest.raises(OSError):
             get_state(url)
