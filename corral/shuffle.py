@@ -120,7 +120,12 @@ class GroupWriter:
 
     def add_groups(self, keys: list[str], values: list[list[Any]]) -> None:
         """``add(key, group)`` for every key and group of two parallel lists, batched in C."""
-        ends = list(accumulate(map(len, values)))
+        counts = list(map(len, values))
+        if counts and max(counts) > MAX_VALUES_PER_ENTRY:  # rare: a key to store as several entries
+            for key, group in zip(keys, values, strict=True):
+                self.add(key, group)
+            return
+        ends = list(accumulate(counts))
         first, done = 0, 0  # the first group not added yet; the values before it
         while first < len(keys):
             cut = bisect_right(ends, done + self._room - self._values, first)  # the groups that fit

@@ -17,6 +17,7 @@ of a tiny job. A pipe per worker confines a death to that worker's attempt.
 from __future__ import annotations
 
 import atexit
+import logging
 import multiprocessing
 import multiprocessing.util
 import os
@@ -48,6 +49,8 @@ from corral.executor import (
 from corral.executors.oom import OomWatch
 from corral.hookspecs import hookimpl
 from corral.worker import run_task
+
+log = logging.getLogger("corral")
 
 #: How long ``close`` waits for a worker to leave after its pipe closed, before killing it.
 _STOP_GRACE = 5.0
@@ -194,6 +197,7 @@ class ProcessExecutor(Executor):
         self._workers: list[_Worker] = []
         self._stopping = False  # no more replacements (cancel_all, close)
         self._done = False  # the serving thread is to end
+        self._closed = False
         self._oom = OomWatch()
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_write, False)  # a full pipe wakes the thread already
@@ -225,8 +229,8 @@ class ProcessExecutor(Executor):
     def _start_worker(self, context: Any) -> _Worker:
         ours, theirs = context.Pipe()
         forked = context.get_start_method() == "fork"
-        # a forked worker inherits the driver's end of every pipe: it closes them, so that each pipe
-        # reads as closed once the driver is gone (the watch of platforms without a death signal)
+        # a forked worker inherits the driver's end of every pipe: it closes them, so that a pipe the
+        # driver closes reads as closed in its worker (how ``close`` tells workers to leave)
         inherited = [ours.fileno(), self._wake_read, self._wake_write, *(w.conn.fileno() for w in self._workers)]
         if not forked:
             inherited = []
@@ -296,9 +300,12 @@ class ProcessExecutor(Executor):
         self._wake()
 
     def close(self) -> None:
-        """Let running attempts finish (queued ones are cancelled), then stop the workers."""
+        """Let running attempts finish (queued ones are cancelled), then stop the workers. Closing twice
+        is closing once."""
         with self._lock:
-            self._stopping = True
+            if self._closed:
+                return
+            self._closed = self._stopping = True
             queued = list(self._queue)
             self._queue.clear()
             for attempt in queued:
@@ -405,7 +412,10 @@ class ProcessExecutor(Executor):
                                              "kind": "user"}}
         if isinstance(result, tuple):  # ("progress", report): the running attempt's counter deltas
             if self.progress is not None:
-                self.progress(result[1])
+                try:
+                    self.progress(result[1])
+                except Exception:  # progress is a nicety: never the reason attempts stop being served
+                    log.exception("progress report failed")
             return
         with self._lock:
             attempt, worker.attempt = worker.attempt, None
@@ -479,8 +489,10 @@ def _kill(process: Any) -> None:
 
 def _worker_main(conn: Connection, parent: int | None, inherited: list[int]) -> None:
     """A worker's life: run each payload the driver sends, answer its result; leave when the pipe
-    closes. Ctrl-C is the driver's to handle (it cancels the attempts); the worker ignores SIGINT."""
+    closes. Ctrl-C is the driver's to handle (it cancels the attempts): the worker ignores SIGINT, and
+    SIGTERM ends it (not a handler the driver installed before the fork)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     for fd in inherited:
         try:
             os.close(fd)

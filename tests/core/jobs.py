@@ -570,19 +570,10 @@ class HotKey(corral.Job):
         yield key, n
 
 
-class HotKeySorted(HotKey):
-    """HotKey whose values reach reduce sorted (checked there), through a combine that keeps every value
-    and streams them out of sort order (each pair swapped): the worst case for a task's memory."""
+class HotKeySortedValues(HotKey):
+    """HotKey whose values reach reduce sorted (checked there)."""
 
     sort_values = True
-
-    def combine(self, key, values):
-        values = iter(values)
-        for value in values:
-            following = next(values, None)
-            if following is not None:
-                yield key, following
-            yield key, value
 
     def reduce(self, key, values):
         n, last = 0, None
@@ -591,3 +582,16 @@ class HotKeySorted(HotKey):
                 raise ValueError(f"{value!r} after {last!r}")
             n, last = n + 1, value
         yield key, n
+
+
+class HotKeySorted(HotKeySortedValues):
+    """HotKeySortedValues through a combine that keeps every value and streams them out of sort order
+    (each pair swapped): the worst case for a task's memory."""
+
+    def combine(self, key, values):
+        values = iter(values)
+        for value in values:
+            following = next(values, None)
+            if following is not None:
+                yield key, following
+            yield key, value

@@ -152,6 +152,7 @@ def test_cancel_all_kills_every_worker_and_close_returns_at_once(tmp_path, one_l
     assert [f.result(timeout=5).failure.kind for f in futures] == [corral.CANCELLED] * 3
     executor.close()
     assert time.monotonic() - started < 3
+    executor.close()  # closing twice is closing once
     assert not gone_within(workers, 5)
     assert not gone_within(everything, 5)  # nor any other process the pool started
     assert executor.submit({"never": "run"}).result(timeout=1).failure.kind == corral.CANCELLED
@@ -362,3 +363,22 @@ def test_ctrl_c_on_the_threads_backend_exits_at_once_though_its_tasks_sleep(tmp_
         assert not (tmp_path / "out" / "_SUCCESS").exists()
     finally:
         kill_all(driver, set())
+
+
+def test_the_cgroup_v2_counter_of_a_systemd_session_is_found(tmp_path):
+    """A normal Linux box: cgroup v2 at /sys/fs/cgroup, the user's processes in a session scope."""
+    proc, mount = tmp_path / "proc", tmp_path / "sys-fs-cgroup"
+    scope = mount / "user.slice" / "user-1000.slice" / "session-2.scope"
+    proc.mkdir()
+    scope.mkdir(parents=True)
+    (mount / "memory.events").write_text("low 0\nhigh 0\nmax 0\noom 9\noom_kill 9\n")  # the root's: not ours
+    (scope / "memory.events").write_text("low 0\nhigh 0\nmax 1\noom 1\noom_kill 1\noom_group_kill 0\n")
+    (scope / "memory.max").write_text("max\n")
+    (proc / "cgroup").write_text("0::/user.slice/user-1000.slice/session-2.scope\n")
+    (proc / "mountinfo").write_text(f"35 24 0:30 / {mount} rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 "
+                                    "cgroup2 rw,nsdelegate,memory_recursiveprot\n")
+    watch = OomWatch(str(proc))
+    try:
+        assert watch.count() == 1 and watch.limit_mb() is None  # "max": no limit
+    finally:
+        watch.close()

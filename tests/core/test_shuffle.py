@@ -518,8 +518,8 @@ def test_secondary_sort_reduce_of_a_hot_key_stays_flat_when_it_grows_tenfold(tmp
 INPUT_CHUNK_MB = 20
 
 
-def _hot_key_peaks(tmp_path, values: int, budget_mb: int, maps: int = 20) -> dict[str, float]:
-    """Peak RSS (MB) of real tasks of ``HotKey``, each in a fresh interpreter, for ``values`` lines under one
+def _hot_key_peaks(tmp_path, values: int, budget_mb: int, maps: int = 20, job=jobs.HotKey) -> dict[str, float]:
+    """Peak RSS (MB) of real tasks of ``job`` (a HotKey), each in a fresh interpreter, for ``values`` lines under one
     key at ``--memory-budget budget_mb``: one map over all of them, and one reducer over ``maps`` map outputs;
     and the floor: a fresh interpreter that ran a one-line map."""
     path = tmp_path / "in.txt"
@@ -527,16 +527,15 @@ def _hot_key_peaks(tmp_path, values: int, budget_mb: int, maps: int = 20) -> dic
         f.writelines(f"value-{i:09d}\n" for i in range(values))
     (tmp_path / "one.txt").write_text("value-000000000\n")
     budget = budget_mb << 20
-    floor = _task_in_fresh_process(tmp_path, _map_payload(jobs.HotKey, tmp_path / "one.txt", tmp_path / "one.bin",
-                                                          budget))
-    mapped = _task_in_fresh_process(tmp_path, _map_payload(jobs.HotKey, path, tmp_path / "all.bin", budget))
+    floor = _task_in_fresh_process(tmp_path, _map_payload(job, tmp_path / "one.txt", tmp_path / "one.bin", budget))
+    mapped = _task_in_fresh_process(tmp_path, _map_payload(job, path, tmp_path / "all.bin", budget))
     size, specs = path.stat().st_size, []
     for m in range(maps):  # real map tasks (run here: their memory is not what is measured)
         start, end = m * size // maps, (m + 1) * size // maps
-        result = corral.run_task(_map_payload(jobs.HotKey, path, tmp_path / f"map-{m}.bin", budget, start, end))
+        result = corral.run_task(_map_payload(job, path, tmp_path / f"map-{m}.bin", budget, start, end))
         assert result["ok"], result["error"]
         specs.append([str(tmp_path / f"map-{m}.bin"), *result["index"][0]])
-    reduced = _task_in_fresh_process(tmp_path, _reduce_payload(tmp_path, jobs.HotKey, specs, budget))
+    reduced = _task_in_fresh_process(tmp_path, _reduce_payload(tmp_path, job, specs, budget))
     assert (tmp_path / "out.txt").read_text() == f"hot\t{values}\n"
     return {name: r["maxrss_kb"] / 1024 for name, r in (("floor", floor), ("map", mapped), ("reduce", reduced))}
 
@@ -548,6 +547,14 @@ def test_a_hot_key_keeps_a_map_task_and_a_reducer_within_twice_the_budget(tmp_pa
     assert peaks["reduce"] <= peaks["floor"] + 2 * 16, peaks
 
 
+def test_a_hot_key_whose_combine_keeps_every_value_out_of_order_is_sorted_on_disk(tmp_path):
+    """sort_values with a combine that streams every value back unsorted: the final merge sorts the key's
+    values in runs on local disk (before: the whole key's list in memory). The reducer checks the order."""
+    peaks = _hot_key_peaks(tmp_path, 500_000, 4, maps=2, job=jobs.HotKeySorted)
+    assert peaks["map"] <= peaks["floor"] + 2 * 4 + INPUT_CHUNK_MB, peaks
+
+
+@pytest.mark.slow
 def test_a_hot_key_of_five_million_values_at_a_64mb_budget(tmp_path):
     """The reported case (before: map 451 MB, reducer of 20 map outputs 256 MB)."""
     peaks = _hot_key_peaks(tmp_path, 5_000_000, 64)
