@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.docker.conftest import corral
+from tests.requirements import need
 
 pytestmark = pytest.mark.docker
 
@@ -37,14 +38,14 @@ JOB = '''
 '''
 
 
-def run_job(workdir: Path, name: str, keep: str) -> tuple[str, dict]:
+def run_job(workdir: Path, name: str, keep: str, *flags: str) -> tuple[str, dict]:
     job = workdir / f"{name}.py"
     job.write_text(textwrap.dedent(JOB).replace("KEEP(block)", keep))
     data = workdir / "in.txt"
     data.write_text("".join(f"w{n % 37} some words\n" for n in range(2400)))  # ~40 KB: 9 map tasks of 4 KB
     out = workdir / f"out-{name}"
     done = corral("run", job, data, "--out", out, "--backend", "docker", "--memory", "512", "--max-concurrency", "1",
-                  "--split-size", "4KB", "--map-bin-size", "4KB", "--reducers", "1", cwd=workdir)
+                  "--split-size", "4KB", "--map-bin-size", "4KB", "--reducers", "1", *flags, cwd=workdir)
     assert done.returncode == 0, done.stderr
     return done.stderr, json.loads((out / "_corral" / "manifest.json").read_text())
 
@@ -127,3 +128,27 @@ def test_the_report_of_a_docker_run_shows_cold_starts_memory_cap_and_billing(wor
     cost = page.locator("#cost").inner_text().split("\n")
     assert cost[:2] == ["estimated cost", f"${usd:.{max(6, 2 - math.floor(math.log10(usd)))}f}"]  # 3 digits at least
     assert page.locator("#advice li").first.inner_text().startswith("memory: peak ")
+
+
+def test_right_sizing_on_the_cloud_functions_path_uses_its_memory_tiers_and_prices(workdir):
+    """``--platform gcf``: Cloud Functions' tiers (128, 256, 512 MB…), CPU and memory priced apart."""
+    need("corral_gcf")
+    from corral_gcf.pricing import sizing
+
+    stderr, m = run_job(workdir, "steady", "KEPT[:] = [block]", "--platform", "gcf")
+    assert "warning" not in stderr, stderr
+    found = attempts(m)
+    peak = max(a["stats"]["max_memory_used_mb"] for a in found)
+    tiers = sizing(512)
+    smaller = tiers.smallest_fitting(peak * 1.2)
+    assert smaller in tiers.sizes_mb and smaller < 512
+    billed = [a["stats"]["billed_ms"] for a in found]
+    now, then = tiers.cost(billed, 512), tiers.cost(billed, smaller)
+
+    def money(usd: float) -> str:
+        return f"${usd:.{max(6, 2 - math.floor(math.log10(usd)))}f}"
+
+    (memory,) = [line for line in stderr.splitlines() if line.startswith("corral: memory:")]
+    assert memory.startswith(f"corral: memory: peak {peak:.0f} MB of 512 MB; --memory {smaller} would have cost "
+                             f"{money(then)} instead of {money(now)} ({(then - now) / now:+.0%})"), memory
+    assert m["executor"]["sizing"]["platform"] == "Google Cloud Functions"
