@@ -283,7 +283,10 @@ class Driver:
             status = "interrupted" if interrupted else "failed"
             error = f"interrupted by {exc}" if interrupted else str(exc)
             manifest = self._manifest(status, error)
-            self._write_manifest(out_fs, "manifest.unfinished.json" if self.replace_old else "manifest.json", manifest)
+            refused = isinstance(exc, UsageError) and not self.committed_here and self.resume is None
+            if not refused:  # a usage error before any task ran leaves nothing behind (as if it never began)
+                self._write_manifest(out_fs, "manifest.unfinished.json" if self.replace_old else "manifest.json",
+                                     manifest)
             resumable = self._clean_up(success=False)
             if interrupted:
                 exc.resumable = resumable  # type: ignore[attr-defined]

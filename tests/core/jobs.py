@@ -595,3 +595,69 @@ class HotKeySorted(HotKeySortedValues):
             if following is not None:
                 yield key, following
             yield key, value
+
+
+# --- resume, speculation, interrupts -------------------------------------------------------------------
+
+
+class Straggler(WordCount):
+    """WordCount where the task reading the line ``straggle`` is slow on its first attempt: it waits
+    ``--arg wait=SECONDS`` (default 30), or until a later attempt of that task has finished (which
+    then creates ``MARKER.released``). Every line also sleeps ``--arg sleep=SECONDS``."""
+
+    def map_init(self):
+        self.finished_straggler = False
+
+    def map(self, key, line):
+        marker = self.args["marker"]
+        if line == "straggle":
+            if _first_time(marker):
+                deadline = time.time() + float(self.args.get("wait", "30"))
+                while time.time() < deadline and not os.path.exists(marker + ".released"):
+                    time.sleep(0.01)
+            else:
+                self.finished_straggler = True
+        time.sleep(float(self.args.get("sleep", "0")))
+        yield from super().map(key, line)
+
+    def map_final(self):
+        if self.finished_straggler:
+            open(self.args["marker"] + ".released", "w").close()
+        return ()
+
+
+class SlowCounted(WordCount):
+    """WordCount with counters whose map sleeps ``--arg sleep=S`` per line and whose reduce tasks sleep
+    ``--arg rsleep=S`` once each: waves long enough to interrupt half-way."""
+
+    def map(self, key, line):
+        time.sleep(float(self.args.get("sleep", "0")))
+        self.increment_counter("lines", "total")
+        for word in line.split():
+            self.increment_counter("words", "total")
+            yield word, 1
+
+    def reduce_init(self):
+        time.sleep(float(self.args.get("rsleep", "0")))
+
+    def reduce(self, word, counts):
+        self.increment_counter("reduce", "keys")
+        yield word, sum(counts)
+
+
+class FailReduceWhile(SlowCounted):
+    """SlowCounted whose reduce fails while the file ``--arg fail=PATH`` exists."""
+
+    def reduce(self, word, counts):
+        if os.path.exists(self.args["fail"]):
+            raise ValueError("reduce failing on purpose")
+        yield from super().reduce(word, counts)
+
+
+class SleepingWordCount(WordCount):
+    """WordCount whose map sleeps ``--arg sleep=S`` seconds in one call (not cooperative: a task on a
+    thread cannot be stopped before it wakes)."""
+
+    def map(self, key, line):
+        time.sleep(float(self.args.get("sleep", "60")))
+        yield from super().map(key, line)
