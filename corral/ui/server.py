@@ -27,8 +27,9 @@ from corral.ui.state import LiveState
 
 STATIC = Path(str(files("corral.ui"))) / "static"
 VENDOR = Path(str(files("corral.ui"))) / "vendor"
-#: How often the server checks the state for changes (and samples its history: every second).
+#: How often the server checks the state for changes, and how often at most it pushes a new one.
 POLL = 0.25
+PUSH = 1.0
 
 
 def url_for(host: str, port: int) -> str:
@@ -152,11 +153,13 @@ class LiveServer:
     async def _stream(self, request: web.Request) -> web.StreamResponse:
         assert self._closing is not None
         async with sse_response(request) as stream:
-            sent = -1
+            sent, sent_at = -1, 0.0
+            loop = asyncio.get_running_loop()
             while True:
                 closing = self._closing.is_set()
-                if self.state.version != sent:
-                    sent = self.state.version
+                # a new state at most every PUSH seconds (a long run's state is a few hundred KB), the last at once
+                if self.state.version != sent and (closing or loop.time() - sent_at >= PUSH):
+                    sent, sent_at = self.state.version, loop.time()
                     await stream.send(_dumps(self.state.snapshot()), event="state")
                 if closing or not stream.is_connected():
                     break

@@ -50,6 +50,11 @@ def run_job(workdir: Path, name: str, keep: str, *flags: str) -> tuple[str, dict
     return done.stderr, json.loads((out / "_corral" / "manifest.json").read_text())
 
 
+def money(usd: float) -> str:
+    """Dollars as corral prints them: at least three significant digits."""
+    return f"${usd:.{max(6, 2 - math.floor(math.log10(usd)))}f}"
+
+
 def attempts(m: dict) -> list[dict]:
     return [a for s in m["stages"] for t in s["tasks"].values() for a in t["attempts"]]
 
@@ -66,9 +71,6 @@ def expected_memory_line(m: dict) -> str:
 
     def cost(memory: int) -> float:
         return sum(ms / 1000 * memory / 1024 * price.gb_second + price.request for ms in billed)
-
-    def money(usd: float) -> str:
-        return f"${usd:.{max(6, 2 - math.floor(math.log10(usd)))}f}"
 
     now, then = cost(512), cost(smaller)
     return (f"corral: memory: peak {peak:.0f} MB of 512 MB; --memory {smaller} would have cost {money(then)} "
@@ -126,7 +128,7 @@ def test_the_report_of_a_docker_run_shows_cold_starts_memory_cap_and_billing(wor
     assert cap == ["peak memory (MB)", "memory cap (512 MB)"]
     usd = m["report"]["estimated_cost_usd"]
     cost = page.locator("#cost").inner_text().split("\n")
-    assert cost[:2] == ["estimated cost", f"${usd:.{max(6, 2 - math.floor(math.log10(usd)))}f}"]  # 3 digits at least
+    assert cost[:2] == ["estimated cost", money(usd)]
     assert page.locator("#advice li").first.inner_text().startswith("memory: peak ")
 
 
@@ -144,9 +146,6 @@ def test_right_sizing_on_the_cloud_functions_path_uses_its_memory_tiers_and_pric
     assert smaller in tiers.sizes_mb and smaller < 512
     billed = [a["stats"]["billed_ms"] for a in found]
     now, then = tiers.cost(billed, 512), tiers.cost(billed, smaller)
-
-    def money(usd: float) -> str:
-        return f"${usd:.{max(6, 2 - math.floor(math.log10(usd)))}f}"
 
     (memory,) = [line for line in stderr.splitlines() if line.startswith("corral: memory:")]
     assert memory.startswith(f"corral: memory: peak {peak:.0f} MB of 512 MB; --memory {smaller} would have cost "
