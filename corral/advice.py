@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import itertools
 import math
-import statistics
 import sys
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.hookspecs import hookimpl
-from corral.sizing import MemorySizing
+
+if TYPE_CHECKING:
+    from corral.sizing import MemorySizing
 
 #: Right-sizing keeps this share above the peak (a peak of 100 MB needs a 120 MB setting).
 HEADROOM = 0.2
@@ -66,7 +67,11 @@ def attempts(manifest: dict[str, Any]) -> Iterator[Attempt]:
 
 def sizing_of(manifest: dict[str, Any]) -> MemorySizing | None:
     data = (manifest.get("executor") or {}).get("sizing")
-    return MemorySizing.from_json(data) if data else None
+    if not data:
+        return None
+    from corral.sizing import MemorySizing
+
+    return MemorySizing.from_json(data)
 
 
 def advise(manifest: dict[str, Any]) -> list[dict[str, Any]]:
@@ -245,6 +250,8 @@ def cpu_advice(manifest: dict[str, Any], runs: list[Attempt]) -> dict[str, Any] 
 
 def skew_advice(runs: list[Attempt]) -> list[dict[str, Any]]:
     """Name the slowest task of a phase when it took more than 3x the phase's median."""
+    import statistics  # here: every run imports this module, few runs have a phase worth measuring
+
     phases: dict[tuple[int, str], list[Attempt]] = defaultdict(list)
     for a in runs:
         if a.status == "committed" and isinstance(a.stats.get("seconds"), int | float):
