@@ -101,11 +101,20 @@ _NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
 
 
 # --- the options every remote backend shares ----------------------------------------------------------
-def _text(value: Any) -> str:
+def parse_text(value: Any) -> str:
+    """A non-empty setting, stripped (an option's parser)."""
     text = str(value).strip()
     if not text:
         raise ValueError("must not be empty")
     return text
+
+
+def parse_endpoint(value: Any) -> str:
+    """An ``http(s)://`` URL of another endpoint of a platform's API (``--lambda-endpoint``…)."""
+    text = parse_text(value)
+    if not re.match(r"^https?://[^/\s]+", text):
+        raise ValueError(f"{text!r} is not an http(s):// URL")
+    return text.rstrip("/")
 
 
 def parse_environment(value: Any) -> dict[str, str]:
@@ -141,7 +150,7 @@ def parse_runtime(value: Any) -> str:
 
 
 def _function_name(value: Any) -> str:
-    text = _text(value)
+    text = parse_text(value)
     if not _FUNCTION_NAME.match(text):
         raise ValueError(f"{text!r} is not a function name (1-64 of A-Z a-z 0-9 _ -)")
     return text
@@ -167,7 +176,7 @@ ENVIRONMENT: Option[dict[str, str] | None] = Option(
     "environment", parse_environment, None,
     "KEY=VALUE set in the function's environment (repeatable; values are redacted in the manifest)",
     "KEY=VALUE", repeat=True, secret=True)
-REGION: Option[str | None] = Option("region", _text, None,
+REGION: Option[str | None] = Option("region", parse_text, None,
                 "the function's region (lambda: default AWS_REGION, then us-east-1; gcf: default us-central1)",
                 "REGION")
 RUNTIME: Option[str | None] = Option("runtime", parse_runtime, None,
@@ -223,6 +232,59 @@ def function_name_for(ref: Mapping[str, Any], max_length: int = 64, lowercase: b
         digest = hashlib.sha1(raw.encode()).hexdigest()[:8]
         name = name[: max_length - 9].rstrip("-") + "-" + digest
     return name
+
+
+def object_prefix(url: str, schemes: tuple[str, ...]) -> tuple[str, str, str] | None:
+    """``(bucket, prefix, what)`` an object-store URL of ``schemes`` covers, for a policy granting exactly
+    that; None for other storage. ``what`` is ``"folder"`` (every object below ``prefix``: ``s3://b/in/``,
+    or a whole bucket with prefix ""), ``"object"`` (``s3://b/in/x.txt``: that object, and anything below
+    ``prefix + "/"``, as it may be a folder) or ``"glob"`` (``s3://b/in/part-*.csv``: below its fixed part,
+    ``in/part-``)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in schemes:
+        return None
+    key = parts.path.lstrip("/")
+    wildcards = [key.index(ch) for ch in "*?[" if ch in key]
+    if wildcards:
+        return parts.netloc, key[: min(wildcards)], "glob"
+    return parts.netloc, key, "folder" if key == "" or key.endswith("/") else "object"
+
+
+#: The measurements corral-emulator adds to every invocation's answer, either platform's (none in the cloud).
+EMULATOR_HEADERS = {
+    "duration_ms": "x-corral-duration-ms",
+    "billed_ms": "x-corral-billed-duration-ms",
+    "memory_size_mb": "x-corral-memory-size-mb",
+    "max_memory_used_mb": "x-corral-max-memory-used-mb",
+    "init_ms": "x-corral-init-duration-ms",
+}
+
+
+def number(text: str) -> int | float:
+    """``"102.0"`` -> 102, ``"102.25"`` -> 102.25 (a measurement as the platform wrote it)."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+def emulator_stats(headers: Mapping[str, str]) -> dict[str, Any]:
+    """What corral-emulator measured of an invocation (``EMULATOR_HEADERS``, ``X-Corral-Cold-Start``,
+    ``X-Corral-Instance``); empty for an answer from the cloud."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    stats: dict[str, Any] = {}
+    for key, header in EMULATOR_HEADERS.items():
+        if header in lowered:
+            try:
+                stats[key] = number(lowered[header])
+            except ValueError:
+                continue
+    cold = lowered.get("x-corral-cold-start")
+    if cold is not None:
+        stats["cold_start"] = cold.strip().lower() == "true"
+    if lowered.get("x-corral-instance"):
+        stats["instance"] = lowered["x-corral-instance"]
+    return stats
 
 
 def gb_seconds(billed_ms: float, memory_mb: float) -> float:
@@ -905,6 +967,7 @@ def run_remote(event: Mapping[str, Any], memory_mb: int | None = None, code_root
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
+    "EMULATOR_HEADERS",
     "ENVIRONMENT",
     "FUNCTION_NAME",
     "INLINE_PAYLOAD_LIMIT",
@@ -922,12 +985,17 @@ __all__ = [
     "Source",
     "check_environment",
     "check_range",
+    "emulator_stats",
     "flag",
     "function_name_for",
     "gb_seconds",
     "host_runtime",
     "invalid",
+    "number",
+    "object_prefix",
+    "parse_endpoint",
     "parse_runtime",
+    "parse_text",
     "python_version",
     "run_remote",
 ]

@@ -7,8 +7,9 @@ the report only when one is written, so a plain run pays for neither.
 from __future__ import annotations
 
 import argparse
+import atexit
 import sys
-import time
+import threading
 from typing import TYPE_CHECKING, Any
 
 from corral.errors import UsageError
@@ -107,15 +108,37 @@ def corral_job_finished(event: JobFinished) -> None:
         return
     state, server = found
     state.on_job_finished(event)
+    if not settings.ui_linger:
+        server.stop()
+        return
+    # The page stays up after the run, not inside it: the driver releases OUT's lease and returns
+    # meanwhile; the process waits for the lingering pages when it exits (Ctrl-C ends the wait).
+    print(f"corral: the live view stays at {server.url} for {settings.ui_linger} s (Ctrl-C to stop it)",
+          file=sys.stderr, flush=True)
+    timer = threading.Timer(settings.ui_linger, server.stop)
+    timer.daemon = True
+    timer.start()
+    if not _lingering:
+        atexit.register(_wait_for_lingering)
+    _lingering.append((timer, server))
+
+
+#: Live views kept up after their run (``--ui-linger``), each with the timer that stops it.
+_lingering: list[tuple[threading.Timer, LiveServer]] = []
+
+
+def _wait_for_lingering() -> None:
+    """At exit: wait until every lingering live view has had its time, or Ctrl-C; then stop them."""
     try:
-        if settings.ui_linger:
-            print(f"corral: the live view stays at {server.url} for {settings.ui_linger} s (Ctrl-C to stop it)",
-                  file=sys.stderr, flush=True)
-            time.sleep(settings.ui_linger)
+        for timer, _ in _lingering:
+            timer.join()
     except KeyboardInterrupt:
         pass
     finally:
-        server.stop()
+        for timer, server in _lingering:
+            timer.cancel()
+            server.stop()
+        _lingering.clear()
 
 
 def _configure_report(parser: argparse.ArgumentParser) -> None:

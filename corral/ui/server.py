@@ -10,6 +10,7 @@ to it and read the state).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import os
@@ -26,8 +27,9 @@ from corral.ui.state import LiveState
 
 STATIC = Path(str(files("corral.ui"))) / "static"
 VENDOR = Path(str(files("corral.ui"))) / "vendor"
-#: How often the server checks the state for changes (and samples its history: every second).
+#: How often the server checks the state for changes, and how often at most it pushes a new one.
 POLL = 0.25
+PUSH = 1.0
 
 
 def url_for(host: str, port: int) -> str:
@@ -54,6 +56,8 @@ class LiveServer:
         self._runner: web.AppRunner | None = None
         self._closing: asyncio.Event | None = None
         self._streams = 0  # event streams open
+        self._ticker: asyncio.Task[None] | None = None
+        self._stopping = threading.Lock()
 
     def start(self) -> str:
         """Bind and serve; return the page's URL. A port that cannot be had is a UsageError."""
@@ -69,9 +73,13 @@ class LiveServer:
         return self.url
 
     def stop(self) -> None:
-        """Send the last state to every open page, then stop serving."""
-        if not self._thread.is_alive():
-            return
+        """Send the last state to every open page, then stop serving (once; from any thread)."""
+        with self._stopping:
+            if not self._thread.is_alive() or self._loop.is_closed():
+                return
+            self._stop_now()
+
+    def _stop_now(self) -> None:
         try:
             asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=10)
         finally:
@@ -98,7 +106,7 @@ class LiveServer:
             raise
         self.port = int(self._runner.addresses[0][1])
         self.url = url_for(self.host, self.port)
-        asyncio.get_running_loop().create_task(self._tick())
+        self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
     async def _stop(self) -> None:
         assert self._closing is not None and self._runner is not None
@@ -107,6 +115,10 @@ class LiveServer:
             if not self._streams:
                 break
             await asyncio.sleep(0.025)
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
         await self._runner.cleanup()
 
     async def _tick(self) -> None:
@@ -133,17 +145,21 @@ class LiveServer:
         self._streams += 1
         try:
             return await self._stream(request)
+        except ConnectionError:  # the page went away (closed, reloaded): nothing to tell anyone
+            return web.Response(status=204)
         finally:
             self._streams -= 1
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
         assert self._closing is not None
         async with sse_response(request) as stream:
-            sent = -1
+            sent, sent_at = -1, 0.0
+            loop = asyncio.get_running_loop()
             while True:
                 closing = self._closing.is_set()
-                if self.state.version != sent:
-                    sent = self.state.version
+                # a new state at most every PUSH seconds (a long run's state is a few hundred KB), the last at once
+                if self.state.version != sent and (closing or loop.time() - sent_at >= PUSH):
+                    sent, sent_at = self.state.version, loop.time()
                     await stream.send(_dumps(self.state.snapshot()), event="state")
                 if closing or not stream.is_connected():
                     break

@@ -55,6 +55,7 @@ class LiveState:
         self.attempts: deque[dict[str, Any]] = deque(maxlen=RECENT_ATTEMPTS)
         self.failures: deque[dict[str, Any]] = deque(maxlen=RECENT_FAILURES)
         self.retries = 0
+        self.speculative = 0  # speculative attempts that ended
         self.throttles = 0
         self.got_progress = False
         self.cost = {"usd": 0.0, "gb_seconds": 0.0, "invocations": 0, "billed_ms": 0.0}
@@ -134,7 +135,9 @@ class LiveState:
                 "peak_memory_mb": stats.get("max_memory_used_mb", stats.get("peak_memory_mb")),
                 "memory_cap_mb": stats.get("memory_size_mb") or (self.sizing.memory_mb if self.sizing else None),
                 "cold_start": stats.get("cold_start"), "worker": stats.get("worker"), "end": self._elapsed(),
+                "speculative": event.speculative,
             })
+            self.speculative += 1 if event.speculative else 0
             if outcome.failure is not None and status != "cancelled":
                 self.failures.append({"at": self._elapsed(), "stage": event.stage, "task": event.task,
                                       "attempt": event.attempt, "kind": outcome.failure.kind,
@@ -272,6 +275,7 @@ class LiveState:
                 "attempts": list(self.attempts),
                 "failures": list(self.failures),
                 "retries": self.retries,
+                "speculative": self.speculative,
                 "throttles": self.throttles,
                 "memory_cap_mb": self.sizing.memory_mb if self.sizing else None,
                 "cpu": None if self.cores is None else {

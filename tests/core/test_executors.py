@@ -331,7 +331,8 @@ def test_a_worker_killed_by_the_oom_killer_says_so(tmp_path, docker_engine):
     repo = Path(__file__).resolve().parents[2]
     site = str(Path(msgpack.__file__).resolve().parents[1])
     (tmp_path / "in.txt").write_text("a b a\n")
-    paths = [str(repo), *(str(repo / d) for d in ("emulator", "backends/docker", "backends/lambda")), site]
+    dists = ("emulator", "backends/docker", "backends/lambda", "backends/gcf")
+    paths = [str(repo), *(str(repo / d) for d in dists), site]
     logs = docker_engine.containers.run(
         image, ["python3", "-c", "import sys; from corral.cli import main; sys.exit(main())", "run",
                 f"{JOBS}:EatMemoryOnce", str(tmp_path / "in.txt"), "--out", str(tmp_path / "out"),

@@ -119,16 +119,21 @@ SLOW = '''
     '''
 
 
-def test_throttling_is_backpressure_and_the_answer_stays_exact(one_instance, tmp_path):
+def run_slow(one_instance, folder: Path, lines: list[str], *flags: str):
+    """The slow job on --backend gcf, one map task per line (each its own file)."""
     emulator, key = one_instance
-    job = write_job(tmp_path, "slow", SLOW)
-    inputs = tmp_path / "in"
+    job = write_job(folder, "slow", SLOW)
+    inputs = folder / "in"
     inputs.mkdir()
-    for n in range(4):
-        (inputs / f"f{n}.txt").write_text(f"w{n} shared\n")
-    done = corral("run", job, inputs, "--out", tmp_path / "out", *gcf_flags(emulator),
-                  "--max-concurrency", "3", "--map-bin-size", "1",
-                  "--reducers", "1", "--retries", "0", "-v", cwd=tmp_path, env=environment(key))
+    for n, line in enumerate(lines):
+        (inputs / f"f{n}.txt").write_text(line + "\n")
+    return corral("run", job, inputs, "--out", folder / "out", *gcf_flags(emulator), "--map-bin-size", "1",
+                  *flags, cwd=folder, env=environment(key))
+
+
+def test_throttling_is_backpressure_and_the_answer_stays_exact(one_instance, tmp_path):
+    done = run_slow(one_instance, tmp_path, ["w0 shared", "w1 shared", "w2 shared", "w3 shared"],
+                    "--max-concurrency", "3", "--reducers", "1", "--retries", "0", "-v")
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out" / "part-00000").read_text() == "shared\t4\nw0\t1\nw1\t1\nw2\t1\nw3\t1\n"
     manifest = manifest_of(tmp_path / "out")
@@ -140,15 +145,8 @@ def test_throttling_is_backpressure_and_the_answer_stays_exact(one_instance, tmp
 
 
 def test_still_throttled_at_the_deadline_fails_the_job_as_throttled(one_instance, tmp_path):
-    emulator, key = one_instance
-    job = write_job(tmp_path, "slow", SLOW)
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    for n in range(2):
-        (inputs / f"f{n}.txt").write_text(f"w{n}\n")
-    done = corral("run", job, inputs, "--out", tmp_path / "out", *gcf_flags(emulator),
-                  "--max-concurrency", "2", "--map-bin-size", "1",
-                  "--arg", "sleep=8", "--deadline", "3", cwd=tmp_path, env=environment(key))
+    done = run_slow(one_instance, tmp_path, ["w0", "w1"], "--max-concurrency", "2", "--arg", "sleep=8",
+                    "--deadline", "3")
     assert done.returncode == 1, done.stderr
     assert "still throttled at the job's deadline (--deadline) after " in done.stderr
     assert "throttled invokes: InvokeError: HTTP 429: Rate exceeded." in done.stderr

@@ -1,51 +1,16 @@
-"""Real headless Chromium (Debian's ``chromium``), driven by Playwright: never a downloaded browser.
-
-Skipped without them on a user's machine; a failure in CI (``tests/requirements.py``).
-"""
+"""Helpers of the live page and report tests: the ``corral`` command, in the foreground or running in the
+background. The browser fixtures (``browser``, ``page``: Debian's headless Chromium through Playwright)
+are in tests/conftest.py, shared with the docker backend's report test."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.requirements import need, unavailable
-
-CHROMIUM = os.environ.get("CORRAL_TEST_CHROMIUM", "/usr/bin/chromium")
-#: DESIGN.md's flags for headless Chromium here.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 CORRAL = str(Path(sys.executable).with_name("corral"))
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[object]:
-    need("playwright.sync_api", "aiohttp", "aiohttp_sse")
-    if not (os.path.isfile(CHROMIUM) or shutil.which(CHROMIUM)):
-        unavailable(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser):
-    """A page whose console errors and uncaught exceptions are collected in ``page.errors``."""
-    context = browser.new_context(viewport={"width": 1280, "height": 1000})
-    page = context.new_page()
-    page.errors = []
-    page.on("console", lambda message: page.errors.append(message.text) if message.type == "error" else None)
-    page.on("pageerror", lambda error: page.errors.append(str(error)))
-    yield page
-    context.close()
 
 
 def clean_env(**extra: str) -> dict[str, str]:

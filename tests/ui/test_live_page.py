@@ -92,6 +92,8 @@ def test_live_page_moves_while_the_job_runs_and_agrees_with_the_manifest(tmp_pat
         # the end: the page shows the final state, the JSON agrees with the manifest
         wait_until(lambda: page.locator("#status").inner_text() == "succeeded", 60, "the job's end")
         run.wait_for_line("corral: the live view stays at ")
+        run.wait_for_line("corral: job succeeded in ")  # the run is over while its page stays up …
+        assert not (out / "_corral" / "lock").exists()  # … and OUT is free for the next run
         page.screenshot(path=tmp_path / "live-3.png", full_page=True)
         manifest = json.loads((out / "_corral" / "manifest.json").read_text())
         state = get_state(url)
@@ -110,10 +112,17 @@ def test_live_page_moves_while_the_job_runs_and_agrees_with_the_manifest(tmp_pat
         assert read(page, counter) == 640 and read(page, "#tasks-committed") == 2
         assert "This is its final state." in page.locator("#footer").inner_text()
         assert page.errors == []
+        # the pushed updates: server-sent events, each the same JSON; a page that goes away is no error
+        with urllib.request.urlopen(url + "api/events", timeout=10) as events:
+            assert events.headers["Content-Type"].startswith("text/event-stream")
+            assert events.readline() == b"event: state\r\n"
+            assert json.loads(events.readline().decode().removeprefix("data: "))["status"] == "succeeded"
+        page.close()
         # Ctrl-C ends the lingering server at once, and the run keeps its success
         run.process.send_signal(signal.SIGINT)
         code, stderr = run.finish(timeout=20)
         assert code == 0, stderr
+        assert "Traceback" not in stderr and "Error" not in stderr, stderr
         assert (out / "_SUCCESS").exists()
         with pytest.raises(OSError):
             get_state(url)

@@ -156,3 +156,70 @@ def test_the_vendored_chart_library_is_the_one_recorded():
     assert hashlib.sha256(script).hexdigest() == record["sha256"]
     assert script.startswith(f"/*!\n * Chart.js v{record['version']}\n".encode())
     assert "MIT License" in (vendor / "LICENSE-chart.js.md").read_text()
+
+
+def attempt(n, status, start, end, **extra):
+    stats = extra.pop("stats", {})
+    return {"attempt": n, "status": status, "start": start, "end": end,
+            "stats": {"seconds": end - start, "bytes_in": 1000, "records_in": 10, **stats}, **extra}
+
+
+def test_report_draws_speculative_discarded_failed_reused_attempts_and_cold_starts(tmp_path, page):
+    """A manifest as the driver writes it after a resumed run with a retry and a speculative duplicate."""
+    cold = {"cold_start": True, "max_memory_used_mb": 60, "memory_size_mb": 512, "billed_ms": 900}
+    warm = {"cold_start": False, "max_memory_used_mb": 61, "memory_size_mb": 512, "billed_ms": 300}
+    tasks = {
+        "map-0000": {"phase": "map", "committed_attempt": 1,
+                     "attempts": [attempt(1, "committed", 0.1, 1.0, stats=cold)]},
+        "map-0001": {"phase": "map", "committed_attempt": 2, "attempts": [
+            attempt(1, "cancelled", 0.1, 7.2, stats=cold),  # the straggler, stopped once its duplicate committed
+            attempt(2, "committed", 6.0, 7.1, speculative=True, stats=warm)]},
+        "map-0002": {"phase": "map", "committed_attempt": 2, "attempts": [
+            attempt(1, "failed", 1.0, 1.4, stats=warm, failure={"kind": "out of memory",
+                                                                "message": "ran out of memory at the 512 MB limit"}),
+            attempt(2, "committed", 1.6, 2.5, stats=warm)]},
+        "map-0003": {"phase": "map", "committed_attempt": 1, "reused": True, "attempts": [
+            {"attempt": 1, "status": "committed", "reused": True, "stats": {"seconds": 1.0}}]},
+        "reduce-0000": {"phase": "reduce", "committed_attempt": 1,
+                        "attempts": [attempt(1, "committed", 7.3, 7.9, stats={**warm, "bytes_out": 2048})]},
+    }
+    manifest = {"job": "logs:Logs", "run_id": "r1", "status": "succeeded", "error": None, "started": 1.7e9,
+                "seconds": 8.0, "inputs": ["s3://b/in/"], "out": "s3://b/out", "backend": "lambda",
+                "settings": {"lambda_endpoint": "https://lambda.example"}, "counters": {"lines": {"seen": 40}},
+                "stages": [{"stage": 0, "map_tasks": 4, "reduce_tasks": 1, "input_bytes": 4000, "tasks": tasks,
+                            "plan": [[["s3://b/in/a.gz", 0, 1000]]]}],
+                "executor": {"name": "lambda", "max_concurrency": 4, "cores": None, "sizing": None},
+                "report": {"invocations": 6, "gb_seconds": 1.55, "estimated_cost_usd": 0.0000271,
+                           "memory_mb": 512, "summary": "6 invocations, 1.550 GB-s billed"}}
+    out = tmp_path / "run"
+    (out / "_corral").mkdir(parents=True)
+    (out / "_corral" / "manifest.json").write_text(json.dumps(manifest))
+    made = corral("report", out, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    report = out / "_corral" / "report.html"
+    html = report.read_text()
+    assert "https://" not in html and "http://" not in html  # the endpoint setting is in the data, escaped
+    open_offline(page, report)
+    assert page.errors == []
+    shown = page.evaluate("""() => Chart.getChart("timeline").data.datasets.flatMap(d => d.data.map(p =>
+        [p.task, p.attempt, d.label, p.cold]))""")
+    labels = {(task, n): (label, cold) for task, n, label, cold in shown}
+    assert labels == {
+        ("map-0000", 1): ("map", True),
+        ("map-0001", 1): ("discarded or cancelled", True),
+        ("map-0001", 2): ("speculative attempt", False),
+        ("map-0002", 1): ("failed (retried or fatal)", False),
+        ("map-0002", 2): ("map", False),
+        ("reduce-0000", 1): ("reduce", False),
+    }
+    assert "1 attempts have no start and end recorded" in page.locator("#timeline-note").inner_text()
+    summary = dict(zip(page.locator("#summary span").all_inner_texts(), page.locator("#summary b").all_inner_texts(),
+                       strict=True))
+    assert summary == {"took": "8.00 s", "tasks": "5", "attempts": "7", "failed attempts": "1", "speculative": "1",
+                       "discarded": "1", "reused (resumed)": "1", "cold starts": "2", "input": "3.91 KB",
+                       "records in": "30", "bytes out": "2.00 KB"}  # records: of this run's attempts
+    assert page.locator("#cost").inner_text().startswith("estimated cost\n$0.0000271")
+    assert "ran out of memory at the 512 MB limit" in page.locator("#failures").inner_text()
+    # a manifest written before corral had advice gets it computed: the right-size line needs prices,
+    # which this one lacks; the skew table names the slowest task all the same
+    assert page.locator("#skew tbody tr").first.inner_text().split("\t")[:2] == ["map", "map-0001"]

@@ -24,27 +24,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from corral import INFRASTRUCTURE, OUT_OF_MEMORY, TIMEOUT, USER_ERROR, Failure, Outcome, outcome_from_result
+from corral.remote import number
 from corral_gcf.pricing import billed_ms
 
 CRASH_HEADER = "x-google-status"
 _MEMORY = re.compile(r"Memory limit of ([\d.]+) MiB exceeded with ([\d.]+) MiB used")
 _TIMEOUT = re.compile(r"maximum request timeout of ([\d.]+) seconds")
 _NO_INSTANCE = re.compile(r"no available instance", re.IGNORECASE)
-_HEADERS = {
-    "duration_ms": "x-corral-duration-ms",
-    "max_memory_used_mb": "x-corral-max-memory-used-mb",
-    "memory_size_mb": "x-corral-memory-size-mb",
-    "init_ms": "x-corral-init-duration-ms",
-}
-
-
 def _lowered(headers: Mapping[str, str]) -> dict[str, str]:
     return {k.lower(): v for k, v in headers.items()}
-
-
-def _number(text: str) -> int | float:
-    value = float(text)
-    return int(value) if value.is_integer() else value
 
 
 def is_throttle(status: int, body: bytes) -> bool:
@@ -61,25 +49,6 @@ def is_answer(status: int, headers: Mapping[str, str], body: bytes) -> bool:
         return (CRASH_HEADER in _lowered(headers) or bool(_MEMORY.search(text))
                 or "Response size was too large" in text)
     return False
-
-
-def answer_stats(headers: Mapping[str, str]) -> dict[str, Any]:
-    """The emulator's measurements of an invocation (none on Google's Cloud Functions)."""
-    lowered = _lowered(headers)
-    stats: dict[str, Any] = {}
-    for key, header in _HEADERS.items():
-        if header in lowered:
-            try:
-                stats[key] = _number(lowered[header])
-            except ValueError:
-                continue
-    cold = lowered.get("x-corral-cold-start")
-    if cold is not None:
-        stats["cold_start"] = cold.strip().lower() == "true"
-    instance = lowered.get("x-corral-instance")
-    if instance:
-        stats["instance"] = instance
-    return stats
 
 
 def _text(body: bytes, limit: int = 2000) -> str:
@@ -120,13 +89,13 @@ def outcome_from_answer(status: int, headers: Mapping[str, str], body: bytes, st
         return outcome
     memory = _MEMORY.search(text)
     if status == 500 and memory:
-        stats["max_memory_used_mb"] = _number(memory.group(2))
-        return Outcome(failure=Failure(OUT_OF_MEMORY, memory.group(0), limit=_number(memory.group(1)),
-                                       peak=_number(memory.group(2))), stats=stats)
+        stats["max_memory_used_mb"] = number(memory.group(2))
+        return Outcome(failure=Failure(OUT_OF_MEMORY, memory.group(0), limit=number(memory.group(1)),
+                                       peak=number(memory.group(2))), stats=stats)
     if status in (504, 408):
         stats["billed_ms"] = billed_ms(max(float(duration), timeout_s * 1000))
         found = _TIMEOUT.search(text)
-        limit = _number(found.group(1)) if found else timeout_s
+        limit = number(found.group(1)) if found else timeout_s
         return Outcome(failure=Failure(TIMEOUT, text or f"HTTP {status}", limit=limit), stats=stats)
     if status == 500 and CRASH_HEADER in _lowered(headers):
         if isinstance(result, dict) and "ok" in result:

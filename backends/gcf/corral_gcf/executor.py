@@ -72,6 +72,7 @@ from corral.remote import (
     Source,
     check_environment,
     check_range,
+    emulator_stats,
     flag,
     function_name_for,
     invalid,
@@ -563,7 +564,7 @@ class GcfExecutor(RemoteFunctionExecutor):
         raise InvokeError(status, text, RETRY if status >= 500 else None)
 
     def answer_stats(self, answer: Answer) -> dict[str, Any]:
-        return answers.answer_stats(answer.headers)
+        return emulator_stats(answer.headers)
 
     def classify(self, answer: Answer, stats: dict[str, Any]) -> Outcome:
         return answers.outcome_from_answer(answer.status, answer.headers, answer.body, stats, self.config.memory,

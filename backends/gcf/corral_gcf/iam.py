@@ -29,7 +29,9 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
+
+from corral.remote import object_prefix
 
 log = logging.getLogger("corral.gcf")
 
@@ -65,23 +67,18 @@ def email_of(account: str, project: str) -> str:
     return f"{account}@{project}.iam.gserviceaccount.com"
 
 
-def object_prefix(url: str) -> tuple[str, str, bool] | None:
+def gcs_prefix(url: str) -> tuple[str, str, bool] | None:
     """``(bucket, prefix, exact)`` a ``gs://`` URL covers; None for other storage (no IAM needed).
 
     ``gs://b/in/`` -> ``in/`` and below; ``gs://b/in/x.txt`` -> the object ``in/x.txt`` and anything below
     ``in/x.txt/`` (it may be a folder: ``exact``); a glob ``gs://b/in/part-*.csv`` -> ``in/part-`` and
     below (its fixed part); a whole bucket (``gs://b``) -> everything.
     """
-    parts = urlsplit(url)
-    if parts.scheme not in ("gs", "gcs"):
+    found = object_prefix(url, ("gs", "gcs"))
+    if found is None:
         return None
-    key = parts.path.lstrip("/")
-    wildcards = [key.index(ch) for ch in "*?[" if ch in key]
-    if wildcards:
-        return parts.netloc, key[: min(wildcards)], False
-    if key == "" or key.endswith("/"):
-        return parts.netloc, key, False
-    return parts.netloc, key, True
+    bucket, key, what = found
+    return bucket, key, what == "object"
 
 
 def _cel(text: str) -> str:
@@ -111,7 +108,7 @@ def job_bindings(member: str, function_name: str, inputs: Iterable[str], work: I
     by_bucket: dict[str, dict[str, set[tuple[str, bool]]]] = {}
     for role, urls in ((READ_ROLE, inputs), (WORK_ROLE, work)):
         for url in urls:
-            found = object_prefix(url)
+            found = gcs_prefix(url)
             if found:
                 bucket, prefix, exact = found
                 by_bucket.setdefault(bucket, {}).setdefault(role, set()).add((prefix, exact))

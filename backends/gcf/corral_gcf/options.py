@@ -9,34 +9,21 @@ from typing import Any
 
 from corral import Option
 from corral.remote import OPTIONS as REMOTE_OPTIONS
+from corral.remote import parse_endpoint, parse_text
 
 _PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$|^[a-z0-9.-]+:[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
-def _text(value: Any) -> str:
-    text = str(value).strip()
-    if not text:
-        raise ValueError("must not be empty")
-    return text
-
-
-def _url(value: Any) -> str:
-    text = _text(value)
-    if not re.match(r"^https?://[^/\s]+", text):
-        raise ValueError(f"{text!r} is not an http(s):// URL")
-    return text.rstrip("/")
-
-
 def _project(value: Any) -> str:
-    text = _text(value)
+    text = parse_text(value)
     if not _PROJECT.match(text):
         raise ValueError(f"{text!r} is not a Google Cloud project id (6-30 of a-z 0-9 -, starting with a letter)")
     return text
 
 
 def _email(value: Any) -> str:
-    text = _text(value)
+    text = parse_text(value)
     if not _EMAIL.match(text):
         raise ValueError(f"{text!r} is not a service account email (NAME@PROJECT.iam.gserviceaccount.com)")
     return text
@@ -47,7 +34,7 @@ PROJECT: Option[str | None] = Option(
     "Google Cloud project of the function (gcf; default: GOOGLE_CLOUD_PROJECT, then the credentials' project)",
     "PROJECT")
 GCF_ENDPOINT: Option[str | None] = Option(
-    "gcf-endpoint", _url, None, "Cloud Functions API endpoint URL, e.g. a corral-emulator (gcf)", "URL")
+    "gcf-endpoint", parse_endpoint, None, "Cloud Functions API endpoint URL, e.g. a corral-emulator (gcf)", "URL")
 SERVICE_ACCOUNT: Option[str | None] = Option(
     "gcf-service-account", _email, None,
     "existing service account the function runs as; corral then manages no IAM (gcf; default: a service "

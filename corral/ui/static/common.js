@@ -103,7 +103,7 @@ const corral = (() => {
     for (const v of values) counts[Math.min(bins - 1, Math.floor((v - min) / width))]++;
     const labels = counts.map((_, i) => seconds(min + (i + 0.5) * width));
     return chart(id, { type: "bar", data: { labels, datasets: [{ label, data: counts, backgroundColor: colors.map }] },
-      options: { scales: { y: { beginAtZero: true, title: { display: true, text: "tasks" } } },
+      options: { scales: { y: { beginAtZero: true, ticks: { precision: 0 }, title: { display: true, text: "tasks" } } },
                  plugins: { legend: { display: false } } } });
   }
 
