@@ -78,7 +78,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"{'max proc':>9} {'ratio':>7} {'paired':>7}  {'target':<28} {'met':<4}",
     ]
     for row in report["rows"]:
-        if row["benchmark"] in ("objects", "reducer-memory"):
+        if row["benchmark"] in ("objects", "reducer-memory", "hot-key-memory"):
             continue
         ratio = row.get("ratio")
         vs = f" (vs {row['vs']})" if row.get("vs") and row["contender"] != row["vs"] else ""
@@ -114,6 +114,18 @@ def format_report(report: dict[str, Any]) -> str:
                 ),
                 f"  ratio {row['ratio']:.2f} (above the {row['interpreter_floor_mb']} MB interpreter floor: "
                 f"{row['net_ratio']:.2f}); target {row['target']}: {_fmt(row['meets_target'])}",
+            ]
+        if row["benchmark"] == "hot-key-memory":
+            lines += [
+                "",
+                f"one hot key (tasks in fresh processes, --memory-budget {row['memory_budget']}, interpreter floor "
+                f"{row['interpreter_floor_mb']} MB):",
+                *(
+                    f"  {r['values']:>10} values ({r['input_mb']} MB): one map task -> peak RSS {r['map_peak_rss_mb']} "
+                    f"MB; the reducer of {r['map_outputs']} map outputs -> peak RSS {r['reduce_peak_rss_mb']} MB"
+                    for r in row["runs"]
+                ),
+                f"  target {row['target']}: {_fmt(row['meets_target'])}",
             ]
     for row in report["rows"]:
         if row["benchmark"] == "docker" and "warm_overhead_ms" in row:

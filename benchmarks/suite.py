@@ -40,6 +40,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "objects_reducers": 4,
         "reducer_memory": (1 * MiB, 10 * MiB),
         "reducer_memory_split": 1 * MiB,
+        "hot_key_values": (1_000_000, 5_000_000),
         "docker_tasks": 20,
         "memory_budget": "64MB",
     },
@@ -55,12 +56,13 @@ SIZES: dict[str, dict[str, Any]] = {
         "objects_reducers": 4,
         "reducer_memory": (10 * MiB, 100 * MiB),
         "reducer_memory_split": 8 * MiB,
+        "hot_key_values": (5_000_000, 10_000_000),
         "docker_tasks": 50,
         "memory_budget": "64MB",
     },
 }
 
-BENCHMARKS = ["wordcount", "q1", "q2", "q3", "sort", "tiny", "objects", "reducer-memory", "docker"]
+BENCHMARKS = ["wordcount", "q1", "q2", "q3", "sort", "tiny", "objects", "reducer-memory", "hot-key-memory", "docker"]
 
 #: Targets (processes backend, 2 cores, same-run ratios).
 TARGETS = {
@@ -70,6 +72,8 @@ TARGETS = {
     "q2-duckdb": ("corral/duckdb <= 5", 5.0),
     "objects": ("= M", None),
     "reducer-memory": ("10x input: peak <= 1.5x", 1.5),
+    # above the interpreter floor; a map task also holds one 4 MB chunk of input lines (~20 MB of str)
+    "hot-key-memory": ("peak - floor <= 2x budget (map: + 20 MB)", 2.0),
     "docker-warm": ("warm overhead <= 30 ms", 0.030),
     "docker-cold": ("cold start <= 1.5 s", 1.5),
 }
@@ -158,6 +162,18 @@ class Data:
 
         return self._cached(f"gensort-{_label(size)}", params, make)
 
+    def hot_key(self, values: int) -> dict[str, Any]:
+        params = {"values": values}
+
+        def make(target: Path) -> dict[str, Any]:
+            path = target.with_suffix(".txt")
+            with open(path, "w") as f:
+                for start in range(0, values, 100_000):
+                    f.write("".join(f"value-{i:09d}\n" for i in range(start, min(values, start + 100_000))))
+            return {"files": [str(path)], "bytes": path.stat().st_size, "values": values}
+
+        return self._cached(f"hot-key-{values // 1000}k", params, make)
+
     def generate_all(self) -> None:
         self.text()
         self.tiny()
@@ -165,6 +181,8 @@ class Data:
         self.gensort()
         for size in self.cfg["reducer_memory"]:
             self.text(size)
+        for values in self.cfg["hot_key_values"]:
+            self.hot_key(values)
 
 
 def _label(size: int) -> str:
@@ -686,6 +704,60 @@ class Suite:
         })
 
 
+    def bench_hot_key_memory(self) -> None:
+        """One key holding every value: a map task over all of them, and the reducer of a run with 20 map
+        tasks, each in a fresh process, at the suite's --memory-budget."""
+        budget = self.cfg["memory_budget"]
+        budget_mb = int(budget.removesuffix("MB"))
+        work = self.work("hot-key-memory")
+        floor = measure([sys.executable, "-c", _REDUCE_FLOOR], work / "floor.log")["max_process_rss_mb"]
+        job = ROOT / "benchmarks" / "jobs" / "hotkey.py"
+        runs = []
+        for values in self.cfg["hot_key_values"]:
+            data = self.data.hot_key(values)
+            path, size = data["files"][0], data["bytes"]
+            map_payload = {
+                "job": {"module": "hotkey", "class": "HotKey", "path": str(job)}, "args": {}, "stage": 0,
+                "memory_budget": budget_mb << 20, "kind": "map", "task": "map-0000", "attempt": 1,
+                "splits": [{"url": path, "start": 0, "end": size, "kind": "text"}], "partitions": 1,
+                "output": str(work / "map-all.bin"), "output_kind": "shuffle", "input_format": "lines",
+                "input_errors": "strict",
+            }
+            mapped = _run_task_fresh(map_payload, work, "map")
+            out = work / f"out-{values}"
+            split = str(size // 20 + 1)
+            measure(self.corral(str(job), [path], "--split-size", split, "--map-bin-size", split, "--reducers", "1",
+                                "--memory-budget", budget, "--keep-intermediate")(out), work / "run.log")
+            self.check("hot-key-memory", f"{values} values counted",
+                       (out / "part-00000").read_text() == f"hot\t{values}\n")
+            payload = reduce_payload(out, partition=0, output=str(work / "reduce.out"))
+            reduced = _run_task_fresh(payload, work, "reduce")
+            runs.append({
+                "values": values, "input_mb": round(size / MiB, 1), "map_outputs": len(payload["sources"]),
+                "map_peak_rss_mb": mapped["peak_memory_mb"], "map_seconds": mapped["seconds"],
+                "reduce_peak_rss_mb": reduced["peak_memory_mb"], "reduce_seconds": reduced["seconds"],
+            })
+            self.log(f"    {values} values: {runs[-1]}")
+        text_target, limit = TARGETS["hot-key-memory"]
+        met = all(r["map_peak_rss_mb"] - floor <= limit * budget_mb + 20
+                  and r["reduce_peak_rss_mb"] - floor <= limit * budget_mb for r in runs)
+        self.rows.append({
+            "benchmark": "hot-key-memory", "contender": "corral-map-and-reduce-task", "memory_budget": budget,
+            "interpreter_floor_mb": floor, "runs": runs, "target": text_target, "meets_target": met,
+        })
+
+
+def _run_task_fresh(payload: dict[str, Any], work: Path, name: str) -> dict[str, Any]:
+    """``corral.worker.run_task(payload)`` in a fresh process; its result (with the process's peak RSS)."""
+    payload_file, result_file = work / f"payload-{name}.json", work / f"result-{name}.json"
+    payload_file.write_text(json.dumps(payload))
+    measure([sys.executable, "-c", _RUN_REDUCE, str(payload_file), str(result_file)], work / f"{name}.log")
+    result = json.loads(result_file.read_text())
+    if not result.get("ok"):
+        raise RuntimeError(f"{name} task failed: {result.get('error')}")
+    return result
+
+
 _REDUCE_FLOOR = "import corral.worker, corral.tasks, corral.shuffle"
 _RUN_REDUCE = (
     "import json, sys\n"
@@ -721,7 +793,8 @@ def reduce_payload(out: Path, partition: int, output: str, stage_index: int = 0)
     manifest = json.loads((out / "_corral" / "manifest.json").read_text())
     stage = manifest["stages"][stage_index]
     module, _, cls = manifest["job"].partition(":")
-    job_path = {"wordcount": EXAMPLES / "wordcount.py", "wordcount_fast": EXAMPLES / "wordcount_fast.py"}.get(module)
+    job_path = {"wordcount": EXAMPLES / "wordcount.py", "wordcount_fast": EXAMPLES / "wordcount_fast.py",
+                "hotkey": ROOT / "benchmarks" / "jobs" / "hotkey.py"}.get(module)
     sources = []
     for _name, task in sorted(stage["tasks"].items()):
         if task["phase"] != "map":

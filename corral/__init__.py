@@ -1,5 +1,7 @@
-"""corral: MapReduce jobs written once in Python, run on threads, processes, a local Lambda emulator,
-AWS Lambda or Google Cloud Functions, with data in any fsspec filesystem."""
+"""corral: MapReduce jobs written once in Python, run on threads, processes, local Lambda and Cloud
+Functions emulators, AWS Lambda or Google Cloud Functions, with data in any fsspec filesystem.
+
+Serverless backends build on ``corral.remote`` (``RemoteFunctionExecutor``, ``run_remote``)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ _LAZY = {
     ),
     "corral.fs": ("FileInfo", "FileSystem", "ProtocolInfo", "get_filesystem"),
     "corral.options": ("Command", "Option", "int_in_range", "parse_bool", "parse_size"),
-    "corral.packaging": ("Package", "PackagingError", "build_package"),
+    "corral.packaging": ("Package", "PackagingError", "build_package", "manylinux_platforms"),
+    "corral.remote": ("RemoteConfig", "RemoteFunctionExecutor", "run_remote"),
     "corral.settings": ("Settings",),
     "corral.sizing": ("MemorySizing",),
     "corral.worker": ("run_task",),
@@ -78,6 +81,8 @@ __all__ = [
     "Package",
     "PackagingError",
     "ProtocolInfo",
+    "RemoteConfig",
+    "RemoteFunctionExecutor",
     "Settings",
     "Step",
     "UsageError",
@@ -86,9 +91,11 @@ __all__ = [
     "get_filesystem",
     "hookimpl",
     "int_in_range",
+    "manylinux_platforms",
     "outcome_from_result",
     "parse_bool",
     "parse_size",
     "run",
+    "run_remote",
     "run_task",
 ]

@@ -3,28 +3,32 @@ would have cost), memory leaks across the tasks of one warm worker, CPU utilisat
 workers, and skew (a task far slower than its phase's median).
 
 A built-in plugin: ``corral_job_advice`` computes it (the driver stores it in the manifest's
-``advice``), ``corral_job_finished`` prints it. ``corral report`` shows the manifest's advice, or
-computes it again for a manifest that has none.
+``advice``), ``corral_job_finished`` prints it (an item with ``"print": False`` is for the manifest and
+the report only: a local run's memory peak). ``corral report`` shows the manifest's advice, or computes
+it again for a manifest that has none.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import statistics
 import sys
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.hookspecs import hookimpl
-from corral.sizing import MemorySizing
+
+if TYPE_CHECKING:
+    from corral.sizing import MemorySizing
 
 #: Right-sizing keeps this share above the peak (a peak of 100 MB needs a 120 MB setting).
 HEADROOM = 0.2
 #: A task is CPU-bound when it used at least this share of the CPU its function gets.
 CPU_BOUND = 0.8
+#: A smaller size whose CPU share would make the tasks at least this much slower is said to be slower.
+SLOWER = 1.2
 #: Leaks: memory after a task growing at least this much per task, in most steps, over enough tasks.
 LEAK_MB_PER_TASK = 2.0
 LEAK_MIN_TASKS = 5
@@ -63,7 +67,11 @@ def attempts(manifest: dict[str, Any]) -> Iterator[Attempt]:
 
 def sizing_of(manifest: dict[str, Any]) -> MemorySizing | None:
     data = (manifest.get("executor") or {}).get("sizing")
-    return MemorySizing.from_json(data) if data else None
+    if not data:
+        return None
+    from corral.sizing import MemorySizing
+
+    return MemorySizing.from_json(data)
 
 
 def advise(manifest: dict[str, Any]) -> list[dict[str, Any]]:
@@ -97,8 +105,8 @@ def memory_advice(manifest: dict[str, Any], runs: list[Attempt]) -> dict[str, An
     peak = max(peaks)
     needed = peak * (1 + HEADROOM)
     sizing = sizing_of(manifest)
-    if sizing is None:  # a local run: what a remote backend would need
-        return {"kind": "memory", "level": "info", "peak_mb": peak, "needed_mb": round(needed, 1),
+    if sizing is None:  # a local run: what a remote backend would need (in the manifest and report, not printed)
+        return {"kind": "memory", "level": "info", "print": False, "peak_mb": peak, "needed_mb": round(needed, 1),
                 "message": f"memory: tasks peaked at {peak:.0f} MB (worker RSS); with 20% headroom they need "
                            f"{needed:.0f} MB (--memory on a remote backend)"}
     setting = sizing.memory_mb
@@ -138,7 +146,8 @@ def memory_advice(manifest: dict[str, Any], runs: list[Attempt]) -> dict[str, An
 
 def _cpu_caveat(sizing: MemorySizing, runs: list[Attempt], setting: int, suggested: int, billed: list[float],
                 data: dict[str, Any]) -> str:
-    """Where CPU grows with memory (Lambda), a CPU-bound job runs slower at a smaller size: say so."""
+    """Where CPU grows with memory (Lambda), tasks that used more CPU than the smaller size gets would
+    run slower there: say so, how much, and which size keeps the CPU they used."""
     measured = [(a.stats["cpu_seconds"], a.stats["seconds"]) for a in runs
                 if a.status == "committed" and a.stats.get("cpu_seconds") is not None and a.stats.get("seconds")]
     busy, wall = sum(c for c, _ in measured), sum(s for _, s in measured)
@@ -146,15 +155,33 @@ def _cpu_caveat(sizing: MemorySizing, runs: list[Attempt], setting: int, suggest
     if not wall or not now or not then:
         return ""
     used = busy / wall  # vCPUs the tasks kept busy on average
-    data["vcpu_used"], data["vcpu"], data["suggested_vcpu"] = round(used, 3), round(now, 3), round(then, 3)
-    if used < CPU_BOUND * min(now, 1.0) or then >= used:
-        return ""
+    bound = used >= CPU_BOUND * min(now, 1.0)
+    data.update(vcpu_used=round(used, 3), vcpu=round(now, 3), suggested_vcpu=round(then, 3), cpu_bound=bound)
     slower = used / then
+    if slower < SLOWER:
+        return ""
     cost = sizing.cost([ms * slower for ms in billed], suggested)
-    data.update(cpu_bound=True, slowdown=round(slower, 2), suggested_cost_cpu_bound_usd=round(cost, 8))
-    return (f"; but the tasks were CPU-bound ({used:.2f} of the {now:.2f} vCPU {sizing.platform} gives "
-            f"{setting} MB): with {then:.2f} vCPU at {suggested} MB they would run about {slower:.1f}x slower, "
-            f"for about {_money(cost)}")
+    data.update(slowdown=round(slower, 2), suggested_cost_cpu_bound_usd=round(cost, 8))
+    if bound:
+        text = (f"; but the tasks were CPU-bound ({used:.2f} of the {now:.2f} vCPU {sizing.platform} gives "
+                f"{setting} MB; {suggested} MB gets {then:.2f})")
+    else:
+        text = (f"; but the tasks kept {used:.2f} vCPU busy ({sizing.platform} gives {now:.2f} at {setting} MB, "
+                f"{then:.2f} at {suggested} MB)")
+    text += f": they would run about {slower:.1f}x slower there, for about {_money(cost)}"
+    keeps = _smallest_with_cpu(sizing, used, suggested)
+    if keeps is not None and keeps < setting and sizing.cost(billed, keeps) <= 0.9 * sizing.cost(billed, setting):
+        data.update(cpu_keeping_mb=keeps, cpu_keeping_cost_usd=round(sizing.cost(billed, keeps), 8))
+        text += f"; {sizing.option} {keeps} keeps that CPU, for {_money(sizing.cost(billed, keeps))}"
+    return text
+
+
+def _smallest_with_cpu(sizing: MemorySizing, vcpus: float, at_least_mb: int) -> int | None:
+    """The smallest allowed setting from ``at_least_mb`` up that gets ``vcpus`` of CPU."""
+    if sizing.mb_per_vcpu and not sizing.sizes_mb:
+        return sizing.smallest_fitting(max(at_least_mb, vcpus * sizing.mb_per_vcpu))
+    return next((size for size in sizing.choices() if size >= at_least_mb and (sizing.vcpu(size) or 0) >= vcpus),
+                None)
 
 
 def leak_warnings(manifest: dict[str, Any], runs: list[Attempt]) -> list[dict[str, Any]]:
@@ -223,6 +250,8 @@ def cpu_advice(manifest: dict[str, Any], runs: list[Attempt]) -> dict[str, Any] 
 
 def skew_advice(runs: list[Attempt]) -> list[dict[str, Any]]:
     """Name the slowest task of a phase when it took more than 3x the phase's median."""
+    import statistics  # here: every run imports this module, few runs have a phase worth measuring
+
     phases: dict[tuple[int, str], list[Attempt]] = defaultdict(list)
     for a in runs:
         if a.status == "committed" and isinstance(a.stats.get("seconds"), int | float):
@@ -273,5 +302,5 @@ def corral_job_finished(event: Any) -> None:
     if getattr(event.settings, "quiet", False):
         return
     for item in event.manifest.get("advice") or ():
-        if event.ok or item.get("level") == "warning":
+        if item.get("level") == "warning" or (event.ok and item.get("print", True)):
             print(format_line(item), file=sys.stderr)

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from corral.errors import CorralError, JobFailed, UsageError
@@ -35,6 +36,9 @@ def _add_settings(parser: argparse.ArgumentParser, out: str = "required") -> Non
         names = [f"--{option.name}"] + ([option.short] if option.short else [])
         if option.name == "verbose":
             parser.add_argument(*names, dest="verbose", action="count", default=None, help=option.help)
+        elif option.switch and option.default is True:
+            parser.add_argument(*names, dest=option.dest, action=argparse.BooleanOptionalAction, default=None,
+                                help=option.help)
         elif option.switch:
             parser.add_argument(*names, dest=option.dest, action="store_const", const=True, help=option.help)
         elif option.repeat:
@@ -147,8 +151,15 @@ def _print_summary(manifest: dict[str, Any]) -> None:
     if summary:
         print(f"corral: {summary}", file=err)
     tasks = sum(len(s["tasks"]) for s in manifest["stages"])
-    print(f"corral: job succeeded in {manifest['seconds']:.2f} s ({tasks} tasks); output in {manifest['out']}",
-          file=err)
+    details = [f"{tasks} tasks"]
+    reused = (manifest.get("resumed") or {}).get("reused_tasks")
+    if reused:
+        details.append(f"{reused} reused from before the interruption")
+    speculative = manifest.get("speculative") or {}
+    if speculative.get("attempts"):
+        details.append(f"{speculative['attempts']} speculative attempts, {speculative['won']} won")
+    print(f"corral: job succeeded in {manifest['seconds']:.2f} s ({', '.join(details)}); output in "
+          f"{manifest['out']}", file=err)
 
 
 def _backends(args: argparse.Namespace) -> int:
@@ -217,9 +228,17 @@ def _guard(action: Any) -> int:
         label = "job failed" if isinstance(exc, JobFailed) else "error"
         print(f"corral: {label}: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("corral: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        from corral.interrupts import Interrupted
+
+        resumable = isinstance(exc, Interrupted) and exc.resumable
+        print("corral: interrupted; resume with --resume" if resumable else "corral: interrupted", file=sys.stderr)
+        code = exc.exit_code if isinstance(exc, Interrupted) else 130
+        if threading.active_count() > 1:  # a task on a thread that would not stop: do not wait for it
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
 
 
 def main(argv: list[str] | None = None) -> int:

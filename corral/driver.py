@@ -8,18 +8,16 @@ attempt names, so retries and duplicates can neither lose nor duplicate a record
 
 from __future__ import annotations
 
-import heapq
 import json
 import logging
 import os
-import random
 import secrets
+import socket
+import sys
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, field
-from functools import partial
+from collections.abc import Sequence
 from typing import Any
 
 from corral import __version__
@@ -33,33 +31,46 @@ from corral.events import (
     TaskProgress,
     TaskStarted,
 )
-from corral.executor import INPUT_ERROR, THROTTLED, Executor, JobSource, Outcome
-from corral.fs import FileInfo, display, get_filesystem, join
+from corral.executor import Executor, ExecutorSpec, JobSource, Outcome
+from corral.fs import FileInfo, FileSystem, canonical, display, get_filesystem, join
+from corral.interrupts import Interrupted, InterruptGuard
 from corral.job import Job, Step
+from corral.journal import Journal, read_journal
+from corral.lease import Keeper, Lease, LeaseLostError
 from corral.output import OutputSpec, output_spec, part_names
 from corral.planner import choose_reducers, list_inputs, make_splits, pack_bins, task_sizes
 from corral.plugins import get_plugin_manager
+from corral.resume import Resume, code_hash, fingerprint, nothing_to_resume, plan_settings
+from corral.retry import RetryPolicy
 from corral.settings import Settings
 from corral.sidefiles import side_files, work_url
-from corral.split import INPUT_FORMATS
+from corral.split import INPUT_FORMATS, Split
+from corral.tasks import MapSpec, ReduceSpec
+from corral.wave import Attempt, Leftovers, SpeculationPolicy, TaskFailedError, TaskState, Wave
 from corral.worker import job_ref
 
 log = logging.getLogger("corral")
 
-#: Retry backoff: base * 2**(failures-1), capped, with full jitter on the upper half.
-BACKOFF_BASE = 0.1
-BACKOFF_CAP = 30.0
+#: A task runs this long at least before it gets a speculative duplicate (whatever the median).
+SPECULATION_FLOOR_SECONDS = 5.0
+#: How long ``close()`` of an interrupted executor may take before the driver stops waiting for it.
+CLOSE_AFTER_INTERRUPT_SECONDS = 5.0
 
 
-def create_executor(settings: Settings) -> Executor:
-    """Build the executor named by ``settings.backend`` from the plugins' ``corral_executors``."""
+def executor_spec(settings: Settings) -> ExecutorSpec:
+    """The executor named by ``settings.backend`` among the plugins' ``corral_executors``."""
     specs = {spec.name: spec for specs in get_plugin_manager().hook.corral_executors() for spec in specs}
     spec = specs.get(settings.backend)
     if spec is None:
         source = settings.source("backend")
         where = f"from {source}; " if source != "default" else ""
         raise UsageError(f"unknown backend {settings.backend!r} ({where}available: {', '.join(sorted(specs))})")
-    return spec.create(settings)
+    return spec
+
+
+def create_executor(settings: Settings) -> Executor:
+    """Build the executor named by ``settings.backend`` from the plugins' ``corral_executors``."""
+    return executor_spec(settings).create(settings)
 
 
 def parse_job_args(items: Sequence[str]) -> dict[str, str]:
@@ -137,17 +148,15 @@ def _executor_report(executor: Executor) -> dict[str, Any]:
         return {}
 
 
-@dataclass
-class TaskState:
-    task: str
-    make_payload: Callable[[int], dict[str, Any]]
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-    failures: int = 0  # failures that count toward --retries (not throttles)
-    committed: dict[str, Any] | None = None
+#: Splits smaller than SMALL_SPLIT are for small inputs: a plan of more than MAX_SMALL_SPLITS of them is
+#: refused (``--split-size 1`` on a 1 MB file would make a million tasks' worth of splits and manifest).
+SMALL_SPLIT = 64 << 10
+MAX_SMALL_SPLITS = 10_000
 
 
 class Driver:
-    """Runs one job. ``run()`` returns the manifest or raises ``JobFailed`` / ``UsageError``."""
+    """Runs one job. ``run()`` returns the manifest or raises ``JobFailed``, ``UsageError`` or
+    ``Interrupted``."""
 
     def __init__(self, job_class: type[Job], inputs: Sequence[str], out: str, settings: Settings) -> None:
         self.job_class = job_class
@@ -162,6 +171,16 @@ class Driver:
         self.counters: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.started = time.time()
         self.report: dict[str, Any] = {}
+        self.retry = RetryPolicy(settings.retries, self.started + settings.deadline)
+        self.speculation = SpeculationPolicy(settings.speculative, SPECULATION_FLOOR_SECONDS)
+        self.guard = InterruptGuard()
+        self.leftovers = Leftovers(self._leftover_ended)
+        self.journal: Journal | None = None
+        self.lease: Lease | None = None
+        self.resume: Resume | None = None
+        self.replace_old = False  # an earlier run's output is replaced, at the commit (--overwrite)
+        self.committed_here = 0  # tasks this driver committed (journaled)
+        self.speculative = {"attempts": 0, "won": 0}
         self.executor_info: dict[str, Any] = {"name": settings.backend}
         self._running: dict[tuple[str, int], tuple[int, str]] = {}  # (task, attempt) -> (stage, phase)
         self.output = OutputSpec()
@@ -181,53 +200,99 @@ class Driver:
                              f"one of {', '.join(INPUT_FORMATS)}")
         out_fs = get_filesystem(self.out)
         files = list_inputs(self.inputs)  # first: a mistyped input must not cost the previous output
-        for info in files:
-            if info.url.startswith(self.out.rstrip("/") + "/"):
-                raise UsageError(f"input {display(info.url)} is inside the output folder {display(self.out)}")
+        self._refuse_inputs_in_output(files)
+        self._refuse_file_as_output()
+        spec = executor_spec(self.settings)
+        timeout = float(self.settings.lease_timeout)
+        self.lease = Lease(out_fs, self.out, self.run_id, timeout)
+        created = "://" not in self.out and not os.path.exists(self.out)
+        with self.guard:
+            self.lease.acquire()  # also shows that OUT is writable, before anything is planned
+            try:
+                return self._run_leased(job, steps, files, out_fs, spec)
+            finally:
+                self.lease.release()
+                _remove_empty_folder(join(self.out, "_corral"))  # a run refused before it began leaves nothing
+                if created:
+                    _remove_empty_folder(self.out)
+
+    def _run_leased(
+        self, job: Job, steps: list[Step], files: list[FileInfo], out_fs: FileSystem, spec: ExecutorSpec
+    ) -> dict[str, Any]:
+        assert self.lease is not None
+        earlier = self._earlier_run(out_fs)
+        if self.settings.resume:
+            if earlier is None:
+                raise nothing_to_resume(self.out, out_fs.exists(join(self.out, "_SUCCESS")))
+            earlier.check(self._run_record(files))
+            self.resume = earlier
+            self.run_id, self.work = earlier.run_id, earlier.work
+            self.lease.rename(self.run_id)
+            self.replace_old = bool(earlier.run.get("replace_old"))
+            earlier.verify(get_filesystem(self.work), out_fs, self.out)
+            if not self.settings.quiet:
+                print(f"corral: resuming run {self.run_id}: {earlier.reused} of {earlier.planned} tasks already "
+                      "committed", file=sys.stderr)
+        else:
+            if earlier is not None:
+                if not self.settings.overwrite:
+                    raise UsageError(
+                        f"output folder {display(self.out)} holds an unfinished run {earlier.run_id}: continue it "
+                        "with --resume, or start again with --overwrite"
+                    )
+                self._abandon(out_fs, earlier)
+            self.replace_old = self._old_output(out_fs)
         source = make_job_source(self.job_class, self.settings, self.inputs, self.out, self.run_id, job)
         root = work_root(self.out, self.settings)
         self.side_files = [{**f.to_json(), "url": work_url(root, f)} for f in source.files]
-        # the backend checks its settings first: a value it refuses must not cost the previous output
-        executor = create_executor(self.settings)
-        try:
-            self._prepare_output(out_fs)
-        except BaseException:
-            executor.close()
-            raise
+        executor = spec.create(self.settings)
+        self.journal = Journal(out_fs, self.out)
+        if self.resume is not None:
+            self.journal.continue_after(self.resume.objects)
+            self.journal.add({"t": "resumed", "at": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
+                              "reused": self.resume.reused})
+        else:
+            self.journal.add(self._run_record(files))
+        return self._run_job(executor, source, job, steps, files, out_fs)
+
+    def _run_job(
+        self, executor: Executor, source: JobSource, job: Job, steps: list[Step], files: list[FileInfo],
+        out_fs: FileSystem,
+    ) -> dict[str, Any]:
+        assert self.lease is not None and self.journal is not None
+        keeper = Keeper(self.lease, self.journal, self.lease.timeout / 4)
         manifest: dict[str, Any] = {}
         try:
-            try:
-                with executor:
-                    self.concurrency = executor.max_concurrency
-                    executor.deploy(source)
-                    cores, sizing = executor.cores(), executor.sizing()
-                    self.executor_info = {"name": executor.name or self.settings.backend,
-                                          "max_concurrency": self.concurrency, "cores": cores,
-                                          "sizing": sizing.to_json() if sizing else None}
-                    executor.progress = self._task_progress
-                    self.hook.corral_job_started(
-                        event=JobStarted(self._job_name(), len(steps), self.inputs, self.out, self.settings,
-                                         self.run_id, self.executor_info["name"], self.concurrency, cores, sizing)
-                    )
-                    final: list[tuple[str, str]] = []
-                    for index, step in enumerate(steps):
-                        last = index == len(steps) - 1
-                        files, final = self._run_stage(executor, job, index, step, files, last)
-            finally:  # what the executor measured over the run (e.g. cost), failed or not
-                self.report = _executor_report(executor)
-            out_fs.move_many([(src, join(self.out, name)) for src, name in final])
+            final = self._run_stages(executor, source, job, steps, files, keeper)
+            self.lease.check()  # nothing goes into OUT unless this run still holds it
+            self._commit(out_fs, final)
             manifest = self._manifest("succeeded", None)
-            self._write_manifest(out_fs, manifest)
+            self._write_manifest(out_fs, "manifest.json", manifest)
             out_fs.write_bytes(join(self.out, "_SUCCESS"), b"")
-        except Exception as exc:  # whatever stopped the job is recorded; no _SUCCESS is written
+            keeper.stop()
+            self._clean_up(success=True)
+        except LeaseLostError as exc:  # OUT is another run's now: write nothing more there
+            keeper.stop()
+            self.journal.enabled = False
             manifest = self._manifest("failed", str(exc))
-            self._write_manifest(out_fs, manifest)
+            raise JobFailed(str(exc)) from None
+        except BaseException as exc:  # whatever stopped the job is recorded; no _SUCCESS is written
+            keeper.stop()
+            self._flush_journal()
+            interrupted = isinstance(exc, Interrupted)
+            status = "interrupted" if interrupted else "failed"
+            error = f"interrupted by {exc}" if interrupted else str(exc)
+            manifest = self._manifest(status, error)
+            refused = isinstance(exc, UsageError) and not self.committed_here and self.resume is None
+            if not refused:  # a usage error before any task ran leaves nothing behind (as if it never began)
+                self._write_manifest(out_fs, "manifest.unfinished.json" if self.replace_old else "manifest.json",
+                                     manifest)
+            resumable = self._clean_up(success=False)
+            if interrupted:
+                exc.resumable = resumable  # type: ignore[attr-defined]
             raise
         finally:
-            if not self.settings.keep_intermediate:
-                get_filesystem(self.work).remove(self.work, recursive=True)
-                if not self.settings.work_dir:
-                    out_fs.remove(join(self.out, "_corral", "work"), recursive=True)
+            keeper.stop()
             self.hook.corral_job_finished(
                 event=JobFinished(
                     ok=manifest.get("status") == "succeeded",
@@ -241,230 +306,297 @@ class Driver:
             )
         return manifest
 
+    def _run_stages(
+        self, executor: Executor, source: JobSource, job: Job, steps: list[Step], files: list[FileInfo],
+        keeper: Keeper,
+    ) -> list[tuple[str, str]]:
+        """Every stage on ``executor``, closed on the way out; the final (attempt output, part name) moves."""
+        final: list[tuple[str, str]] = []
+        stopping = False
+        try:
+            self.concurrency = executor.max_concurrency
+            executor.deploy(source)
+            keeper.start()  # after the executor started its workers (forked while single-threaded)
+            cores, sizing = executor.cores(), executor.sizing()
+            self.executor_info = {"name": executor.name or self.settings.backend,
+                                  "max_concurrency": self.concurrency, "cores": cores,
+                                  "sizing": sizing.to_json() if sizing else None}
+            executor.progress = self._task_progress
+            self.hook.corral_job_started(
+                event=JobStarted(self._job_name(), len(steps), self.inputs, self.out, self.settings,
+                                 self.run_id, self.executor_info["name"], self.concurrency, cores, sizing)
+            )
+            for index, step in enumerate(steps):
+                files, final = self._run_stage(executor, job, index, step, files, index == len(steps) - 1)
+        except BaseException:
+            stopping = True
+            _cancel_all(executor)
+            self._flush_journal()
+            raise
+        finally:
+            if self.leftovers and not stopping:  # speculative attempts that lost and still run
+                _cancel_all(executor)
+            _close(executor, bounded=stopping)
+            self.leftovers.wait(timeout=1.0)
+            self.report = _executor_report(executor)  # what the executor measured (e.g. cost), failed or not
+        return final
+
     def _job_name(self) -> str:
         return f"{self.job_class.__module__}:{self.job_class.__qualname__}"
 
-    def _prepare_output(self, out_fs: Any) -> None:
-        if not out_fs.exists(self.out):
-            return
+    # --- before anything is written ----------------------------------------------------------------
+    def _refuse_inputs_in_output(self, files: list[FileInfo]) -> None:
+        """An input that is the output folder, or inside it, seen through any spelling or symlink, is
+        refused before anything is written or deleted (``--overwrite`` would delete it)."""
+        out = canonical(self.out)
+        plain_out = os.path.abspath(self.out) if "://" not in self.out else self.out
+        for url in [*(_absolute(i) for i in self.inputs), *(f.url for f in files)]:
+            real = canonical(url)
+            if real != out and not real.startswith(out.rstrip("/") + "/"):
+                continue
+            where = "the output folder" if real == out else "inside the output folder"
+            plain = os.path.abspath(url) if "://" not in url else url
+            spelled = plain == plain_out or plain.startswith(plain_out.rstrip("/") + "/")
+            via = "" if spelled else f" (both resolve to {display(out)})"
+            raise UsageError(f"input {display(url)} is {where} {display(self.out)}{via}")
+
+    def _refuse_file_as_output(self) -> None:
+        if "://" not in self.out and os.path.isfile(self.out):
+            raise UsageError(f"--out {display(self.out)} is a file: corral writes a folder of part files there "
+                             "(choose another --out)")
+
+    def _earlier_run(self, out_fs: FileSystem) -> Resume | None:
+        """The unfinished run journaled in OUT, if any (a finished run's leftover journal is ignored)."""
+        found = read_journal(out_fs, self.out)
+        earlier = Resume.from_records(*found) if found else None
+        if earlier is not None and out_fs.exists(join(self.out, "_SUCCESS")):
+            try:
+                manifest = json.loads(out_fs.read_bytes(join(self.out, "_corral", "manifest.json")))
+            except (OSError, ValueError):
+                manifest = {}
+            if manifest.get("run_id") == earlier.run_id:  # it ended just before removing its journal
+                return None
+        return earlier
+
+    def _abandon(self, out_fs: FileSystem, earlier: Resume) -> None:
+        """``--overwrite`` of an unfinished run: its journal and working data go (not its output)."""
+        log.info("discarding the unfinished run %s (--overwrite)", earlier.run_id)
+        get_filesystem(earlier.work).remove(earlier.work, recursive=True)
+        Journal(out_fs, self.out).remove()
+
+    def _old_output(self, out_fs: FileSystem) -> bool:
+        """Whether OUT holds an earlier run's output (replaced only at the commit, with --overwrite)."""
         try:
             existing = out_fs.expand(self.out)
         except FileNotFoundError:
             existing = []
-        leftovers = existing or out_fs.exists(join(self.out, "_SUCCESS"))
-        if leftovers:
-            if not self.settings.overwrite:
-                raise UsageError(
-                    f"output folder {display(self.out)} already holds output (use --overwrite to replace it)"
-                )
-            out_fs.remove(self.out, recursive=True)
-        else:
-            out_fs.remove(join(self.out, "_SUCCESS"))
+        if not existing and not out_fs.exists(join(self.out, "_SUCCESS")):
+            return False
+        if not self.settings.overwrite:
+            raise UsageError(f"output folder {display(self.out)} already holds output (use --overwrite to replace it)")
+        return True
+
+    def _run_record(self, files: list[FileInfo]) -> dict[str, Any]:
+        ref = job_ref(self.job_class)
+        return {
+            "t": "run", "v": 1, "run_id": self.run_id, "job": self._job_name(), "job_ref": ref,
+            "code": code_hash(ref.get("path")), "inputs": self.inputs, "fingerprint": fingerprint(files),
+            "settings": plan_settings(self.settings), "out": self.out, "work": self.work,
+            "replace_old": self.replace_old, "started": self.started, "host": socket.gethostname(),
+            "pid": os.getpid(), "corral_version": __version__,
+        }
 
     # --- one stage ------------------------------------------------------------------------------
     def _run_stage(
         self, executor: Executor, job: Job, index: int, step: Step, files: list[FileInfo], last: bool
     ) -> tuple[list[FileInfo], list[tuple[str, str]]]:
+        plan = self._plan(index, step, files)
+        partitions = plan["reduce_tasks"]
+        record = {k: plan[k] for k in ("stage", "map_tasks", "reduce_tasks", "split_size", "input_bytes", "plan")}
+        record["tasks"] = {}
+        self.stages.append(record)
+        stage_dir = join(self.work, f"stage-{index}")
+        base: dict[str, Any] = {"job": job_ref(self.job_class), "args": self.args, "stage": index,
+                                "memory_budget": self.settings.memory_budget, "files": tuple(self.side_files)}
+        final_spec = self.output.to_json() if last else None  # how the last stage writes its part files
+        map_kind = "shuffle" if partitions else ("text" if last else "records")
+        map_suffix = {"shuffle": ".bin", "records": ".rec", "text": ""}[map_kind]
+        split_kind = "text" if index == 0 else "records"
+        maps = [
+            self._task(index, MapSpec(
+                **base, task=(name := f"map-{j:04d}"), attempt=1, output=self._output(stage_dir, name, 1, map_suffix),
+                output_kind=map_kind, splits=tuple(Split(u, s, e, split_kind) for u, s, e in splits),
+                partitions=partitions, input_format=type(job).input_format, input_errors=type(job).input_errors,
+                input_header=bool(type(job).input_header), output_spec=None if partitions else final_spec,
+            ))
+            for j, splits in enumerate(plan["plan"])
+        ]
+        self._run_wave(executor, index, "map", maps, record, stage_dir, map_suffix)
+        outputs = maps
+        if partitions:
+            reduce_kind, reduce_suffix = ("text", "") if last else ("records", ".rec")
+            outputs = [
+                self._task(index, ReduceSpec(
+                    **base, task=(name := f"reduce-{r:04d}"), attempt=1,
+                    output=self._output(stage_dir, name, 1, reduce_suffix), output_kind=reduce_kind, partition=r,
+                    sources=tuple((m.committed["output"], *m.committed["index"][r]) for m in maps),  # type: ignore[index]
+                    output_spec=final_spec,
+                ))
+                for r in range(partitions)
+            ]
+            self._run_wave(executor, index, "reduce", outputs, record, stage_dir, reduce_suffix)
+        record["intermediate_objects"] = len(maps) if partitions else 0
+        results: list[dict[str, Any]] = [t.committed for t in outputs]  # type: ignore[misc]
+        if last:
+            return [], self._final_names(results)
+        return [FileInfo(o["output"], o["bytes_out"]) for o in results], []
+
+    def _plan(self, index: int, step: Step, files: list[FileInfo]) -> dict[str, Any]:
+        """Stage ``index``'s splits per map task and its reduce partitions: journaled, or made and journaled."""
+        journaled = self.resume.plan(index) if self.resume else None
+        if journaled is not None:
+            return journaled
         settings = self.settings
-        kind = "text" if index == 0 else "records"
         total = sum(f.size for f in files)
         split_size, bin_size = task_sizes(
             total, settings.split_size, settings.map_bin_size, settings.explicit, self.concurrency
         )
-        whole_files = kind == "text" and type(job).input_format == "csv"
-        bins = pack_bins(make_splits(files, split_size, kind, whole_files), bin_size)
-        map_only = step.reduce is None
-        partitions = 0 if map_only else (step.reducers or choose_reducers(
+        kind = "text" if index == 0 else "records"
+        whole_files = kind == "text" and self.job_class.input_format == "csv"  # quoted fields may hold newlines
+        splits = make_splits(files, split_size, kind, whole_files)
+        if split_size < SMALL_SPLIT and len(splits) > MAX_SMALL_SPLITS:
+            raise UsageError(
+                f"invalid value for --split-size: {split_size} bytes would cut the {total} bytes of input into "
+                f"{len(splits)} splits; splits under 64KB are allowed up to {MAX_SMALL_SPLITS} (use --split-size "
+                "64KB or more)"
+            )
+        bins = pack_bins(splits, bin_size)
+        partitions = 0 if step.reduce is None else (step.reducers or choose_reducers(
             total, len(bins), settings.reducers, settings.reduce_bin_size,
             "reduce_bin_size" in settings.explicit, self.concurrency,
         ))
-        stage_dir = join(self.work, f"stage-{index}")
-        map_output_kind = "shuffle" if not map_only else ("text" if last else "records")
-        record: dict[str, Any] = {
-            "stage": index,
-            "map_tasks": len(bins),
-            "reduce_tasks": partitions,
-            "split_size": split_size,
-            "input_bytes": total,
+        plan = {
+            "t": "stage", "stage": index, "map_tasks": len(bins), "reduce_tasks": partitions,
+            "split_size": split_size, "input_bytes": total,
             "plan": [[[s.url, s.start, s.end] for s in b] for b in bins],
-            "tasks": {},
         }
-        self.stages.append(record)
-        final = {"output_spec": self.output.to_json()} if last else {}
-        base = {
-            "job": job_ref(self.job_class),
-            "args": self.args,
-            "stage": index,
-            "memory_budget": settings.memory_budget,
-            "files": self.side_files,
-        }
+        assert self.journal is not None
+        self.journal.add(plan)
+        self._flush_journal()
+        return plan
 
-        def map_payload(task: str, splits: list, attempt: int) -> dict[str, Any]:
-            suffix = {"shuffle": ".bin", "records": ".rec", "text": ""}[map_output_kind]
-            name = f"{task}.a{attempt}-{secrets.token_hex(3)}{suffix}"
-            return {
-                **base,
-                "kind": "map",
-                "task": task,
-                "attempt": attempt,
-                "splits": [s.to_json() for s in splits],
-                "partitions": partitions,
-                "output": join(stage_dir, name),
-                "output_kind": map_output_kind,
-                "input_format": type(job).input_format,
-                "input_errors": type(job).input_errors,
-                "input_header": bool(type(job).input_header),
-                **(final if map_only else {}),
-            }
+    def _task(self, stage: int, spec: MapSpec | ReduceSpec) -> TaskState:
+        """A task's state: committed already if an earlier driver of this run committed it (--resume)."""
+        state = TaskState(spec.task, spec)
+        commit = self.resume.commit(stage, spec.task) if self.resume else None
+        if commit is not None:
+            state.committed = commit["result"]
+            state.reused = True
+            state.attempts.append({"attempt": commit["attempt"], "output": commit["output"], "status": "committed",
+                                   "reused": True, "stats": commit.get("stats") or {}})
+        return state
 
-        map_tasks = [
-            TaskState(f"map-{j:04d}", partial(map_payload, f"map-{j:04d}", b))
-            for j, b in enumerate(bins)
+    @staticmethod
+    def _output(stage_dir: str, task: str, attempt: int, suffix: str) -> str:
+        """An attempt's own output name: attempts of a task never share one (nor do earlier drivers')."""
+        return join(stage_dir, f"{task}.a{attempt}-{secrets.token_hex(3)}{suffix}")
+
+    def _final_names(self, results: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        """(committed part file, final name in OUT) for the last stage's outputs: ``part-00003.csv.gz``, or
+        with --max-records-per-file ``part-00003-00000.csv.gz``…"""
+        return [
+            (url, name)
+            for n, o in enumerate(results)
+            for url, name in zip(o["parts"], part_names(n, len(o["parts"]), self.output), strict=True)
         ]
-        self._run_wave(executor, index, "map", map_tasks, record)
-        if map_only:
-            outputs = [t.committed for t in map_tasks]
-        else:
-            reduce_kind = "text" if last else "records"
 
-            def reduce_payload(r: int, attempt: int) -> dict[str, Any]:
-                task = f"reduce-{r:04d}"
-                suffix = "" if last else ".rec"
-                return {
-                    **base,
-                    "kind": "reduce",
-                    "task": task,
-                    "attempt": attempt,
-                    "partition": r,
-                    "sources": [
-                        [t.committed["output"], *t.committed["index"][r]] for t in map_tasks  # type: ignore[index]
-                    ],
-                    "output": join(stage_dir, f"{task}.a{attempt}-{secrets.token_hex(3)}{suffix}"),
-                    "output_kind": reduce_kind,
-                    **final,
-                }
-
-            reduce_tasks = [
-                TaskState(f"reduce-{r:04d}", partial(reduce_payload, r))
-                for r in range(partitions)
-            ]
-            self._run_wave(executor, index, "reduce", reduce_tasks, record)
-            outputs = [t.committed for t in reduce_tasks]
-        assert all(outputs)
-        record["intermediate_objects"] = 0 if map_only else len(map_tasks)
-        if last:
-            return [], [
-                (url, name)
-                for n, o in enumerate(outputs)
-                for url, name in zip(o["parts"], part_names(n, len(o["parts"]), self.output), strict=True)  # type: ignore[index]
-            ]
-        return [FileInfo(o["output"], o["bytes_out"]) for o in outputs], []  # type: ignore[index]
-
-    # --- a wave of tasks, with retries ----------------------------------------------------------
+    # --- a wave of tasks ------------------------------------------------------------------------
     def _run_wave(
-        self, executor: Executor, stage: int, phase: str, tasks: list[TaskState], record: dict[str, Any]
+        self, executor: Executor, stage: int, phase: str, tasks: list[TaskState], record: dict[str, Any],
+        stage_dir: str, suffix: str,
     ) -> None:
         started = time.time()
         self.hook.corral_phase_started(event=PhaseStarted(stage, phase, len(tasks), self.settings))
-        ready: list[TaskState] = list(reversed(tasks))
-        delayed: list[tuple[float, int, TaskState]] = []  # (due time, tie-breaker, task)
-        running: dict[Future[Outcome], tuple[TaskState, dict[str, Any]]] = {}
-        limit = executor.max_concurrency
+        wave = Wave(
+            executor, tasks,
+            output_for=lambda state, attempt: self._output(stage_dir, state.name, attempt, suffix),
+            on_start=lambda attempt: self._attempt_started(stage, phase, attempt),
+            on_end=lambda attempt, outcome, committed, will_retry: self._attempt_ended(
+                stage, phase, attempt, outcome, committed, will_retry),
+            retry=self.retry, speculation=self.speculation, leftovers=self.leftovers, check=self._check,
+        )
+        self.guard.polling = True
         try:
-            while ready or delayed or running:
-                now = time.monotonic()
-                while delayed and delayed[0][0] <= now:
-                    ready.append(heapq.heappop(delayed)[2])
-                while ready and len(running) < limit:
-                    state = ready.pop()
-                    payload = state.make_payload(len(state.attempts) + 1)
-                    state.attempts.append({"attempt": payload["attempt"], "output": payload["output"],
-                                           "start": round(time.time() - self.started, 3)})
-                    self._running[(state.task, payload["attempt"])] = (stage, phase)
-                    self.hook.corral_task_started(
-                        event=TaskStarted(stage, phase, state.task, payload["attempt"], self.settings))
-                    running[executor.submit(payload)] = (state, payload)
-                timeout = max(0.0, delayed[0][0] - time.monotonic()) if delayed else None
-                if not running:
-                    time.sleep(timeout or 0)
-                    continue
-                done, _ = wait(running, timeout=timeout, return_when=FIRST_COMPLETED)
-                for future in done:
-                    state, payload = running.pop(future)
-                    self._finish_attempt(stage, phase, state, payload, future.result(), delayed)
+            wave.run()
+        except TaskFailedError as exc:
+            raise JobFailed(self._failure_message(stage, exc)) from None
         finally:  # a failed job's manifest shows its attempts too (failure kinds, measurements)
+            self.guard.polling = False
             for state in tasks:
                 if state.attempts:
-                    record["tasks"][state.task] = {
-                        "phase": phase,
-                        "committed_attempt": state.committed["attempt"] if state.committed else None,
-                        "attempts": state.attempts,
+                    record["tasks"][state.name] = {
+                        "phase": phase, "committed_attempt": state.committed_attempt,
+                        **({"reused": True} if state.reused else {}), "attempts": state.attempts,
                     }
+            record.setdefault("phases", {})[phase] = {
+                "seconds": round(time.time() - started, 3),
+                "speculative_attempts": wave.speculative, "speculative_won": wave.speculative_won,
+            }
+            self.speculative["attempts"] += wave.speculative
+            self.speculative["won"] += wave.speculative_won
+        self.guard.check()  # a signal that came as the last attempt ended
         for state in tasks:
             self._add_counters(state.committed)
+        self._flush_journal()
         self.hook.corral_phase_finished(
             event=PhaseFinished(stage, phase, len(tasks), time.time() - started, self.settings)
         )
 
-    def _finish_attempt(
-        self,
-        stage: int,
-        phase: str,
-        state: TaskState,
-        payload: dict[str, Any],
-        outcome: Outcome,
-        delayed: list[tuple[float, int, TaskState]],
+    def _check(self) -> None:
+        """Called while a wave waits: stop on a signal, or once another run took the lease over."""
+        self.guard.check()
+        assert self.lease is not None
+        if self.lease.lost is not None:
+            self.lease.check()
+
+    def _attempt_started(self, stage: int, phase: str, attempt: Attempt) -> None:
+        attempt.entry["start"] = round(time.time() - self.started, 3)
+        self._running[(attempt.state.name, attempt.entry["attempt"])] = (stage, phase)
+        self.hook.corral_task_started(
+            event=TaskStarted(stage, phase, attempt.state.name, attempt.entry["attempt"], self.settings))
+
+    def _attempt_ended(
+        self, stage: int, phase: str, attempt: Attempt, outcome: Outcome, committed: bool, will_retry: bool
     ) -> None:
-        attempt = payload["attempt"]
-        entry = state.attempts[attempt - 1]
-        entry["end"] = round(time.time() - self.started, 3)
-        entry["stats"] = outcome.stats
-        self._running.pop((state.task, attempt), None)
-        committed = will_retry = False
-        if outcome.ok and state.committed is None:
-            state.committed = outcome.result
-            entry["status"] = "committed"
-            committed = True
-        else:
-            entry["status"] = "discarded" if outcome.ok else "failed"
-            self._discard(payload["output"])
-        if not outcome.ok:
-            failure = outcome.failure
-            assert failure is not None
-            entry["failure"] = {"kind": failure.kind, "message": failure.describe(), "traceback": failure.traceback}
-            if failure.kind != THROTTLED:
-                state.failures += 1
-            # throttling never counts toward --retries, but cannot outlast the job's --deadline
-            out_of_time = failure.kind == THROTTLED and time.time() - self.started >= self.settings.deadline
-            # bad input fails the same way every time: retrying it only delays the message
-            if state.failures > self.settings.retries or failure.kind == INPUT_ERROR or out_of_time:
-                self.hook.corral_task_finished(
-                    event=TaskFinished(stage, phase, state.task, attempt, outcome, False, False, self.settings)
-                )
-                self._fail(stage, state, attempt, failure)
-            delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, state.failures - 1)) * (0.5 + random.random() / 2)
-            log.info(
-                "retrying %s (attempt %d %s: %s) in %.2f s",
-                state.task, attempt, failure.kind, failure.describe(), delay,
-            )
-            heapq.heappush(delayed, (time.monotonic() + delay, id(state), state))
-            will_retry = True
-        self.hook.corral_task_finished(
-            event=TaskFinished(stage, phase, state.task, attempt, outcome, committed, will_retry, self.settings)
-        )
+        attempt.entry["end"] = round(time.time() - self.started, 3)
+        self._running.pop((attempt.state.name, attempt.entry["attempt"]), None)
+        if committed:
+            self.committed_here += 1
+            assert self.journal is not None
+            self.journal.add({
+                "t": "commit", "stage": stage, "phase": phase, "task": attempt.state.name,
+                "attempt": attempt.entry["attempt"], "output": attempt.spec.output, "result": outcome.result,
+                "stats": outcome.stats,
+            })
+        self.hook.corral_task_finished(event=TaskFinished(
+            stage, phase, attempt.state.name, attempt.entry["attempt"], outcome, committed, will_retry,
+            self.settings, speculative=bool(attempt.entry.get("speculative")),
+        ))
 
-    def _fail(self, stage: int, state: TaskState, attempt: int, failure: Any) -> None:
+    def _leftover_ended(self, attempt: Attempt, outcome: Outcome) -> None:
+        attempt.entry["end"] = round(time.time() - self.started, 3)
+        self._running.pop((attempt.state.name, attempt.entry["attempt"]), None)
+        self.hook.corral_task_finished(event=TaskFinished(
+            attempt.spec.stage, attempt.spec.kind, attempt.state.name, attempt.entry["attempt"], outcome, False,
+            False, self.settings, speculative=bool(attempt.entry.get("speculative")),
+        ))
+
+    def _failure_message(self, stage: int, exc: TaskFailedError) -> str:
         where = f"stage {stage + 1} " if len(self.stages) > 1 or stage else ""
-        message = f"{where}task {state.task} attempt {attempt}: {failure.describe()}"
-        if failure.traceback:
-            message += "\n" + failure.traceback.rstrip()
-        raise JobFailed(message)
-
-    def _discard(self, url: str) -> None:
-        try:
-            get_filesystem(url).remove(url, recursive=True)  # a final task's output may be a folder of parts
-        except OSError as exc:  # leftovers are harmless: nothing reads an uncommitted attempt
-            log.debug("could not remove %s: %s", url, exc)
+        message = f"{where}task {exc.state.name} attempt {exc.attempt}: {exc.failure.describe()}"
+        if exc.failure.traceback:
+            message += "\n" + exc.failure.traceback.rstrip()
+        return message
 
     def _task_progress(self, report: dict[str, Any]) -> None:
         """``executor.progress``: a running attempt's counter deltas, passed on to the observers."""
@@ -476,6 +608,57 @@ class Driver:
             [(str(g), str(n), int(a)) for g, n, a in report.get("counters", ())],
             float(report.get("cpu_seconds") or 0.0), self.settings,
         ))
+
+    # --- the commit -----------------------------------------------------------------------------
+    def _commit(self, out_fs: FileSystem, final: list[tuple[str, str]]) -> None:
+        """Move the committed outputs into OUT (replacing an earlier run's output, --overwrite) so that
+        a driver stopped half-way through can finish it on --resume."""
+        moves = [(src, join(self.out, name)) for src, name in final]
+        assert self.journal is not None
+        self.journal.add({"t": "final", "moves": moves})
+        self._flush_journal()
+        out_fs.remove(join(self.out, "_SUCCESS"))
+        if self.replace_old:
+            keep = {dst for _, dst in moves}
+            try:
+                old = out_fs.expand(self.out)
+            except FileNotFoundError:
+                old = []
+            for info in old:
+                if info.url not in keep:
+                    out_fs.remove(info.url)
+        if self.resume is not None and self.resume.final is not None:  # some were moved by the earlier driver
+            moves = [(src, dst) for src, dst in moves if out_fs.exists(src) or not out_fs.exists(dst)]
+        self._move_outputs(out_fs, moves)
+
+    def _move_outputs(self, out_fs: FileSystem, moves: list[tuple[str, str]]) -> None:
+        out_fs.move_many(moves)
+
+    def _clean_up(self, success: bool) -> bool:
+        """Remove what this run no longer needs; return whether it can be resumed (work and journal kept)."""
+        assert self.journal is not None
+        resumable = not success and (self.committed_here > 0 or self.resume is not None)
+        if not resumable:
+            try:
+                self.journal.remove()
+            except OSError as exc:
+                log.warning("could not remove the journal: %s", exc)
+            if not self.settings.keep_intermediate:
+                try:
+                    get_filesystem(self.work).remove(self.work, recursive=True)
+                except OSError as exc:
+                    log.warning("could not remove the working folder %s: %s", display(self.work), exc)
+                if not self.settings.work_dir:  # the shared working root, if no other run uses it
+                    _remove_empty_folder(join(self.out, "_corral", "work"))
+        return resumable
+
+    def _flush_journal(self) -> None:
+        if self.journal is None:
+            return
+        try:
+            self.journal.flush()
+        except OSError as exc:  # the job goes on; only --resume would lose what was not written
+            log.warning("could not write the journal: %s", exc)
 
     # --- counters and manifest ------------------------------------------------------------------
     def _add_counters(self, result: dict[str, Any] | None) -> None:
@@ -498,8 +681,10 @@ class Driver:
             "out": self.out,
             "backend": self.settings.backend,
             "output": self.output.to_json(),
-            "settings": self.settings.to_json(),
+            "settings": redacted_settings(self.settings),
             "counters": self._plain_counters(),
+            "speculative": dict(self.speculative),
+            **({"resumed": {"reused_tasks": self.resume.reused}} if self.resume else {}),
             "stages": self.stages,
             "executor": self.executor_info,
             **({"report": self.report} if self.report else {}),
@@ -515,8 +700,66 @@ class Driver:
             log.warning("advice about the run failed: %s: %s", type(exc).__name__, exc)
             return []
 
-    def _write_manifest(self, out_fs: Any, manifest: dict[str, Any]) -> None:
-        out_fs.write_bytes(
-            join(self.out, "_corral", "manifest.json"),
-            json.dumps(manifest, indent=1, default=str).encode("utf-8"),
-        )
+    def _write_manifest(self, out_fs: FileSystem, name: str, manifest: dict[str, Any]) -> None:
+        """The manifest, readable by its owner only where the store has file modes (it holds --arg values)."""
+        url = join(self.out, "_corral", name)
+        data = json.dumps(manifest, indent=1, default=str).encode("utf-8")
+        if "://" in url:
+            out_fs.write_bytes(url, data)
+            return
+        os.makedirs(os.path.dirname(url), exist_ok=True)
+        temp = f"{url}.{secrets.token_hex(3)}.tmp"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(temp, url)
+
+
+def redacted_settings(settings: Settings) -> dict[str, Any]:
+    """The settings as JSON, with the values of secret options (``--environment``) replaced by
+    ``<redacted>`` and their names kept."""
+    from corral.config import all_options
+
+    data = settings.to_json()
+    for option in all_options():
+        if not getattr(option, "secret", False) or data.get(option.dest) is None:
+            continue
+        value = data[option.dest]
+        if isinstance(value, dict):
+            data[option.dest] = {k: "<redacted>" for k in value}
+        elif isinstance(value, list):
+            data[option.dest] = [f"{str(v).partition('=')[0]}=<redacted>" for v in value]
+        else:
+            data[option.dest] = "<redacted>"
+    return data
+
+
+def _cancel_all(executor: Executor) -> None:
+    try:
+        executor.cancel_all()
+    except Exception as exc:
+        log.warning("the %s executor could not cancel its attempts: %s", executor.name or "", exc)
+
+
+def _close(executor: Executor, bounded: bool) -> None:
+    """Close ``executor``; after an interrupt or a failure, wait for it a few seconds at most (a task in
+    a thread cannot be stopped, only asked to stop)."""
+    if not bounded:
+        executor.close()
+        return
+    closing = threading.Thread(target=executor.close, name="corral-close", daemon=True)
+    closing.start()
+    closing.join(CLOSE_AFTER_INTERRUPT_SECONDS)
+    if closing.is_alive():
+        log.warning("tasks still running after %.0f s; not waiting for them", CLOSE_AFTER_INTERRUPT_SECONDS)
+
+
+def _remove_empty_folder(path: str) -> None:
+    if "://" in path:
+        return  # object stores have no folders: an empty prefix does not exist
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass  # not empty (another run's working folder), or gone

@@ -66,6 +66,7 @@ class TaskFinished:
     committed: bool  # this attempt's output is the task's committed output
     will_retry: bool
     settings: Settings
+    speculative: bool = False  # a duplicate attempt the driver started for a straggler
 
 
 @dataclass(frozen=True)

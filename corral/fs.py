@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO
 
 from corral.errors import UsageError
@@ -39,6 +41,8 @@ def display(url: str) -> str:
 class FileInfo:
     url: str
     size: int
+    #: what changes when the file does, where the store says: its ETag, generation or mtime
+    version: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,54 @@ class FileSystem(ABC):
     def read_bytes(self, url: str) -> bytes:
         with self.open(url, "rb") as f:
             return f.read()
+
+    def canonical(self, url: str) -> str:
+        """``url`` in one spelling, to compare locations (the input against the output): here without
+        repeated or trailing slashes; a local path is resolved (``..``, symlinks)."""
+        protocol, sep, path = url.partition("://")
+        if not sep:
+            return os.path.realpath(url)
+        return f"{protocol}://{'/'.join(p for p in path.split('/') if p)}"
+
+    # --- the driver's small files in OUT/_corral (the journal, the lease) ------------------------
+    def append(self, url: str, data: bytes) -> bool:
+        """Append ``data`` to ``url`` (created if missing) and flush it to stable storage. False where
+        the store cannot append (object stores), and the caller writes new objects instead."""
+        return False
+
+    def create_new(self, url: str, data: bytes) -> bool:
+        """Write ``data`` to ``url`` only if nothing is there; False if something is.
+
+        Atomic where the store has conditional writes; this default is a check then a write."""
+        if self.exists(url):
+            return False
+        self.write_bytes(url, data)
+        return True
+
+    def read_versioned(self, url: str) -> tuple[bytes, str] | None:
+        """``url``'s content and a token that changes with every write, or None if it does not exist."""
+        try:
+            data = self.read_bytes(url)
+        except FileNotFoundError:
+            return None
+        return data, hashlib.sha256(data).hexdigest()
+
+    def replace_if(self, url: str, data: bytes, version: str) -> bool:
+        """Replace ``url`` with ``data`` if its version (``read_versioned``) is still ``version``; False if
+        it changed or is gone. Atomic where the store has conditional writes; this default is a check
+        then a write."""
+        current = self.read_versioned(url)
+        if current is None or current[1] != version:
+            return False
+        self.write_bytes(url, data)
+        return True
+
+
+def canonical(url: str) -> str:
+    """``url`` in one spelling, as its FileSystem compares locations (``FileSystem.canonical``)."""
+    if "://" not in url:
+        return os.path.realpath(url)
+    return get_filesystem(url).canonical(url)
 
 
 def join(base: str, *parts: str) -> str:

@@ -27,7 +27,10 @@ def parse_size(text: str | int) -> int:
         match = _SIZE.match(str(text))
         if not match:
             raise ValueError(f"{text!r} is not a size like 64MB")
-        value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+        number, unit = match.group(1), match.group(2).lower()
+        if not unit and "." in number:
+            raise ValueError(f"{text!r} is not a whole number of bytes (write 1.5KB, 1.5MB…)")
+        value = round(float(number) * _UNITS[unit])
     if value <= 0:
         raise ValueError(f"{text!r} must be larger than 0 bytes")
     return value
@@ -86,9 +89,10 @@ class Option(Generic[T]):
     default: T
     help: str
     metavar: str | None = None
-    switch: bool = False  # a flag that takes no value (--quiet)
+    switch: bool = False  # a flag that takes no value (--quiet); with a True default, also --no-NAME
     short: str | None = None  # e.g. "-v"
     repeat: bool = False  # may be given several times; the value is a list
+    secret: bool = False  # its values are redacted in the manifest (names of KEY=VALUE items kept)
 
     @property
     def dest(self) -> str:

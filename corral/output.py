@@ -17,6 +17,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from itertools import chain, islice
+from json.encoder import encode_basestring
 from typing import IO, TYPE_CHECKING, Any
 
 import msgpack
@@ -35,6 +36,7 @@ COMPRESSIONS = ("none", "gzip", "zstd")
 FORMAT_SUFFIXES = {"text": "", "value": "", "csv": ".csv", "jsonl": ".jsonl"}
 COMPRESSION_SUFFIXES = {"none": "", "gzip": ".gz", "zstd": ".zst"}
 _STR_KEY = frozenset({str})
+_INT = frozenset({int})
 _TEXT_FAST_VALUES = frozenset({str, int})  # formatted by an f-string exactly as JSON would
 _CSV_FAST_VALUES = frozenset({str, int, float, type(None)})  # the csv module writes these as corral would
 #: Pairs checked and written together: big enough that the checks run in C, small enough to stay cheap.
@@ -172,10 +174,16 @@ def value_format(header: tuple[str, ...] | None = None) -> Encoder:
 
 
 def jsonl_format(header: tuple[str, ...] | None = None) -> Encoder:
-    """``{"key": …, "value": …}`` per line, UTF-8 (no ASCII escapes)."""
+    """``{"key": …, "value": …}`` per line, UTF-8 (no ASCII escapes). str keys with str or int values
+    (most output) are escaped by the C function JSONEncoder itself uses for strings, 3x faster."""
     dumps = _json_encoder()
+    quote = encode_basestring
 
     def encode(pairs: list[tuple[Any, Any]], key_types: set[type], value_types: set[type]) -> str:
+        if key_types == _STR_KEY and value_types <= _INT:
+            return "".join([f'{{"key": {quote(key)}, "value": {value}}}\n' for key, value in pairs])
+        if key_types == _STR_KEY and value_types <= _STR_KEY:
+            return "".join([f'{{"key": {quote(key)}, "value": {quote(value)}}}\n' for key, value in pairs])
         return "".join([f'{{"key": {dumps(key)}, "value": {dumps(value)}}}\n' for key, value in pairs])
 
     return encode

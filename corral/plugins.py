@@ -23,6 +23,7 @@ DEFAULT_PLUGINS = (
     "corral.executors.local",
     "corral.progress",
     "corral.advice",
+    "corral.ui.plugin",
 )
 
 CORE_DISTRIBUTION = "corral-mapreduce"

@@ -9,6 +9,7 @@ from corral.events import JobFinished, PhaseFinished, PhaseStarted, TaskFinished
 from corral.hookspecs import hookimpl
 
 _bars: dict[tuple[int, str], Any] = {}
+_speculative: dict[tuple[int, str], list[int]] = {}  # [speculative attempts ended, of which won]
 
 
 @hookimpl
@@ -25,13 +26,21 @@ def corral_phase_started(event: PhaseStarted) -> None:
 @hookimpl
 def corral_task_finished(event: TaskFinished) -> None:
     bar = _bars.get((event.stage, event.phase))
-    if bar is not None and event.committed:
+    if bar is None:
+        return
+    if event.speculative:
+        counts = _speculative.setdefault((event.stage, event.phase), [0, 0])
+        counts[0] += 1
+        counts[1] += event.committed
+        bar.set_postfix_str(f"{counts[0]} speculative, {counts[1]} won", refresh=False)
+    if event.committed:
         bar.update(1)
 
 
 @hookimpl
 def corral_phase_finished(event: PhaseFinished) -> None:
     bar = _bars.pop((event.stage, event.phase), None)
+    _speculative.pop((event.stage, event.phase), None)
     if bar is not None:
         bar.close()
 

@@ -8,9 +8,12 @@ answer are classified (``error_kind``, ``classify``), its ``limits`` and its pri
 Everything else lives here:
 
 - **deploy** (template): build the package for the function's runtime (``corral.build_package``, Linux
-  wheels), check it, make sure of the identity the function runs as, then create the function when it
-  is missing, or update only what changed: the code when its content hash differs, the configuration
-  when a setting differs; nothing at all when both match. A function corral did not create is left alone.
+  wheels, and the job's small side files), check it, make sure of the identity the function runs as,
+  then create the function when it is missing, or update only what changed: the code when its content
+  hash differs, the configuration when a setting differs; nothing at all when both match. A function
+  corral did not create is left alone. Larger side files must fit the function's ``/tmp``
+  (``side_file_room``), checked before anything else, and are uploaded to the working folder once per
+  content hash (``corral.sidefiles``); the function downloads each once per warm instance.
 - **invocations**: one synchronous call per task attempt on a pool of ``max_concurrency`` threads; the
   futures never raise. A payload larger than ``config.inline_payload_limit`` goes by reference through
   the job's working folder, and so does a large result (``run_remote`` writes it, the executor reads it
@@ -63,6 +66,8 @@ from corral.errors import CorralError, UsageError
 from corral.executor import CANCELLED, INFRASTRUCTURE, THROTTLED, Executor, Failure, JobSource, Outcome
 from corral.options import Option, int_in_range
 from corral.settings import DEFAULT_DEADLINE, Settings
+from corral.sidefiles import check_room
+from corral.sidefiles import upload as upload_side_files
 
 log = logging.getLogger("corral.remote")
 T = TypeVar("T")
@@ -96,11 +101,20 @@ _NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
 
 
 # --- the options every remote backend shares ----------------------------------------------------------
-def _text(value: Any) -> str:
+def parse_text(value: Any) -> str:
+    """A non-empty setting, stripped (an option's parser)."""
     text = str(value).strip()
     if not text:
         raise ValueError("must not be empty")
     return text
+
+
+def parse_endpoint(value: Any) -> str:
+    """An ``http(s)://`` URL of another endpoint of a platform's API (``--lambda-endpoint``…)."""
+    text = parse_text(value)
+    if not re.match(r"^https?://[^/\s]+", text):
+        raise ValueError(f"{text!r} is not an http(s):// URL")
+    return text.rstrip("/")
 
 
 def parse_environment(value: Any) -> dict[str, str]:
@@ -136,7 +150,7 @@ def parse_runtime(value: Any) -> str:
 
 
 def _function_name(value: Any) -> str:
-    text = _text(value)
+    text = parse_text(value)
     if not _FUNCTION_NAME.match(text):
         raise ValueError(f"{text!r} is not a function name (1-64 of A-Z a-z 0-9 _ -)")
     return text
@@ -158,9 +172,11 @@ MEMORY: Option[int] = Option("memory", int_in_range(128, 32768), 512,
 TIMEOUT: Option[int] = Option("timeout", int_in_range(1, 3600), 60,
                  "seconds a task may run before it is stopped (lambda, docker: 1-900; gcf: 1-3600; default 60)",
                  "SECONDS")
-ENVIRONMENT: Option[dict[str, str] | None] = Option("environment", parse_environment, None,
-                     "KEY=VALUE set in the function's environment (repeatable)", "KEY=VALUE", repeat=True)
-REGION: Option[str | None] = Option("region", _text, None,
+ENVIRONMENT: Option[dict[str, str] | None] = Option(
+    "environment", parse_environment, None,
+    "KEY=VALUE set in the function's environment (repeatable; values are redacted in the manifest)",
+    "KEY=VALUE", repeat=True, secret=True)
+REGION: Option[str | None] = Option("region", parse_text, None,
                 "the function's region (lambda: default AWS_REGION, then us-east-1; gcf: default us-central1)",
                 "REGION")
 RUNTIME: Option[str | None] = Option("runtime", parse_runtime, None,
@@ -216,6 +232,59 @@ def function_name_for(ref: Mapping[str, Any], max_length: int = 64, lowercase: b
         digest = hashlib.sha1(raw.encode()).hexdigest()[:8]
         name = name[: max_length - 9].rstrip("-") + "-" + digest
     return name
+
+
+def object_prefix(url: str, schemes: tuple[str, ...]) -> tuple[str, str, str] | None:
+    """``(bucket, prefix, what)`` an object-store URL of ``schemes`` covers, for a policy granting exactly
+    that; None for other storage. ``what`` is ``"folder"`` (every object below ``prefix``: ``s3://b/in/``,
+    or a whole bucket with prefix ""), ``"object"`` (``s3://b/in/x.txt``: that object, and anything below
+    ``prefix + "/"``, as it may be a folder) or ``"glob"`` (``s3://b/in/part-*.csv``: below its fixed part,
+    ``in/part-``)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in schemes:
+        return None
+    key = parts.path.lstrip("/")
+    wildcards = [key.index(ch) for ch in "*?[" if ch in key]
+    if wildcards:
+        return parts.netloc, key[: min(wildcards)], "glob"
+    return parts.netloc, key, "folder" if key == "" or key.endswith("/") else "object"
+
+
+#: The measurements corral-emulator adds to every invocation's answer, either platform's (none in the cloud).
+EMULATOR_HEADERS = {
+    "duration_ms": "x-corral-duration-ms",
+    "billed_ms": "x-corral-billed-duration-ms",
+    "memory_size_mb": "x-corral-memory-size-mb",
+    "max_memory_used_mb": "x-corral-max-memory-used-mb",
+    "init_ms": "x-corral-init-duration-ms",
+}
+
+
+def number(text: str) -> int | float:
+    """``"102.0"`` -> 102, ``"102.25"`` -> 102.25 (a measurement as the platform wrote it)."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+def emulator_stats(headers: Mapping[str, str]) -> dict[str, Any]:
+    """What corral-emulator measured of an invocation (``EMULATOR_HEADERS``, ``X-Corral-Cold-Start``,
+    ``X-Corral-Instance``); empty for an answer from the cloud."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    stats: dict[str, Any] = {}
+    for key, header in EMULATOR_HEADERS.items():
+        if header in lowered:
+            try:
+                stats[key] = number(lowered[header])
+            except ValueError:
+                continue
+    cold = lowered.get("x-corral-cold-start")
+    if cold is not None:
+        stats["cold_start"] = cold.strip().lower() == "true"
+    if lowered.get("x-corral-instance"):
+        stats["instance"] = lowered["x-corral-instance"]
+    return stats
 
 
 def gb_seconds(billed_ms: float, memory_mb: float) -> float:
@@ -471,8 +540,16 @@ class RemoteFunctionExecutor(Executor):
         except self.api_errors as exc:
             raise self.translate_error(exc, context) from None
 
+    def side_file_room(self) -> tuple[int, str] | None:
+        """The MB of local disk (``/tmp``) a function has for the side files it downloads, and the option
+        that sets it; None when the platform does not say (no check)."""
+        return None
+
     def deploy(self, job: JobSource) -> None:
         self.check_locations(job)
+        room = self.side_file_room()
+        if room is not None:  # before anything is built or deployed
+            check_room(job.files, *room)
         name = self.function_name = self.config.function_name or self.default_function_name(job)
         self.refs = f"{job.work.rstrip('/')}/_refs" if job.work else None
         started = time.perf_counter()
@@ -497,6 +574,9 @@ class RemoteFunctionExecutor(Executor):
                 changes = {key: value for key, value in desired.items() if current.get(key) != value}
                 if code is not None or changes:
                     self.deploy_actions += self.update_function(name, found, code, changes)
+        if job.work:  # side files too large for the package: in the working folder, once per content hash
+            for url in upload_side_files(job.files, job.work):
+                self.log.info("uploaded the side file %s", url)
         self.log.info("%s: package %s (%.1f MB, built in %.2f s); %s in %.2f s", name, package.sha256[:12],
                  package.size / MiB, built - started, ", ".join(self.deploy_actions) or "function up to date",
                  time.perf_counter() - built)
@@ -887,6 +967,7 @@ def run_remote(event: Mapping[str, Any], memory_mb: int | None = None, code_root
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
+    "EMULATOR_HEADERS",
     "ENVIRONMENT",
     "FUNCTION_NAME",
     "INLINE_PAYLOAD_LIMIT",
@@ -904,12 +985,17 @@ __all__ = [
     "Source",
     "check_environment",
     "check_range",
+    "emulator_stats",
     "flag",
     "function_name_for",
     "gb_seconds",
     "host_runtime",
     "invalid",
+    "number",
+    "object_prefix",
+    "parse_endpoint",
     "parse_runtime",
+    "parse_text",
     "python_version",
     "run_remote",
 ]

@@ -49,6 +49,13 @@ def _log_level(value: Any) -> int:
     return int_in_range(0, 3)(value)
 
 
+def _host(value: Any) -> str:
+    text = str(value).strip()
+    if not text or any(c.isspace() or c in "/[]" for c in text):
+        raise ValueError(f"{value!r} is not a host name or IP address")
+    return text
+
+
 def _one_of(*choices: str) -> Any:
     def parse(value: Any) -> str:
         if value not in choices:
@@ -115,12 +122,35 @@ class Settings:
                                           "where intermediate data goes (default OUT/_corral/work)", "URL"))
     keep_intermediate: bool = setting(Option("keep-intermediate", parse_bool, False,
                                              "keep intermediate data after success", switch=True))
-    overwrite: bool = setting(Option("overwrite", parse_bool, False, "replace an existing output folder",
-                                     switch=True))
+    overwrite: bool = setting(Option(
+        "overwrite", parse_bool, False,
+        "replace an existing output folder (when the new run commits), or start an unfinished run again",
+        switch=True))
+    resume: bool = setting(Option(
+        "resume", parse_bool, False,
+        "continue the unfinished run in OUT (after a crash, kill or Ctrl-C), reusing its committed tasks",
+        switch=True))
+    speculative: bool = setting(Option(
+        "speculative", parse_bool, True,
+        "start a duplicate attempt of a straggling task once most of its wave is done (default on; "
+        "--no-speculative turns it off)", switch=True))
+    lease_timeout: int = setting(Option(
+        "lease-timeout", int_in_range(1), 60,
+        "seconds without a heartbeat after which another run may take over OUT's lease (default 60)", "SECONDS"))
     quiet: bool = setting(Option("quiet", parse_bool, False, "no progress bars and no summary", switch=True,
                                  short="-q"))
     verbose: int = setting(Option("verbose", _log_level, 0, "log retries (-vv: debug, -vvv: libraries too)",
                                   switch=True, short="-v"))
+    ui: bool = setting(Option("ui", parse_bool, False,
+                              "serve a live view of the run on 127.0.0.1 (the URL is printed)", switch=True))
+    ui_port: int = setting(Option("ui-port", int_in_range(0, 65535), 0, "port of the live view (default: a free one)",
+                                  "N"))
+    ui_host: str = setting(Option("ui-host", _host, "127.0.0.1",
+                                  "interface the live view listens on (default 127.0.0.1: this machine only)", "HOST"))
+    ui_linger: int = setting(Option("ui-linger", int_in_range(0), 0,
+                                    "seconds the live view stays up after the job ends", "SECONDS"))
+    report: bool = setting(Option("report", parse_bool, False,
+                                  "write the run's HTML report, OUT/_corral/report.html, at the end", switch=True))
 
     # derived and bookkeeping fields (no options)
     progress: bool = False  # progress bars: not --quiet and stderr is a terminal

@@ -21,16 +21,21 @@ from bisect import bisect_left, bisect_right
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
-from itertools import chain, compress, groupby, islice
+from itertools import accumulate, chain, compress, groupby, islice
 from operator import itemgetter
 from typing import IO, Any
 
 import msgpack
 
+from corral import cancellation
 from corral.pairs import check_keys, check_values
 
 #: Values of one key are stored in entries of at most this many values, so no entry is unbounded.
 MAX_VALUES_PER_ENTRY = 1024
+#: Packed size a stored batch aims at, and the most values it holds: a reader decodes a batch at a time
+#: (about 10x its packed size for small values), and merges one batch of each of up to MERGE_FACTOR sources.
+_BATCH_BYTES = 64 << 10
+_MAX_BATCH_VALUES = 65536
 _MAGIC = b"CORRALS1"
 _FOOTER = struct.Struct("<Q8s")  # index offset, magic
 _READ_BLOCK = 1 << 20
@@ -38,6 +43,7 @@ _READ_BLOCK = 1 << 20
 MERGE_FACTOR = 10
 #: Keys handled together when a map task writes its groups: few enough to stay in the CPU's caches.
 _KEYS_PER_ROUND = 4096
+_END = object()
 _first = itemgetter(0)
 _second = itemgetter(1)
 _more_than_one = (1).__lt__
@@ -76,42 +82,70 @@ def _packer() -> Callable[[Any], bytes]:
 
 
 class GroupWriter:
-    """Writes sorted ``(key, values)`` groups to a binary stream as msgpack batches."""
+    """Writes sorted ``(key, values)`` groups to a binary stream as msgpack batches.
+
+    A reader decodes a stored batch at a time (a reducer holds one per map output it merges), so a
+    batch is bounded by its number of values, whatever the groups: ``_room`` values, adapted after
+    each batch so that batches pack to about ``_BATCH_BYTES``. A key with more values than that (a hot
+    key) is stored as a run of entries over consecutive batches; an entry holds at most
+    ``MAX_VALUES_PER_ENTRY`` values.
+    """
 
     def __init__(self, out: IO[bytes], offset: int = 0) -> None:
         self.out = out
         self.offset = offset
         self._batch: list[Any] = []
-        self._target = 256  # groups per batch, adapted so batches stay near 8 to 32 KiB
+        self._values = 0  # values in the batch
+        self._room = 4096  # values per batch, adapted to their packed size
         self._pack = _packer()
 
     def add(self, key: str, values: list[Any]) -> None:
-        if not values:  # e.g. a combine that yielded nothing for this key: reduce must not see the key
+        n = len(values)
+        if not n:  # e.g. a combine that yielded nothing for this key: reduce must not see the key
             return
-        if len(values) <= MAX_VALUES_PER_ENTRY:
+        if self._values + n <= self._room and n <= MAX_VALUES_PER_ENTRY:
             self._batch += (key, values)
-        else:
-            for start in range(0, len(values), MAX_VALUES_PER_ENTRY):
-                self._batch += (key, values[start : start + MAX_VALUES_PER_ENTRY])
-        if len(self._batch) >= 2 * self._target:
-            self.flush()
+            self._values += n
+            if self._values >= self._room:
+                self.flush()
+            return
+        start = 0
+        while start < n:  # fill the batch up, then batches of entries of the key alone
+            take = min(self._room - self._values, MAX_VALUES_PER_ENTRY, n - start)
+            self._batch += (key, values[start : start + take])
+            self._values += take
+            start += take
+            if self._values >= self._room:
+                self.flush()
 
     def add_groups(self, keys: list[str], values: list[list[Any]]) -> None:
         """``add(key, group)`` for every key and group of two parallel lists, batched in C."""
-        if values and max(map(len, values)) > MAX_VALUES_PER_ENTRY:  # rare: some keys need splitting
+        counts = list(map(len, values))
+        if counts and max(counts) > MAX_VALUES_PER_ENTRY:  # rare: a key to store as several entries
             for key, group in zip(keys, values, strict=True):
                 self.add(key, group)
             return
-        self._batch += chain.from_iterable(zip(keys, values, strict=True))
-        if len(self._batch) >= 2 * self._target:
-            self.flush()
+        ends = list(accumulate(counts))
+        first, done = 0, 0  # the first group not added yet; the values before it
+        while first < len(keys):
+            cut = bisect_right(ends, done + self._room - self._values, first)  # the groups that fit
+            if cut == first:  # the next group alone overflows the batch: split it
+                self.add(keys[first], values[first])
+                first, done = first + 1, ends[first]
+                continue
+            if cut - first == 1:
+                self._batch += (keys[first], values[first])
+            else:
+                self._batch += chain.from_iterable(zip(keys[first:cut], values[first:cut], strict=True))
+            self._values += ends[cut - 1] - done
+            first, done = cut, ends[cut - 1]
+            if first < len(keys) or self._values >= self._room:
+                self.flush()
 
     def add_entries(self, entries: list[tuple[str, list[Any]]]) -> None:
-        """Add stored entries as they are (e.g. a merged round); each holds at most
-        ``MAX_VALUES_PER_ENTRY`` values already."""
-        self._batch += chain.from_iterable(entries)
-        if len(self._batch) >= 2 * self._target:
-            self.flush()
+        """Add stored entries as they are (e.g. a merged round)."""
+        if entries:
+            self.add_groups(list(map(_first, entries)), list(map(_second, entries)))
 
     def add_iter(self, key: str, values: Iterable[Any]) -> None:
         iterator = iter(values)
@@ -124,12 +158,10 @@ class GroupWriter:
         data = self._pack(self._batch)
         self.out.write(data)
         self.offset += len(data)
+        # the values that pack to about _BATCH_BYTES, from these (never fewer than one)
+        self._room = max(1, min(_MAX_BATCH_VALUES, self._values * _BATCH_BYTES // len(data)))
         self._batch = []
-        # small batches keep a reducer's memory low: it holds one decoded batch per map output
-        if len(data) > (32 << 10) and self._target > 1:
-            self._target //= 2
-        elif len(data) < (8 << 10) and self._target < 65536:
-            self._target *= 2
+        self._values = 0
 
 
 def iter_group_batches(blocks: Iterable[bytes]) -> Iterator[list[tuple[str, list[Any]]]]:
@@ -152,9 +184,11 @@ def iter_groups(blocks: Iterable[bytes]) -> Iterator[tuple[str, list[Any]]]:
 def range_blocks(
     read: Callable[[int, int], bytes], offset: int, length: int, block: int = _READ_BLOCK
 ) -> Iterator[bytes]:
-    """Read ``[offset, offset+length)`` in blocks of ``block`` bytes through ``read(start, end)``."""
+    """Read ``[offset, offset+length)`` in blocks of ``block`` bytes through ``read(start, end)``.
+    A cancelled attempt (``corral.cancellation``) stops here, between blocks."""
     end = offset + length
     while offset < end:
+        cancellation.check()
         stop = min(offset + block, end)
         yield read(offset, stop)
         offset = stop
@@ -361,6 +395,49 @@ def limit_fan_in(
     return sources, files
 
 
+def sorted_values(
+    values: Iterable[Any], value_key: Callable[[Any], Any] | None, budget: int, spill_dir: str | None = None
+) -> Iterator[Any]:
+    """``values`` in sorted order (stable), holding about ``budget`` bytes of them: more than that are
+    sorted in runs that go to a temporary file, then merged back as streams (an external sort)."""
+    iterator = iter(values)
+    run = _take(iterator, budget)
+    following = next(iterator, _END)
+    if following is _END:  # the common case: they fit
+        run.sort(key=value_key)
+        yield from run
+        return
+    iterator = chain((following,), iterator)
+    with tempfile.TemporaryFile(dir=spill_dir, prefix="corral-sort-") as f:
+        buffered = io.BufferedWriter(f, buffer_size=1 << 20)
+        writer = GroupWriter(buffered)
+        runs = []
+        while run:
+            run.sort(key=value_key)
+            start = writer.offset
+            writer.add_iter("", run)
+            writer.flush()
+            runs.append((start, writer.offset - start))
+            run = _take(iterator, budget)
+        buffered.flush()
+        buffered.detach()
+        streams = [
+            chain.from_iterable(map(_second, iter_groups(file_blocks(f, start, length, 64 << 10))))
+            for start, length in runs
+        ]
+        yield from heapq.merge(*streams, key=value_key)
+
+
+def _take(iterator: Iterator[Any], budget: int) -> list[Any]:
+    """The next values of ``iterator`` that fit in about ``budget`` bytes (at least 1024 of them)."""
+    taken = list(islice(iterator, MAX_VALUES_PER_ENTRY))
+    if taken:
+        sample = taken[:64]
+        per_value = 8 + sum(map(_own_size, sample)) / len(sample)
+        taken += islice(iterator, max(0, int(budget / per_value) - len(taken)))
+    return taken
+
+
 class MapBuffer:
     """Buffers a map task's output within a memory budget; sorts, combines and spills it.
 
@@ -403,8 +480,12 @@ class MapBuffer:
                     self.groups, self._one_value_per_key = single, True  # type: ignore[assignment]
                     return
         groups = self.groups
-        for key, value in pairs:
-            groups[key].append(value)
+        pairs = iter(pairs)
+        while chunk := list(islice(pairs, 65536)):  # measured as it goes: map_final may yield a lot
+            for key, value in chunk:
+                groups[key].append(value)
+            self._fit()
+            groups = self.groups
 
     # --- memory -------------------------------------------------------------------------------
     def estimated_bytes(self) -> int:
@@ -415,7 +496,7 @@ class MapBuffer:
         values = sum(map(len, groups.values()))
         sample = list(islice(groups.items(), 32))
         key_size = sum(sys.getsizeof(k) for k, _ in sample) / len(sample)
-        sampled = [v for _, vs in sample for v in vs[:4]]
+        sampled = [v for _, vs in sample for v in vs[:: max(1, len(vs) // 4)][:4]]  # across a long list
         value_size = sum(map(_own_size, sampled)) / len(sampled) if sampled else 0
         return int(len(groups) * (key_size + 120) + values * (8 + value_size))
 
@@ -427,6 +508,15 @@ class MapBuffer:
         """
         if records_in < self._next_check:
             return
+        size = self._fit()
+        if size == 0:
+            self._filled_since = records_in
+        read = records_in - self._filled_since
+        rate = size / read if read > 0 else 0
+        self._next_check = records_in + (int((self.budget - size) / 2 / rate) if rate else 0)
+
+    def _fit(self) -> int:
+        """Combine in place, then spill, if the buffer is over the budget; its estimated size after."""
         size = self.estimated_bytes()
         if size > self.budget and self.combine is not None:
             self._combine_in_place()
@@ -437,11 +527,7 @@ class MapBuffer:
         elif size > self.budget:
             self._spill()
             size = 0
-        if size == 0:
-            self._filled_since = records_in
-        read = records_in - self._filled_since
-        rate = size / read if read > 0 else 0
-        self._next_check = records_in + (int((self.budget - size) / 2 / rate) if rate else 0)
+        return size
 
     def _combine_in_place(self) -> None:
         groups = self.groups
@@ -468,10 +554,13 @@ class MapBuffer:
                 kept_values.append(combined)
         return kept_keys, kept_values
 
-    def _combined(self, key: str, values: Iterable[Any]) -> list[Any]:
-        """The values ``combine`` yields for one key (an empty list if none)."""
-        _, combined = self._combine_all([key], [values])  # type: ignore[list-item]
-        return combined[0] if combined else []
+    def _combined(self, key: str, values: Iterable[Any]) -> Iterator[Any]:
+        """The values ``combine`` yields for one key, as it yields them (a hot key's may not fit in memory)."""
+        assert self.combine is not None
+        for out_key, value in self.combine(key, iter(values)):
+            if out_key != key:
+                raise ValueError(f"combine must yield the key it was given: got {out_key!r} for {key!r}")
+            yield value
 
     # --- sorting and writing ------------------------------------------------------------------
     def _a_value(self, key: str) -> Any:
@@ -567,12 +656,10 @@ class MapBuffer:
             )
             for key, values in merge_batch_groups(sources, self.value_key, self.sort_values):
                 if self.combine is not None:
-                    combined = self._combined(key, values)
+                    values = self._combined(key, values)
                     if self.sort_values:  # combine may yield its values in any order
-                        combined.sort(key=self.value_key)
-                    writer.add(key, combined)
-                else:
-                    writer.add_iter(key, values)
+                        values = sorted_values(values, self.value_key, self.budget // 4, self.spill_dir)
+                writer.add_iter(key, values)
             for f in merged_files:
                 f.close()
             writer.flush()

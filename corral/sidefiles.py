@@ -151,8 +151,13 @@ def upload(files: Sequence[SideFile], work_root: str) -> list[str]:
                 continue  # uploaded before (by an earlier run sharing the working folder)
         except (FileNotFoundError, OSError):
             pass
-        with open(f.path, "rb") as src, fs.open(url, "wb") as dst:
+        local = "://" not in url or url.startswith("file://")
+        # an object store's PUT appears whole; on a disk, a run sharing the folder must not see half a file
+        target = f"{url}.{os.getpid()}-{threading.get_ident()}.part" if local else url
+        with open(f.path, "rb") as src, fs.open(target, "wb") as dst:
             shutil.copyfileobj(src, dst, _COPY_BLOCK)
+        if local:
+            fs.move(target, url)
         uploaded.append(url)
     return uploaded
 

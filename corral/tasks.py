@@ -1,20 +1,23 @@
-"""Task specs (plain JSON-able dicts) and their execution on a FileSystem.
+"""Task specs (typed, JSON on the wire) and their execution on a FileSystem.
 
-A map spec: ``{"kind": "map", "job", "stage", "task", "attempt", "splits", "partitions", "output",
-"output_kind", "input_format", "memory_budget"}``; ``output_kind`` is ``"shuffle"`` (one indexed
-object for the reducers), ``"text"`` (the final part files of a map-only job, written as the spec's
-``"output_spec"`` says: see ``corral.output.OutputSpec``) or ``"records"`` (a map-only stage feeding
-the next stage). A reduce spec: ``{"kind": "reduce", …, "partition", "sources": [[url, offset,
-length], …], "output", "output_kind", "output_spec"}``. A final task's result lists its part files
-(``"parts"``), which the driver commits.
+The driver builds a ``MapSpec`` or ``ReduceSpec`` per attempt, journals what it committed, and sends
+``spec.to_json()`` to the executor (executors see plain JSON-able dicts); the worker turns the dict
+back into a spec with ``spec_from_json``. The wire format is flat: ``{"kind": "map", "job", "args",
+"stage", "task", "attempt", "memory_budget", "files", "output", "output_kind", "splits",
+"partitions", "input_format", "input_errors", "input_header"}`` and ``{"kind": "reduce", …,
+"partition", "sources": [[url, offset, length], …]}``. ``output_kind`` is ``"shuffle"`` (one indexed
+object for the reducers), ``"text"`` (the final part files, written as ``"output_spec"`` says: see
+``corral.output.OutputSpec``) or ``"records"`` (a stage feeding the next stage). A final task's result
+lists its part files (``"parts"``), which the driver commits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import chain, count, repeat, starmap
-from typing import Any
+from typing import Any, ClassVar
 
 from corral import cancellation
 from corral.fs import get_filesystem
@@ -31,6 +34,86 @@ from corral.shuffle import (
     spill_dir,
 )
 from corral.split import Split, iter_text_records
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What every attempt of a task needs: which job and stage, the attempt, where its output goes."""
+
+    job: dict[str, Any]  # corral.worker.job_ref(...)
+    stage: int
+    task: str  # "map-0003", "reduce-0001"
+    attempt: int
+    output: str  # this attempt's own output URL: attempts never share a name
+    output_kind: str
+    args: dict[str, str] = field(default_factory=dict)
+    memory_budget: int = 256 << 20
+    files: tuple[dict[str, Any], ...] = ()  # the job's side files (see corral.sidefiles)
+    output_spec: dict[str, Any] | None = None  # how a final task writes its part files (corral.output)
+
+    kind: ClassVar[str] = ""
+
+    def for_attempt(self, attempt: int, output: str) -> TaskSpec:
+        """The same task as another attempt, writing to ``output``."""
+        return replace(self, attempt=attempt, output=output)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "job": self.job, "args": self.args, "stage": self.stage, "task": self.task,
+            "attempt": self.attempt, "memory_budget": self.memory_budget, "files": list(self.files),
+            "output": self.output, "output_kind": self.output_kind,
+            **({"output_spec": self.output_spec} if self.output_spec is not None else {}),
+        }
+
+
+@dataclass(frozen=True)
+class MapSpec(TaskSpec):
+    splits: tuple[Split, ...] = ()
+    partitions: int = 0  # reduce partitions of a "shuffle" output; 0 for map-only stages
+    input_format: str = "lines"
+    input_errors: str = "strict"
+    input_header: bool = False  # csv input: the first row names the columns
+
+    kind: ClassVar[str] = "map"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **super().to_json(), "splits": [s.to_json() for s in self.splits], "partitions": self.partitions,
+            "input_format": self.input_format, "input_errors": self.input_errors,
+            "input_header": self.input_header,
+        }
+
+
+@dataclass(frozen=True)
+class ReduceSpec(TaskSpec):
+    partition: int = 0
+    sources: tuple[tuple[str, int, int], ...] = ()  # (map output URL, offset, length) of the partition
+
+    kind: ClassVar[str] = "reduce"
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "partition": self.partition, "sources": [list(s) for s in self.sources]}
+
+
+def spec_from_json(data: dict[str, Any]) -> MapSpec | ReduceSpec:
+    """A spec from its wire form (unknown keys, e.g. a backend's own, are ignored)."""
+    common = {
+        "job": data["job"], "stage": data["stage"], "task": data["task"], "attempt": data["attempt"],
+        "output": data["output"], "output_kind": data["output_kind"], "args": data.get("args") or {},
+        "memory_budget": int(data.get("memory_budget") or 256 << 20), "files": tuple(data.get("files") or ()),
+        "output_spec": data.get("output_spec"),
+    }
+    if data["kind"] == "map":
+        return MapSpec(
+            **common, splits=tuple(Split.from_json(s) for s in data["splits"]),
+            partitions=data.get("partitions", 0), input_format=data.get("input_format", "lines"),
+            input_errors=data.get("input_errors", "strict"), input_header=bool(data.get("input_header")),
+        )
+    if data["kind"] == "reduce":
+        return ReduceSpec(
+            **common, partition=data["partition"], sources=tuple((u, o, n) for u, o, n in data["sources"]),
+        )
+    raise ValueError(f"unknown task kind {data['kind']!r}")
 
 
 def _record_batches(
@@ -51,19 +134,19 @@ def _record_batches(
         yield keyed, batch
 
 
-def _writer(spec: dict[str, Any], source: str) -> PartWriter | RecordFile:
+def _writer(spec: TaskSpec, source: str) -> PartWriter | RecordFile:
     """The writer of a task's output: part files (the last stage) or records (for the next stage). As a
     context manager it closes the output, or on an error closes what is open (the driver discards it)."""
-    url = spec["output"]
-    if spec["output_kind"] == "text":
-        return PartWriter(url, OutputSpec.from_json(spec.get("output_spec")), source)
+    url = spec.output
+    if spec.output_kind == "text":
+        return PartWriter(url, OutputSpec.from_json(spec.output_spec), source)
     return RecordFile(url, source)
 
 
-def _written(spec: dict[str, Any], writer: Any, **result: Any) -> dict[str, Any]:
+def _written(spec: TaskSpec, writer: Any, **result: Any) -> dict[str, Any]:
     """A task's result: its output (the part files of a final task) and its size."""
-    result.update(output=spec["output"], bytes_out=writer.bytes_out)
-    if spec["output_kind"] == "text":
+    result.update(output=spec.output, bytes_out=writer.bytes_out)
+    if spec.output_kind == "text":
         result["parts"] = writer.parts
     return result
 
@@ -76,21 +159,21 @@ def _map_calls(step: Step, keyed: bool, batch: list) -> Iterable[Iterable[Any]]:
     return starmap(step.map, batch) if keyed else map(step.map, repeat(None), batch)
 
 
-def execute_map(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]:
+def execute_map(spec: MapSpec, job: Job, step: Step) -> dict[str, Any]:
     """Run one map task; return its result (output URL, index, record counts)."""
-    output_kind = spec["output_kind"]
-    input_format = spec.get("input_format", "lines")
-    input_errors = spec.get("input_errors", "strict")
-    input_header = bool(spec.get("input_header"))
+    output_kind = spec.output_kind
+    input_format = spec.input_format
+    input_errors = spec.input_errors
+    input_header = spec.input_header
     source = "map" if step.map_batch is None else "map_batch"  # the method whose pairs these are, for messages
     records_in = 0
-    out_fs = get_filesystem(spec["output"])
+    out_fs = get_filesystem(spec.output)
     if step.map_init:
         step.map_init()
     if output_kind == "shuffle":
         buffer = MapBuffer(
-            spec["partitions"],
-            spec["memory_budget"],
+            spec.partitions,
+            spec.memory_budget,
             partition=step.partition,
             combine=step.combine,
             sort_values=step.sort_values,
@@ -98,8 +181,7 @@ def execute_map(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]:
             spill_dir=spill_dir(),
         )
         try:
-            for split_json in spec["splits"]:
-                split = Split.from_json(split_json)
+            for split in spec.splits:
                 for keyed, batch in _record_batches(split, input_format, input_errors, input_header):
                     records_in += len(batch)
                     groups = buffer.groups
@@ -114,15 +196,14 @@ def execute_map(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]:
                     buffer.check(records_in)
             if step.map_final:
                 buffer.add_final(chain.from_iterable(shuffle_batches("map_final", step.map_final() or ())))
-            with out_fs.open(spec["output"], "wb") as out:
+            with out_fs.open(spec.output, "wb") as out:
                 index = buffer.write(out)
         finally:
             buffer.close()
-        return {"output": spec["output"], "index": index, "records_in": records_in}
+        return {"output": spec.output, "index": index, "records_in": records_in}
 
     with _writer(spec, source) as writer:
-        for split_json in spec["splits"]:
-            split = Split.from_json(split_json)
+        for split in spec.splits:
             for keyed, batch in _record_batches(split, input_format, input_errors, input_header):
                 records_in += len(batch)
                 writer.add_all(chain.from_iterable(_map_calls(step, keyed, batch)))
@@ -133,11 +214,11 @@ def execute_map(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]:
     return _written(spec, writer, records_in=records_in)
 
 
-def execute_reduce(spec: dict[str, Any], job: Job, step: Step) -> dict[str, Any]:
+def execute_reduce(spec: ReduceSpec, job: Job, step: Step) -> dict[str, Any]:
     """Run one reduce task: merge its partition of every committed map output, stream the output."""
     assert step.reduce is not None
-    sources_spec = [s for s in spec["sources"] if s[2] > 0]
-    share = spec["memory_budget"] // (16 * (min(len(sources_spec), MERGE_FACTOR) or 1))
+    sources_spec = [s for s in spec.sources if s[2] > 0]
+    share = spec.memory_budget // (16 * (min(len(sources_spec), MERGE_FACTOR) or 1))
     sources = []
     for url, offset, length in sources_spec:
         read = partial(get_filesystem(url).read_range, url)
@@ -165,7 +246,7 @@ def _read_block(share: int, local: bool) -> int:
     return max(low, min(high, share))
 
 
-def _reduce(spec: dict[str, Any], step: Step, sources: list[Iterator[list[Any]]]) -> dict[str, Any]:
+def _reduce(spec: ReduceSpec, step: Step, sources: list[Iterator[list[Any]]]) -> dict[str, Any]:
     if step.reduce_init:
         step.reduce_init()
     reducer = step.reduce

@@ -1,8 +1,9 @@
 """``run_task(payload) -> result``: the single entry every executor and remote handler calls.
 
-Both sides are plain JSON-able dicts. A task never raises: a failure comes back as
-``{"ok": False, "error": {"type", "message", "traceback"}}`` with the user's traceback, so that every
-backend (a thread, a process, a Lambda invoke, an HTTP call) reports it the same way.
+Both sides are plain JSON-able dicts (the payload is a ``corral.tasks`` spec's wire form). A task
+never raises: a failure comes back as ``{"ok": False, "error": {"type", "message", "traceback"}}``
+with the user's traceback, so that every backend (a thread, a process, a Lambda invoke, an HTTP
+call) reports it the same way.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def run_task(payload: dict[str, Any], progress: ProgressSink | None = None) -> d
     counts is reported while it runs, every ``PROGRESS_INTERVAL`` seconds: ``{"task", "attempt",
     "counters": [[group, name, amount added], …], "cpu_seconds": added}``.
     """
-    from corral.tasks import execute_map, execute_reduce
+    from corral.tasks import MapSpec, execute_map, execute_reduce, spec_from_json
 
     started = time.perf_counter()
     sink = progress or _default_sink
@@ -106,14 +107,14 @@ def run_task(payload: dict[str, Any], progress: ProgressSink | None = None) -> d
     with _no_full_collections() as cpu_clock:
         cpu_started = cpu_clock()
         try:
-            job = load_job_class(payload["job"])(payload.get("args"))
-            if payload.get("files"):
-                job._side_files, downloads = local_paths(payload["files"])
-            step = job.steps()[payload["stage"]]
-            execute = execute_map if payload["kind"] == "map" else execute_reduce
+            spec = spec_from_json(payload)
+            job = load_job_class(spec.job)(spec.args)
+            if spec.files:
+                job._side_files, downloads = local_paths(list(spec.files))
+            step = job.steps()[spec.stage]
             if sink is not None:
                 _reporter.watch(key, job, cpu_clock, sink)
-            result = execute(payload, job, step)
+            result = execute_map(spec, job, step) if isinstance(spec, MapSpec) else execute_reduce(spec, job, step)
             result.update(ok=True, counters=[[group, name, amount] for (group, name), amount in job._counters.items()])
         except Exception as exc:
             result = {

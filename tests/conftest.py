@@ -1,8 +1,11 @@
-"""Fixtures shared by every test folder: the Docker engine (emulator, docker backend, AWS tests)."""
+"""Fixtures shared by every test folder: the Docker engine (emulator, docker backend, AWS tests), and
+real headless Chromium (Debian's ``chromium``, driven by Playwright: never a downloaded browser)."""
 
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
 
 import pytest
 
@@ -37,3 +40,33 @@ def docker_engine():
             unavailable(f"base image {image} is missing and cannot be built: {exc}")
     yield client
     client.close()
+
+
+CHROMIUM = os.environ.get("CORRAL_TEST_CHROMIUM", "/usr/bin/chromium")
+#: DESIGN.md's flags for headless Chromium here.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    need("playwright.sync_api", "aiohttp", "aiohttp_sse")
+    if not (os.path.isfile(CHROMIUM) or shutil.which(CHROMIUM)):
+        unavailable(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A page whose console errors and uncaught exceptions are collected in ``page.errors``."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    page.errors = []
+    page.on("console", lambda message: page.errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: page.errors.append(str(error)))
+    yield page
+    context.close()

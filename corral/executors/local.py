@@ -17,9 +17,11 @@ of a tiny job. A pipe per worker confines a death to that worker's attempt.
 from __future__ import annotations
 
 import atexit
+import logging
 import multiprocessing
 import multiprocessing.util
 import os
+import queue
 import signal
 import sys
 import threading
@@ -27,7 +29,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -48,8 +50,12 @@ from corral.executors.oom import OomWatch
 from corral.hookspecs import hookimpl
 from corral.worker import run_task
 
+log = logging.getLogger("corral")
+
 #: How long ``close`` waits for a worker to leave after its pipe closed, before killing it.
 _STOP_GRACE = 5.0
+#: How long ``close`` waits after ``cancel_all`` for task threads to reach their next batch.
+_THREAD_GRACE = 2.0
 
 
 def _cancelled_outcome(seconds: float = 0.0) -> Outcome:
@@ -59,69 +65,100 @@ def _cancelled_outcome(seconds: float = 0.0) -> Outcome:
 # --- threads -------------------------------------------------------------------------------------
 
 
+class _ThreadAttempt:
+    __slots__ = ("event", "future", "payload", "running")
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        self.payload = payload
+        self.future: Future[Outcome] = Future()
+        self.event = threading.Event()  # set: cancelled (the task stops at its next batch)
+        self.running = False
+
+
 class ThreadExecutor(Executor):
     """Runs tasks on threads of the driver's process (shares memory: ``memory://`` works).
 
     Threads cannot be killed: a cancelled attempt stops at its next batch of input or output
     (``corral.cancellation``); a task inside one long call of the user's code finishes that call first.
+    The threads are daemons, so that an interrupted run can exit without waiting for such a call.
     """
 
     name = "threads"
 
     def __init__(self, max_concurrency: int) -> None:
         super().__init__(max_concurrency)
-        self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="corral-task")
         self._lock = threading.Lock()
-        self._running: dict[Future[Outcome], tuple[Future, threading.Event]] = {}
+        self._queue: queue.SimpleQueue[_ThreadAttempt | None] = queue.SimpleQueue()
+        self._attempts: dict[Future[Outcome], _ThreadAttempt] = {}  # submitted and not resolved
+        self._stopping = False
+        self._cancelled = False
+        self._threads = [threading.Thread(target=self._work, name=f"corral-task-{n}", daemon=True)
+                         for n in range(max_concurrency)]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, payload: dict[str, Any]) -> Future[Outcome]:
-        event = threading.Event()
-        started = time.perf_counter()
-
-        def run() -> dict[str, Any]:
-            with cancellable(event):
-                return run_task(payload, self.progress)
-
-        inner = self._pool.submit(run)
-        target: Future[Outcome] = Future()
+        attempt = _ThreadAttempt(payload)
         with self._lock:
-            self._running[target] = (inner, event)
+            if self._stopping:
+                attempt.future.set_result(_cancelled_outcome())
+                return attempt.future
+            self._attempts[attempt.future] = attempt
+        self._queue.put(attempt)
+        return attempt.future
 
-        def done(f: Future) -> None:
-            seconds = time.perf_counter() - started
+    def _work(self) -> None:
+        while (attempt := self._queue.get()) is not None:
             with self._lock:
-                self._running.pop(target, None)
+                if attempt.event.is_set():  # cancelled while it waited: resolved already
+                    continue
+                attempt.running = True
+            started = time.perf_counter()
             try:
-                outcome = outcome_from_result(f.result(), {"seconds": round(seconds, 6)})
-            except CancelledError:  # cancelled before it started
-                outcome = _cancelled_outcome()
+                with cancellable(attempt.event):
+                    result = run_task(attempt.payload, self.progress)
+                outcome = outcome_from_result(result, {"seconds": round(time.perf_counter() - started, 6)})
             except BaseException as exc:  # never lose an attempt: report it as an infrastructure failure
                 outcome = Outcome(failure=Failure(INFRASTRUCTURE, f"{type(exc).__name__}: {exc}"))
-            target.set_result(outcome)
-
-        inner.add_done_callback(done)
-        return target
+            with self._lock:
+                self._attempts.pop(attempt.future, None)
+            attempt.future.set_result(outcome)
 
     def cancel(self, attempt: Future[Outcome]) -> None:
         with self._lock:
-            entry = self._running.get(attempt)
-        if entry is not None:
-            inner, event = entry
-            event.set()
-            inner.cancel()
+            entry = self._attempts.get(attempt)
+            if entry is None or entry.event.is_set():
+                return
+            entry.event.set()
+            waiting = not entry.running
+            if waiting:
+                del self._attempts[attempt]
+        if waiting:
+            attempt.set_result(_cancelled_outcome())
 
     def cancel_all(self) -> None:
         with self._lock:
-            entries = list(self._running.values())
-        for inner, event in entries:
-            event.set()
-            inner.cancel()
+            self._stopping = self._cancelled = True
+            futures = list(self._attempts)
+        for future in futures:
+            self.cancel(future)
 
     def cores(self) -> int | None:
         return default_concurrency()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Let running attempts finish (queued ones are cancelled); after ``cancel_all``, wait only a
+        moment for the running ones to reach their next batch."""
+        with self._lock:
+            self._stopping = True
+            queued = [f for f, a in self._attempts.items() if not a.running]
+        for future in queued:
+            self.cancel(future)
+        for _ in self._threads:
+            self._queue.put(None)
+        deadline = time.monotonic() + _THREAD_GRACE if self._cancelled else None
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
 
 # --- processes -----------------------------------------------------------------------------------
@@ -160,8 +197,10 @@ class ProcessExecutor(Executor):
         self._workers: list[_Worker] = []
         self._stopping = False  # no more replacements (cancel_all, close)
         self._done = False  # the serving thread is to end
+        self._closed = False
         self._oom = OomWatch()
         self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_write, False)  # a full pipe wakes the thread already
         self._later = self._replacement_context()
         if sys.platform.startswith("linux") and threading.active_count() == 1:
             # While the driver is single-threaded (the CLI, before anything else starts), workers are
@@ -190,8 +229,8 @@ class ProcessExecutor(Executor):
     def _start_worker(self, context: Any) -> _Worker:
         ours, theirs = context.Pipe()
         forked = context.get_start_method() == "fork"
-        # a forked worker inherits the driver's end of every pipe: it closes them, so that each pipe
-        # reads as closed once the driver is gone (the watch of platforms without a death signal)
+        # a forked worker inherits the driver's end of every pipe: it closes them, so that a pipe the
+        # driver closes reads as closed in its worker (how ``close`` tells workers to leave)
         inherited = [ours.fileno(), self._wake_read, self._wake_write, *(w.conn.fileno() for w in self._workers)]
         if not forked:
             inherited = []
@@ -222,6 +261,9 @@ class ProcessExecutor(Executor):
             self._attempts[attempt.future] = attempt
             self._queue.append(attempt)
             self._dispatch()
+            missing = self._queue and len(self._workers) < self.max_concurrency
+        if missing:  # workers failed to start before: the serving thread tries again
+            self._wake()
         return attempt.future
 
     def cancel(self, attempt: Future[Outcome]) -> None:
@@ -258,9 +300,12 @@ class ProcessExecutor(Executor):
         self._wake()
 
     def close(self) -> None:
-        """Let running attempts finish (queued ones are cancelled), then stop the workers."""
+        """Let running attempts finish (queued ones are cancelled), then stop the workers. Closing twice
+        is closing once."""
         with self._lock:
-            self._stopping = True
+            if self._closed:
+                return
+            self._closed = self._stopping = True
             queued = list(self._queue)
             self._queue.clear()
             for attempt in queued:
@@ -367,7 +412,10 @@ class ProcessExecutor(Executor):
                                              "kind": "user"}}
         if isinstance(result, tuple):  # ("progress", report): the running attempt's counter deltas
             if self.progress is not None:
-                self.progress(result[1])
+                try:
+                    self.progress(result[1])
+                except Exception:  # progress is a nicety: never the reason attempts stop being served
+                    log.exception("progress report failed")
             return
         with self._lock:
             attempt, worker.attempt = worker.attempt, None
@@ -441,8 +489,10 @@ def _kill(process: Any) -> None:
 
 def _worker_main(conn: Connection, parent: int | None, inherited: list[int]) -> None:
     """A worker's life: run each payload the driver sends, answer its result; leave when the pipe
-    closes. Ctrl-C is the driver's to handle (it cancels the attempts); the worker ignores SIGINT."""
+    closes. Ctrl-C is the driver's to handle (it cancels the attempts): the worker ignores SIGINT, and
+    SIGTERM ends it (not a handler the driver installed before the fork)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     for fd in inherited:
         try:
             os.close(fd)

@@ -6,6 +6,7 @@ protocol its own way.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Sequence
 from typing import IO, Any
@@ -32,7 +33,10 @@ class FsspecFileSystem(FileSystem):
 
     def __init__(self, fs: Any) -> None:
         self.fs = fs
-        self._local = "file" in _protocols(fs)
+        protocols = _protocols(fs)
+        self._local = "file" in protocols
+        self._s3 = "s3" in protocols
+        self._gcs = "gs" in protocols or "gcs" in protocols
         #: An object store behind an async client (s3fs, gcsfs): copies server-side, many at once.
         self._object_store = not self._local and bool(getattr(fs, "async_impl", False))
         self.move_concurrency = MOVE_CONCURRENCY if getattr(fs, "on_google", True) else EMULATOR_MOVE_CONCURRENCY
@@ -52,13 +56,13 @@ class FsspecFileSystem(FileSystem):
             infos = [(p, d) for p, d in found.items() if d.get("type") != "directory"]
             if not infos:
                 raise FileNotFoundError(url)
-            return sorted(FileInfo(self._url(p), int(d.get("size") or 0)) for p, d in infos)
+            return sorted(FileInfo(self._url(p), int(d.get("size") or 0), _version(d)) for p, d in infos)
         try:
             info = self.fs.info(path)
         except FileNotFoundError:
             raise FileNotFoundError(url) from None
         if info.get("type") != "directory":
-            return [FileInfo(self._url(path), int(info.get("size") or 0))]
+            return [FileInfo(self._url(path), int(info.get("size") or 0), _version(info))]
         found = self.fs.find(path, detail=True)
         prefix = path.rstrip("/") + "/"
         result = []
@@ -68,7 +72,7 @@ class FsspecFileSystem(FileSystem):
                 continue
             if d.get("type") == "directory":
                 continue
-            result.append(FileInfo(self._url(p), int(d.get("size") or 0)))
+            result.append(FileInfo(self._url(p), int(d.get("size") or 0), _version(d)))
         return sorted(result)
 
     def open(self, url: str, mode: str = "rb") -> IO[bytes]:
@@ -120,6 +124,125 @@ class FsspecFileSystem(FileSystem):
 
     def exists(self, url: str) -> bool:
         return self.fs.exists(self._path(url))
+
+    def canonical(self, url: str) -> str:
+        if self._local:
+            return os.path.realpath(self._path(url))
+        path = "/".join(p for p in self._path(url).split("/") if p)
+        return f"{_protocols(self.fs)[0]}://{path}"
+
+    # --- conditional writes: O_EXCL and a folder lock locally, If-None-Match / If-Match on S3,
+    # ifGenerationMatch=0 on GCS (creation only) ---------------------------------------------------
+    def append(self, url: str, data: bytes) -> bool:
+        if not self._local:
+            return False
+        path = self._path(url)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return True
+
+    def create_new(self, url: str, data: bytes) -> bool:
+        path = self._path(url)
+        if self._local:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return True
+        if self._s3 or self._gcs:
+            try:
+                self.fs.pipe_file(path, data, mode="create")
+            except FileExistsError:
+                return False
+            finally:
+                self.fs.invalidate_cache(path)
+            return True
+        return super().create_new(url, data)
+
+    def read_versioned(self, url: str) -> tuple[bytes, str] | None:
+        path = self._path(url)
+        if self._local:
+            try:
+                with open(path, "rb") as f:
+                    st = os.fstat(f.fileno())
+                    return f.read(), f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
+            except FileNotFoundError:
+                return None
+        if self._s3:
+            self.fs.invalidate_cache(path)
+            try:
+                etag = self.fs.info(path)["ETag"]
+                return self.fs.cat_file(path), etag
+            except FileNotFoundError:
+                return None
+        return super().read_versioned(url)
+
+    def replace_if(self, url: str, data: bytes, version: str) -> bool:
+        path = self._path(url)
+        if self._local:
+            return _replace_if_local(path, data, version, self.read_versioned)
+        if self._s3:
+            try:
+                self.fs.pipe_file(path, data, IfMatch=version)
+            except FileNotFoundError:
+                return False
+            except OSError as exc:
+                if exc.errno == errno.EINVAL:  # 412 PreconditionFailed: it changed
+                    return False
+                raise
+            finally:
+                self.fs.invalidate_cache(path)
+            return True
+        return super().replace_if(url, data, version)
+
+
+def _replace_if_local(path: str, data: bytes, version: str, read: Any) -> bool:
+    """Compare and swap on a local disk: under an exclusive lock on the folder (which every corral
+    process takes for this), check the version, then rename a fully written file over the old one."""
+    import fcntl
+    import tempfile
+
+    folder = os.path.dirname(path) or "."
+    fd, temp = tempfile.mkstemp(dir=folder, prefix=".replace-")
+    try:
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        guard = os.open(folder, os.O_RDONLY)
+        try:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            current = read(path)
+            if current is None or current[1] != version:
+                return False
+            os.replace(temp, path)
+            return True
+        finally:
+            os.close(guard)  # releases the lock
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+
+
+def _version(info: dict[str, Any]) -> str | None:
+    """What changes when a file does, from fsspec's details: an ETag, a generation or an mtime."""
+    for key in ("ETag", "etag", "generation", "mtime", "LastModified", "updated"):
+        value = info.get(key)
+        if value is not None:
+            return str(value)
+    return None
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:

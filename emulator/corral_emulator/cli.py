@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 
@@ -40,7 +42,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                          "in Docker containers")
     serve.add_argument("--port", type=int, default=9001,
                        help="port of both APIs (Lambda, Cloud Functions v2) (default 9001; 0 = any)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1); an address other machines can reach "
+                            "needs --allow-remote-code-execution")
+    serve.add_argument("--allow-remote-code-execution", action="store_true",
+                       help="serve on a --host that is not loopback: the APIs run whatever code they are sent, "
+                            "without authentication, so anyone who reaches the port can run code on this machine")
     serve.add_argument("--max-concurrency", type=_positive_int, default=10,
                        help="requests running at once (both platforms) before 429 (default 10)")
     serve.add_argument("--mount", action="append", default=[], metavar="PATH",
@@ -84,7 +91,26 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or a name) reaches only this machine."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except (OSError, UnicodeError):
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+
+
 def run_serve(args: argparse.Namespace) -> int:
+    remote = not is_loopback(args.host)
+    if remote and not args.allow_remote_code_execution:
+        print(f"corral emulator: error: --host {args.host} is reachable from other machines, and the emulator "
+              "runs any code sent to its APIs without authentication: add --allow-remote-code-execution to "
+              "serve it anyway (only on a network you trust)", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     emulator = Emulator(
         port=args.port,
@@ -108,6 +134,9 @@ def run_serve(args: argparse.Namespace) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         endpoint = emulator.start()
+        if remote:
+            print(f"corral emulator: WARNING: serving {endpoint} on {args.host} without authentication: anyone "
+                  "who can reach it can run code on this machine", file=sys.stderr, flush=True)
         print(f"corral emulator: Lambda API on {endpoint} (image {emulator.base_image}); Ctrl-C to stop", flush=True)
         print(f'  boto3.client("lambda", endpoint_url="{endpoint}", region_name="{emulator.region}")', flush=True)
         print(f"corral emulator: Cloud Functions v2 API on {endpoint} (OAuth token endpoint {endpoint}/token)",

@@ -553,3 +553,111 @@ class MapFinalRepeatsKeys(corral.Job):
 
     def reduce(self, key, values):
         yield key, sorted(values)
+
+
+class HotKey(corral.Job):
+    """Every line is a value of one key, ``hot`` (or, with ``--arg keys=N``, of one of N keys by its
+    last digits); reduce counts them (a task's memory must follow its budget, not its keys)."""
+
+    def map(self, key, line):
+        keys = self.args.get("keys")
+        yield ("hot" if keys is None else f"k{int(line[-6:]) % int(keys)}"), line
+
+    def reduce(self, key, values):
+        n = 0
+        for _ in values:
+            n += 1
+        yield key, n
+
+
+class HotKeySortedValues(HotKey):
+    """HotKey whose values reach reduce sorted (checked there)."""
+
+    sort_values = True
+
+    def reduce(self, key, values):
+        n, last = 0, None
+        for value in values:
+            if last is not None and value < last:
+                raise ValueError(f"{value!r} after {last!r}")
+            n, last = n + 1, value
+        yield key, n
+
+
+class HotKeySorted(HotKeySortedValues):
+    """HotKeySortedValues through a combine that keeps every value and streams them out of sort order
+    (each pair swapped): the worst case for a task's memory."""
+
+    def combine(self, key, values):
+        values = iter(values)
+        for value in values:
+            following = next(values, None)
+            if following is not None:
+                yield key, following
+            yield key, value
+
+
+# --- resume, speculation, interrupts -------------------------------------------------------------------
+
+
+class Straggler(WordCount):
+    """WordCount where the task reading the line ``straggle`` is slow on its first attempt: it waits
+    ``--arg wait=SECONDS`` (default 30), or until a later attempt of that task has finished (which
+    then creates ``MARKER.released``). Every line also sleeps ``--arg sleep=SECONDS``."""
+
+    def map_init(self):
+        self.finished_straggler = False
+
+    def map(self, key, line):
+        marker = self.args["marker"]
+        if line == "straggle":
+            if _first_time(marker):
+                deadline = time.time() + float(self.args.get("wait", "30"))
+                while time.time() < deadline and not os.path.exists(marker + ".released"):
+                    time.sleep(0.01)
+            else:
+                self.finished_straggler = True
+        time.sleep(float(self.args.get("sleep", "0")))
+        yield from super().map(key, line)
+
+    def map_final(self):
+        if self.finished_straggler:
+            open(self.args["marker"] + ".released", "w").close()
+        return ()
+
+
+class SlowCounted(WordCount):
+    """WordCount with counters whose map sleeps ``--arg sleep=S`` per line and whose reduce tasks sleep
+    ``--arg rsleep=S`` once each: waves long enough to interrupt half-way."""
+
+    def map(self, key, line):
+        time.sleep(float(self.args.get("sleep", "0")))
+        self.increment_counter("lines", "total")
+        for word in line.split():
+            self.increment_counter("words", "total")
+            yield word, 1
+
+    def reduce_init(self):
+        time.sleep(float(self.args.get("rsleep", "0")))
+
+    def reduce(self, word, counts):
+        self.increment_counter("reduce", "keys")
+        yield word, sum(counts)
+
+
+class FailReduceWhile(SlowCounted):
+    """SlowCounted whose reduce fails while the file ``--arg fail=PATH`` exists."""
+
+    def reduce(self, word, counts):
+        if os.path.exists(self.args["fail"]):
+            raise ValueError("reduce failing on purpose")
+        yield from super().reduce(word, counts)
+
+
+class SleepingWordCount(WordCount):
+    """WordCount whose map sleeps ``--arg sleep=S`` seconds in one call (not cooperative: a task on a
+    thread cannot be stopped before it wakes)."""
+
+    def map(self, key, line):
+        time.sleep(float(self.args.get("sleep", "60")))
+        yield from super().map(key, line)

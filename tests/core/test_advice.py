@@ -88,8 +88,19 @@ def test_memory_advice_says_when_a_smaller_size_would_be_slower():
     m = fake_manifest(runs)
     item = memory_advice(m, list(manifest_attempts(m)))
     assert item["cpu_bound"] is True and item["slowdown"] == pytest.approx(2.8 / 10 / (128 / 1769), rel=0.01)
-    assert "but the tasks were CPU-bound (0.28 of the 0.29 vCPU AWS Lambda gives 512 MB): with 0.07 vCPU at " \
-           "128 MB they would run about 3.9x slower" in item["message"]
+    lam = MemorySizing(memory_mb=512, **LAMBDA)
+    slow = lam.cost([10_000 * item["slowdown"]], 128)
+    assert item["message"].endswith(
+        "; but the tasks were CPU-bound (0.28 of the 0.29 vCPU AWS Lambda gives 512 MB; 128 MB gets 0.07): "
+        f"they would run about 3.9x slower there, for about ${slow:.7f}")  # no size keeps the CPU for much less
+    # tasks that used a third of a vCPU at 1769 MB (one vCPU): 128 MB would be slower, 604 MB keeps their CPU
+    half = fake_manifest([{"stats": {"max_memory_used_mb": 40, "billed_ms": 10_000, "seconds": 10.0,
+                                     "cpu_seconds": 3.4}}], memory_mb=1769)
+    item = memory_advice(half, list(manifest_attempts(half)))
+    assert item["cpu_bound"] is False and item["cpu_keeping_mb"] == 602
+    assert "; but the tasks kept 0.34 vCPU busy (AWS Lambda gives 1.00 at 1769 MB, 0.07 at 128 MB): " \
+           "they would run about 4.7x slower there" in item["message"]
+    assert item["message"].endswith(f"; --memory 602 keeps that CPU, for ${lam.cost([10_000], 602):.7f}")
     idle = fake_manifest([{"stats": {"max_memory_used_mb": 40, "billed_ms": 10_000, "seconds": 10.0,
                                      "cpu_seconds": 0.3}}])
     assert "CPU-bound" not in memory_advice(idle, list(manifest_attempts(idle)))["message"]
@@ -199,11 +210,13 @@ def test_leak_warning_on_the_processes_backend(tmp_path, many_splits, leaks):
     else:
         assert warnings == [], run.stderr
         assert all(a["kind"] != "leak" for a in m["advice"])
-    # the right-size line of a local run: its peak, and what a remote backend would need
-    (memory,) = [line for line in run.stderr.splitlines() if line.startswith("corral: memory:")]
+    # the right-size advice of a local run (in the manifest and report; not printed after every local
+    # run): its peak, and what a remote backend would need
+    assert not [line for line in run.stderr.splitlines() if line.startswith("corral: memory:")]
+    (memory,) = [a for a in m["advice"] if a["kind"] == "memory"]
     peak = max(a.stats["peak_memory_mb"] for a in manifest_attempts(m))
-    assert memory == (f"corral: memory: tasks peaked at {peak:.0f} MB (worker RSS); with 20% headroom they need "
-                      f"{peak * 1.2:.0f} MB (--memory on a remote backend)")
+    assert memory["message"] == (f"memory: tasks peaked at {peak:.0f} MB (worker RSS); with 20% headroom they "
+                                 f"need {peak * 1.2:.0f} MB (--memory on a remote backend)")
     assert (peak > 200) == leaks
 
 

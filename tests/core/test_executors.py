@@ -152,6 +152,7 @@ def test_cancel_all_kills_every_worker_and_close_returns_at_once(tmp_path, one_l
     assert [f.result(timeout=5).failure.kind for f in futures] == [corral.CANCELLED] * 3
     executor.close()
     assert time.monotonic() - started < 3
+    executor.close()  # closing twice is closing once
     assert not gone_within(workers, 5)
     assert not gone_within(everything, 5)  # nor any other process the pool started
     assert executor.submit({"never": "run"}).result(timeout=1).failure.kind == corral.CANCELLED
@@ -207,10 +208,22 @@ def test_cancel_all_on_threads_drops_waiting_tasks_and_stops_running_ones(tmp_pa
     assert [f.result(timeout=0).failure.kind for f in futures] == [corral.CANCELLED] * 2
 
 
+def test_close_after_cancel_all_on_threads_does_not_wait_for_a_long_call_of_the_users_code(tmp_path, one_line):
+    pids = tmp_path / "pids"
+    executor = ThreadExecutor(1)
+    future = executor.submit(map_payload(jobs.Sleeper, one_line, tmp_path / "a", folder=str(pids), sleep="30"))
+    worker_pids(pids, 1)
+    started = time.monotonic()
+    executor.cancel_all()
+    executor.close()
+    assert time.monotonic() - started < 3
+    assert not future.done()  # still inside time.sleep: it resolves when (if) that call returns
+
+
 # --- a real `corral run`, killed or interrupted ---------------------------------------------------------
 
 
-def start_run(tmp_path: Path, **popen) -> subprocess.Popen:
+def start_run(tmp_path: Path, backend: str = "processes", **popen) -> subprocess.Popen:
     """``corral run`` of the Sleeper over two one-line files (two map tasks at once), as a subprocess."""
     (tmp_path / "pids").mkdir()
     (tmp_path / "in").mkdir()
@@ -218,7 +231,7 @@ def start_run(tmp_path: Path, **popen) -> subprocess.Popen:
         (tmp_path / "in" / f"{name}.txt").write_text(f"{name}\n")
     return subprocess.Popen(
         [CORRAL, "run", f"{JOBS}:Sleeper", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
-         "--backend", "processes", "--max-concurrency", "2", "--map-bin-size", "1", "--retries", "0",
+         "--backend", backend, "--max-concurrency", "2", "--map-bin-size", "1", "--retries", "0",
          "--arg", f"folder={tmp_path / 'pids'}", "--arg", "sleep=60"],
         env=clean_env(), **popen,
     )
@@ -318,7 +331,8 @@ def test_a_worker_killed_by_the_oom_killer_says_so(tmp_path, docker_engine):
     repo = Path(__file__).resolve().parents[2]
     site = str(Path(msgpack.__file__).resolve().parents[1])
     (tmp_path / "in.txt").write_text("a b a\n")
-    paths = [str(repo), *(str(repo / d) for d in ("emulator", "backends/docker", "backends/lambda")), site]
+    dists = ("emulator", "backends/docker", "backends/lambda", "backends/gcf")
+    paths = [str(repo), *(str(repo / d) for d in dists), site]
     logs = docker_engine.containers.run(
         image, ["python3", "-c", "import sys; from corral.cli import main; sys.exit(main())", "run",
                 f"{JOBS}:EatMemoryOnce", str(tmp_path / "in.txt"), "--out", str(tmp_path / "out"),
@@ -335,3 +349,37 @@ def test_a_worker_killed_by_the_oom_killer_says_so(tmp_path, docker_engine):
     assert re.fullmatch(r"worker process \d+ killed: out of memory \(the kernel's OOM killer at the 256 MB "
                         r"limit of its memory cgroup\)", first["failure"]["message"]), first["failure"]
     assert second["status"] == "committed"
+
+
+def test_ctrl_c_on_the_threads_backend_exits_at_once_though_its_tasks_sleep(tmp_path):
+    driver = start_run(tmp_path, "threads", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                       start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        worker_pids(tmp_path / "pids", 1)  # a task is inside time.sleep(60)
+        started = time.monotonic()
+        driver.send_signal(signal.SIGINT)
+        _, err = driver.communicate(timeout=10)
+        assert time.monotonic() - started < 5
+        assert driver.returncode == 130 and "corral: interrupted" in err
+        assert not (tmp_path / "out" / "_SUCCESS").exists()
+    finally:
+        kill_all(driver, set())
+
+
+def test_the_cgroup_v2_counter_of_a_systemd_session_is_found(tmp_path):
+    """A normal Linux box: cgroup v2 at /sys/fs/cgroup, the user's processes in a session scope."""
+    proc, mount = tmp_path / "proc", tmp_path / "sys-fs-cgroup"
+    scope = mount / "user.slice" / "user-1000.slice" / "session-2.scope"
+    proc.mkdir()
+    scope.mkdir(parents=True)
+    (mount / "memory.events").write_text("low 0\nhigh 0\nmax 0\noom 9\noom_kill 9\n")  # the root's: not ours
+    (scope / "memory.events").write_text("low 0\nhigh 0\nmax 1\noom 1\noom_kill 1\noom_group_kill 0\n")
+    (scope / "memory.max").write_text("max\n")
+    (proc / "cgroup").write_text("0::/user.slice/user-1000.slice/session-2.scope\n")
+    (proc / "mountinfo").write_text(f"35 24 0:30 / {mount} rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 "
+                                    "cgroup2 rw,nsdelegate,memory_recursiveprot\n")
+    watch = OomWatch(str(proc))
+    try:
+        assert watch.count() == 1 and watch.limit_mb() is None  # "max": no limit
+    finally:
+        watch.close()

@@ -475,3 +475,12 @@ def test_bad_output_settings_exit_2_naming_the_setting(tmp_path, args, env, mess
                        env=clean_env(**env))
     assert (done.returncode, done.stderr) == (2, f"corral: error: {message}\n")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("values", [[1, -2, 10**15], ["a", 'q"uote', "back\\slash", "tab\tnew\nline\x01", "é ✓"]])
+def test_jsonl_lines_are_what_json_dumps_writes(tmp_path, values):
+    keys = ['k"1', "k\\2", "k\n3\x7f", "ключ 🐍", ""][: len(values)]
+    pairs = list(zip(keys, values, strict=False))
+    run(EchoPairs, write_pairs(tmp_path / "in.jsonl", pairs), tmp_path / "out", output_format="jsonl")
+    assert (tmp_path / "out" / "part-00000.jsonl").read_text(encoding="utf-8") == "".join(
+        json.dumps({"key": k, "value": v}, ensure_ascii=False) + "\n" for k, v in pairs)

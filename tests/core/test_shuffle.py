@@ -409,30 +409,49 @@ def test_a_reduce_over_many_keys_with_a_tiny_budget(tmp_path):
 
 # --- peak memory of a reduce task does not grow with its input (slow) ------------------------------------
 
-REDUCE_IN_FRESH_PROCESS = """
+TASK_IN_FRESH_PROCESS = """
 import json, resource, sys
 from corral.worker import run_task
 result = run_task(json.load(open(sys.argv[1])))
 print(json.dumps({"ok": result["ok"], "error": result.get("error"), "keys_in": result.get("keys_in"),
-                  "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+                  "index": result.get("index"), "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 """
 
 
-def _reduce_in_fresh_process(folder, job, specs: list) -> dict:
-    """Run one reduce task of ``job`` over ``specs`` in a fresh interpreter; its result and peak RSS."""
-    payload = {
-        "kind": "reduce", "job": job_ref(job), "args": {}, "stage": 0, "task": "reduce-0000",
-        "attempt": 1, "partition": 0, "sources": specs, "output": str(folder / "out.txt"),
-        "output_kind": "text", "memory_budget": 256 << 20,
-    }
+def _task_in_fresh_process(folder, payload: dict) -> dict:
+    """Run one task in a fresh interpreter; its result and peak RSS (``maxrss_kb``)."""
     (folder / "payload.json").write_text(json.dumps(payload))
     done = subprocess.run(
-        [sys.executable, "-c", REDUCE_IN_FRESH_PROCESS, str(folder / "payload.json")],
+        [sys.executable, "-c", TASK_IN_FRESH_PROCESS, str(folder / "payload.json")],
         capture_output=True, text=True, check=True, env=clean_env(),
     )
     result = json.loads(done.stdout)
     assert result["ok"], result["error"]
     return result
+
+
+def _reduce_payload(folder, job, specs: list, budget: int = 256 << 20) -> dict:
+    return {
+        "kind": "reduce", "job": job_ref(job), "args": {}, "stage": 0, "task": "reduce-0000",
+        "attempt": 1, "partition": 0, "sources": specs, "output": str(folder / "out.txt"),
+        "output_kind": "text", "memory_budget": budget,
+    }
+
+
+def _map_payload(job, path, output, budget: int, start: int = 0, end: int | None = None) -> dict:
+    """Map task of ``job`` over ``path`` (or its bytes [start, end)) into one shuffle object for one reducer."""
+    end = path.stat().st_size if end is None else end
+    return {
+        "kind": "map", "job": job_ref(job), "args": {}, "stage": 0, "task": "map-0000", "attempt": 1,
+        "splits": [{"url": str(path), "start": start, "end": end, "kind": "text"}], "partitions": 1,
+        "output": str(output), "output_kind": "shuffle", "input_format": "lines", "input_errors": "strict",
+        "memory_budget": budget,
+    }
+
+
+def _reduce_in_fresh_process(folder, job, specs: list) -> dict:
+    """Run one reduce task of ``job`` over ``specs`` in a fresh interpreter; its result and peak RSS."""
+    return _task_in_fresh_process(folder, _reduce_payload(folder, job, specs))
 
 
 def _reduce_peak_rss(tmp_path, name: str, keys: int, sources: int = 8) -> tuple[int, int]:
@@ -491,3 +510,53 @@ def test_secondary_sort_reduce_of_a_hot_key_stays_flat_when_it_grows_tenfold(tmp
     small = _hot_key_reduce_peak_rss(tmp_path, "small", 2_000_000)
     big = _hot_key_reduce_peak_rss(tmp_path, "big", 20_000_000)
     assert big <= 1.5 * small, f"peak RSS {small} KiB -> {big} KiB for 10x the values of one key"
+
+
+# --- one hot key: a task's memory follows its budget, not the key (defect: it followed the key) -------------
+
+#: Besides its buffer, a map task holds one chunk of input lines (4 MB of short lines: about 20 MB of str).
+INPUT_CHUNK_MB = 20
+
+
+def _hot_key_peaks(tmp_path, values: int, budget_mb: int, maps: int = 20, job=jobs.HotKey) -> dict[str, float]:
+    """Peak RSS (MB) of real tasks of ``job`` (a HotKey), each in a fresh interpreter, for ``values`` lines under one
+    key at ``--memory-budget budget_mb``: one map over all of them, and one reducer over ``maps`` map outputs;
+    and the floor: a fresh interpreter that ran a one-line map."""
+    path = tmp_path / "in.txt"
+    with open(path, "w") as f:
+        f.writelines(f"value-{i:09d}\n" for i in range(values))
+    (tmp_path / "one.txt").write_text("value-000000000\n")
+    budget = budget_mb << 20
+    floor = _task_in_fresh_process(tmp_path, _map_payload(job, tmp_path / "one.txt", tmp_path / "one.bin", budget))
+    mapped = _task_in_fresh_process(tmp_path, _map_payload(job, path, tmp_path / "all.bin", budget))
+    size, specs = path.stat().st_size, []
+    for m in range(maps):  # real map tasks (run here: their memory is not what is measured)
+        start, end = m * size // maps, (m + 1) * size // maps
+        result = corral.run_task(_map_payload(job, path, tmp_path / f"map-{m}.bin", budget, start, end))
+        assert result["ok"], result["error"]
+        specs.append([str(tmp_path / f"map-{m}.bin"), *result["index"][0]])
+    reduced = _task_in_fresh_process(tmp_path, _reduce_payload(tmp_path, job, specs, budget))
+    assert (tmp_path / "out.txt").read_text() == f"hot\t{values}\n"
+    return {name: r["maxrss_kb"] / 1024 for name, r in (("floor", floor), ("map", mapped), ("reduce", reduced))}
+
+
+def test_a_hot_key_keeps_a_map_task_and_a_reducer_within_twice_the_budget(tmp_path):
+    """2 M values of one key at a 16 MB budget (before: map 133+ MB, reducer of 20 map outputs 96 MB)."""
+    peaks = _hot_key_peaks(tmp_path, 2_000_000, 16)
+    assert peaks["map"] <= peaks["floor"] + 2 * 16 + INPUT_CHUNK_MB, peaks
+    assert peaks["reduce"] <= peaks["floor"] + 2 * 16, peaks
+
+
+def test_a_hot_key_whose_combine_keeps_every_value_out_of_order_is_sorted_on_disk(tmp_path):
+    """sort_values with a combine that streams every value back unsorted: the final merge sorts the key's
+    values in runs on local disk (before: the whole key's list in memory). The reducer checks the order."""
+    peaks = _hot_key_peaks(tmp_path, 500_000, 4, maps=2, job=jobs.HotKeySorted)
+    assert peaks["map"] <= peaks["floor"] + 2 * 4 + INPUT_CHUNK_MB, peaks
+
+
+@pytest.mark.slow
+def test_a_hot_key_of_five_million_values_at_a_64mb_budget(tmp_path):
+    """The reported case (before: map 451 MB, reducer of 20 map outputs 256 MB)."""
+    peaks = _hot_key_peaks(tmp_path, 5_000_000, 64)
+    assert peaks["map"] <= peaks["floor"] + 2 * 64 + INPUT_CHUNK_MB, peaks
+    assert peaks["reduce"] <= peaks["floor"] + 2 * 64, peaks

@@ -183,3 +183,50 @@ def test_serve_takes_cloud_cpu_and_event_retry_delay():
     for bad in ("-1", "soon"):
         with pytest.raises(SystemExit):
             parser().parse_args(["serve", "--event-retry-delay", bad])
+
+
+# --- serving beyond this machine runs anyone's code: refused unless asked for by name ------------------
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])
+def test_serve_on_an_address_other_machines_reach_is_refused_without_the_flag(host):
+    done = subprocess.run([*_emulator_command(), "serve", "--host", host, "--port", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"corral emulator: error: --host {host} is reachable from other machines, and the emulator runs any code "
+        "sent to its APIs without authentication: add --allow-remote-code-execution to serve it anyway (only on "
+        "a network you trust)\n"
+    )
+    assert done.stdout == ""  # refused before anything started
+
+
+def test_loopback_hosts_need_no_flag():
+    assert cli.is_loopback("127.0.0.1") and cli.is_loopback("::1") and cli.is_loopback("localhost")
+    assert cli.is_loopback("127.0.0.2")
+    assert not cli.is_loopback("0.0.0.0") and not cli.is_loopback("::") and not cli.is_loopback("192.168.1.20")
+    assert not cli.is_loopback("no-such-host.invalid")
+
+
+@pytest.mark.docker
+def test_serve_on_all_addresses_with_the_flag_warns_and_serves(docker_engine):
+    process = subprocess.Popen(
+        [*_emulator_command(), "serve", "--host", "0.0.0.0", "--port", "0", "--allow-remote-code-execution",
+         "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = process.stdout.readline()
+        match = re.search(r"Lambda API on (http://0\.0\.0\.0:(\d+))", first)
+        assert match, first + (process.stderr.read() if process.poll() is not None else "")
+        warning = process.stderr.readline()
+        assert warning == (f"corral emulator: WARNING: serving {match.group(1)} on 0.0.0.0 without authentication: "
+                           "anyone who can reach it can run code on this machine\n")
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{match.group(2)}/2015-03-31/functions/", timeout=10) as r:
+            assert r.status == 200  # it serves
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -21,7 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from corral_emulator import Emulator, EmulatorError, default_base_image
-from corral_lambda.executor import LambdaConfig, LambdaExecutor
+from corral_lambda import LambdaConfig, LambdaExecutor
 
 from corral import JobSource, Settings, UsageError
 from corral.remote import RemoteFunctionExecutor

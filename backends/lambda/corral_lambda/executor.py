@@ -254,6 +254,10 @@ class LambdaExecutor(RemoteFunctionExecutor):
     def wheel_platforms(self) -> list[str]:
         return list(self.config.wheel_platforms)
 
+    def side_file_room(self) -> tuple[int, str]:
+        """Side files are downloaded to ``/tmp``: the function's ephemeral storage."""
+        return self.config.ephemeral_storage, "--ephemeral-storage"
+
     def check_package(self, package: Package) -> None:
         """Lambda's limits, before anything is uploaded: 250 MB unzipped; 50 MB zipped unless through S3."""
         unzipped = package.unzipped_size

@@ -22,9 +22,10 @@ import json
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
+
+from corral.remote import object_prefix
 
 log = logging.getLogger("corral.lambda")
 T = TypeVar("T")
@@ -66,16 +67,11 @@ def key_patterns(url: str) -> tuple[str, list[str]] | None:
     folder); a glob ``s3://b/in/part-*.csv`` -> ``in/part-*`` (its fixed part, then anything).
     A whole bucket (``s3://b``) -> ``*``.
     """
-    parts = urlsplit(url)
-    if parts.scheme not in ("s3", "s3a"):
+    found = object_prefix(url, ("s3", "s3a"))
+    if found is None:
         return None
-    key = parts.path.lstrip("/")
-    wildcards = [key.index(ch) for ch in "*?[" if ch in key]
-    if wildcards:
-        return parts.netloc, [key[: min(wildcards)] + "*"]
-    if key == "" or key.endswith("/"):
-        return parts.netloc, [key + "*"]
-    return parts.netloc, [key, key + "/*"]
+    bucket, key, what = found
+    return bucket, [key, key + "/*"] if what == "object" else [key + "*"]
 
 
 def _statements(urls: Iterable[str], actions: list[str], sid: str, partition: str) -> list[dict[str, Any]]:

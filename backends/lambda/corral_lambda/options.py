@@ -9,41 +9,28 @@ from typing import Any
 
 from corral import Option, int_in_range
 from corral.remote import OPTIONS as REMOTE_OPTIONS
+from corral.remote import parse_endpoint, parse_text
 from corral_lambda.runtime import parse_architecture
 
 ROLE = re.compile(r"^arn:aws[a-zA-Z-]*:iam::\d{12}:role/\S+$")
 BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
-def _text(value: Any) -> str:
-    text = str(value).strip()
-    if not text:
-        raise ValueError("must not be empty")
-    return text
-
-
-def _url(value: Any) -> str:
-    text = _text(value)
-    if not re.match(r"^https?://[^/\s]+", text):
-        raise ValueError(f"{text!r} is not an http(s):// URL")
-    return text.rstrip("/")
-
-
 def _bucket(value: Any) -> str:
-    text = _text(value)
+    text = parse_text(value)
     if not BUCKET.match(text):
         raise ValueError(f"{text!r} is not an S3 bucket name")
     return text
 
 
 def _role_arn(value: Any) -> str:
-    text = _text(value)
+    text = parse_text(value)
     if not ROLE.match(text):
         raise ValueError(f"{text!r} is not an IAM role ARN (arn:aws:iam::123456789012:role/NAME)")
     return text
 
 
-LAMBDA_ENDPOINT = Option("lambda-endpoint", _url, None,
+LAMBDA_ENDPOINT = Option("lambda-endpoint", parse_endpoint, None,
                          "Lambda API endpoint URL, e.g. a corral-emulator (lambda)", "URL")
 ROLE_ARN = Option("lambda-role-arn", _role_arn, None,
                   "existing IAM role the function runs as; corral then manages no IAM (lambda; default: "

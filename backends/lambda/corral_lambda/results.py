@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from corral import INFRASTRUCTURE, OUT_OF_MEMORY, TIMEOUT, USER_ERROR, Failure, Outcome, outcome_from_result
+from corral.remote import emulator_stats, number
 
 _REPORT_FIELDS = {
     "duration_ms": re.compile(r"(?<!Billed )(?<!Init )Duration:\s*([\d.]+)\s*ms"),
@@ -24,19 +25,7 @@ _REPORT_FIELDS = {
     "max_memory_used_mb": re.compile(r"Max Memory Used:\s*([\d.]+)\s*MB"),
     "init_ms": re.compile(r"Init Duration:\s*([\d.]+)\s*ms"),
 }
-_HEADERS = {
-    "duration_ms": "x-corral-duration-ms",
-    "billed_ms": "x-corral-billed-duration-ms",
-    "memory_size_mb": "x-corral-memory-size-mb",
-    "max_memory_used_mb": "x-corral-max-memory-used-mb",
-    "init_ms": "x-corral-init-duration-ms",
-}
 _TIMED_OUT = re.compile(r"Task timed out after\s*([\d.]+)\s*seconds")
-
-
-def _number(text: str) -> int | float:
-    value = float(text)
-    return int(value) if value.is_integer() else value
 
 
 def parse_report(log: str) -> dict[str, Any]:
@@ -53,7 +42,7 @@ def parse_report(log: str) -> dict[str, Any]:
     for key, pattern in _REPORT_FIELDS.items():
         match = pattern.search(line)
         if match:
-            stats[key] = _number(match.group(1))
+            stats[key] = number(match.group(1))
     stats["cold_start"] = "init_ms" in stats
     return stats
 
@@ -61,17 +50,8 @@ def parse_report(log: str) -> dict[str, Any]:
 def invoke_stats(headers: Mapping[str, str], log: str = "") -> dict[str, Any]:
     """An invocation's measurements: the emulator's ``X-Corral-*`` headers, else the REPORT line."""
     lowered = {k.lower(): v for k, v in headers.items()}
-    stats = parse_report(log)
-    for key, header in _HEADERS.items():
-        if header in lowered:
-            try:
-                stats[key] = _number(lowered[header])
-            except ValueError:
-                continue
-    cold = lowered.get("x-corral-cold-start")
-    if cold is not None:
-        stats["cold_start"] = cold.strip().lower() == "true"
-    elif stats:
+    stats = {**parse_report(log), **emulator_stats(headers)}
+    if "x-corral-cold-start" not in lowered and stats:
         stats["cold_start"] = "init_ms" in stats
     request_id = lowered.get("x-amzn-requestid")
     if request_id:

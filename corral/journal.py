@@ -1,0 +1,113 @@
+"""The run's journal in ``OUT/_corral/``: what ``--resume`` needs to continue after the driver dies.
+
+Records are JSON objects, one a line: the run (its id, the job, the inputs' fingerprint, the settings
+that shape the plan), each stage's plan, each committed attempt (its output, index and counters), and
+the final commit's moves. They are buffered and written at least every ``interval`` seconds and at
+each phase's end: appended to ``journal.jsonl`` and flushed to disk where the store can append (a
+local disk), else as numbered small objects ``journal/000001.jsonl``… (S3, GCS: objects cannot be
+appended to). A torn last line (the driver killed mid-write) is ignored when the journal is read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from corral.fs import FileSystem, join
+
+log = logging.getLogger("corral")
+
+FLUSH_SECONDS = 2.0
+VERSION = 1
+
+
+class Journal:
+    def __init__(self, fs: FileSystem, out: str, interval: float = FLUSH_SECONDS) -> None:
+        self.fs = fs
+        self.folder = join(out, "_corral")
+        self.interval = interval
+        self._pending: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._last_flush = time.monotonic()
+        self._appendable: bool | None = None
+        self._next_object = 1
+        self.enabled = True  # False once the lease is lost: another run owns the journal now
+
+    @property
+    def path(self) -> str:
+        return join(self.folder, "journal.jsonl")
+
+    def add(self, record: dict[str, Any]) -> None:
+        with self._lock:
+            self._pending.append(record)
+
+    def due(self) -> bool:
+        return bool(self._pending) and time.monotonic() - self._last_flush >= self.interval
+
+    def flush(self) -> None:
+        """Write what is pending (one append and fsync, or one object)."""
+        with self._lock:
+            self._last_flush = time.monotonic()
+            if not self._pending or not self.enabled:
+                return
+            data = "".join(
+                json.dumps(r, separators=(",", ":"), default=str) + "\n" if r else "\n" for r in self._pending
+            )
+            self._write(data.encode("utf-8"))
+            self._pending.clear()
+
+    def _write(self, data: bytes) -> None:
+        if self._appendable is not False:
+            self._appendable = self.fs.append(self.path, data)
+            if self._appendable:
+                return
+        url = join(self.folder, "journal", f"{self._next_object:06d}.jsonl")
+        self.fs.write_bytes(url, data)
+        self._next_object += 1
+
+    def continue_after(self, objects: int) -> None:
+        """Resuming: number new objects after the ``objects`` an earlier driver wrote, and start on a
+        new line (the earlier driver may have been killed mid-line)."""
+        self._next_object = objects + 1
+        self._pending.insert(0, {})
+
+    def remove(self) -> None:
+        with self._lock:
+            self._pending.clear()
+            self.fs.remove(self.path)
+            self.fs.remove(join(self.folder, "journal"), recursive=True)
+
+
+def read_journal(fs: FileSystem, out: str) -> tuple[list[dict[str, Any]], int] | None:
+    """The records of the journal in ``out`` and how many objects it spans, or None if it has none."""
+    folder = join(out, "_corral")
+    chunks: list[bytes] = []
+    objects = 0
+    try:
+        chunks.append(fs.read_bytes(join(folder, "journal.jsonl")))
+    except FileNotFoundError:
+        pass
+    except IsADirectoryError:  # pragma: no cover - a store that lists prefixes as folders
+        pass
+    try:
+        found = fs.expand(join(folder, "journal"))
+    except FileNotFoundError:
+        found = []
+    for info in sorted(found, key=lambda i: i.url):
+        chunks.append(fs.read_bytes(info.url))
+        objects += 1
+    if not chunks:
+        return None
+    records = []
+    for chunk in chunks:
+        for line in chunk.split(b"\n"):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError:  # a line torn by a killed driver: what follows it was never written
+                log.debug("ignoring a torn journal line in %s", folder)
+    return records, objects

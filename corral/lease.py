@@ -1,0 +1,225 @@
+"""One run per output: a lease on ``OUT/_corral/lock`` with a heartbeat.
+
+The lock holds the run id, the host, the pid and a heartbeat (seconds since the epoch) that the
+holder refreshes every ``timeout / 4`` seconds. Another run on the same OUT is refused, naming the
+holder. A lease whose heartbeat is older than ``timeout`` (or whose process is gone, on this host) is
+stale: the next run takes it over and says so. A holder that finds its lease taken (it was paused
+longer than the timeout: a laptop asleep) stops before writing anything more.
+
+The lock is created with a conditional write where the store has one (``O_EXCL`` on a local disk,
+``If-None-Match`` on S3, ``ifGenerationMatch=0`` on GCS) and taken over with a compare-and-swap
+(a folder lock on a local disk, ``If-Match`` on S3); on other stores these are a read then a write,
+and two runs starting within the same instant could both go ahead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from corral.errors import UsageError
+from corral.fs import FileSystem, display, join
+
+log = logging.getLogger("corral")
+
+TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Holder:
+    run_id: str
+    host: str
+    pid: int
+    heartbeat: float
+
+    @classmethod
+    def parse(cls, data: bytes) -> Holder | None:
+        try:
+            d = json.loads(data)
+            return cls(str(d["run_id"]), str(d["host"]), int(d["pid"]), float(d["heartbeat"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def gone(self) -> bool:
+        """Whether the holder's process has ended (known only on this host)."""
+        if self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, someone else's
+            return False
+        return False
+
+    def describe(self) -> str:
+        age = max(0.0, time.time() - self.heartbeat)
+        return f"run {self.run_id} on host {self.host} (pid {self.pid}, last heartbeat {_age(age)} ago)"
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class LeaseLostError(Exception):
+    """Another run took this run's lease over (it found the heartbeat stale)."""
+
+
+class Lease:
+    def __init__(self, fs: FileSystem, out: str, run_id: str, timeout: float = TIMEOUT) -> None:
+        self.fs = fs
+        self.out = out
+        self.url = join(out, "_corral", "lock")
+        self.run_id = run_id
+        self.timeout = timeout
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.held = False
+        self.lost: Holder | None = None  # who took it, once lost
+        self._lock = threading.Lock()
+
+    def _content(self) -> bytes:
+        return json.dumps(
+            {"run_id": self.run_id, "host": self.host, "pid": self.pid, "heartbeat": time.time()}
+        ).encode("utf-8")
+
+    def _ours(self, holder: Holder | None) -> bool:
+        return holder is not None and (holder.run_id, holder.pid, holder.host) == (self.run_id, self.pid, self.host)
+
+    def acquire(self) -> None:
+        """Take the lease, or raise UsageError naming the run that holds it (or why OUT is not writable)."""
+        for _ in range(5):
+            try:
+                if self.fs.create_new(self.url, self._content()):
+                    self.held = True
+                    return
+                current = self.fs.read_versioned(self.url)
+            except FileExistsError:  # lost a race with another run creating it: look again
+                continue
+            except OSError as exc:
+                raise UsageError(f"cannot write to the output folder {display(self.out)}: {_reason(exc)}") from None
+            if current is None:  # released meanwhile: try again
+                continue
+            data, version = current
+            holder = Holder.parse(data)
+            gone = holder is not None and holder.gone()
+            if holder is not None and not gone and time.time() - holder.heartbeat <= self.timeout:
+                raise UsageError(
+                    f"the output folder {display(self.out)} is in use by {holder.describe()}: "
+                    "wait for it to end, or stop it and continue it with --resume"
+                )
+            if self.fs.replace_if(self.url, self._content(), version):
+                if holder is None:
+                    log.warning("taking over the output folder's lease: its lock is unreadable")
+                else:
+                    why = "its process is gone" if gone else f"no heartbeat for {_age(time.time() - holder.heartbeat)}"
+                    log.warning("taking over the output folder's lease from run %s on host %s (pid %d): %s",
+                                holder.run_id, holder.host, holder.pid, why)
+                self.held = True
+                return
+        raise UsageError(f"could not take the lease on the output folder {display(self.out)}: it keeps changing")
+
+    def rename(self, run_id: str) -> None:
+        """Hold the lease as ``run_id`` (``--resume`` continues an earlier run under its id)."""
+        with self._lock:
+            current = self.fs.read_versioned(self.url)
+            if current is None or not self._ours(Holder.parse(current[0])):
+                raise LeaseLostError(f"lost the lease on the output folder {display(self.out)}")
+            self.run_id = run_id
+            if not self.fs.replace_if(self.url, self._content(), current[1]):
+                raise LeaseLostError(f"lost the lease on the output folder {display(self.out)}")
+
+    def refresh(self) -> bool:
+        """Renew the heartbeat; False (and ``lost`` set) if another run holds the lease now."""
+        with self._lock:
+            if not self.held:
+                return False
+            current = self.fs.read_versioned(self.url)
+            holder = Holder.parse(current[0]) if current else None
+            if current is None or not self._ours(holder):
+                return self._lose(holder)
+            if self.fs.replace_if(self.url, self._content(), current[1]):
+                return True
+            return self._still_ours()  # it changed between the read and the write: whose is it now?
+
+    def _still_ours(self) -> bool:
+        current = self.fs.read_versioned(self.url)
+        holder = Holder.parse(current[0]) if current else None
+        return True if self._ours(holder) else self._lose(holder)
+
+    def _lose(self, holder: Holder | None) -> bool:
+        self.held = False
+        self.lost = holder or Holder("?", "?", 0, 0.0)
+        return False
+
+    def check(self) -> None:
+        """Raise LeaseLostError if another run holds the lease now (read from the store)."""
+        if self.lost is not None or (self.held and not self._still_ours()):
+            who = self.lost.describe() if self.lost and self.lost.run_id != "?" else "another run"
+            raise LeaseLostError(
+                f"this run lost its lease on the output folder {display(self.out)} to {who} (it was "
+                "paused longer than the lease timeout, or its lock was removed); stopping without writing more"
+            )
+
+    def release(self) -> None:
+        with self._lock:
+            if not self.held:
+                return
+            self.held = False
+            try:
+                current = self.fs.read_versioned(self.url)
+                if current is not None and self._ours(Holder.parse(current[0])):
+                    self.fs.remove(self.url)
+            except OSError as exc:
+                log.warning("could not release the lease %s: %s", display(self.url), exc)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+class Keeper:
+    """A background thread that renews the lease and flushes the journal on time."""
+
+    def __init__(self, lease: Lease, journal: Any, interval: float) -> None:
+        self.lease = lease
+        self.journal = journal
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="corral-keeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        next_beat = time.monotonic() + self.interval
+        tick = min(0.5, self.journal.interval if self.journal else 0.5)
+        while not self._stop.wait(tick):
+            try:
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + self.interval
+                    if not self.lease.refresh():
+                        if self.journal is not None:
+                            self.journal.enabled = False
+                        return
+                if self.journal is not None and self.journal.due():
+                    self.journal.flush()
+            except Exception as exc:  # a flaky store: try again at the next tick
+                log.warning("could not renew the lease or write the journal: %s", exc)

@@ -1,0 +1,294 @@
+"""A wave of tasks (one phase of a stage): attempts submitted up to the executor's concurrency,
+failures retried by the ``RetryPolicy``, stragglers duplicated by the ``SpeculationPolicy``, and the
+first attempt of each task to succeed committed.
+
+Attempts write only under their own names, so a duplicate can never change the output: whichever
+attempt of a task ends well first is committed, and any other is cancelled (where the executor can)
+or discarded when it ends.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from bisect import insort
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from corral.executor import CANCELLED, Executor, Failure, Outcome
+from corral.fs import get_filesystem
+from corral.retry import RetryPolicy
+from corral.tasks import TaskSpec
+
+log = logging.getLogger("corral")
+
+#: How often the loop wakes while it waits for attempts: to notice an interrupt, to look for stragglers.
+POLL_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class SpeculationPolicy:
+    """When a straggler gets a duplicate attempt: once ``share`` of the wave is committed and a slot is
+    free, a task running longer than ``max(factor x the median duration of the wave's committed
+    tasks, floor)`` gets one more attempt."""
+
+    enabled: bool = True
+    floor: float = 5.0
+    factor: float = 2.0
+    share: float = 0.75
+
+    def threshold(self, sorted_durations: list[float]) -> float:
+        n = len(sorted_durations)
+        median = (sorted_durations[(n - 1) // 2] + sorted_durations[n // 2]) / 2
+        return max(self.factor * median, self.floor)
+
+
+@dataclass
+class TaskState:
+    """One task of a wave: its spec (that of its first attempt), its attempts' records, its commit."""
+
+    name: str
+    spec: TaskSpec
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # as the manifest records them
+    failures: int = 0  # failures that count toward --retries
+    committed: dict[str, Any] | None = None  # the committed attempt's result
+    running: int = 0  # attempts in flight
+    speculated: bool = False  # a duplicate attempt was launched
+    reused: bool = False  # committed by an earlier run of this job (--resume)
+
+    @property
+    def committed_attempt(self) -> int | None:
+        return next((a["attempt"] for a in self.attempts if a.get("status") == "committed"), None)
+
+
+@dataclass
+class Attempt:
+    state: TaskState
+    spec: TaskSpec
+    entry: dict[str, Any]  # its record in state.attempts
+    started: float  # time.monotonic() at submit
+
+
+class TaskFailedError(Exception):
+    """A task failed and the retry policy gives up on it."""
+
+    def __init__(self, state: TaskState, attempt: int, failure: Failure) -> None:
+        super().__init__(f"task {state.name} attempt {attempt}: {failure.describe()}")
+        self.state, self.attempt, self.failure = state, attempt, failure
+
+
+class Leftovers:
+    """Attempts the driver no longer needs that are still running (speculative losers), across waves.
+
+    They still hold an executor slot until they end; then their output is deleted."""
+
+    def __init__(self, on_end: Callable[[Attempt, Outcome], None]) -> None:
+        self.attempts: dict[Future[Outcome], Attempt] = {}
+        self._on_end = on_end
+
+    def __len__(self) -> int:
+        return len(self.attempts)
+
+    def add(self, future: Future[Outcome], attempt: Attempt) -> None:
+        self.attempts[future] = attempt
+
+    def collect(self, done: Iterable[Future[Outcome]]) -> None:
+        for future in done:
+            attempt = self.attempts.pop(future, None)
+            if attempt is not None:
+                outcome = future.result()
+                entry = attempt.entry
+                entry["stats"] = outcome.stats
+                if outcome.ok:
+                    entry["status"] = "discarded"
+                elif outcome.failure is not None and outcome.failure.kind == CANCELLED:
+                    entry["status"] = "cancelled"
+                else:
+                    entry["status"] = "failed"
+                    entry["failure"] = _failure_record(outcome.failure)
+                discard(attempt.spec.output)
+                self._on_end(attempt, outcome)
+
+    def wait(self, timeout: float | None) -> None:
+        """Wait for every leftover attempt to end (at most ``timeout`` seconds)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.attempts:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, _ = wait(list(self.attempts), timeout=left)
+            self.collect(done)
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+
+
+def discard(url: str) -> None:
+    try:
+        get_filesystem(url).remove(url, recursive=True)  # a final task's output may be a folder of parts
+    except OSError as exc:  # leftovers are harmless: nothing reads an uncommitted attempt
+        log.debug("could not remove %s: %s", url, exc)
+
+
+def _failure_record(failure: Failure | None) -> dict[str, Any]:
+    assert failure is not None
+    return {"kind": failure.kind, "message": failure.describe(), "traceback": failure.traceback}
+
+
+class Wave:
+    """Runs ``tasks`` to completion on ``executor``; raises ``TaskFailedError`` when one cannot be done.
+
+    ``output_for(state, attempt)`` names an attempt's output; ``on_start(attempt)`` hears of every
+    attempt before it is submitted, ``on_end(attempt, outcome, committed, will_retry)`` of every one
+    that ends; ``check()`` is called while waiting and raises to
+    stop the wave (an interrupt, a lost lease).
+    """
+
+    def __init__(
+        self,
+        executor: Executor,
+        tasks: list[TaskState],
+        *,
+        output_for: Callable[[TaskState, int], str],
+        on_start: Callable[[Attempt], None],
+        on_end: Callable[[Attempt, Outcome, bool, bool], None],
+        retry: RetryPolicy,
+        speculation: SpeculationPolicy,
+        leftovers: Leftovers,
+        check: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.executor = executor
+        self.tasks = tasks
+        self.output_for = output_for
+        self.on_start = on_start
+        self.on_end = on_end
+        self.retry = retry
+        self.speculation = speculation
+        self.leftovers = leftovers
+        self.check = check
+        self.running: dict[Future[Outcome], Attempt] = {}  # in submit order: oldest first
+        self.ready: list[TaskState] = [t for t in reversed(tasks) if t.committed is None]
+        self.delayed: list[tuple[float, int, TaskState]] = []  # (due time, tie-breaker, task)
+        self.left = len(self.ready)  # tasks not committed yet
+        self.durations: list[float] = []  # of this wave's committed attempts, sorted
+        self.speculative = 0  # duplicate attempts launched
+        self.speculative_won = 0
+
+    def run(self) -> None:
+        limit = self.executor.max_concurrency
+        try:
+            while self.left:
+                self.check()
+                now = time.monotonic()
+                while self.delayed and self.delayed[0][0] <= now:
+                    self.ready.append(heapq.heappop(self.delayed)[2])
+                while self.ready and len(self.running) + len(self.leftovers) < limit:
+                    self._submit(self.ready.pop(), speculative=False)
+                if self.speculation.enabled and self.durations and not self.ready:
+                    self._speculate(now, limit)
+                timeout = POLL_SECONDS
+                if self.delayed:
+                    timeout = min(timeout, max(0.0, self.delayed[0][0] - time.monotonic()))
+                pending = [*self.running, *self.leftovers.attempts]
+                if not pending:  # every task waits for its retry
+                    time.sleep(timeout)
+                    continue
+                done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+                self.leftovers.collect(done)
+                for future in done:
+                    attempt = self.running.pop(future, None)
+                    if attempt is not None:
+                        self._ended(attempt, future.result())
+        finally:
+            self._let_go()
+
+    # --- attempts ------------------------------------------------------------------------------
+    def _submit(self, state: TaskState, speculative: bool) -> None:
+        number = len(state.attempts) + 1
+        spec = state.spec if number == 1 else state.spec.for_attempt(number, self.output_for(state, number))
+        entry: dict[str, Any] = {"attempt": number, "output": spec.output}
+        if speculative:
+            entry["speculative"] = True
+        state.attempts.append(entry)
+        state.running += 1
+        attempt = Attempt(state, spec, entry, time.monotonic())
+        self.on_start(attempt)
+        self.running[self.executor.submit(spec.to_json())] = attempt
+
+    def _ended(self, attempt: Attempt, outcome: Outcome) -> None:
+        state, entry = attempt.state, attempt.entry
+        state.running -= 1
+        entry["stats"] = outcome.stats
+        if outcome.ok:
+            if state.committed is None:
+                self._commit(attempt, outcome)
+            else:  # cannot happen while losers are let go at the commit; kept for safety
+                entry["status"] = "discarded"
+                discard(attempt.spec.output)
+                self.on_end(attempt, outcome, False, False)
+            return
+        failure = outcome.failure
+        assert failure is not None
+        entry["status"] = "failed"
+        entry["failure"] = _failure_record(failure)
+        discard(attempt.spec.output)
+        if self.retry.counts(failure):
+            state.failures += 1
+        if state.running or state.committed is not None:  # another attempt of the task is still going
+            self.on_end(attempt, outcome, False, False)
+            return
+        delay = self.retry.delay(failure, state.failures)
+        if delay is None:
+            self.on_end(attempt, outcome, False, False)
+            raise TaskFailedError(state, attempt.entry["attempt"], failure)
+        log.info("retrying %s (attempt %d %s: %s) in %.2f s",
+                 state.name, entry["attempt"], failure.kind, failure.describe(), delay)
+        heapq.heappush(self.delayed, (time.monotonic() + delay, id(state), state))
+        self.on_end(attempt, outcome, False, True)
+
+    def _commit(self, attempt: Attempt, outcome: Outcome) -> None:
+        state = attempt.state
+        state.committed = outcome.result
+        attempt.entry["status"] = "committed"
+        self.left -= 1
+        insort(self.durations, time.monotonic() - attempt.started)
+        if attempt.entry.get("speculative"):
+            self.speculative_won += 1
+        self.on_end(attempt, outcome, True, False)
+        for future, other in list(self.running.items()):  # the task's other attempt lost
+            if other.state is state:
+                self._give_up(future)
+
+    def _give_up(self, future: Future[Outcome]) -> None:
+        """Hand a running attempt that is no longer needed to the leftovers, cancelling it if possible."""
+        attempt = self.running.pop(future)
+        attempt.state.running -= 1
+        self.leftovers.add(future, attempt)
+        try:
+            self.executor.cancel(future)
+        except Exception as exc:  # it then runs to its end and is discarded
+            log.debug("could not cancel %s attempt %d: %s", attempt.state.name, attempt.entry["attempt"], exc)
+
+    def _let_go(self) -> None:
+        """On the way out (done, failed, interrupted): attempts still running become leftovers."""
+        for future in list(self.running):
+            self._give_up(future)
+
+    # --- speculation ---------------------------------------------------------------------------
+    def _speculate(self, now: float, limit: int) -> None:
+        free = limit - len(self.running) - len(self.leftovers)
+        if free <= 0 or len(self.tasks) - self.left < self.speculation.share * len(self.tasks):
+            return
+        threshold = self.speculation.threshold(self.durations)
+        stragglers = []
+        for attempt in self.running.values():  # oldest first: stop at the first young one
+            if now - attempt.started <= threshold:
+                break
+            if not attempt.state.speculated and attempt.state.committed is None:
+                stragglers.append(attempt)
+        for attempt in stragglers[:free]:
+            attempt.state.speculated = True
+            self.speculative += 1
+            log.info("%s has run %.1f s (threshold %.1f s): starting a speculative attempt",
+                     attempt.state.name, now - attempt.started, threshold)
+            self._submit(attempt.state, speculative=True)

@@ -1,0 +1,277 @@
+"""``--resume``: a run stopped half-way (SIGKILL of the driver, a failed task) continues from its
+journal, reusing what it committed; output and counters equal an uninterrupted run's. A resume whose
+inputs or settings changed is refused, naming what changed, and deletes nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from . import jobs
+from .util import clean_env, cli, corral_command, counts, manifest, part_lines, run, run_command, word_counter
+
+WORDS = [f"w{i}" for i in range(40)]
+
+
+def _write_input(folder: Path, files: int = 12, lines: int = 30) -> str:
+    folder.mkdir()
+    text = ""
+    for n in range(files):
+        body = "".join(" ".join(WORDS[(n * 13 + i * 7 + k) % len(WORDS)] for k in range(5)) + "\n"
+                       for i in range(lines))
+        (folder / f"f{n:02d}.txt").write_text(body)
+        text += body
+    return text
+
+
+def _journal(out: Path) -> list[dict]:
+    path = out / "_corral" / "journal.jsonl"
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_bytes().split(b"\n"):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            pass
+    return records
+
+
+def _commits(out: Path, phase: str) -> int:
+    return sum(1 for r in _journal(out) if r.get("t") == "commit" and r["phase"] == phase)
+
+
+def kill_driver_when(argv: list, out: Path, ready, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run ``corral ARGV`` and SIGKILL the driver once ``ready(out)`` holds (read from its journal)."""
+    process = subprocess.Popen([corral_command(), *map(str, argv)], env=clean_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready(out):
+            assert process.poll() is None, f"the run ended before it was killed: {process.communicate()}"
+            assert time.monotonic() < deadline, "the run never got there"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    done = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    done.pid = process.pid  # type: ignore[attr-defined]
+    return done
+
+
+COMMON = ["--map-bin-size", "1", "--reducers", "6", "--max-concurrency", "2", "--backend", "processes",
+          "--arg", "sleep=0.01"]
+
+
+@pytest.mark.parametrize("phase", ["map", pytest.param("reduce", marks=pytest.mark.slow)])
+def test_resume_after_the_driver_is_killed_half_way(tmp_path, phase):
+    text = _write_input(tmp_path / "in")
+    out = tmp_path / "out"
+    job = f"{jobs.__file__}:SlowCounted"
+    # the journal is written every 2 s and at each phase's end: the waves last longer than that
+    common = [*COMMON, "--arg", "rsleep=0.2" if phase == "map" else "rsleep=1.0"]
+    if phase == "map":
+        ready = lambda o: _commits(o, "map") >= 6  # noqa: E731 - half of the 12 map tasks
+    else:
+        ready = lambda o: _commits(o, "map") == 12 and _commits(o, "reduce") >= 2  # noqa: E731
+    killed = kill_driver_when(["run", job, tmp_path / "in", "--out", out, *common], out, ready)
+    assert killed.returncode == -signal.SIGKILL
+    assert not (out / "_SUCCESS").exists()
+    committed = {r["task"] for r in _journal(out) if r.get("t") == "commit"}
+
+    done = run_command("corral", "run", job, tmp_path / "in", "--out", out, *common, "--resume")
+    assert done.returncode == 0, done.stderr
+    run_id = manifest(out)["run_id"]
+    assert done.stderr.splitlines()[:2] == [
+        f"corral: taking over the output folder's lease from run {run_id} on host {socket.gethostname()} "
+        f"(pid {killed.pid}): its process is gone",
+        f"corral: resuming run {run_id}: {len(committed)} of 18 tasks already committed",
+    ]
+
+    reference = tmp_path / "reference"
+    assert run_command("corral", "run", job, tmp_path / "in", "--out", reference, *common, "-q").returncode == 0
+    assert part_lines(out) == part_lines(reference)  # the same part files, line for line
+    assert counts(out) == word_counter(text)
+    resumed, uninterrupted = manifest(out), manifest(reference)
+    assert resumed["counters"] == uninterrupted["counters"] == {
+        "lines": {"total": 360}, "reduce": {"keys": 40}, "words": {"total": 1800},
+    }
+    assert resumed["status"] == "succeeded" and resumed["resumed"] == {"reused_tasks": len(committed)}
+    reused = {name for name, t in resumed["stages"][0]["tasks"].items() if t.get("reused")}
+    assert reused == committed
+    for name in reused:
+        (attempt,) = resumed["stages"][0]["tasks"][name]["attempts"]
+        assert attempt["reused"] is True and attempt["status"] == "committed"
+    assert sorted(p.name for p in (out / "_corral").iterdir()) == ["manifest.json"]  # journal, lock, work: gone
+
+
+# --- an unfinished run: a task failed after some committed ----------------------------------------------
+
+
+@pytest.fixture
+def unfinished(tmp_path):
+    """A run whose reduce fails (after every map task committed): the journal and working data stay."""
+    text = _write_input(tmp_path / "in", files=4, lines=10)
+    fail = tmp_path / "fail"
+    fail.write_text("")
+    out = tmp_path / "out"
+    argv = ["run", f"{jobs.__file__}:FailReduceWhile", tmp_path / "in", "--out", out, "--map-bin-size", "1",
+            "--reducers", "2", "--backend", "threads", "--retries", "0", "--arg", f"fail={fail}"]
+    done = run_command("corral", *argv)
+    assert done.returncode == 1 and "reduce failing on purpose" in done.stderr
+    return {"argv": argv, "out": out, "fail": fail, "text": text, "folder": tmp_path / "in"}
+
+
+def _state(out: Path) -> dict[str, bytes]:
+    """Every file below ``out`` and its content (to show that nothing was deleted or changed)."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_a_new_run_into_an_unfinished_one_names_resume_and_overwrite(unfinished, capsys):
+    run_id = json.loads((unfinished["out"] / "_corral" / "journal.jsonl").read_text().splitlines()[0])["run_id"]
+    before = _state(unfinished["out"])
+    code, _, err = cli(capsys, *unfinished["argv"])
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"corral: error: output folder {unfinished['out']} holds an unfinished run {run_id}: continue it with "
+        "--resume, or start again with --overwrite"
+    ]
+    assert _state(unfinished["out"]) == before
+
+
+def test_resume_continues_a_failed_run_reusing_its_map_tasks(unfinished, capsys):
+    unfinished["fail"].unlink()
+    code, _, err = cli(capsys, *unfinished["argv"], "--resume")
+    assert code == 0, err
+    assert "tasks already committed" in err and "resuming run" in err
+    assert counts(unfinished["out"]) == word_counter(unfinished["text"])
+    m = manifest(unfinished["out"])
+    tasks = m["stages"][0]["tasks"]
+    assert all(tasks[f"map-{j:04d}"].get("reused") for j in range(4))
+    assert not any(t.get("reused") for name, t in tasks.items() if name.startswith("reduce"))
+    assert m["counters"]["lines"] == {"total": 40}
+
+
+def test_resume_runs_again_a_task_whose_output_is_gone(unfinished, capsys):
+    unfinished["fail"].unlink()
+    (gone,) = [p for p in (unfinished["out"] / "_corral" / "work").rglob("map-0002.*.bin")]
+    gone.unlink()
+    code, _, err = cli(capsys, *unfinished["argv"], "--resume")
+    assert code == 0, err
+    assert "resuming run" in err and ": 3 of 6 tasks already committed" in err
+    assert counts(unfinished["out"]) == word_counter(unfinished["text"])
+    tasks = manifest(unfinished["out"])["stages"][0]["tasks"]
+    assert not tasks["map-0002"].get("reused") and tasks["map-0001"].get("reused")
+
+
+@pytest.mark.parametrize("change, message", [
+    (["--reducers", "3"], "--reducers was 2, is now 3"),
+    (["--arg", "extra=1"], "--arg was fail={fail}, is now fail={fail} extra=1"),
+    (["--split-size", "1MB"], "--split-size was 67108864, is now 1048576"),
+])
+def test_resume_with_other_settings_is_refused_and_deletes_nothing(unfinished, capsys, change, message):
+    before = _state(unfinished["out"])
+    code, _, err = cli(capsys, *unfinished["argv"], *change, "--resume")
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert line.startswith("corral: error: cannot resume run ")
+    assert message.format(fail=unfinished["fail"]) in line
+    assert line.endswith("Nothing was deleted: resume with the same job, inputs and settings, or start again "
+                         "with --overwrite")
+    assert _state(unfinished["out"]) == before
+
+
+def test_resume_with_changed_inputs_is_refused_naming_them(unfinished, capsys):
+    folder = unfinished["folder"]
+    (folder / "f01.txt").write_text((folder / "f01.txt").read_text() + "more\n")
+    (folder / "new.txt").write_text("new\n")
+    (folder / "f03.txt").unlink()
+    before = _state(unfinished["out"])
+    code, _, err = cli(capsys, *unfinished["argv"], "--resume")
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    size = len((folder / "f01.txt").read_bytes())
+    assert f"input {folder / 'f01.txt'} changed size ({size - 5} -> {size} bytes)" in line
+    assert f"input {folder / 'f03.txt'} is gone" in line
+    assert f"input {folder / 'new.txt'} is new" in line
+    assert _state(unfinished["out"]) == before
+
+
+def test_resume_with_a_modified_input_of_the_same_size_is_refused(unfinished, capsys):
+    path = unfinished["folder"] / "f00.txt"
+    path.write_bytes(path.read_bytes().replace(b"w", b"v"))
+    os.utime(path, (time.time() + 5, time.time() + 5))
+    code, _, err = cli(capsys, *unfinished["argv"], "--resume")
+    assert code == 2 and f"input {path} was modified" in err
+
+
+def test_overwrite_starts_an_unfinished_run_again(unfinished, capsys):
+    old_work = [p for p in (unfinished["out"] / "_corral" / "work").iterdir()]
+    unfinished["fail"].unlink()
+    code, _, err = cli(capsys, *unfinished["argv"], "--overwrite")
+    assert code == 0, err
+    m = manifest(unfinished["out"])
+    assert not any(t.get("reused") for t in m["stages"][0]["tasks"].values())
+    assert "resumed" not in m
+    assert all(not p.exists() for p in old_work)  # the abandoned run's working data is gone too
+    assert counts(unfinished["out"]) == word_counter(unfinished["text"])
+
+
+def test_resume_with_nothing_to_resume(tmp_path, capsys):
+    (tmp_path / "in.txt").write_text("a b\n")
+    code, _, err = cli(capsys, "run", f"{jobs.__file__}:WordCount", tmp_path / "in.txt", "--out", tmp_path / "out",
+                       "--resume", "--backend", "threads")
+    assert code == 2
+    assert err.strip() == (f"corral: error: nothing to resume in {tmp_path / 'out'}: it holds no unfinished run "
+                           f"(no journal in {tmp_path / 'out'}/_corral)")
+    assert not (tmp_path / "out").exists()
+    run(jobs.WordCount, tmp_path / "in.txt", tmp_path / "out")
+    code, _, err = cli(capsys, "run", f"{jobs.__file__}:WordCount", tmp_path / "in.txt", "--out", tmp_path / "out",
+                       "--resume", "--backend", "threads")
+    assert code == 2
+    assert err.strip() == (f"corral: error: the run in {tmp_path / 'out'} already succeeded: nothing to resume "
+                           "(use --overwrite to run it again)")
+
+
+def test_a_run_that_committed_nothing_leaves_no_journal(tmp_path, capsys):
+    """A failure before any task committed is not worth resuming: the next run needs no flag."""
+    (tmp_path / "in.txt").write_text("a b\n")
+    code, _, _ = cli(capsys, "run", f"{jobs.__file__}:AlwaysFails", tmp_path / "in.txt", "--out", tmp_path / "out",
+                     "--backend", "threads", "--retries", "0")
+    assert code == 1
+    assert sorted(p.name for p in (tmp_path / "out" / "_corral").iterdir()) == ["manifest.json"]
+    run(jobs.WordCount, tmp_path / "in.txt", tmp_path / "out")
+    assert counts(tmp_path / "out") == {"a": 1, "b": 1}
+
+
+def test_resume_finishes_a_commit_that_was_cut_short(tmp_path, monkeypatch):
+    """The driver stopped between moving two part files: the resumed run moves the rest."""
+    import corral.driver
+
+    text = _write_input(tmp_path / "in", files=3, lines=5)
+    moved: list = []
+
+    def move_one_then_fail(self, out_fs, moves):
+        out_fs.move(*moves[0])
+        moved.append(moves[0])
+        raise OSError("the network went away")
+
+    monkeypatch.setattr(corral.driver.Driver, "_move_outputs", move_one_then_fail)
+    with pytest.raises(OSError, match="the network went away"):
+        run(jobs.WordCount, tmp_path / "in", tmp_path / "out", reducers=3, map_bin_size="1")
+    assert [p.name for p in (tmp_path / "out").glob("part-*")] == ["part-00000"]
+    monkeypatch.undo()
+    m = run(jobs.WordCount, tmp_path / "in", tmp_path / "out", reducers=3, map_bin_size="1", resume=True)
+    assert m["resumed"] == {"reused_tasks": 6}
+    assert sorted(p.name for p in (tmp_path / "out").glob("part-*")) == ["part-00000", "part-00001", "part-00002"]
+    assert counts(tmp_path / "out") == word_counter(text)
+    assert (tmp_path / "out" / "_SUCCESS").exists()
