@@ -3,7 +3,8 @@
     python -m benchmarks.baselines NAME --out OUT [--workers 2] [--arg KEY=VALUE ...] INPUT...
 
 NAME is ``wordcount`` (Pool over line-aligned byte ranges, ``collections.Counter``), ``wordcount-single``
-(one process, the same Counter loop), ``q1``, ``q2``, ``q3`` (AMPLab queries; q3 is a broadcast hash
+(one process, the same Counter loop), ``cdnlogs`` (Pool over halves of the list of small gzip log files,
+each read whole and decompressed in one call), ``q1``, ``q2``, ``q3`` (AMPLab queries; q3 is a broadcast hash
 join: the rankings are loaded by the pool into a dict that the scanning processes inherit) and ``sort``
 (range-partitioned: the pool splits the records into partition files, then sorts each partition).
 Every baseline writes its result to OUT in the shape of corral's output (``part-NNNNN`` files of
@@ -101,6 +102,49 @@ def wordcount_single(inputs: list[str], out: Path, workers: int, args: dict[str,
             for line in f:
                 counts.update(line.split())
     write_tsv(out / "part-00000", counts.items())
+
+
+# --- CDN logs: many small gzip files --------------------------------------------------------------
+
+
+def list_files(inputs: list[str]) -> list[str]:
+    """Every file under the inputs (folders recursively), sorted, as corral lists them."""
+    paths = []
+    for path in inputs:
+        if os.path.isdir(path):
+            for folder, dirs, names in os.walk(path):
+                dirs[:] = [d for d in dirs if d[:1] not in "_."]
+                paths += [os.path.join(folder, n) for n in names if n[:1] not in "_."]
+        else:
+            paths.append(path)
+    return sorted(paths)
+
+
+def _cdn_counts(paths: list[str]) -> Counter:
+    """Successful downloads of model files per day and model, in CloudFront logs (see jobs/cdnlogs.py)."""
+    import zlib
+
+    counts: Counter = Counter()
+    for path in paths:
+        with open(path, "rb") as f:
+            data = zlib.decompress(f.read(), 31)
+        for line in data.decode("utf-8").split("\n"):
+            if not line or line[0] == "#":
+                continue
+            fields = line.split("\t")
+            if len(fields) == 33 and fields[7].startswith("/models/") and fields[8] in ("200", "206"):
+                counts[f"{fields[0]} {fields[7]}"] += 1
+    return counts
+
+
+def cdnlogs(inputs: list[str], out: Path, workers: int, args: dict[str, str]) -> None:
+    paths = list_files(inputs)
+    step = -(-len(paths) // workers)
+    parts = _run(workers, _cdn_counts, [paths[i : i + step] for i in range(0, len(paths), step)])
+    total = parts[0]
+    for part in parts[1:]:
+        total.update(part)
+    write_tsv(out / "part-00000", sorted(total.items()))
 
 
 # --- AMPLab queries -------------------------------------------------------------------------------
@@ -279,6 +323,7 @@ def sort(inputs: list[str], out: Path, workers: int, args: dict[str, str]) -> No
 BASELINES: dict[str, Callable[[list[str], Path, int, dict[str, str]], None]] = {
     "wordcount": wordcount,
     "wordcount-single": wordcount_single,
+    "cdnlogs": cdnlogs,
     "q1": q1,
     "q2": q2,
     "q3": q3,

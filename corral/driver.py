@@ -38,7 +38,7 @@ from corral.job import Job, Step
 from corral.journal import Journal, read_journal
 from corral.lease import Keeper, Lease, LeaseLostError
 from corral.output import OutputSpec, output_spec, part_names
-from corral.planner import choose_reducers, list_inputs, make_splits, pack_bins, task_sizes
+from corral.planner import choose_reducers, count_splits, list_inputs, plan_map_tasks, task_sizes
 from corral.plugins import get_plugin_manager
 from corral.resume import Resume, code_hash, fingerprint, nothing_to_resume, plan_settings
 from corral.retry import RetryPolicy
@@ -463,14 +463,15 @@ class Driver:
         )
         kind = "text" if index == 0 else "records"
         whole_files = kind == "text" and self.job_class.input_format == "csv"  # quoted fields may hold newlines
-        splits = make_splits(files, split_size, kind, whole_files)
-        if split_size < SMALL_SPLIT and len(splits) > MAX_SMALL_SPLITS:
+        splits = count_splits(files, split_size, kind, whole_files)
+        if split_size < SMALL_SPLIT and splits > MAX_SMALL_SPLITS:
             raise UsageError(
                 f"invalid value for --split-size: {split_size} bytes would cut the {total} bytes of input into "
-                f"{len(splits)} splits; splits under 64KB are allowed up to {MAX_SMALL_SPLITS} (use --split-size "
+                f"{splits} splits; splits under 64KB are allowed up to {MAX_SMALL_SPLITS} (use --split-size "
                 "64KB or more)"
             )
-        bins = pack_bins(splits, bin_size)
+        bins = plan_map_tasks(files, split_size, bin_size, self.concurrency, kind, whole_files,
+                              fixed_bin_size="map_bin_size" in settings.explicit)
         partitions = 0 if step.reduce is None else (step.reducers or choose_reducers(
             total, len(bins), settings.reducers, settings.reduce_bin_size,
             "reduce_bin_size" in settings.explicit, self.concurrency,

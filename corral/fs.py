@@ -57,6 +57,11 @@ class ProtocolInfo:
 class FileSystem(ABC):
     """What corral needs of a storage system: listing, ranged reads, streaming writes, moves."""
 
+    #: How many ``read_range`` calls a map task may have in flight at once, from threads, to read its
+    #: small splits ahead (an object store answers many requests at once, each after a round trip);
+    #: 0 reads them one after another (a local disk, memory).
+    read_ahead: int = 0
+
     @abstractmethod
     def expand(self, url: str) -> list[FileInfo]:
         """The files ``url`` names: itself, every file below a folder/prefix, or a glob's matches.
@@ -98,17 +103,7 @@ class FileSystem(ABC):
 
     def open_input(self, url: str) -> IO[bytes]:
         """A binary stream of ``url``'s content, decompressed when its name says it is compressed."""
-        raw = self.open(url, "rb")
-        compression = compression_of(url)
-        if compression == "gzip":
-            return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
-        if compression == "bz2":
-            return bz2.BZ2File(raw)
-        if compression == "zstd":
-            import zstandard
-
-            return zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
-        return raw
+        return decompressing(self.open(url, "rb"), compression_of(url))
 
     def write_bytes(self, url: str, data: bytes) -> None:
         with self.open(url, "wb") as f:
@@ -165,6 +160,19 @@ def canonical(url: str) -> str:
     if "://" not in url:
         return os.path.realpath(url)
     return get_filesystem(url).canonical(url)
+
+
+def decompressing(raw: IO[bytes], compression: str | None) -> IO[bytes]:
+    """A binary stream of what ``raw`` holds compressed with ``compression`` (None: ``raw`` itself)."""
+    if compression == "gzip":
+        return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
+    if compression == "bz2":
+        return bz2.BZ2File(raw)
+    if compression == "zstd":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
+    return raw
 
 
 def join(base: str, *parts: str) -> str:

@@ -1,4 +1,11 @@
-"""Planning: inputs -> splits -> map bins -> number of reduce partitions."""
+"""Planning: inputs -> splits -> map tasks -> number of reduce partitions.
+
+Map tasks are balanced by size: the input, taken as one stream of bytes in listing order, is cut into
+tasks of the same size (a file that can be entered anywhere, plain text, is cut at the boundary;
+a compressed file, a csv file or a previous stage's records go whole to the task holding their
+middle). Then each task's share of a file is cut into splits of at most the split size. Tasks stay
+in input order, so a map-only job's part files follow its input.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,13 @@ from collections.abc import Set as AbstractSet
 from corral.errors import UsageError
 from corral.fs import FileInfo, compression_of, display, get_filesystem
 from corral.split import Split
+
+#: A file is not cut at a task boundary into a piece smaller than this (each piece is a read, a
+#: request on an object store): the boundary moves to the file's start or end instead.
+MIN_PIECE = 64 << 10
+#: How many task counts above the first one a plan with a user's --map-bin-size tries before it packs
+#: tasks first-fit (which keeps every task within the size, but not balanced).
+_BALANCE_TRIES = 3
 
 
 def list_inputs(urls: Sequence[str]) -> list[FileInfo]:
@@ -29,38 +43,142 @@ def list_inputs(urls: Sequence[str]) -> list[FileInfo]:
     return files
 
 
+def _cuttable(url: str, kind: str, whole_files: bool) -> bool:
+    """Whether a file can be entered at any byte: plain text that is not read whole."""
+    return kind == "text" and not whole_files and compression_of(url) is None
+
+
+def _cut(url: str, start: int, end: int, split_size: int, kind: str) -> list[Split]:
+    """``[start, end)`` of a file in splits of ``split_size`` bytes (the last one shorter)."""
+    return [Split(url, s, min(s + split_size, end), kind) for s in range(start, end, split_size)]
+
+
 def make_splits(
     files: Sequence[FileInfo], split_size: int, kind: str = "text", whole_files: bool = False
 ) -> list[Split]:
     """Cut files into byte ranges of ``split_size``; a compressed file is one split, and so is every file
     with ``whole_files`` (csv input, whose quoted fields may hold newlines); empty files none."""
-    splits = []
+    splits: list[Split] = []
     for info in files:
         if info.size == 0:
             continue
-        if kind != "text" or whole_files or compression_of(info.url):
+        if _cuttable(info.url, kind, whole_files):
+            splits += _cut(info.url, 0, info.size, split_size, kind)
+        else:
             splits.append(Split(info.url, 0, info.size, kind))
-            continue
-        for start in range(0, info.size, split_size):
-            splits.append(Split(info.url, start, min(start + split_size, info.size), kind))
     return splits
 
 
-def pack_bins(splits: Sequence[Split], bin_size: int) -> list[list[Split]]:
-    """Pack splits, in order, into map bins of at most ``bin_size`` bytes (a bigger split is alone)."""
-    bins: list[list[Split]] = []
-    current: list[Split] = []
+def count_splits(files: Sequence[FileInfo], split_size: int, kind: str = "text", whole_files: bool = False) -> int:
+    """How many splits ``make_splits`` would cut (counted, not made: a tiny ``--split-size`` could make
+    millions)."""
+    return sum(
+        -(-info.size // split_size) if _cuttable(info.url, kind, whole_files) else 1 for info in files if info.size
+    )
+
+
+def plan_map_tasks(
+    files: Sequence[FileInfo],
+    split_size: int,
+    bin_size: int,
+    workers: int,
+    kind: str = "text",
+    whole_files: bool = False,
+    fixed_bin_size: bool = False,
+) -> list[list[Split]]:
+    """The splits of each map task, tasks of about the same size and ``ceil(total / bin_size)`` of them.
+
+    The planner's own choice (``fixed_bin_size`` False: the user did not set ``--map-bin-size``), when
+    more than one task, is rounded up to a multiple of ``workers``, so that the last wave keeps every
+    worker busy, whenever the input can be cut into that many tasks. With ``fixed_bin_size`` no task
+    exceeds ``bin_size`` (unless one file that cannot be cut does alone).
+
+    Tasks differ in size by at most about the largest file that cannot be cut (compressed, csv) or
+    ``MIN_PIECE``, whichever is larger.
+    """
+    sized = [(info.url, info.size, _cuttable(info.url, kind, whole_files)) for info in files if info.size > 0]
+    if not sized:
+        return []
+    total = sum(size for _, size, _ in sized)
+    min_piece = max(1, min(MIN_PIECE, split_size))
+    # the most tasks the input can make: a piece of min_piece per cuttable file's share, a file each else
+    most = sum(max(1, size // min_piece) if cuttable else 1 for _, size, cuttable in sized)
+    count = max(1, math.ceil(total / bin_size))
+    if not fixed_bin_size and count > 1:  # one task is the planner's choice for inputs under 1 MiB a worker
+        count = min(-(-count // workers) * workers, most)
+        if count >= workers:
+            count -= count % workers
+    count = min(count, most)
+    for extra in range(_BALANCE_TRIES + 1 if fixed_bin_size else 1):
+        pieces = _balanced(sized, min(most, count + extra), min_piece)
+        if not fixed_bin_size or all(_fits(task, bin_size) for task in pieces):
+            break
+    else:  # cannot cut files: pack them first-fit, in order, within the user's size
+        pieces = _first_fit(sized, bin_size)
+    return [
+        [split for url, start, end, cuttable in task
+         for split in (_cut(url, start, end, split_size, kind) if cuttable else [Split(url, start, end, kind)])]
+        for task in pieces
+    ]
+
+
+Piece = tuple[str, int, int, bool]  # url, start, end, cuttable
+
+
+def _fits(task: list[Piece], bin_size: int) -> bool:
+    return len(task) == 1 or sum(end - start for _, start, end, _ in task) <= bin_size
+
+
+def _balanced(sized: list[tuple[str, int, bool]], count: int, min_piece: int) -> list[list[Piece]]:
+    """Cut the stream of files into ``count`` tasks of the same size: boundaries at ``k * total / count``,
+    a cuttable file cut there (not into a piece under ``min_piece``: the boundary moves to the file's
+    edge), a file that cannot be cut given to the task its middle falls in. Empty tasks are left out."""
+    total = sum(size for _, size, _ in sized)
+    bounds = [total * k // count for k in range(1, count)]
+    tasks: list[list[Piece]] = [[]]
+    k = 0  # the next boundary
+    position = 0  # where the file starts in the stream
+    for url, size, cuttable in sized:
+        if not cuttable:
+            middle = position + size / 2
+            while k < len(bounds) and bounds[k] <= middle:
+                tasks.append([])
+                k += 1
+            tasks[-1].append((url, 0, size, False))
+            position += size
+            continue
+        start = 0
+        while k < len(bounds) and bounds[k] < position + size:
+            cut = max(start, bounds[k] - position)
+            if cut - start < min_piece:
+                cut = start
+            elif size - cut < min_piece:
+                cut = size
+            if cut > start:
+                tasks[-1].append((url, start, cut, True))
+                start = cut
+            tasks.append([])
+            k += 1
+        if start < size:
+            tasks[-1].append((url, start, size, True))
+        position += size
+    return [task for task in tasks if task]
+
+
+def _first_fit(sized: list[tuple[str, int, bool]], bin_size: int) -> list[list[Piece]]:
+    """Whole files packed in order into tasks of at most ``bin_size`` bytes (a bigger one alone)."""
+    tasks: list[list[Piece]] = []
+    current: list[Piece] = []
     filled = 0
-    for split in splits:
-        size = split.end - split.start
+    for url, size, cuttable in sized:
         if current and filled + size > bin_size:
-            bins.append(current)
+            tasks.append(current)
             current, filled = [], 0
-        current.append(split)
+        current.append((url, 0, size, cuttable))
         filled += size
     if current:
-        bins.append(current)
-    return bins
+        tasks.append(current)
+    return tasks
 
 
 def task_sizes(
@@ -87,4 +205,3 @@ def choose_reducers(
     if not explicit_bin:
         count = max(count, min(concurrency, map_tasks))
     return count
-

@@ -7,16 +7,18 @@ A compressed file is always one whole split (it cannot be entered in the middle)
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import zlib
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
 from corral.errors import InputError
-from corral.fs import FileSystem, compression_of, display
+from corral.fs import FileSystem, compression_of, decompressing, display
 
 #: What ``Job.input_format`` may be.
 INPUT_FORMATS = ("lines", "tsv", "csv", "jsonl")
@@ -36,30 +38,90 @@ class Split:
         return compression_of(self.url) is not None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # a literal, not dataclasses.asdict (which deep-copies): a plan may hold 100,000 splits
+        return {"url": self.url, "start": self.start, "end": self.end, "kind": self.kind}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Split:
         return cls(**data)
 
 
-def iter_line_chunks(fs: FileSystem, split: Split) -> Iterator[tuple[int, bytes]]:
+#: Splits of at most this many bytes (and compressed files of at most this size) are read in one
+#: request, the byte before and after them included, instead of being opened and streamed: a file
+#: of a few KB costs one read (one GET on an object store, whose listing already gave its size).
+SMALL_READ = READ_BLOCK
+
+
+#: The most bytes of small splits read ahead of the one being mapped.
+READ_AHEAD_BYTES = 32 << 20
+
+
+def read_ahead(
+    splits: Iterable[Split], filesystem: Callable[[str], FileSystem]
+) -> Iterator[tuple[Split, FileSystem, bytes | None]]:
+    """``(split, its filesystem, its data or None)`` in order. On a filesystem with ``read_ahead``, the
+    next small splits (``small_read``) are read by a pool of that many threads while the current
+    one is mapped, at most ``read_ahead`` splits and ``READ_AHEAD_BYTES`` ahead; their data is what
+    ``iter_line_chunks`` takes. Elsewhere, and for big splits, data is None: they are read as mapped."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    pool: ThreadPoolExecutor | None = None
+    ahead: deque[tuple[Split, FileSystem, Future[bytes] | None, int]] = deque()
+    ahead_bytes = 0
+    remaining = iter(splits)
+    try:
+        while True:
+            while not ahead or (ahead[-1][2] is not None and len(ahead) <= ahead[-1][1].read_ahead
+                                and ahead_bytes < READ_AHEAD_BYTES):
+                split = next(remaining, None)
+                if split is None:
+                    break
+                fs = filesystem(split.url)
+                window = small_read(split) if fs.read_ahead else None
+                future = None
+                if window is not None:
+                    if pool is None:
+                        pool = ThreadPoolExecutor(fs.read_ahead, thread_name_prefix="corral-read")
+                    future = pool.submit(fs.read_range, split.url, *window)
+                size = window[1] - window[0] if window else 0
+                ahead.append((split, fs, future, size))
+                ahead_bytes += size
+            if not ahead:
+                return
+            split, fs, future, size = ahead.popleft()
+            ahead_bytes -= size
+            yield split, fs, future.result() if future is not None else None
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def small_read(split: Split) -> tuple[int, int] | None:
+    """The byte range ``[start, end)`` that one request reads of a small split, or None for a big one:
+    a compressed file whole (and a byte more, which tells that it grew since it was listed); a text
+    split with the byte before it (does a line start at its start?) and the byte after it (does its
+    last line go on?)."""
+    if split.kind != "text" or split.end - split.start > SMALL_READ:
+        return None
+    if split.compressed:
+        return 0, split.end + 1
+    return max(0, split.start - 1), split.end + 1
+
+
+def iter_line_chunks(fs: FileSystem, split: Split, data: bytes | None = None) -> Iterator[tuple[int, bytes]]:
     """Yield ``(offset, chunk)``: consecutive whole lines of ``split``, each chunk ending at a line end.
 
-    ``offset`` is the chunk's position in the (decompressed) file, for error messages.
+    ``offset`` is the chunk's position in the (decompressed) file, for error messages. ``data``, if
+    given, is what ``fs.read_range(split.url, *small_read(split))`` returns (read ahead by the caller).
     """
+    window = small_read(split)
+    if window is not None and data is None:
+        data = fs.read_range(split.url, *window)
     if split.compressed:
-        import zstandard
-
-        stream = fs.open_input(split.url)
-        try:
-            with stream:
-                yield from _chunks(stream, 0, None)
-        except (EOFError, OSError, zlib.error, zstandard.ZstdError) as exc:  # corrupt or truncated data
-            raise InputError(
-                f"{display(split.url)}: cannot read it as {compression_of(split.url)} data "
-                f"({type(exc).__name__}: {exc})"
-            ) from None
+        yield from _decompressed_chunks(fs, split, data if data is not None and len(data) <= split.end else None)
+        return
+    if data is not None:
+        yield from _small_split_chunks(fs, split, data)
         return
     with fs.open(split.url, "rb") as f:
         position = split.start
@@ -72,6 +134,97 @@ def iter_line_chunks(fs: FileSystem, split: Split) -> Iterator[tuple[int, bytes]
                 position = next_line
             f.seek(position)
         yield from _chunks(f, position, split.end)
+
+
+def _decompressed_chunks(fs: FileSystem, split: Split, data: bytes | None) -> Iterator[tuple[int, bytes]]:
+    """The line chunks of a compressed file: from ``data`` (the whole file) when given, else streamed."""
+    import zstandard
+
+    compression = compression_of(split.url)
+    try:
+        if data is not None and compression == "gzip":
+            yield from _aligned(_gunzip(data))
+            return
+        stream = fs.open_input(split.url) if data is None else decompressing(io.BytesIO(data), compression)
+        with stream:
+            yield from _chunks(stream, 0, None)
+    except (EOFError, OSError, zlib.error, zstandard.ZstdError) as exc:  # corrupt or truncated data
+        raise InputError(
+            f"{display(split.url)}: cannot read it as {compression} data ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def _gunzip(data: bytes) -> Iterator[bytes]:
+    """The content of gzip ``data`` (one member or several, as ``gzip`` reads them) in blocks of at most
+    ``READ_BLOCK`` bytes: a small file may hold a lot."""
+    while data:
+        if data[:2] != b"\x1f\x8b":  # as the gzip module says it
+            raise gzip.BadGzipFile(f"Not a gzipped file ({data[:2]!r})")
+        stream = zlib.decompressobj(31)  # a gzip header and trailer (checked: CRC and length)
+        pending = data
+        while not stream.eof:
+            block = stream.decompress(pending, READ_BLOCK)
+            pending = stream.unconsumed_tail
+            if block:
+                yield block
+            elif not pending:
+                raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+        data = stream.unused_data.lstrip(b"\0")  # the next member, after any zero padding
+
+
+def _aligned(blocks: Iterable[bytes], offset: int = 0) -> Iterator[tuple[int, bytes]]:
+    """``(offset, chunk)`` of consecutive blocks regrouped into chunks that end at a line end."""
+    pending: list[bytes] = []
+    for block in blocks:
+        cut = block.rfind(b"\n")
+        if cut < 0:
+            pending.append(block)
+            continue
+        head = block if cut == len(block) - 1 else block[: cut + 1]
+        chunk = b"".join((*pending, head)) if pending else head
+        yield offset, chunk
+        offset += len(chunk)
+        pending = [block[cut + 1 :]] if cut < len(block) - 1 else []
+    if pending:
+        yield offset, b"".join(pending)
+
+
+def _small_split_chunks(fs: FileSystem, split: Split, data: bytes) -> Iterator[tuple[int, bytes]]:
+    """The lines of a small text split from ``data``, bytes ``[start - 1, end + 1)`` of its file (fewer
+    at the file's start and end): a line starts in the split at its start or after a newline, and its
+    last line is read on past ``end + 1`` only when it is longer than that."""
+    low = max(0, split.start - 1)
+    first = 0
+    if split.start > 0:
+        newline = data.find(b"\n", 0, split.end - low - 1)  # the newline before a line that starts in the split
+        if newline < 0:
+            return
+        first = newline + 1
+    end = split.end - low
+    if len(data) <= end:  # the file ends in the split
+        chunk = data[first:]
+    elif data[end - 1] == 10:  # the split ends at a line end (10 is "\n")
+        chunk = data[first:end]
+    elif data[-1] == 10:  # its last line ends at the byte after it
+        chunk = data[first:]
+    else:
+        chunk = b"".join((data[first:], *_rest_of_line(fs, split.url, low + len(data))))
+    if chunk:
+        yield low + first, chunk
+
+
+def _rest_of_line(fs: FileSystem, url: str, position: int) -> Iterator[bytes]:
+    """The bytes from ``position`` to the next newline (included) or the end of the file."""
+    while True:
+        block = fs.read_range(url, position, position + READ_BLOCK)
+        newline = block.find(b"\n")
+        if newline >= 0:
+            yield block[: newline + 1]
+            return
+        if not block:
+            return
+        yield block
+        position += len(block)
 
 
 def _skip_partial_line(f: Any, position: int) -> int | None:
@@ -146,14 +299,15 @@ def decode_lines(chunk: bytes, offset: int, url: str, errors: str) -> list[str]:
 
 
 def iter_text_records(
-    fs: FileSystem, split: Split, input_format: str, errors: str, header: bool = False
+    fs: FileSystem, split: Split, input_format: str, errors: str, header: bool = False, data: bytes | None = None
 ) -> Iterator[list[Any]]:
     """Batches of input records for ``map``: lists of lines ("lines"), of (key, value) ("tsv"), of rows
-    ("csv": lists of fields, or dicts with ``header``) or of JSON values ("jsonl")."""
+    ("csv": lists of fields, or dicts with ``header``) or of JSON values ("jsonl"). ``data``: as
+    ``iter_line_chunks`` takes it."""
     if input_format == "csv":
-        yield from _csv_rows(fs, split, errors, header)
+        yield from _csv_rows(fs, split, errors, header, data)
         return
-    for offset, chunk in iter_line_chunks(fs, split):
+    for offset, chunk in iter_line_chunks(fs, split, data):
         lines = decode_lines(chunk, offset, split.url, errors)
         if input_format == "tsv":
             yield [_tsv_record(line) for line in lines]
@@ -185,13 +339,13 @@ def _json_values(lines: list[str], offset: int, url: str) -> list[Any]:
 CSV_BATCH = 8192
 
 
-def _csv_rows(fs: FileSystem, split: Split, errors: str, header: bool) -> Iterator[list[Any]]:
+def _csv_rows(fs: FileSystem, split: Split, errors: str, header: bool, data: bytes | None) -> Iterator[list[Any]]:
     """Batches of a csv split's rows, parsed by the ``csv`` module across chunks (a quoted field may
     hold newlines); with ``header``, the first row names the columns and rows come as dicts."""
     import csv
 
     def lines() -> Iterator[str]:
-        for offset, chunk in iter_line_chunks(fs, split):
+        for offset, chunk in iter_line_chunks(fs, split, data):
             yield from io.StringIO(decode_text(chunk, offset, split.url, errors), newline="")
 
     reader = csv.reader(lines())

@@ -20,7 +20,7 @@ from itertools import chain, count, repeat, starmap
 from typing import Any, ClassVar
 
 from corral import cancellation
-from corral.fs import get_filesystem
+from corral.fs import FileSystem, get_filesystem
 from corral.job import Job, Step
 from corral.output import OutputSpec, PartWriter, RecordFile, iter_records
 from corral.pairs import check_pairs, shuffle_batches
@@ -33,7 +33,7 @@ from corral.shuffle import (
     range_blocks,
     spill_dir,
 )
-from corral.split import Split, iter_text_records
+from corral.split import Split, iter_text_records, read_ahead
 
 
 @dataclass(frozen=True)
@@ -116,22 +116,35 @@ def spec_from_json(data: dict[str, Any]) -> MapSpec | ReduceSpec:
     raise ValueError(f"unknown task kind {data['kind']!r}")
 
 
-def _record_batches(
-    split: Split, input_format: str, input_errors: str, input_header: bool = False
-) -> Iterable[tuple[bool, list]]:
-    """``(keyed, batch)`` for a split: batches of records (keyed False) or (key, value) pairs (True).
+def _input_batches(
+    splits: Iterable[Split], input_format: str, input_errors: str, input_header: bool
+) -> Iterator[tuple[bool, list]]:
+    """``(keyed, batch)`` for a task's splits: batches of records (keyed False) or (key, value) pairs
+    (True), small splits read ahead where the store serves requests at once (``read_ahead``).
     A cancelled attempt stops here, between batches (``corral.cancellation``)."""
-    fs = get_filesystem(split.url)
-    if split.kind == "records":
-        with fs.open(split.url, "rb") as stream:
-            for batch in iter_records(stream):
-                cancellation.check()
-                yield True, batch
-        return
+    known: dict[str, FileSystem] = {}
     keyed = input_format == "tsv"
-    for batch in iter_text_records(fs, split, input_format, input_errors, input_header):
-        cancellation.check()
-        yield keyed, batch
+    for split, fs, data in read_ahead(splits, partial(_filesystem, known=known)):
+        if split.kind == "records":
+            with fs.open(split.url, "rb") as stream:
+                for batch in iter_records(stream):
+                    cancellation.check()
+                    yield True, batch
+            continue
+        for batch in iter_text_records(fs, split, input_format, input_errors, input_header, data):
+            cancellation.check()
+            yield keyed, batch
+
+
+def _filesystem(url: str, known: dict[str, FileSystem]) -> FileSystem:
+    """``get_filesystem(url)``, asked once per protocol and bucket in a task (``known``: what the task
+    asked so far): the hook and fsspec's parsing of the URL cost more than reading a small file."""
+    scheme = url.find("://")
+    place = url[: url.find("/", scheme + 3)] if scheme >= 0 else ""
+    fs = known.get(place)
+    if fs is None:
+        fs = known[place] = get_filesystem(url)
+    return fs
 
 
 def _writer(spec: TaskSpec, source: str) -> PartWriter | RecordFile:
@@ -181,19 +194,18 @@ def execute_map(spec: MapSpec, job: Job, step: Step) -> dict[str, Any]:
             spill_dir=spill_dir(),
         )
         try:
-            for split in spec.splits:
-                for keyed, batch in _record_batches(split, input_format, input_errors, input_header):
-                    records_in += len(batch)
-                    groups = buffer.groups
-                    pairs = chain.from_iterable(_map_calls(step, keyed, batch))
-                    for shaped in shuffle_batches(source, pairs):  # the hot loop: no function layer per pair
-                        try:
-                            for key, value in shaped:
-                                groups[key].append(value)
-                        except TypeError:  # a key that cannot be hashed: say which
-                            check_pairs(source, shaped, shuffle=True)
-                            raise
-                    buffer.check(records_in)
+            for keyed, batch in _input_batches(spec.splits, input_format, input_errors, input_header):
+                records_in += len(batch)
+                groups = buffer.groups
+                pairs = chain.from_iterable(_map_calls(step, keyed, batch))
+                for shaped in shuffle_batches(source, pairs):  # the hot loop: no function layer per pair
+                    try:
+                        for key, value in shaped:
+                            groups[key].append(value)
+                    except TypeError:  # a key that cannot be hashed: say which
+                        check_pairs(source, shaped, shuffle=True)
+                        raise
+                buffer.check(records_in)
             if step.map_final:
                 buffer.add_final(chain.from_iterable(shuffle_batches("map_final", step.map_final() or ())))
             with out_fs.open(spec.output, "wb") as out:
@@ -203,10 +215,9 @@ def execute_map(spec: MapSpec, job: Job, step: Step) -> dict[str, Any]:
         return {"output": spec.output, "index": index, "records_in": records_in}
 
     with _writer(spec, source) as writer:
-        for split in spec.splits:
-            for keyed, batch in _record_batches(split, input_format, input_errors, input_header):
-                records_in += len(batch)
-                writer.add_all(chain.from_iterable(_map_calls(step, keyed, batch)))
+        for keyed, batch in _input_batches(spec.splits, input_format, input_errors, input_header):
+            records_in += len(batch)
+            writer.add_all(chain.from_iterable(_map_calls(step, keyed, batch)))
         if step.map_final:
             writer.flush()
             writer.source = "map_final"

@@ -36,13 +36,14 @@ def read_all(path, split_size, errors="strict", input_format="lines"):
 
 @contextlib.contextmanager
 def read_block(size):
-    """Scan with a small read block, so that lines span many reads (the multi-block code paths)."""
-    saved = corral.split.READ_BLOCK
-    corral.split.READ_BLOCK = size
+    """Scan with a small read block, so that lines span many reads (the multi-block code paths); splits
+    of at most ``size`` bytes are read in one request (the small-split path), longer ones streamed."""
+    saved = corral.split.READ_BLOCK, corral.split.SMALL_READ
+    corral.split.READ_BLOCK = corral.split.SMALL_READ = size
     try:
         yield
     finally:
-        corral.split.READ_BLOCK = saved
+        corral.split.READ_BLOCK, corral.split.SMALL_READ = saved
 
 
 # --- input records -------------------------------------------------------------------------------

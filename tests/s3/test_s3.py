@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import corral
-from corral.planner import list_inputs, make_splits, pack_bins
+from corral.planner import list_inputs, plan_map_tasks
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 sys.path.insert(0, str(EXAMPLES))
@@ -81,13 +82,42 @@ def test_twenty_thousand_small_objects_plan_quickly_into_bins(moto_server, s3, b
         backend.put_object(bucket, f"many/{i // 1000:02d}/obj-{i:05d}.txt", b"word %d\n" % i)
     started = time.perf_counter()
     files = list_inputs([f"s3://{bucket}/many/"])
-    bins = pack_bins(make_splits(files, 64 << 20), 64 << 10)
+    bins = plan_map_tasks(files, 64 << 20, 64 << 10, 2, fixed_bin_size=True)
     seconds = time.perf_counter() - started
     assert len(files) == 20_000
     assert sum(f.size for f in files) == sum(len(b"word %d\n" % i) for i in range(20_000))
     assert sum(len(b) for b in bins) == 20_000
-    assert len(bins) == -(-sum(f.size for f in files) // (64 << 10))  # bins are full: many files each
+    assert len(bins) == -(-sum(f.size for f in files) // (64 << 10))  # as few bins as fit: many files each
+    sizes = [sum(s.end - s.start for s in b) for b in bins]
+    assert max(sizes) - min(sizes) <= 2 * 11  # of the same size, within a file or two (of 7-11 bytes)
     print(f"planned 20,000 objects into {len(bins)} bins in {seconds:.2f} s")
+
+
+def test_each_small_object_is_one_get_and_no_head(s3, bucket, caplog):
+    """The listing gave each object's size: a map task reads a small object with one ranged GET (no
+    HEAD, no second GET), whole for a .gz file, and reads several ahead at once (see test_small_files).
+    The tasks run in worker processes started from the fork server (this process has moto's threads),
+    which know nothing of the driver's listing, as a Lambda function does not."""
+    import logging
+
+    texts = {f"logs/day-{i:03d}.txt.gz" if i % 2 else f"logs/day-{i:03d}.txt": f"a{i} b{i % 3}\nc\n" * (i + 1)
+             for i in range(60)}
+    for key, text in texts.items():
+        body = gzip.compress(text.encode()) if key.endswith(".gz") else text.encode()
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    caplog.set_level(logging.INFO, logger="werkzeug")
+    caplog.clear()
+    corral.run(WordCount, f"s3://{bucket}/logs/", f"s3://{bucket}/out", backend="processes", reducers=2)
+    got = Counter({k: int(v) for k, v in (line.split("\t") for line in read_parts(s3, bucket, "out/"))})
+    assert got == expected_counts(list(texts.values()))
+    requests: Counter = Counter()
+    for record in caplog.records:
+        message = re.sub(r"\x1b\[[0-9;]*m", "", record.getMessage())  # werkzeug colours its log lines
+        method, _, rest = message.partition('"')[2].partition(" ")
+        path = rest.split(" ", 1)[0].split("?", 1)[0]
+        if path.startswith(f"/{bucket}/logs/"):
+            requests[method, path.removeprefix(f"/{bucket}/")] += 1
+    assert requests == Counter({("GET", key): 1 for key in texts})
 
 
 def test_map_only_grep_reads_and_writes_s3_with_threads(s3, bucket):
