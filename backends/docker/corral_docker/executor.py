@@ -106,8 +106,10 @@ class EmulatedFunctions:
     def deploy(self, job: JobSource) -> None:
         if self.emulator is None:
             self.mounts = mounts_for([*job.locations, *([job.work] if job.work else [])])
+            # cloud_cpu=False: tasks run at the host's speed (a 128 MB function would get 7 % of a CPU); memory,
+            # timeouts, /tmp and the rest stay the platform's
             self.emulator = Emulator(base_image=self.base_image, max_concurrency=self.max_concurrency,  # type: ignore[attr-defined]
-                                     mounts=self.mounts, idle_timeout=self.idle_timeout)
+                                     mounts=self.mounts, idle_timeout=self.idle_timeout, cloud_cpu=False)
             try:
                 endpoint = self.emulator.start()
             except EmulatorError as exc:
