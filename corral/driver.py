@@ -198,6 +198,9 @@ class Driver:
         if input_format not in INPUT_FORMATS:
             raise UsageError(f"invalid value for {self.job_class.__qualname__}.input_format: {input_format!r} is not "
                              f"one of {', '.join(INPUT_FORMATS)}")
+        if self.settings.resume and self.settings.overwrite:
+            raise UsageError("--resume and --overwrite exclude each other: continue the unfinished run, or start "
+                             "again")
         out_fs = get_filesystem(self.out)
         files = list_inputs(self.inputs)  # first: a mistyped input must not cost the previous output
         self._refuse_inputs_in_output(files)
@@ -368,7 +371,14 @@ class Driver:
     def _earlier_run(self, out_fs: FileSystem) -> Resume | None:
         """The unfinished run journaled in OUT, if any (a finished run's leftover journal is ignored)."""
         found = read_journal(out_fs, self.out)
-        earlier = Resume.from_records(*found) if found else None
+        try:
+            earlier = Resume.from_records(*found) if found else None
+        except (KeyError, TypeError, ValueError) as exc:
+            if not self.settings.overwrite:
+                raise UsageError(f"the journal in {display(self.out)}/_corral is damaged ({type(exc).__name__}: "
+                                 f"{exc}): start again with --overwrite") from None
+            Journal(out_fs, self.out).remove()  # starting again: what it said no longer matters
+            earlier = None
         if earlier is not None and out_fs.exists(join(self.out, "_SUCCESS")):
             try:
                 manifest = json.loads(out_fs.read_bytes(join(self.out, "_corral", "manifest.json")))
