@@ -158,8 +158,12 @@ class Driver:
     """Runs one job. ``run()`` returns the manifest or raises ``JobFailed``, ``UsageError`` or
     ``Interrupted``."""
 
-    def __init__(self, job_class: type[Job], inputs: Sequence[str], out: str, settings: Settings) -> None:
+    def __init__(self, job_class: type[Job], inputs: Sequence[str], out: str, settings: Settings, *,
+                 first_stage: int = 0) -> None:
+        """``first_stage`` > 0 runs the job's stages from that one on, its inputs being corral's records
+        files as an earlier stage writes them (``corral.testing`` feeds a later stage this way)."""
         self.job_class = job_class
+        self.first_stage = first_stage
         self.inputs = list(inputs)
         # local paths absolute: workers may run elsewhere (a container) with the same paths mounted
         self.out = _absolute(out.rstrip("/") if len(out) > 1 else out)
@@ -193,6 +197,9 @@ class Driver:
         steps = job.steps()
         if not steps:
             raise UsageError(f"{self.job_class.__name__}.steps() returned no stages")
+        if not 0 <= self.first_stage < len(steps):
+            raise UsageError(f"{self.job_class.__name__} has {len(steps)} stage{'s' if len(steps) > 1 else ''}: "
+                             f"there is no stage {self.first_stage + 1} to start from")
         self.output = output_spec(self.job_class, self.settings)
         input_format = getattr(self.job_class, "input_format", "lines")
         if input_format not in INPUT_FORMATS:
@@ -329,7 +336,7 @@ class Driver:
                 event=JobStarted(self._job_name(), len(steps), self.inputs, self.out, self.settings,
                                  self.run_id, self.executor_info["name"], self.concurrency, cores, sizing)
             )
-            for index, step in enumerate(steps):
+            for index, step in enumerate(steps[self.first_stage:], start=self.first_stage):
                 files, final = self._run_stage(executor, job, index, step, files, index == len(steps) - 1)
         except BaseException:
             stopping = True
@@ -605,6 +612,8 @@ class Driver:
     def _failure_message(self, stage: int, exc: TaskFailedError) -> str:
         where = f"stage {stage + 1} " if len(self.stages) > 1 or stage else ""
         message = f"{where}task {exc.state.name} attempt {exc.attempt}: {exc.failure.describe()}"
+        if exc.failure.where():
+            message += f"\n  {exc.failure.where()}"
         if exc.failure.traceback:
             message += "\n" + exc.failure.traceback.rstrip()
         return message
