@@ -184,6 +184,14 @@ class Executor(ABC):
         self.close()
 
 
+def default_concurrency() -> int:
+    """The CPUs this process may run on (its affinity, e.g. a container's cpuset): local backends run one
+    task per CPU unless ``--max-concurrency`` says otherwise."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 @dataclass(frozen=True)
 class ExecutorSpec:
     """An executor a plugin provides: ``create(settings)`` builds it for one run."""

@@ -147,3 +147,13 @@ def test_later_stages_jsonl_and_map_batch(job_file, tmp_path):
     data.write_text("a 1\nc x\n")
     done = run(job_file, "Batches", str(data), "-o", str(tmp_path / "o3"), "--backend", "threads", cwd=tmp_path)
     assert done.stderr.splitlines()[1] == f"  while reading {data} bytes 0 to 8"  # map_batch: the range only
+
+
+@pytest.mark.docker
+def test_the_lambda_code_path_names_the_input_too(docker_engine, job_file, tmp_path):
+    """The worker's answer crosses the Lambda API (the docker backend's emulator) with the input in it."""
+    data = tmp_path / "numbers.txt"
+    data.write_text("a 1\nc x\n")
+    done = run(job_file, "Parse", str(data), "-o", str(tmp_path / "out"), "--backend", "docker", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines()[1] == f"  while reading {data} bytes 0 to 8, line 2: 'c x'"
