@@ -99,7 +99,7 @@ class RecordWriter(PairWriter):
 
     def __init__(self, out: IO[bytes], source: str = "reduce") -> None:
         super().__init__(out, source)
-        self._pack = _packer()
+        self._pack = _packer(source)
 
     def _write(self, pairs: list[tuple[Any, Any]], key_types: set[type], value_types: set[type]) -> None:
         self.out.write(self._pack(list(chain.from_iterable(pairs))))

@@ -28,7 +28,7 @@ from typing import IO, Any
 import msgpack
 
 from corral import cancellation
-from corral.pairs import check_keys, check_values
+from corral.pairs import check_keys, check_values, integer_error
 
 #: Values of one key are stored in entries of at most this many values, so no entry is unbounded.
 MAX_VALUES_PER_ENTRY = 1024
@@ -67,8 +67,10 @@ def _own_size(value: Any) -> int:
     return sys.getsizeof(value)
 
 
-def _packer() -> Callable[[Any], bytes]:
-    """msgpack's ``pack``; text holding undecodable input bytes (lone surrogates) takes a slower path."""
+def _packer(source: str = "map") -> Callable[[Any], bytes]:
+    """msgpack's ``pack`` of a batch of alternating keys and values; text holding undecodable input
+    bytes (lone surrogates) takes a slower path; an integer too big for msgpack fails naming ``source``
+    (the method that yielded it), the key and the integer."""
     fast = msgpack.Packer(use_bin_type=True, strict_types=False).pack
     escaping = msgpack.Packer(use_bin_type=True, strict_types=False, unicode_errors=_TEXT_ERRORS).pack
 
@@ -77,6 +79,8 @@ def _packer() -> Callable[[Any], bytes]:
             return fast(obj)
         except UnicodeEncodeError:
             return escaping(obj)
+        except OverflowError:
+            raise integer_error(source, obj) from None
 
     return pack
 
@@ -91,13 +95,13 @@ class GroupWriter:
     ``MAX_VALUES_PER_ENTRY`` values.
     """
 
-    def __init__(self, out: IO[bytes], offset: int = 0) -> None:
+    def __init__(self, out: IO[bytes], offset: int = 0, source: str = "map") -> None:
         self.out = out
         self.offset = offset
         self._batch: list[Any] = []
         self._values = 0  # values in the batch
         self._room = 4096  # values per batch, adapted to their packed size
-        self._pack = _packer()
+        self._pack = _packer(source)
 
     def add(self, key: str, values: list[Any]) -> None:
         n = len(values)
@@ -563,6 +567,11 @@ class MapBuffer:
             yield value
 
     # --- sorting and writing ------------------------------------------------------------------
+    @property
+    def _source(self) -> str:
+        """Whose values the buffer holds, for messages."""
+        return "map" if self.combine is None else "map (or combine)"
+
     def _a_value(self, key: str) -> Any:
         """A buffered value of ``key`` (for messages)."""
         values = self.groups[key]
@@ -602,7 +611,7 @@ class MapBuffer:
 
         The combine runs on every key (so a map task's output is always combined at least once).
         """
-        writer = GroupWriter(out, offset)
+        writer = GroupWriter(out, offset, self._source)
         groups = self.groups
         index: Index = []
         for keys in self._sorted_partitions():
@@ -614,7 +623,7 @@ class MapBuffer:
                     values = list(zip(values))  # (value,): a group of one
                 if self.combine is not None:
                     some_keys, values = self._combine_all(some_keys, values)
-                check_values("map" if self.combine is None else "map (or combine)", some_keys, values)
+                check_values(self._source, some_keys, values)
                 if self.sort_values:
                     for group in values:
                         if len(group) > 1:
@@ -646,7 +655,7 @@ class MapBuffer:
             return index
         if self.groups:
             self._spill()
-        writer = GroupWriter(out)
+        writer = GroupWriter(out, source=self._source)
         index = []
         for p in range(self.num_partitions):
             start = writer.offset
