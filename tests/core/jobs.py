@@ -661,3 +661,10 @@ class SleepingWordCount(WordCount):
     def map(self, key, line):
         time.sleep(float(self.args.get("sleep", "60")))
         yield from super().map(key, line)
+
+
+class EnvironmentProbe(corral.Job):
+    """Map-only: each line ``NAME`` becomes ``NAME<TAB>`` the worker's ``os.environ[NAME]``."""
+
+    def map(self, key, line):
+        yield line, os.environ.get(line, "<unset>")

@@ -383,3 +383,26 @@ def test_the_cgroup_v2_counter_of_a_systemd_session_is_found(tmp_path):
         assert watch.count() == 1 and watch.limit_mb() is None  # "max": no limit
     finally:
         watch.close()
+
+
+# --- the environment a worker sees ---------------------------------------------------------------------
+
+
+def test_workers_from_the_fork_server_see_the_drivers_environment_as_it_is_now(tmp_path, monkeypatch):
+    """A process that runs jobs one after another (a notebook, a test session) may change its environment
+    in between (credentials, an endpoint such as STORAGE_EMULATOR_HOST). Workers started from the fork
+    server (the driver has threads) get the driver's environment of now, not the one the fork server
+    started with at its first use."""
+    (tmp_path / "in.txt").write_text("CORRAL_WORKER_ENV_PROBE\n")
+    stop = threading.Event()
+    helper = threading.Thread(target=stop.wait)  # a second thread: workers come from the fork server
+    helper.start()
+    try:
+        for value in ("first", "second"):
+            monkeypatch.setenv("CORRAL_WORKER_ENV_PROBE", value)
+            out = tmp_path / f"out-{value}"
+            corral.run(jobs.EnvironmentProbe, str(tmp_path / "in.txt"), str(out), backend="processes")
+            assert (out / "part-00000").read_text() == f"CORRAL_WORKER_ENV_PROBE\t{value}\n"
+    finally:
+        stop.set()
+        helper.join()
