@@ -273,7 +273,10 @@ class Driver:
         keeper = Keeper(self.lease, self.journal, self.lease.timeout / 4)
         manifest: dict[str, Any] = {}
         try:
-            final = self._run_stages(executor, source, job, steps, files, keeper)
+            # the heartbeat goes on through a deploy that takes minutes (a first Lambda deploy builds its
+            # package), and starts once the executor has its workers (forked while single-threaded)
+            keeper.start()
+            final = self._run_stages(executor, source, job, steps, files)
             self.lease.check()  # nothing goes into OUT unless this run still holds it
             self._commit(out_fs, final)
             manifest = self._manifest("succeeded", None)
@@ -317,8 +320,7 @@ class Driver:
         return manifest
 
     def _run_stages(
-        self, executor: Executor, source: JobSource, job: Job, steps: list[Step], files: list[FileInfo],
-        keeper: Keeper,
+        self, executor: Executor, source: JobSource, job: Job, steps: list[Step], files: list[FileInfo]
     ) -> list[tuple[str, str]]:
         """Every stage on ``executor``, closed on the way out; the final (attempt output, part name) moves."""
         final: list[tuple[str, str]] = []
@@ -326,7 +328,6 @@ class Driver:
         try:
             self.concurrency = executor.max_concurrency
             executor.deploy(source)
-            keeper.start()  # after the executor started its workers (forked while single-threaded)
             cores, sizing = executor.cores(), executor.sizing()
             self.executor_info = {"name": executor.name or self.settings.backend,
                                   "max_concurrency": self.concurrency, "cores": cores,
