@@ -98,7 +98,7 @@ def test_report_of_a_run_with_a_retry_shows_every_attempt_offline(tmp_path, flak
     assert page.locator('[data-counter="lines/seen"]').inner_text() == "300"
     assert page.locator("#status").inner_text() == "succeeded"
     assert page.locator("#advice li").all_inner_texts() == [a["message"] for a in m["advice"]]
-    assert [a["kind"] for a in m["advice"]][0] == "memory"
+    assert m["advice"][0]["kind"] == "memory"
     page.screenshot(path=tmp_path / "report.png", full_page=True)
     assert (tmp_path / "report.png").stat().st_size > 20_000
 
