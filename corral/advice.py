@@ -55,6 +55,7 @@ class Attempt:
     end: float | None
     stats: dict[str, Any]
     failure: dict[str, Any] | None
+    reused: bool = False  # committed by an earlier driver of the run (--resume)
 
 
 def attempts(manifest: dict[str, Any]) -> Iterator[Attempt]:
@@ -64,7 +65,7 @@ def attempts(manifest: dict[str, Any]) -> Iterator[Attempt]:
             for entry in record.get("attempts", ()):
                 yield Attempt(stage.get("stage", 0), record.get("phase", ""), task, entry.get("attempt", 0),
                               entry.get("status", "running"), entry.get("start"), entry.get("end"),
-                              entry.get("stats") or {}, entry.get("failure"))
+                              entry.get("stats") or {}, entry.get("failure"), bool(entry.get("reused")))
 
 
 def sizing_of(manifest: dict[str, Any]) -> MemorySizing | None:
@@ -260,8 +261,8 @@ def cpu_advice(manifest: dict[str, Any], runs: list[Attempt]) -> dict[str, Any] 
     busy = 0.0
     spans: dict[tuple[int, str], tuple[float, float]] = {}  # each phase's first start and last end
     for a in runs:
-        if a.stats.get("cpu_seconds") is None or a.start is None or a.end is None:
-            continue
+        if a.stats.get("cpu_seconds") is None or a.start is None or a.end is None or a.reused:
+            continue  # (a reused attempt ran before this driver, with the pause between)
         busy += float(a.stats["cpu_seconds"])
         first, last = spans.get((a.stage, a.phase), (a.start, a.end))
         spans[(a.stage, a.phase)] = (min(first, a.start), max(last, a.end))
