@@ -17,7 +17,7 @@ _LAZY = {
     "corral.errors": ("CorralError", "InputError", "JobFailed", "UsageError"),
     "corral.executor": (
         "CANCELLED", "INFRASTRUCTURE", "INPUT_ERROR", "OUT_OF_MEMORY", "THROTTLED", "TIMEOUT", "USER_ERROR",
-        "Executor", "ExecutorSpec", "Failure", "JobSource", "Outcome", "outcome_from_result",
+        "Executor", "ExecutorSpec", "Failure", "JobSource", "Outcome", "default_concurrency", "outcome_from_result",
     ),
     "corral.fs": ("FileInfo", "FileSystem", "ProtocolInfo", "get_filesystem"),
     "corral.options": ("Command", "Option", "int_in_range", "parse_bool", "parse_size"),
@@ -88,6 +88,7 @@ __all__ = [
     "UsageError",
     "__version__",
     "build_package",
+    "default_concurrency",
     "get_filesystem",
     "hookimpl",
     "int_in_range",

@@ -159,8 +159,12 @@ class Driver:
     """Runs one job. ``run()`` returns the manifest or raises ``JobFailed``, ``UsageError`` or
     ``Interrupted``."""
 
-    def __init__(self, job_class: type[Job], inputs: Sequence[str], out: str, settings: Settings) -> None:
+    def __init__(self, job_class: type[Job], inputs: Sequence[str], out: str, settings: Settings, *,
+                 first_stage: int = 0) -> None:
+        """``first_stage`` > 0 runs the job's stages from that one on, its inputs being corral's records
+        files as an earlier stage writes them (``corral.testing`` feeds a later stage this way)."""
         self.job_class = job_class
+        self.first_stage = first_stage
         self.inputs = list(inputs)
         # local paths absolute: workers may run elsewhere (a container) with the same paths mounted
         self.out = _absolute(out.rstrip("/") if len(out) > 1 else out)
@@ -194,11 +198,17 @@ class Driver:
         steps = job.steps()
         if not steps:
             raise UsageError(f"{self.job_class.__name__}.steps() returned no stages")
+        if not 0 <= self.first_stage < len(steps):
+            raise UsageError(f"{self.job_class.__name__} has {len(steps)} stage{'s' if len(steps) > 1 else ''}: "
+                             f"there is no stage {self.first_stage + 1} to start from")
         self.output = output_spec(self.job_class, self.settings)
         input_format = getattr(self.job_class, "input_format", "lines")
         if input_format not in INPUT_FORMATS:
             raise UsageError(f"invalid value for {self.job_class.__qualname__}.input_format: {input_format!r} is not "
                              f"one of {', '.join(INPUT_FORMATS)}")
+        if self.settings.resume and self.settings.overwrite:
+            raise UsageError("--resume and --overwrite exclude each other: continue the unfinished run, or start "
+                             "again")
         out_fs = get_filesystem(self.out)
         files = list_inputs(self.inputs)  # first: a mistyped input must not cost the previous output
         self._refuse_inputs_in_output(files)
@@ -264,7 +274,10 @@ class Driver:
         keeper = Keeper(self.lease, self.journal, self.lease.timeout / 4)
         manifest: dict[str, Any] = {}
         try:
-            final = self._run_stages(executor, source, job, steps, files, keeper)
+            # the heartbeat goes on through a deploy that takes minutes (a first Lambda deploy builds its
+            # package), and starts once the executor has its workers (forked while single-threaded)
+            keeper.start()
+            final = self._run_stages(executor, source, job, steps, files)
             self.lease.check()  # nothing goes into OUT unless this run still holds it
             self._commit(out_fs, final)
             manifest = self._manifest("succeeded", None)
@@ -308,8 +321,7 @@ class Driver:
         return manifest
 
     def _run_stages(
-        self, executor: Executor, source: JobSource, job: Job, steps: list[Step], files: list[FileInfo],
-        keeper: Keeper,
+        self, executor: Executor, source: JobSource, job: Job, steps: list[Step], files: list[FileInfo]
     ) -> list[tuple[str, str]]:
         """Every stage on ``executor``, closed on the way out; the final (attempt output, part name) moves."""
         final: list[tuple[str, str]] = []
@@ -317,7 +329,6 @@ class Driver:
         try:
             self.concurrency = executor.max_concurrency
             executor.deploy(source)
-            keeper.start()  # after the executor started its workers (forked while single-threaded)
             cores, sizing = executor.cores(), executor.sizing()
             self.executor_info = {"name": executor.name or self.settings.backend,
                                   "max_concurrency": self.concurrency, "cores": cores,
@@ -327,7 +338,7 @@ class Driver:
                 event=JobStarted(self._job_name(), len(steps), self.inputs, self.out, self.settings,
                                  self.run_id, self.executor_info["name"], self.concurrency, cores, sizing)
             )
-            for index, step in enumerate(steps):
+            for index, step in enumerate(steps[self.first_stage:], start=self.first_stage):
                 files, final = self._run_stage(executor, job, index, step, files, index == len(steps) - 1)
         except BaseException:
             stopping = True
@@ -369,7 +380,14 @@ class Driver:
     def _earlier_run(self, out_fs: FileSystem) -> Resume | None:
         """The unfinished run journaled in OUT, if any (a finished run's leftover journal is ignored)."""
         found = read_journal(out_fs, self.out)
-        earlier = Resume.from_records(*found) if found else None
+        try:
+            earlier = Resume.from_records(*found) if found else None
+        except (KeyError, TypeError, ValueError) as exc:
+            if not self.settings.overwrite:
+                raise UsageError(f"the journal in {display(self.out)}/_corral is damaged ({type(exc).__name__}: "
+                                 f"{exc}): start again with --overwrite") from None
+            Journal(out_fs, self.out).remove()  # starting again: what it said no longer matters
+            earlier = None
         if earlier is not None and out_fs.exists(join(self.out, "_SUCCESS")):
             try:
                 manifest = json.loads(out_fs.read_bytes(join(self.out, "_corral", "manifest.json")))
@@ -624,6 +642,8 @@ class Driver:
     def _failure_message(self, stage: int, exc: TaskFailedError) -> str:
         where = f"stage {stage + 1} " if len(self.stages) > 1 or stage else ""
         message = f"{where}task {exc.state.name} attempt {exc.attempt}: {exc.failure.describe()}"
+        if exc.failure.where():
+            message += f"\n  {exc.failure.where()}"
         if exc.failure.traceback:
             message += "\n" + exc.failure.traceback.rstrip()
         return message

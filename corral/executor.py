@@ -39,6 +39,8 @@ class Failure:
     traceback: str | None = None
     limit: float | None = None  # the memory limit (MB) or timeout (s) that was hit
     peak: float | None = None  # peak memory (MB) when it was hit
+    #: what the task was reading when it failed: file, byte range, line, record (or the key it reduced)
+    input: dict[str, Any] | None = None
 
     def describe(self) -> str:
         """One line: ``ValueError: bad record`` or ``ran out of memory at the 256 MB limit``."""
@@ -47,6 +49,12 @@ class Failure:
         if self.kind == TIMEOUT and self.limit:
             return f"timed out after the {self.limit:g} s limit"
         return self.message
+
+    def where(self) -> str | None:
+        """``while reading FILE bytes S to E, line N: 'record'`` (or ``while reducing key 'k'``), if known."""
+        from corral.failure_context import describe
+
+        return describe(self.input)
 
 
 @dataclass
@@ -84,7 +92,9 @@ def outcome_from_result(result: dict[str, Any], stats: dict[str, Any] | None = N
     message = f"{error.get('type', 'Error')}: {error.get('message', '')}"
     if kind != USER_ERROR:
         message = error.get("message", "")
-    return Outcome(failure=Failure(kind, message, error.get("traceback")), stats=stats)
+    found = error.get("input")
+    return Outcome(failure=Failure(kind, message, error.get("traceback"), input=found if isinstance(found, dict)
+                                   else None), stats=stats)
 
 
 @dataclass(frozen=True)
@@ -172,6 +182,14 @@ class Executor(ABC):
         if kind is not None and not issubclass(kind, Exception):
             self.cancel_all()
         self.close()
+
+
+def default_concurrency() -> int:
+    """The CPUs this process may run on (its affinity, e.g. a container's cpuset): local backends run one
+    task per CPU unless ``--max-concurrency`` says otherwise."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import hashlib
+import logging
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -178,6 +179,16 @@ def decompressing(raw: IO[bytes], compression: str | None) -> IO[bytes]:
 def join(base: str, *parts: str) -> str:
     """Join URL path parts with ``/`` (for every protocol, local included)."""
     return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def remove_quietly(url: str, recursive: bool = False) -> None:
+    """Remove ``url`` (a folder of part files too, with ``recursive``) where failing to is harmless: a
+    leftover nothing reads (an uncommitted attempt, a payload passed by reference). A failure is
+    logged at debug level, never raised."""
+    try:
+        get_filesystem(url).remove(url, recursive=recursive)
+    except OSError as exc:
+        logging.getLogger("corral").debug("could not remove %s: %s", url, exc)
 
 
 def get_filesystem(url: str) -> FileSystem:

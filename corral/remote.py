@@ -700,12 +700,9 @@ class RemoteFunctionExecutor(Executor):
 
     def _remove(self, url: str | None) -> None:
         if url:
-            from corral.fs import get_filesystem
+            from corral.fs import remove_quietly
 
-            try:
-                get_filesystem(url).remove(url)
-            except OSError as exc:
-                log.debug("could not remove %s: %s", url, exc)
+            remove_quietly(url)
 
     def _fetch_result(self, data: bytes) -> bytes:
         """The result itself when the function returned a reference to it (a large result)."""

@@ -20,6 +20,8 @@ from itertools import chain, count, islice, repeat, starmap
 from typing import Any, ClassVar
 
 from corral import cancellation
+from corral.errors import InputError
+from corral.failure_context import Reading, map_input, reduce_input
 from corral.fs import FileSystem, get_filesystem
 from corral.job import Job, Step
 from corral.output import OutputSpec, PartWriter, RecordFile, iter_records
@@ -120,11 +122,12 @@ def spec_from_json(data: dict[str, Any]) -> MapSpec | ReduceSpec:
 
 
 def _input_batches(
-    splits: Iterable[Split], input_format: str, input_errors: str, input_header: bool
+    splits: Iterable[Split], input_format: str, input_errors: str, input_header: bool, reading: Reading
 ) -> Iterator[tuple[bool, list]]:
     """``(keyed, batch)`` for a task's splits: batches of records (keyed False) or (key, value) pairs
     (True), small splits read ahead where the store serves requests at once (``read_ahead``).
-    A cancelled attempt stops here, between batches (``corral.cancellation``)."""
+    A cancelled attempt stops here, between batches (``corral.cancellation``). ``reading`` follows
+    the split and batch being mapped, for the message of a failure."""
     known: dict[str, FileSystem] = {}
     keyed = input_format == "tsv"
     for split, fs, data in read_ahead(splits, partial(_filesystem, known=known)):
@@ -132,10 +135,12 @@ def _input_batches(
             with fs.open(split.url, "rb") as stream:
                 for batch in iter_records(stream):
                     cancellation.check()
+                    reading.next_batch(split, batch, True)
                     yield True, batch
             continue
         for batch in iter_text_records(fs, split, input_format, input_errors, input_header, data):
             cancellation.check()
+            reading.next_batch(split, batch, keyed)
             yield keyed, batch
 
 
@@ -175,8 +180,28 @@ def _map_calls(step: Step, keyed: bool, batch: list) -> Iterable[Iterable[Any]]:
     return starmap(step.map, batch) if keyed else map(step.map, repeat(None), batch)
 
 
+def blame(exc: BaseException, found: dict[str, Any] | None) -> None:
+    """Attach what the task was reading to ``exc`` (``run_task`` reports it as the error's ``input``)."""
+    if found is None or isinstance(exc, InputError | cancellation.TaskCancelled) or hasattr(exc, "corral_input"):
+        return  # an input error's message names the place already
+    try:
+        exc.corral_input = found  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):  # an exception class with __slots__
+        pass
+
+
 def execute_map(spec: MapSpec, job: Job, step: Step) -> dict[str, Any]:
-    """Run one map task; return its result (output URL, index, record counts)."""
+    """Run one map task; return its result (output URL, index, record counts). A failure names the
+    split and, when it can be found, the record that ``map`` failed on (``corral.failure_context``)."""
+    reading = Reading()
+    try:
+        return _execute_map(spec, job, step, reading)
+    except Exception as exc:
+        blame(exc, map_input(reading, step.map if step.map_batch is None else None, spec.input_format, exc))
+        raise
+
+
+def _execute_map(spec: MapSpec, job: Job, step: Step, reading: Reading) -> dict[str, Any]:
     output_kind = spec.output_kind
     input_format = spec.input_format
     input_errors = spec.input_errors
@@ -197,12 +222,13 @@ def execute_map(spec: MapSpec, job: Job, step: Step) -> dict[str, Any]:
             spill_dir=spill_dir(),
         )
         try:
-            for keyed, batch in _input_batches(spec.splits, input_format, input_errors, input_header):
+            for keyed, batch in _input_batches(spec.splits, input_format, input_errors, input_header, reading):
                 records_in += len(batch)
                 pairs = chain.from_iterable(_map_calls(step, keyed, batch))
                 for shaped in shuffle_batches(source, pairs):  # the hot loop: a call per 1024 pairs
                     buffer.add_batch(source, shaped)
                 buffer.check(records_in)
+            reading.done()
             if step.map_final:
                 buffer.add_final(chain.from_iterable(shuffle_batches("map_final", step.map_final() or ())))
             with out_fs.open(spec.output, "wb") as out:
@@ -212,9 +238,10 @@ def execute_map(spec: MapSpec, job: Job, step: Step) -> dict[str, Any]:
         return {"output": spec.output, "index": index, "records_in": records_in}
 
     with _writer(spec, source) as writer:
-        for keyed, batch in _input_batches(spec.splits, input_format, input_errors, input_header):
+        for keyed, batch in _input_batches(spec.splits, input_format, input_errors, input_header, reading):
             records_in += len(batch)
             writer.add_all(chain.from_iterable(_map_calls(step, keyed, batch)))
+        reading.done()
         if step.map_final:
             writer.flush()
             writer.source = "map_final"
@@ -268,6 +295,9 @@ def execute_reduce(spec: ReduceSpec, job: Job, step: Step) -> dict[str, Any]:
     )
     try:
         return _reduce(spec, step, sources)
+    except Exception as exc:
+        blame(exc, reduce_input(step.reduce, exc))  # the key reduce failed on
+        raise
     finally:
         for f in merged_files:
             f.close()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from corral.executor import CANCELLED, Executor, Failure, Outcome
-from corral.fs import get_filesystem
+from corral.fs import remove_quietly
 from corral.retry import RetryPolicy
 from corral.tasks import TaskSpec
 
@@ -124,10 +124,7 @@ class Leftovers:
 
 
 def discard(url: str) -> None:
-    try:
-        get_filesystem(url).remove(url, recursive=True)  # a final task's output may be a folder of parts
-    except OSError as exc:  # leftovers are harmless: nothing reads an uncommitted attempt
-        log.debug("could not remove %s: %s", url, exc)
+    remove_quietly(url, recursive=True)  # a final task's output may be a folder of parts
 
 
 def _failure_record(failure: Failure | None) -> dict[str, Any]:

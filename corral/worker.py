@@ -126,6 +126,9 @@ def run_task(payload: dict[str, Any], progress: ProgressSink | None = None) -> d
                     "kind": _error_kind(exc),
                 },
             }
+            found = getattr(exc, "corral_input", None)  # what the task was reading (corral.failure_context)
+            if found:
+                result["error"]["input"] = found
         finally:
             if sink is not None:
                 _reporter.forget(key)

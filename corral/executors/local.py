@@ -44,6 +44,7 @@ from corral.executor import (
     Failure,
     JobSource,
     Outcome,
+    default_concurrency,
     outcome_from_result,
 )
 from corral.executors.oom import OomWatch
@@ -539,8 +540,6 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)
 
 
-def default_concurrency() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _spec(name: str, create: Callable[[int], Executor], description: str) -> ExecutorSpec:

@@ -24,6 +24,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 0")
+    return value
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the sub-commands (serve, build-base, prune) to ``parser``."""
     sub = parser.add_subparsers(dest="emulator_command", metavar="{serve,build-base,prune}")
@@ -53,6 +63,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--key-file", default=None, metavar="PATH",
                        help="write a service-account key file for google-auth (its token_uri is this emulator) "
                             "to PATH (default: a file in the emulator's temporary folder)")
+    serve.add_argument("--cloud-cpu", action=argparse.BooleanOptionalAction, default=True,
+                       help="cap each container's CPU as the platform does (Lambda: 1 vCPU at 1769 MB, in "
+                            "proportion below; GCF: availableCpu); --no-cloud-cpu lets every container use all "
+                            "the host's CPUs (default: on)")
+    serve.add_argument("--event-retry-delay", type=_seconds, default=60.0, metavar="SECONDS",
+                       help="wait before retrying a failed Event invocation, doubled before the second retry "
+                            "(Lambda: 60, then 120) (default 60)")
     serve.add_argument("--throttle", type=float, default=None, metavar="FRACTION",
                        help="fault injection: answer 429 to this fraction of invocations, e.g. 0.33 "
                             "(default $CORRAL_EMULATOR_THROTTLE or 0)")
@@ -106,6 +123,8 @@ def run_serve(args: argparse.Namespace) -> int:
         log_dir=args.log_dir,
         log_stream=None if args.quiet else sys.stderr,
         throttle_fraction=args.throttle,
+        cloud_cpu=args.cloud_cpu,
+        event_retry_delay=args.event_retry_delay,
     )
     stop = threading.Event()
 

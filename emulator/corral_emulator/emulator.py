@@ -52,13 +52,15 @@ class Emulator:
     with ``api_endpoint`` = its host:port (REST transport, http). Functions run in containers of
     ``base_image`` (any image with ``python3``) with their memory capped at the function's; at most
     ``max_concurrency`` requests run at once across both platforms (more are answered 429; the function's
-    reserved concurrency or max instances too). ``throttle_fraction`` (default
+    reserved concurrency or max instances too). A Lambda function's failed ``Event`` invocations are
+    retried after ``event_retry_delay`` seconds and then twice that (Lambda: 60). ``throttle_fraction`` (default
     ``$CORRAL_EMULATOR_THROTTLE``, else 0) is a fault hook for tests: that fraction of invocations is
     answered 429 TooManyRequestsException (reason ConcurrentInvocationLimitExceeded) whatever the load,
     drawn from a generator seeded with ``throttle_seed`` (the same sequence on every run). Idle
     containers are removed after ``idle_timeout`` seconds. ``mounts`` are host folders bind-mounted
-    read-write at the same path in every container. ``cloud_cpu`` caps each container's CPU as the
-    platform would (Lambda: one vCPU at 1769 MB; GCF: ``availableCpu``). ``stop()`` removes every
+    read-write at the same path in every container. ``cloud_cpu`` (on by default) caps each container's
+    CPU as the platform would (Lambda: one vCPU at 1769 MB; GCF: ``availableCpu``); off, every container
+    may use all of the host's CPUs. ``stop()`` removes every
     container this instance started. ``service_account_key()`` gives a key file for google-auth whose
     ``token_uri`` is this emulator (the functions' URLs need ID tokens). A GCF create or patch answers
     when its deploy is done, or after ``operation_wait`` seconds with ``done: false`` (0: at once, as GCF).
@@ -75,16 +77,20 @@ class Emulator:
         init_timeout: float = 10.0,
         region: str | None = None,
         account_id: str = "000000000000",
-        cloud_cpu: bool = False,
+        cloud_cpu: bool = True,
         workdir: str | os.PathLike | None = None,
         log_dir: str | os.PathLike | None = None,
         log_stream: TextIO | None = None,
         throttle_fraction: float | None = None,
         throttle_seed: int = 0,
         operation_wait: float = 5.0,
+        event_retry_delay: float = 60.0,
     ) -> None:
         if max_concurrency < 1:
             raise EmulatorError("max_concurrency must be at least 1")
+        if not event_retry_delay >= 0:
+            raise EmulatorError(f"event_retry_delay must be at least 0 seconds, not {event_retry_delay}")
+        self.event_retry_delay = event_retry_delay
         if throttle_fraction is None:
             try:
                 throttle_fraction = float(os.environ.get("CORRAL_EMULATOR_THROTTLE") or 0)
@@ -184,7 +190,7 @@ class Emulator:
             throttle_seed=self.throttle_seed,
         )
         await self.engine.start()
-        self.lambda_service = LambdaService(self.engine, self.account_id)
+        self.lambda_service = LambdaService(self.engine, self.account_id, self.event_retry_delay)
         await self.lambda_service.start()
         self.gcf = GcfService(self.engine, self.operation_wait)
         await self.gcf.start()

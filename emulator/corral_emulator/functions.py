@@ -12,15 +12,17 @@ import shutil
 import stat
 import uuid
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from corral_emulator.errors import ApiError, invalid, not_found
+from corral_emulator.errors import ApiError, invalid
 
 if TYPE_CHECKING:
     from corral_emulator.engine import Engine
+    from corral_emulator.lambda_aliases import Alias
+    from corral_emulator.lambda_events import EventInvokeConfig
     from corral_emulator.lambda_sandbox import LambdaSandbox
 
 MAX_ZIP_BYTES = 50 * 1024 * 1024  # Lambda's limit for a direct upload
@@ -44,15 +46,20 @@ RESERVED_ENV = frozenset(
 SUPPORTED_RUNTIMES = re.compile(r"^(python3\.\d+|provided(\.al2|\.al2023)?)$")
 
 
-def parse_function_name(raw: str) -> str:
-    """The function name in a name, a partial ARN or a full ARN; only ``$LATEST`` is a known version."""
+def parse_function_ref(raw: str) -> tuple[str, str | None]:
+    """(name, qualifier or None) of a name, a partial ARN or a full ARN (``name:alias``, ``arn:…:name:3``)."""
     match = ARN_RE.match(raw or "")
     if not match:
         raise invalid(f"1 validation error detected: Value '{raw}' at 'functionName' failed to satisfy "
                       "constraint: Member must satisfy regular expression pattern")
-    name, qualifier = match.group(1), match.group(2)
+    return match.group(1), match.group(2)
+
+
+def parse_function_name(raw: str) -> str:
+    """The function name of a name or ARN that names no version or alias (``$LATEST`` is allowed)."""
+    name, qualifier = parse_function_ref(raw)
     if qualifier not in (None, "$LATEST"):
-        raise not_found(f"Function not found: {raw}")
+        raise invalid(f"{raw} names a version or alias; this operation takes the function's name or ARN")
     return name
 
 
@@ -61,7 +68,7 @@ def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "+0000"
 
 
-def _int_in(value: Any, name: str, low: int, high: int) -> int:
+def int_in(value: Any, name: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise invalid(f"1 validation error detected: Value '{value}' at '{name}' failed to satisfy "
                       f"constraint: Member must have value between {low} and {high}")
@@ -174,10 +181,13 @@ def extract_zip(data: bytes, dest: Path, max_unzipped: int = MAX_UNZIPPED_BYTES)
 
 @dataclass
 class Function:
-    """One function ($LATEST only). ``generation`` changes with every code or configuration update."""
+    """One version of a function: ``$LATEST`` (the one updates change, which also holds the function's tags,
+    reserved concurrency, published versions, aliases and event invoke configs) or a published one, whose
+    code and configuration never change. Each version is a pool function of its own: its own sandboxes.
+    ``generation`` changes with every code or configuration update of ``$LATEST``."""
 
     name: str
-    arn: str
+    arn: str  # FunctionArn: unqualified for $LATEST, ``…:function:name:3`` for version 3
     runtime: str
     handler: str
     role: str
@@ -197,10 +207,29 @@ class Function:
     revision_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     generation: int = 0
     retired: bool = False  # deleted
+    version: str = "$LATEST"
+    versions: dict[str, Function] = field(default_factory=dict)  # published ones, by number ($LATEST's)
+    last_version: int = 0  # numbers are never reused, even after a version is deleted
+    published_generation: int | None = None  # $LATEST's generation when it was last published
+    aliases: dict[str, Alias] = field(default_factory=dict)
+    event_configs: dict[str, EventInvokeConfig] = field(default_factory=dict)  # by qualifier
 
     @property
     def instance_limit(self) -> int | None:
-        return self.reserved_concurrency
+        return self.reserved_concurrency  # the service counts every version against it (``LambdaService.invoke``)
+
+    @property
+    def qualified_arn(self) -> str:
+        """``…:function:name:$LATEST`` or ``…:function:name:3`` (as ListVersionsByFunction shows them)."""
+        return self.arn if self.version != "$LATEST" else f"{self.arn}:$LATEST"
+
+    def publish(self, number: int, description: str) -> Function:
+        """A published version: a copy of this ($LATEST's) code and configuration that never changes."""
+        return replace(
+            self, version=str(number), arn=f"{self.arn}:{number}", description=description,
+            environment=dict(self.environment), architectures=list(self.architectures), tags={},
+            reserved_concurrency=None, last_modified=now_iso(), revision_id=str(uuid.uuid4()), generation=0,
+            versions={}, last_version=0, published_generation=None, aliases={}, event_configs={})
 
     def new_sandbox(self, engine: Engine) -> LambdaSandbox:
         from corral_emulator.lambda_sandbox import LambdaSandbox
@@ -240,16 +269,16 @@ class Function:
                 raise invalid("Role is required")
             self.role = role
         if "MemorySize" in body:
-            self.memory_size = _int_in(body["MemorySize"], "memorySize", 128, 10240)
+            self.memory_size = int_in(body["MemorySize"], "memorySize", 128, 10240)
         if "Timeout" in body:
-            self.timeout = _int_in(body["Timeout"], "timeout", 1, 900)
+            self.timeout = int_in(body["Timeout"], "timeout", 1, 900)
         if "Environment" in body:
             self.environment = validate_environment(body["Environment"])
         if "Description" in body:
             self.description = str(body["Description"] or "")
         if "EphemeralStorage" in body:
             size = (body["EphemeralStorage"] or {}).get("Size", 512)
-            self.ephemeral_storage = _int_in(size, "ephemeralStorage.size", 512, 10240)
+            self.ephemeral_storage = int_in(size, "ephemeralStorage.size", 512, 10240)
         if "Architectures" in body:
             archs = body["Architectures"]
             if archs not in (["x86_64"], ["arm64"]):
@@ -270,7 +299,7 @@ class Function:
             "MemorySize": self.memory_size,
             "LastModified": self.last_modified,
             "CodeSha256": self.code_sha256,
-            "Version": "$LATEST",
+            "Version": self.version,
             "Environment": {"Variables": dict(self.environment)},
             "TracingConfig": {"Mode": "PassThrough"},
             "RevisionId": self.revision_id,

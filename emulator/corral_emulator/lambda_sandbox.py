@@ -80,7 +80,9 @@ class LambdaSandbox(Sandbox):
         self.memory_size = function.memory_size
         self.handler = function.handler
         self.runtime = function.runtime
-        self.log_stream_name = f"{datetime.now(UTC):%Y/%m/%d}/[$LATEST]{uuid.uuid4().hex}"
+        self.version = function.version
+        self.ephemeral_storage = function.ephemeral_storage
+        self.log_stream_name = f"{datetime.now(UTC):%Y/%m/%d}/[{function.version}]{uuid.uuid4().hex}"
         self.current: Invocation | None = None
         self.inbox: asyncio.Queue[Invocation] = asyncio.Queue()
         self.runner: web.AppRunner | None = None
@@ -108,7 +110,7 @@ class LambdaSandbox(Sandbox):
         env = {
             "AWS_LAMBDA_FUNCTION_NAME": self.function_name,
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.memory_size),
-            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_LAMBDA_FUNCTION_VERSION": self.version,
             "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{self.port}",
             "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.function_name}",
             "AWS_LAMBDA_LOG_STREAM_NAME": self.log_stream_name,
@@ -140,6 +142,11 @@ class LambdaSandbox(Sandbox):
 
     def cpu_share(self) -> float:
         return self.memory_size / 1769  # Lambda gives one vCPU at 1769 MB, proportionally less below
+
+    def platform_tmpfs(self) -> dict[str, str]:
+        # /tmp of the function's EphemeralStorage size: writing past it fails with ENOSPC, as on Lambda. A tmpfs
+        # is the size limit Docker offers on any storage driver; its pages count against the memory cap.
+        return {"/tmp": f"size={self.ephemeral_storage}m,mode=1777,exec"}
 
     # ---------------------------------------------------------------- invocation
     async def invoke(self, invocation: Invocation, cold: bool) -> Outcome:

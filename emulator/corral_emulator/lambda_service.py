@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import math
-import random
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -16,14 +14,25 @@ from typing import Any
 import docker.errors
 
 from corral_emulator.engine import Engine, PoolFull
-from corral_emulator.errors import ApiError, conflict, not_found, throttled
-from corral_emulator.functions import Function, decode_zip, fetch_s3_code, is_s3_code
+from corral_emulator.errors import ApiError, conflict, invalid, not_found, throttled
+from corral_emulator.functions import (
+    MAX_UNZIPPED_BYTES,
+    MAX_ZIP_BYTES,
+    Function,
+    decode_zip,
+    fetch_s3_code,
+    is_s3_code,
+    parse_function_ref,
+)
+from corral_emulator.lambda_aliases import VERSION_RE, Alias, check_alias_name, parse_weights
+from corral_emulator.lambda_events import EventInvokeConfig, EventQueue
 from corral_emulator.lambda_sandbox import Invocation, LambdaSandbox, Outcome
 from corral_emulator.sandbox import MB
 
 log = logging.getLogger("corral_emulator")
 
 TAIL_BYTES = 4096
+TOTAL_CODE_BYTES = 80 * 1024 ** 3  # Lambda's default storage for every function's packages (75 GB)
 
 
 @dataclass
@@ -31,6 +40,7 @@ class InvokeResult:
     """A finished RequestResponse invocation, with what the caller gets in headers."""
 
     request_id: str
+    version: str  # the version that ran (an alias's target)
     outcome: Outcome
     duration_ms: float
     billed_ms: int
@@ -43,7 +53,7 @@ class InvokeResult:
     def headers(self, tail: bool) -> dict[str, str]:
         headers = {
             "X-Amzn-RequestId": self.request_id,
-            "X-Amz-Executed-Version": "$LATEST",
+            "X-Amz-Executed-Version": self.version,
             "X-Corral-Duration-Ms": f"{self.duration_ms:.2f}",
             "X-Corral-Billed-Duration-Ms": str(self.billed_ms),
             "X-Corral-Memory-Size-Mb": str(self.memory_size),
@@ -66,14 +76,15 @@ class InvokeResult:
 class LambdaService:
     """The functions of the Lambda API and their invocations."""
 
-    def __init__(self, engine: Engine, account_id: str) -> None:
+    def __init__(self, engine: Engine, account_id: str, event_retry_delay: float = 60.0) -> None:
         self.engine = engine
         self.region = engine.region
         self.account_id = account_id
-        self.functions: dict[str, Function] = {}
+        self.functions: dict[str, Function] = {}  # their $LATEST, by name
         self.code_root = engine.workdir / "code"
         self.bootstrap_file = engine.workdir / "runtime" / "bootstrap.py"
-        engine.code_in_use.append(lambda: (f.code_dir for f in self.functions.values()))
+        self.events = EventQueue(self, event_retry_delay)
+        engine.code_in_use.append(lambda: (v.code_dir for f in self.functions.values() for v in self.all_versions(f)))
 
     async def start(self) -> None:
         self.code_root.mkdir(parents=True, exist_ok=True)
@@ -95,6 +106,36 @@ class LambdaService:
             raise not_found(f"Function not found: {self.arn(name)}")
         return function
 
+    @staticmethod
+    def all_versions(function: Function) -> list[Function]:
+        return [function, *function.versions.values()]
+
+    def resolve(self, raw: str, qualifier: str | None = None, *, pick: bool = True) -> tuple[Function, Function, str]:
+        """($LATEST, the version to use, the ARN as invoked) of a name or ARN and a ``Qualifier``: ``$LATEST``,
+        a version number or an alias (whose routing weights choose the version when ``pick``)."""
+        name, in_name = parse_function_ref(raw)
+        if in_name is not None and qualifier is not None and in_name != qualifier:
+            raise invalid("The derived qualifier from the function name does not match the specified qualifier.")
+        qualifier = qualifier if qualifier is not None else in_name
+        function = self.get(name)
+        if qualifier in (None, "$LATEST"):
+            return function, function, function.arn if qualifier is None else f"{function.arn}:$LATEST"
+        invoked = f"{function.arn}:{qualifier}"
+        if VERSION_RE.match(qualifier):
+            version = function.versions.get(qualifier)
+            if version is None:
+                raise not_found(f"Function not found: {invoked}")
+            return function, version, invoked
+        alias = function.aliases.get(qualifier)
+        if alias is None:
+            raise not_found(f"Function not found: {invoked}")
+        number = alias.pick_version() if pick else alias.function_version
+        return function, self.version_of(function, number), invoked
+
+    @staticmethod
+    def version_of(function: Function, number: str) -> Function:
+        return function if number == "$LATEST" else function.versions[number]
+
     async def code_bytes(self, code: Any) -> bytes:
         """The zip of a Code shape: inline (``ZipFile``) or fetched from S3 (``S3Bucket``/``S3Key``)."""
         if is_s3_code(code):
@@ -107,7 +148,7 @@ class LambdaService:
         data = await self.code_bytes(body.get("Code"))
         function = Function(name=name, arn=self.arn(name), runtime="", handler="", role="")
         function.configure(body, creating=True)
-        function.tags = dict(body.get("Tags") or {})
+        function.tags = check_tags(body.get("Tags") or {})
         await self.engine.blocking(function.set_code, data, self.code_root)
         if name in self.functions:  # created meanwhile
             await self.engine.blocking(shutil.rmtree, function.code_dir, True)
@@ -144,22 +185,177 @@ class LambdaService:
         await self.engine.retire_stale(function)
         return function
 
-    async def delete_function(self, name: str) -> None:
-        function = self.functions.pop(name, None)
-        if function is None:
-            raise not_found(f"Function not found: {self.arn(name)}")
-        function.retired = True
-        await self.engine.retire_stale(function)
-        self.engine.spawn(self.engine.collect_code(function.code_dir))
+    async def delete_function(self, name: str, qualifier: str | None = None) -> None:
+        """Delete the function with all its versions and aliases, or (``qualifier``) one published version."""
+        if qualifier not in (None, "$LATEST") and not VERSION_RE.match(qualifier):
+            raise invalid("Deletion of aliases is not supported by DeleteFunction; use DeleteAlias")
+        if qualifier == "$LATEST":
+            raise invalid("$LATEST version cannot be deleted without deleting the function.")
+        function = self.get(name)
+        if qualifier is not None:
+            version = function.versions.get(qualifier)
+            if version is None:
+                raise not_found(f"Function not found: {function.arn}:{qualifier}")
+            users = sorted(a.arn for a in function.aliases.values() if a.points_at(qualifier))
+            if users:
+                raise conflict(f"Unable to delete version because the following aliases reference it: {users}")
+            del function.versions[qualifier]
+            function.event_configs.pop(qualifier, None)
+            retired = [version]
+        else:
+            del self.functions[name]
+            retired = self.all_versions(function)
+        for version in retired:
+            version.retired = True
+            await self.engine.retire_stale(version)
+            self.engine.spawn(self.engine.collect_code(version.code_dir))
+
+    # ---------------------------------------------------------------- versions and aliases
+    def publish_version(self, name: str, body: dict) -> Function:
+        """A new version from $LATEST, or the newest one if $LATEST has not changed since (as Lambda does)."""
+        function = self.get(name)
+        self.check_revision(function, body)
+        sha = body.get("CodeSha256")
+        if sha and sha != function.code_sha256:
+            raise invalid(f"CodeSHA256 ({sha}) is different from current CodeSHA256 in $LATEST "
+                          f"({function.code_sha256}). Please try again with the CodeSHA256 in $LATEST.")
+        if function.published_generation == function.generation and function.versions:
+            return function.versions[str(max(int(n) for n in function.versions))]
+        function.last_version += 1
+        version = function.publish(function.last_version, str(body.get("Description") or ""))
+        function.versions[version.version] = version
+        function.published_generation = function.generation
+        return version
+
+    def list_versions(self, name: str) -> list[Function]:
+        function = self.get(name)
+        return [function, *(function.versions[n] for n in sorted(function.versions, key=int))]
+
+    def _alias_target(self, function: Function, number: object) -> str:
+        if not isinstance(number, str) or not VERSION_RE.match(number):
+            raise invalid(f"1 validation error detected: Value '{number}' at 'functionVersion' failed to satisfy "
+                          "constraint: Member must satisfy regular expression pattern: (\\$LATEST|[0-9]+)")
+        if number != "$LATEST" and number not in function.versions:
+            raise not_found(f"Function not found: {function.arn}:{number}")
+        return number
+
+    def create_alias(self, name: str, body: dict) -> Alias:
+        function = self.get(name)
+        alias_name = check_alias_name(body.get("Name"))
+        number = self._alias_target(function, body.get("FunctionVersion"))
+        if alias_name in function.aliases:
+            raise conflict(f"Alias already exists: {function.arn}:{alias_name}")
+        weights = parse_weights(body.get("RoutingConfig"), number, set(function.versions))
+        alias = Alias(name=alias_name, arn=f"{function.arn}:{alias_name}", function_version=number,
+                      description=str(body.get("Description") or ""), weights=weights)
+        function.aliases[alias_name] = alias
+        return alias
+
+    def get_alias(self, name: str, alias_name: str) -> Alias:
+        function = self.get(name)
+        alias = function.aliases.get(alias_name)
+        if alias is None:
+            raise not_found(f"Alias not found: {function.arn}:{alias_name}")
+        return alias
+
+    def update_alias(self, name: str, alias_name: str, body: dict) -> Alias:
+        function = self.get(name)
+        alias = self.get_alias(name, alias_name)
+        if body.get("RevisionId") and body["RevisionId"] != alias.revision_id:
+            raise ApiError("PreconditionFailedException", 412,
+                           "The Revision Id provided does not match the latest Revision Id. "
+                           "Call the GetFunction/GetAlias API to retrieve the latest Revision Id")
+        number = alias.function_version
+        if "FunctionVersion" in body:
+            number = self._alias_target(function, body["FunctionVersion"])
+        routing = body.get("RoutingConfig") if "RoutingConfig" in body else (
+            {"AdditionalVersionWeights": alias.weights} if alias.weights else None)
+        alias.weights = parse_weights(routing, number, set(function.versions))
+        alias.function_version = number
+        if "Description" in body:
+            alias.description = str(body["Description"] or "")
+        alias.revision_id = str(uuid.uuid4())
+        return alias
+
+    def delete_alias(self, name: str, alias_name: str) -> None:
+        function = self.get(name)
+        function.aliases.pop(alias_name, None)  # idempotent, as on AWS
+        function.event_configs.pop(alias_name, None)
+
+    # ---------------------------------------------------------------- tags and account
+    def tagged(self, resource: str) -> Function:
+        """The function a TagResource / ListTags / UntagResource ARN names (functions are tagged, not versions)."""
+        name, qualifier = parse_function_ref(resource)
+        if not resource.startswith("arn:"):
+            raise invalid(f"Tags are set on a function's ARN, not on {resource!r}")
+        if qualifier is not None:
+            raise invalid(f"Tags are not supported on versions or aliases: {resource}")
+        return self.get(name)
+
+    def account_settings(self) -> dict:
+        versions = [v for f in self.functions.values() for v in self.all_versions(f)]
+        reserved = sum(f.reserved_concurrency or 0 for f in self.functions.values())
+        return {
+            "AccountLimit": {
+                "TotalCodeSize": TOTAL_CODE_BYTES,
+                "CodeSizeUnzipped": MAX_UNZIPPED_BYTES,
+                "CodeSizeZipped": MAX_ZIP_BYTES,
+                "ConcurrentExecutions": self.max_concurrency,
+                "UnreservedConcurrentExecutions": max(0, self.max_concurrency - reserved),
+            },
+            "AccountUsage": {
+                "TotalCodeSize": sum({id(v.zip_bytes): v.code_size for v in versions}.values()),
+                "FunctionCount": len(self.functions),
+            },
+        }
+
+    # ---------------------------------------------------------------- event invoke configs
+    def event_config(self, raw: str, qualifier: str | None) -> EventInvokeConfig:
+        function, _, arn = self.resolve(raw, qualifier, pick=False)
+        config = function.event_configs.get(self._config_key(raw, qualifier))
+        if config is None:
+            raise not_found(f"The function {arn} doesn't have an EventInvokeConfig")
+        return config
+
+    def put_event_config(self, raw: str, qualifier: str | None, body: dict, *, replace: bool) -> EventInvokeConfig:
+        """PutFunctionEventInvokeConfig (``replace``) or UpdateFunctionEventInvokeConfig (which needs one)."""
+        function, _, arn = self.resolve(raw, qualifier, pick=False)
+        key = self._config_key(raw, qualifier)
+        current = function.event_configs.get(key) if not replace else None
+        if current is None and not replace:
+            raise not_found(f"The function {arn} doesn't have an EventInvokeConfig")
+        config = current or EventInvokeConfig(function_arn=arn)
+        config.update(body, replace=replace)
+        function.event_configs[key] = config
+        return config
+
+    @staticmethod
+    def _config_key(raw: str, qualifier: str | None) -> str:
+        return qualifier or parse_function_ref(raw)[1] or "$LATEST"
+
+    def delete_event_config(self, raw: str, qualifier: str | None) -> None:
+        function, _, _ = self.resolve(raw, qualifier, pick=False)
+        self.event_config(raw, qualifier)
+        function.event_configs.pop(self._config_key(raw, qualifier))
+
+    def event_configs(self, raw: str) -> list[EventInvokeConfig]:
+        function, _, _ = self.resolve(raw, None)
+        return list(function.event_configs.values())
+
 
     # ---------------------------------------------------------------- invocations
-    async def invoke(self, function: Function, payload: bytes, client_context: str | None = None,
-                     request_id: str | None = None) -> InvokeResult:
+    async def invoke(self, function: Function, version: Function, invoked_arn: str, payload: bytes,
+                     client_context: str | None = None, request_id: str | None = None,
+                     invocation_type: str = "RequestResponse") -> InvokeResult:
+        """Run one invocation of ``version`` (of ``function``, whose reserved concurrency all versions share)."""
         engine = self.engine
         if engine.inject_throttle():
             raise throttled("ConcurrentInvocationLimitExceeded")
+        reserved = function.reserved_concurrency
+        if reserved is not None and sum(engine.in_use(v) for v in self.all_versions(function)) >= reserved:
+            raise throttled("ReservedFunctionConcurrentInvocationLimitExceeded")
         try:
-            sandbox, cold = engine.acquire(function)
+            sandbox, cold = engine.acquire(version)
         except PoolFull as full:
             raise throttled("ReservedFunctionConcurrentInvocationLimitExceeded" if full.scope == "function"
                             else "ConcurrentInvocationLimitExceeded") from None
@@ -167,8 +363,8 @@ class LambdaService:
         invocation = Invocation(
             request_id=request_id or str(uuid.uuid4()),
             payload=payload,
-            function_arn=function.arn,
-            timeout=function.timeout,
+            function_arn=invoked_arn,
+            timeout=version.timeout,
             client_context=client_context,
         )
         outcome: Outcome | None = None
@@ -177,7 +373,7 @@ class LambdaService:
                 try:
                     await sandbox.start()
                 except (docker.errors.DockerException, OSError) as exc:
-                    log.error("cannot start a container for %s: %s", function.name, exc)
+                    log.error("cannot start a container for %s: %s", version.arn, exc)
                     raise ApiError("ServiceException", 500,
                                    f"corral-emulator could not start a container: {exc}") from None
             outcome = await sandbox.invoke(invocation, cold)
@@ -186,7 +382,7 @@ class LambdaService:
         finally:
             sandbox.current = None
             engine.release(sandbox, reusable=outcome is not None and not outcome.fatal)
-        return self.report(function, sandbox, invocation, outcome, cold)
+        return self.report(version, sandbox, invocation, outcome, cold)
 
     def report(self, function: Function, sandbox: LambdaSandbox, invocation: Invocation, outcome: Outcome,
                cold: bool) -> InvokeResult:
@@ -213,11 +409,12 @@ class LambdaService:
             report += f"Status: {outcome.status}\t"
             if outcome.status == "error" and outcome.error_type:
                 report += f"Error Type: {outcome.error_type}\t"
-        text = (f"START RequestId: {rid} Version: $LATEST\n{output}{outcome.platform_log}"
+        text = (f"START RequestId: {rid} Version: {function.version}\n{output}{outcome.platform_log}"
                 f"END RequestId: {rid}\n{report}\n")
         self.engine.write_log(function.name, init_output + text)
         return InvokeResult(
             request_id=rid,
+            version=function.version,
             outcome=outcome,
             duration_ms=duration,
             billed_ms=billed,
@@ -228,28 +425,16 @@ class LambdaService:
             log_text=text,
         )
 
-    def submit_event(self, function: Function, payload: bytes) -> str:
-        """An asynchronous (Event) invocation: queued, run when capacity allows."""
-        request_id = str(uuid.uuid4())
-        self.engine.spawn(self._run_event(function.name, payload, request_id))
-        return request_id
+    def submit_event(self, name: str, qualifier: str | None, payload: bytes) -> str:
+        """An asynchronous (Event) invocation: queued, run when capacity allows, retried as Lambda does."""
+        return self.events.submit(name, qualifier, payload)
 
-    async def _run_event(self, name: str, payload: bytes, request_id: str) -> None:
-        delay = 0.05
-        while not self.engine.closing:
-            function = self.functions.get(name)
-            if function is None:
-                log.warning("event %s dropped: function %s was deleted", request_id, name)
-                return
-            try:
-                result = await self.invoke(function, payload, request_id=request_id)
-            except ApiError as exc:
-                if exc.code != "TooManyRequestsException":
-                    log.warning("event %s for %s failed: %s", request_id, name, exc.message)
-                    return
-                await asyncio.sleep(delay * (1 + random.random()))
-                delay = min(delay * 2, 2.0)
-                continue
-            if result.outcome.function_error:
-                log.info("event %s for %s ended with %s", request_id, name, result.outcome.error_type)
-            return
+
+def check_tags(tags: object) -> dict[str, str]:
+    if not isinstance(tags, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
+        raise invalid("Tags must be a map of strings to strings")
+    if any(not 1 <= len(k) <= 128 or len(v) > 256 for k, v in tags.items()):
+        raise invalid("A tag key must have 1 to 128 characters, a value at most 256")
+    if any(k.lower().startswith("aws:") for k in tags):
+        raise invalid("Tag keys starting with 'aws:' are reserved for AWS")
+    return dict(tags)

@@ -109,6 +109,10 @@ class Sandbox:
         """CPUs the container gets when the emulator applies the platform's CPU share, else None."""
         return None
 
+    def platform_tmpfs(self) -> dict[str, str]:
+        """Size-limited in-memory folders (mount point -> tmpfs options), e.g. a /tmp of the platform's size."""
+        return {}
+
     async def prepare(self) -> None:
         """Before the container starts (e.g. a Runtime API server the runtime will call)."""
 
@@ -169,6 +173,9 @@ class Sandbox:
             "user": f"{os.getuid()}:{os.getgid()}",
             "detach": True,
         }
+        tmpfs = self.platform_tmpfs()
+        if tmpfs:
+            spec["tmpfs"] = tmpfs
         cpus = self.cpu_share() if engine.cloud_cpu else None
         if cpus is not None:
             spec["nano_cpus"] = max(int(min(os.cpu_count() or 1, cpus) * 1e9), 10_000_000)

@@ -14,3 +14,12 @@ def _isolated_settings(tmp_path_factory):
     yield home
     os.chdir(old_cwd)
     os.environ.update(saved)
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """An empty folder of the test's own, made the current one (``_isolated_settings`` cleared CORRAL_*)."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    return cwd

@@ -93,7 +93,9 @@ def shared_folder(tmp_path_factory) -> Path:
 def emulator(docker_engine, shared_folder):
     from corral_emulator import Emulator
 
-    emu = Emulator(max_concurrency=8, mounts=[str(shared_folder)], idle_timeout=120)
+    # without Lambda's CPU share (the default, tested in test_aws_cli.py): 128 MB functions get a whole CPU, so
+    # that these tests do not wait on 7 % of one
+    emu = Emulator(max_concurrency=8, mounts=[str(shared_folder)], idle_timeout=120, cloud_cpu=False)
     emu.start()
     yield emu
     emu.stop()

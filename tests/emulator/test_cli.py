@@ -175,6 +175,16 @@ def test_serve_prints_both_apis_and_echoes_gcf_logs(docker_engine, tmp_path, mon
             process.wait()
 
 
+def test_serve_takes_cloud_cpu_and_event_retry_delay():
+    args = parser().parse_args(["serve"])
+    assert (args.cloud_cpu, args.event_retry_delay) == (True, 60.0)  # Lambda's CPU share and retry delay
+    args = parser().parse_args(["serve", "--no-cloud-cpu", "--event-retry-delay", "0.5"])
+    assert (args.cloud_cpu, args.event_retry_delay) == (False, 0.5)
+    for bad in ("-1", "soon"):
+        with pytest.raises(SystemExit):
+            parser().parse_args(["serve", "--event-retry-delay", bad])
+
+
 # --- serving beyond this machine runs anyone's code: refused unless asked for by name ------------------
 
 

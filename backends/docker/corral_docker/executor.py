@@ -23,7 +23,7 @@ from typing import Any
 from corral_emulator import Emulator, EmulatorError, default_base_image
 from corral_lambda import LambdaConfig, LambdaExecutor
 
-from corral import JobSource, Settings, UsageError
+from corral import JobSource, Settings, UsageError, default_concurrency
 from corral.remote import RemoteFunctionExecutor
 
 log = logging.getLogger("corral.docker")
@@ -106,8 +106,10 @@ class EmulatedFunctions:
     def deploy(self, job: JobSource) -> None:
         if self.emulator is None:
             self.mounts = mounts_for([*job.locations, *([job.work] if job.work else [])])
+            # cloud_cpu=False: tasks run at the host's speed (a 128 MB function would get 7 % of a CPU); memory,
+            # timeouts, /tmp and the rest stay the platform's
             self.emulator = Emulator(base_image=self.base_image, max_concurrency=self.max_concurrency,  # type: ignore[attr-defined]
-                                     mounts=self.mounts, idle_timeout=self.idle_timeout)
+                                     mounts=self.mounts, idle_timeout=self.idle_timeout, cloud_cpu=False)
             try:
                 endpoint = self.emulator.start()
             except EmulatorError as exc:
@@ -154,17 +156,13 @@ class DockerLambdaExecutor(EmulatedFunctions, LambdaExecutor):
 DockerExecutor = DockerLambdaExecutor
 
 
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def create_executor(settings: Settings) -> RemoteFunctionExecutor:
     """One container per core by default (``--max-concurrency`` to change it), on ``--platform``'s path."""
     from corral_docker.plugin import BASE_IMAGE, PLATFORM
 
     base_image = settings.value(BASE_IMAGE) or default_base_image()
     runtime = f"python{image_python_version(base_image)}"
-    concurrency = settings.max_concurrency or cores()
+    concurrency = settings.max_concurrency or default_concurrency()
     if settings.value(PLATFORM) == "gcf":
         try:
             from corral_docker.gcf import create_gcf_executor

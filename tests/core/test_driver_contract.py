@@ -1,4 +1,4 @@
-"""The driver's side of what the Lambda backend relies on, with an executor plugin registered for the test:
+"""The driver's side of what remote backends rely on, with an executor plugin registered for the test:
 throttled attempts never count toward --retries, cannot outlast --deadline (the job then fails, exit 1,
 no _SUCCESS), and ``Executor.report()`` lands in the manifest and the printed summary."""
 
