@@ -261,9 +261,10 @@ def sample_keys(
         step.map_init()
     keys: list[str] = []
     windows = list(windows)
+    reading = Reading()
     for window in windows:
         taken = 0
-        for keyed, batch in _input_batches((window,), input_format, input_errors, input_header):
+        for keyed, batch in _input_batches((window,), input_format, input_errors, input_header, reading):
             for pairs in _map_calls(step, keyed, batch):
                 for key, _ in islice(pairs, per_window - taken):
                     if type(key) is str:
