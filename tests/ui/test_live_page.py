@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import socket
@@ -65,6 +66,20 @@ def get_state(url: str) -> dict:
         return json.load(answer)
 
 
+def pushed_while_running(url: str, events: int = 4) -> list[float]:
+    """Seconds between the first ``events`` states pushed on ``/api/events`` while the run is running."""
+    arrived = []
+    with urllib.request.urlopen(url + "api/events", timeout=10) as stream:
+        for line in stream:
+            if line.startswith(b"data: "):
+                if json.loads(line.removeprefix(b"data: "))["status"] != "running":
+                    break
+                arrived.append(time.monotonic())
+                if len(arrived) == events:
+                    break
+    return [b - a for a, b in itertools.pairwise(arrived)]
+
+
 def test_live_page_moves_while_the_job_runs_and_agrees_with_the_manifest(tmp_path, slow_job, page):
     job, data = slow_job
     out = tmp_path / "out"
@@ -80,6 +95,8 @@ def test_live_page_moves_while_the_job_runs_and_agrees_with_the_manifest(tmp_pat
         wait_until(lambda: read(page, counter) > 0, 20, "a first count")
         first = read(page, counter), read(page, "#tasks-committed")
         page.screenshot(path=tmp_path / "live-1.png", full_page=True)
+        gaps = pushed_while_running(url)  # a new state at least every 2 s (one a second: the server's tick)
+        assert len(gaps) >= 2 and max(gaps) < 2.0, gaps
         # counters move while tasks run (not only when they end), and tasks get committed
         wait_until(lambda: read(page, counter) > first[0] and read(page, "#tasks-committed") > first[1], 30,
                    f"more lines counted and more tasks committed than {first}")
