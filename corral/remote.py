@@ -540,9 +540,10 @@ class RemoteFunctionExecutor(Executor):
         except self.api_errors as exc:
             raise self.translate_error(exc, context) from None
 
-    def side_file_room(self) -> tuple[int, str] | None:
-        """The MB of local disk (``/tmp``) a function has for the side files it downloads, and the option
-        that sets it; None when the platform does not say (no check)."""
+    def side_file_room(self) -> tuple[int, str] | tuple[int, str, str] | None:
+        """The MB of ``/tmp`` a function has for the side files it downloads, the option that sets it, and
+        (optionally) what that room is, for the message (``corral.sidefiles.check_room``); None when the
+        platform does not say (no check)."""
         return None
 
     def deploy(self, job: JobSource) -> None:
