@@ -511,7 +511,7 @@ def test_a_bad_output_setting_in_corral_toml_names_the_file(tmp_path):
     (tmp_path / "in.txt").write_text("a\n")
     job = Path(__file__).resolve().parents[2] / "examples" / "wordcount.py"
     done = run_command("corral", "run", job, "in.txt", "--out", "out", cwd=tmp_path)
-    assert (done.returncode, done.stderr) == (2, f"corral: error: invalid value for output-compression in "
+    assert (done.returncode, done.stderr) == (2, f"corral: error: invalid value for output_compression in "
                                                  f"{tmp_path / 'corral.toml'}: 'lz4' is not one of none, gzip, zstd\n")
     assert not (tmp_path / "out").exists()
 
