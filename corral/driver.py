@@ -542,6 +542,9 @@ class Driver:
             state.reused = True
             state.attempts.append({"attempt": commit["attempt"], "output": commit["output"], "status": "committed",
                                    "reused": True, "stats": commit.get("stats") or {}})
+            if "ran" in commit:  # when it ran, in this driver's time: before it started (the report draws it)
+                state.attempts[-1].update(start=round(commit["ran"][0] - self.started, 3),
+                                          end=round(commit["ran"][1] - self.started, 3))
         return state
 
     @staticmethod
@@ -625,6 +628,7 @@ class Driver:
                 "t": "commit", "stage": stage, "phase": phase, "task": attempt.state.name,
                 "attempt": attempt.entry["attempt"], "output": attempt.spec.output, "result": outcome.result,
                 "stats": outcome.stats,
+                "ran": [round(self.started + attempt.entry.get("start", 0.0), 3), round(time.time(), 3)],
             })
         self.hook.corral_task_finished(event=TaskFinished(
             stage, phase, attempt.state.name, attempt.entry["attempt"], outcome, committed, will_retry,
