@@ -5,7 +5,8 @@
 * ``generate_amplab``: the AMPLab Big Data Benchmark's ``rankings`` and ``uservisits`` tables as CSV,
   following the rules of the generator that produced the original data set (Intel HiBench's
   ``HiveData``; see ``amplab_rules`` below).
-* ``generate_gensort``: 100-byte sort records in gensort's ASCII ("-a") layout.
+* ``generate_gensort``: 100-byte sort records in gensort's ASCII ("-a") layout, with uniform or skewed
+  keys.
 
 Every generator cuts its output into chunks that are generated from ``(seed, chunk number)`` alone, so
 the bytes written are the same whether the chunks are made by one process or by a pool.
@@ -343,6 +344,8 @@ def _gensort_chunk(index: int) -> bytes:
     rng = _rng(g["seed"], 5, index)
     rec = np.empty((n, RECORD), dtype=np.uint8)
     rec[:, :KEY] = rng.integers(32, 127, (n, KEY), dtype=np.uint8)  # printable ASCII ' '..'~'
+    if g["skew"]:  # the first two characters crowd toward ' ': P(code < x) = (x / 95) ** (1 / skew)
+        rec[:, :2] = 32 + (95 * rng.random((n, 2)) ** g["skew"]).astype(np.uint8)
     rec[:, 10:12] = ord(" ")
     numbers = np.arange(first, first + n, dtype=np.uint64)
     shifts = np.arange(60, -4, -4, dtype=np.uint64)  # low 16 hex digits; the high 16 are zeros
@@ -355,10 +358,15 @@ def _gensort_chunk(index: int) -> bytes:
     return rec.tobytes()
 
 
-def generate_gensort(path: str | os.PathLike, size: int, *, seed: int = 42, workers: int = 2) -> int:
-    """Write ``size // 100`` gensort ASCII records to ``path``; return the bytes written."""
+def generate_gensort(
+    path: str | os.PathLike, size: int, *, seed: int = 42, workers: int = 2, skew: float = 0.0
+) -> int:
+    """Write ``size // 100`` gensort ASCII records to ``path``; return the bytes written. With ``skew``
+    (e.g. 4), the keys' first two characters follow ``95 * u ** skew`` for a uniform ``u`` instead of
+    being uniform (like gensort's ``-s``): with skew 4, 71% of the keys start in the lowest quarter of
+    the characters, where a partitioner that assumes uniform keys sends them all to one reducer."""
     records = size // RECORD
     per_chunk = CHUNK_BYTES // RECORD
     _globals.clear()
-    _globals.update(seed=seed, records=records, per_chunk=per_chunk)
+    _globals.update(seed=seed, records=records, per_chunk=per_chunk, skew=skew)
     return _write_chunks(Path(path), records * RECORD, _gensort_chunk, workers, per_chunk * RECORD)

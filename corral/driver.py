@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from corral import __version__
-from corral.errors import JobFailed, UsageError
+from corral.errors import InputError, JobFailed, UsageError
 from corral.events import (
     JobFinished,
     JobStarted,
@@ -32,7 +32,7 @@ from corral.events import (
     TaskStarted,
 )
 from corral.executor import Executor, ExecutorSpec, JobSource, Outcome
-from corral.fs import FileInfo, FileSystem, canonical, display, get_filesystem, join
+from corral.fs import FileInfo, FileSystem, canonical, display, get_filesystem, join, remove_quietly
 from corral.interrupts import Interrupted, InterruptGuard
 from corral.job import Job, Step
 from corral.journal import Journal, read_journal
@@ -45,9 +45,10 @@ from corral.retry import RetryPolicy
 from corral.settings import Settings
 from corral.sidefiles import side_files, work_url
 from corral.split import INPUT_FORMATS, Split
-from corral.tasks import MapSpec, ReduceSpec
+from corral.tasks import MapSpec, ReduceSpec, sample_keys
+from corral.total_order import range_bounds, sample_windows
 from corral.wave import Attempt, Leftovers, SpeculationPolicy, TaskFailedError, TaskState, Wave
-from corral.worker import job_ref
+from corral.worker import job_ref, user_traceback
 
 log = logging.getLogger("corral")
 
@@ -205,6 +206,9 @@ class Driver:
         if input_format not in INPUT_FORMATS:
             raise UsageError(f"invalid value for {self.job_class.__qualname__}.input_format: {input_format!r} is not "
                              f"one of {', '.join(INPUT_FORMATS)}")
+        if self.settings.resume and self.settings.overwrite:
+            raise UsageError("--resume and --overwrite exclude each other: continue the unfinished run, or start "
+                             "again")
         out_fs = get_filesystem(self.out)
         files = list_inputs(self.inputs)  # first: a mistyped input must not cost the previous output
         self._refuse_inputs_in_output(files)
@@ -270,7 +274,10 @@ class Driver:
         keeper = Keeper(self.lease, self.journal, self.lease.timeout / 4)
         manifest: dict[str, Any] = {}
         try:
-            final = self._run_stages(executor, source, job, steps, files, keeper)
+            # the heartbeat goes on through a deploy that takes minutes (a first Lambda deploy builds its
+            # package), and starts once the executor has its workers (forked while single-threaded)
+            keeper.start()
+            final = self._run_stages(executor, source, job, steps, files)
             self.lease.check()  # nothing goes into OUT unless this run still holds it
             self._commit(out_fs, final)
             manifest = self._manifest("succeeded", None)
@@ -314,8 +321,7 @@ class Driver:
         return manifest
 
     def _run_stages(
-        self, executor: Executor, source: JobSource, job: Job, steps: list[Step], files: list[FileInfo],
-        keeper: Keeper,
+        self, executor: Executor, source: JobSource, job: Job, steps: list[Step], files: list[FileInfo]
     ) -> list[tuple[str, str]]:
         """Every stage on ``executor``, closed on the way out; the final (attempt output, part name) moves."""
         final: list[tuple[str, str]] = []
@@ -323,7 +329,6 @@ class Driver:
         try:
             self.concurrency = executor.max_concurrency
             executor.deploy(source)
-            keeper.start()  # after the executor started its workers (forked while single-threaded)
             cores, sizing = executor.cores(), executor.sizing()
             self.executor_info = {"name": executor.name or self.settings.backend,
                                   "max_concurrency": self.concurrency, "cores": cores,
@@ -375,7 +380,14 @@ class Driver:
     def _earlier_run(self, out_fs: FileSystem) -> Resume | None:
         """The unfinished run journaled in OUT, if any (a finished run's leftover journal is ignored)."""
         found = read_journal(out_fs, self.out)
-        earlier = Resume.from_records(*found) if found else None
+        try:
+            earlier = Resume.from_records(*found) if found else None
+        except (KeyError, TypeError, ValueError) as exc:
+            if not self.settings.overwrite:
+                raise UsageError(f"the journal in {display(self.out)}/_corral is damaged ({type(exc).__name__}: "
+                                 f"{exc}): start again with --overwrite") from None
+            Journal(out_fs, self.out).remove()  # starting again: what it said no longer matters
+            earlier = None
         if earlier is not None and out_fs.exists(join(self.out, "_SUCCESS")):
             try:
                 manifest = json.loads(out_fs.read_bytes(join(self.out, "_corral", "manifest.json")))
@@ -419,7 +431,8 @@ class Driver:
     ) -> tuple[list[FileInfo], list[tuple[str, str]]]:
         plan = self._plan(index, step, files)
         partitions = plan["reduce_tasks"]
-        record = {k: plan[k] for k in ("stage", "map_tasks", "reduce_tasks", "split_size", "input_bytes", "plan")}
+        record: dict[str, Any] = {k: plan[k] for k in ("stage", "map_tasks", "reduce_tasks", "split_size",
+                                                       "input_bytes", "plan", "bounds") if k in plan}
         record["tasks"] = {}
         self.stages.append(record)
         stage_dir = join(self.work, f"stage-{index}")
@@ -435,6 +448,7 @@ class Driver:
                 output_kind=map_kind, splits=tuple(Split(u, s, e, split_kind) for u, s, e in splits),
                 partitions=partitions, input_format=type(job).input_format, input_errors=type(job).input_errors,
                 input_header=bool(type(job).input_header), output_spec=None if partitions else final_spec,
+                bounds=tuple(plan.get("bounds") or ()),
             ))
             for j, splits in enumerate(plan["plan"])
         ]
@@ -488,10 +502,36 @@ class Driver:
             "split_size": split_size, "input_bytes": total,
             "plan": [[[s.url, s.start, s.end] for s in b] for b in bins],
         }
+        if step.total_order:
+            plan["bounds"] = self._sample_bounds(index, step, bins, partitions)
         assert self.journal is not None
         self.journal.add(plan)
         self._flush_journal()
         return plan
+
+    def _sample_bounds(self, index: int, step: Step, bins: list[list[Split]], partitions: int) -> list[str]:
+        """A total order's key ranges: the keys the stage's map yields for a sample of its input, cut
+        at even quantiles (``corral.total_order``). The map runs here, in the driver, on a new job."""
+        name = self.job_class.__qualname__
+        if step.reduce is None:
+            raise UsageError(f"{name}: total_order = True needs a reduce (the order is the reducers' key order)")
+        if step.partition is not None:
+            raise UsageError(f"{name} defines partition() and total_order = True: keep one of them")
+        sampler = self.job_class(self.args).steps()[index]
+        windows = sample_windows(bins)
+        job = self.job_class
+        try:
+            keys = sample_keys(sampler, windows, job.input_format, job.input_errors, bool(job.input_header))
+        except (InputError, UsageError):
+            raise
+        except Exception as exc:
+            where = f"stage {index + 1}: " if index else ""
+            raise JobFailed(f"{where}sampling the keys of a total order: {type(exc).__name__}: {exc}\n"
+                            f"{user_traceback(exc)}".rstrip()) from None
+        bounds = range_bounds(keys, partitions)
+        log.info("total order of stage %d: %d keys sampled from %d windows, %d ranges", index, len(keys),
+                 len(windows), len(bounds) + 1)
+        return bounds
 
     def _task(self, stage: int, spec: MapSpec | ReduceSpec) -> TaskState:
         """A task's state: committed already if an earlier driver of this run committed it (--resume)."""
@@ -502,6 +542,9 @@ class Driver:
             state.reused = True
             state.attempts.append({"attempt": commit["attempt"], "output": commit["output"], "status": "committed",
                                    "reused": True, "stats": commit.get("stats") or {}})
+            if "ran" in commit:  # when it ran, in this driver's time: before it started (the report draws it)
+                state.attempts[-1].update(start=round(commit["ran"][0] - self.started, 3),
+                                          end=round(commit["ran"][1] - self.started, 3))
         return state
 
     @staticmethod
@@ -585,6 +628,7 @@ class Driver:
                 "t": "commit", "stage": stage, "phase": phase, "task": attempt.state.name,
                 "attempt": attempt.entry["attempt"], "output": attempt.spec.output, "result": outcome.result,
                 "stats": outcome.stats,
+                "ran": [round(self.started + attempt.entry.get("start", 0.0), 3), round(time.time(), 3)],
             })
         self.hook.corral_task_finished(event=TaskFinished(
             stage, phase, attempt.state.name, attempt.entry["attempt"], outcome, committed, will_retry,
@@ -659,6 +703,8 @@ class Driver:
                 except OSError as exc:
                     log.warning("could not remove the working folder %s: %s", display(self.work), exc)
                 if not self.settings.work_dir:  # the shared working root, if no other run uses it
+                    if self.side_files:  # uploaded side files (OUT's lease: no other run uses them)
+                        remove_quietly(join(self.out, "_corral", "work", "_files"), recursive=True)
                     _remove_empty_folder(join(self.out, "_corral", "work"))
         return resumable
 

@@ -171,6 +171,9 @@ class FsspecFileSystem(FileSystem):
                 os.close(fd)
             return True
         if self._s3 or self._gcs:
+            self.fs.invalidate_cache(path)
+            if self.fs.exists(path):  # what stores that ignore the precondition (the GCS emulator) need
+                return False
             try:
                 self.fs.pipe_file(path, data, mode="create")
             except FileExistsError:

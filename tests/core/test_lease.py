@@ -15,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
+import corral
+from corral.executors.local import ThreadExecutor
 from corral.filesystems.fsspec import corral_filesystem
+from corral.plugins import get_plugin_manager
 
 from . import jobs
 from .util import clean_env, cli, corral_command, counts, lines, manifest, parts, run, run_command, word_counter
@@ -215,3 +218,36 @@ def test_the_default_working_root_goes_only_when_empty(tmp_path):
     other.rmdir()
     run(jobs.WordCount, tmp_path / "in.txt", tmp_path / "out", overwrite=True)
     assert sorted(p.name for p in (tmp_path / "out" / "_corral").iterdir()) == ["manifest.json"]
+
+
+class SlowDeploy(ThreadExecutor):
+    """The threads executor with a deploy that takes a while (as a first Lambda deploy does), noting the
+    lease's heartbeat before and after."""
+
+    seen: list[float] = []
+    lock = ""
+
+    def deploy(self, job):
+        SlowDeploy.seen.append(json.loads(Path(SlowDeploy.lock).read_text())["heartbeat"])
+        time.sleep(1.5)
+        SlowDeploy.seen.append(json.loads(Path(SlowDeploy.lock).read_text())["heartbeat"])
+
+
+class SlowDeployPlugin:
+    @corral.hookimpl
+    def corral_executors(self):
+        return [corral.ExecutorSpec("test-slow-deploy", lambda settings: SlowDeploy(2))]
+
+
+def test_the_heartbeat_goes_on_during_a_long_deploy(tmp_path):
+    (tmp_path / "in.txt").write_text("a b\n")
+    SlowDeploy.seen.clear()
+    SlowDeploy.lock = str(tmp_path / "out" / "_corral" / "lock")
+    get_plugin_manager().register(SlowDeployPlugin(), name="core-test-slow-deploy")
+    try:
+        run(jobs.WordCount, tmp_path / "in.txt", tmp_path / "out", backend="test-slow-deploy", lease_timeout=1)
+    finally:
+        get_plugin_manager().unregister(name="core-test-slow-deploy")
+    before, after = SlowDeploy.seen
+    assert after - before >= 1.0  # renewed every 0.25 s while the deploy ran
+    assert counts(tmp_path / "out") == {"a": 1, "b": 1}

@@ -275,3 +275,23 @@ def test_resume_finishes_a_commit_that_was_cut_short(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "out").glob("part-*")) == ["part-00000", "part-00001", "part-00002"]
     assert counts(tmp_path / "out") == word_counter(text)
     assert (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_resume_and_overwrite_together_are_refused(unfinished, capsys):
+    code, _, err = cli(capsys, *unfinished["argv"], "--resume", "--overwrite")
+    assert code == 2
+    assert err.strip() == ("corral: error: --resume and --overwrite exclude each other: continue the unfinished run, "
+                           "or start again")
+
+
+def test_a_damaged_journal_is_one_line(unfinished, capsys):
+    journal = unfinished["out"] / "_corral" / "journal.jsonl"
+    journal.write_text(journal.read_text() + '{"t": "commit", "stage": 0}\n')  # a record without its task
+    code, _, err = cli(capsys, *unfinished["argv"], "--resume")
+    assert code == 2
+    assert err.strip() == (f"corral: error: the journal in {unfinished['out']}/_corral is damaged (KeyError: "
+                           "'task'): start again with --overwrite")
+    unfinished["fail"].unlink()
+    code, _, err = cli(capsys, *unfinished["argv"], "--overwrite")
+    assert code == 0, err
+    assert counts(unfinished["out"]) == word_counter(unfinished["text"])

@@ -111,3 +111,24 @@ def test_no_duplicate_before_three_quarters_of_the_wave_is_committed(tmp_path, s
     assert counts(tmp_path / "out") == {"a": 1, "b": 1, "straggle": 1}
     assert all(len(t["attempts"]) == 1 for t in m["stages"][0]["tasks"].values())
     assert m["stages"][0]["phases"]["map"]["seconds"] >= 1.0
+
+
+def test_the_progress_bar_counts_speculative_attempts_and_wins(capsys):
+    from corral import progress
+    from corral.events import PhaseFinished, PhaseStarted, TaskFinished
+    from corral.executor import CANCELLED, Failure, Outcome
+    from corral.settings import Settings
+
+    settings = Settings(progress=True)
+    progress.corral_phase_started(event=PhaseStarted(0, "map", 3, settings))
+    won, lost = Outcome(result={}), Outcome(failure=Failure(CANCELLED, "cancelled"))
+    for task, attempt, outcome, committed, speculative in [
+        ("map-0000", 1, won, True, False), ("map-0001", 2, won, True, True), ("map-0001", 1, lost, False, False),
+        ("map-0002", 2, lost, False, True), ("map-0002", 1, won, True, False),
+    ]:
+        progress.corral_task_finished(event=TaskFinished(0, "map", task, attempt, outcome, committed, False,
+                                                         settings, speculative=speculative))
+    progress.corral_phase_finished(event=PhaseFinished(0, "map", 3, 1.0, settings))
+    shown = capsys.readouterr().err
+    assert "stage 1 map: 100%" in shown and "3/3" in shown
+    assert shown.rstrip().endswith("2 speculative, 1 won]")
