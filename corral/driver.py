@@ -32,7 +32,7 @@ from corral.events import (
     TaskStarted,
 )
 from corral.executor import Executor, ExecutorSpec, JobSource, Outcome
-from corral.fs import FileInfo, FileSystem, canonical, display, get_filesystem, join
+from corral.fs import FileInfo, FileSystem, canonical, display, get_filesystem, join, remove_quietly
 from corral.interrupts import Interrupted, InterruptGuard
 from corral.job import Job, Step
 from corral.journal import Journal, read_journal
@@ -703,6 +703,8 @@ class Driver:
                 except OSError as exc:
                     log.warning("could not remove the working folder %s: %s", display(self.work), exc)
                 if not self.settings.work_dir:  # the shared working root, if no other run uses it
+                    if self.side_files:  # uploaded side files (OUT's lease: no other run uses them)
+                        remove_quietly(join(self.out, "_corral", "work", "_files"), recursive=True)
                     _remove_empty_folder(join(self.out, "_corral", "work"))
         return resumable
 
