@@ -170,6 +170,17 @@ def test_bad_ui_settings_are_usage_errors(tmp_path, slow_job):
     assert done.returncode == 2
     assert done.stderr.strip() == ("corral: error: invalid value for --ui-port: 70000 is out of range "
                                    "(must be from 0 to 65535)")
+    unknown = corral("run", job, data, "--out", tmp_path / "out", "--ui", "--ui-host", "nowhere.invalid", cwd=tmp_path)
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip().splitlines()[-1] == (
+        "corral: error: cannot serve the live view on nowhere.invalid:0 (--ui-host, --ui-port): "
+        "name or service not known")
+    # a live view's settings on the command line without --ui are not ignored in silence
+    alone = corral("run", job, data, "--out", tmp_path / "out", "--ui-port", "8080", "--ui-linger", "5", cwd=tmp_path)
+    assert alone.returncode == 2
+    assert alone.stderr.strip().splitlines()[-1] == (
+        "corral: error: --ui-port and --ui-linger have no effect without --ui")
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
 
 
 def test_without_ui_nothing_of_the_web_server_is_imported(tmp_path, slow_job):
