@@ -32,7 +32,7 @@ from corral.events import (
     TaskStarted,
 )
 from corral.executor import Executor, ExecutorSpec, JobSource, Outcome
-from corral.fs import FileInfo, FileSystem, canonical, display, get_filesystem, join
+from corral.fs import FileInfo, FileSystem, canonical, display, get_filesystem, join, remove_quietly
 from corral.interrupts import Interrupted, InterruptGuard
 from corral.job import Job, Step
 from corral.journal import Journal, read_journal
@@ -566,6 +566,9 @@ class Driver:
             state.reused = True
             state.attempts.append({"attempt": commit["attempt"], "output": commit["output"], "status": "committed",
                                    "reused": True, "stats": commit.get("stats") or {}})
+            if "ran" in commit:  # when it ran, in this driver's time: before it started (the report draws it)
+                state.attempts[-1].update(start=round(commit["ran"][0] - self.started, 3),
+                                          end=round(commit["ran"][1] - self.started, 3))
         return state
 
     @staticmethod
@@ -649,6 +652,7 @@ class Driver:
                 "t": "commit", "stage": stage, "phase": phase, "task": attempt.state.name,
                 "attempt": attempt.entry["attempt"], "output": attempt.spec.output, "result": outcome.result,
                 "stats": outcome.stats,
+                "ran": [round(self.started + attempt.entry.get("start", 0.0), 3), round(time.time(), 3)],
             })
         self.hook.corral_task_finished(event=TaskFinished(
             stage, phase, attempt.state.name, attempt.entry["attempt"], outcome, committed, will_retry,
@@ -723,6 +727,8 @@ class Driver:
                 except OSError as exc:
                     log.warning("could not remove the working folder %s: %s", display(self.work), exc)
                 if not self.settings.work_dir:  # the shared working root, if no other run uses it
+                    if self.side_files:  # uploaded side files (OUT's lease: no other run uses them)
+                        remove_quietly(join(self.out, "_corral", "work", "_files"), recursive=True)
                     _remove_empty_folder(join(self.out, "_corral", "work"))
         return resumable
 

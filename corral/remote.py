@@ -390,7 +390,8 @@ class RemoteFunctionExecutor(Executor):
         self.deploy_actions: list[str] = []
         self.uploads = 0  # code uploads by the last deploy
         self._pool = _DaemonPool(max_concurrency, f"corral-{self.name or 'remote'}")
-        self._attempts: dict[Future[Outcome], threading.Event] = {}
+        #: Running attempts: the event that stops each one's retries, and its counts so far (``call``).
+        self._attempts: dict[Future[Outcome], tuple[threading.Event, dict[str, int]]] = {}
         self._attempts_lock = threading.Lock()
         self._stopping = threading.Event()
         self._usage_lock = threading.Lock()
@@ -540,9 +541,10 @@ class RemoteFunctionExecutor(Executor):
         except self.api_errors as exc:
             raise self.translate_error(exc, context) from None
 
-    def side_file_room(self) -> tuple[int, str] | None:
-        """The MB of local disk (``/tmp``) a function has for the side files it downloads, and the option
-        that sets it; None when the platform does not say (no check)."""
+    def side_file_room(self) -> tuple[int, str] | tuple[int, str, str] | None:
+        """The MB of ``/tmp`` a function has for the side files it downloads, the option that sets it, and
+        (optionally) what that room is, for the message (``corral.sidefiles.check_room``); None when the
+        platform does not say (no check)."""
         return None
 
     def deploy(self, job: JobSource) -> None:
@@ -612,6 +614,8 @@ class RemoteFunctionExecutor(Executor):
         backoff = wait_random_exponential(multiplier=0.1, max=MAX_BACKOFF)
 
         def attempt() -> T:
+            if counts["attempts"] and stop.is_set():  # cancelled while it waited: no new request goes out
+                raise _Stopped(f"{label or operation}: {operation} cancelled before its retry")
             counts["attempts"] += 1
             return fn(*args, **kwargs)
 
@@ -636,7 +640,10 @@ class RemoteFunctionExecutor(Executor):
         def pause(seconds: float) -> None:  # a wait that cancel cuts short
             stop.wait(seconds)
 
-        retrying = Retrying(retry=retry_if_exception(lambda exc: self.error_kind(exc) is not None), stop=give_up,
+        def retried(exc: BaseException) -> bool:
+            return not isinstance(exc, _Stopped) and self.error_kind(exc) is not None
+
+        retrying = Retrying(retry=retry_if_exception(retried), stop=give_up,
                             wait=wait, reraise=True, before_sleep=before_sleep, sleep=pause)
         return retrying(attempt)
 
@@ -644,17 +651,18 @@ class RemoteFunctionExecutor(Executor):
     def submit(self, payload: dict[str, Any]) -> Future[Outcome]:
         future: Future[Outcome] = Future()
         stop = threading.Event()
+        counts: dict[str, int] = {}
         if self._stopping.is_set():
             _resolve(future, _cancelled())
             return future
         with self._attempts_lock:
-            self._attempts[future] = stop
+            self._attempts[future] = (stop, counts)
 
         def run() -> None:
             outcome = _cancelled()
             try:
                 if not stop.is_set():
-                    outcome = self.invoke(payload, stop)
+                    outcome = self.invoke(payload, stop, counts)
             except BaseException as exc:  # never lose an attempt: report it
                 outcome = Outcome(failure=Failure(INFRASTRUCTURE, f"{type(exc).__name__}: {exc}"))
             finally:
@@ -666,13 +674,15 @@ class RemoteFunctionExecutor(Executor):
         return future
 
     def cancel(self, attempt: Future[Outcome]) -> None:
-        """Abandon the attempt: its future resolves at once as CANCELLED and its retries stop. A call
-        already running on the platform runs on there; its answer is discarded."""
+        """Abandon the attempt: its future resolves at once as CANCELLED (with its throttles and invoke
+        attempts so far) and no request of it goes out any more. A call already running on the platform
+        runs on there; its answer is discarded."""
         with self._attempts_lock:
-            stop = self._attempts.pop(attempt, None)
-        if stop is not None:
+            found = self._attempts.pop(attempt, None)
+        if found is not None:
+            stop, counts = found
             stop.set()
-            _resolve(attempt, _cancelled())
+            _resolve(attempt, _cancelled(counts))
 
     def cancel_all(self) -> None:
         """Abandon every attempt, and refuse new ones: ``close`` then returns without waiting for them."""
@@ -719,12 +729,13 @@ class RemoteFunctionExecutor(Executor):
         self._remove(url)
         return result
 
-    def invoke(self, payload: dict[str, Any], stop: threading.Event | None = None) -> Outcome:
+    def invoke(self, payload: dict[str, Any], stop: threading.Event | None = None,
+               counts: dict[str, int] | None = None) -> Outcome:
         """One synchronous invocation with ``payload``, retried as the module says; never raises for API
-        errors. ``stop`` (set by cancel) ends its retries."""
+        errors. ``stop`` (set by cancel) ends its retries; ``counts`` gets its attempts and throttles."""
         started = time.perf_counter()
         label = f"{payload['task']} attempt {payload.get('attempt')}" if "task" in payload else "invoke"
-        counts: dict[str, int] = {}
+        counts = counts if counts is not None else {}
         body, stored = self._event(payload)
         try:
             answer = self.call(self.invoke_raw, body, label=label, counts=counts, stop=stop, operation="invoke")
@@ -805,8 +816,14 @@ class RemoteFunctionExecutor(Executor):
         self._pool.shutdown(wait=not self._stopping.is_set())
 
 
-def _cancelled() -> Outcome:
-    return Outcome(failure=Failure(CANCELLED, "cancelled by the driver (the function may still be running)"))
+def _cancelled(counts: Mapping[str, int] | None = None) -> Outcome:
+    stats = {"throttles": counts.get("throttles", 0), "invoke_attempts": counts.get("attempts", 0)} if counts else {}
+    return Outcome(failure=Failure(CANCELLED, "cancelled by the driver (the function may still be running)"),
+                   stats=stats)
+
+
+class _Stopped(CorralError):
+    """A retry of a call whose attempt was cancelled in the meantime: it is not sent."""
 
 
 def _resolve(future: Future[Outcome], outcome: Outcome) -> None:

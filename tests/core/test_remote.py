@@ -332,16 +332,22 @@ def test_cancel_abandons_one_attempt_and_cancel_all_every_one_without_waiting():
     stuck.set()
 
 
-def test_a_cancelled_attempts_retries_stop():
+def test_a_cancelled_attempts_retries_stop(monkeypatch):
+    """Cancelled while it waits to retry a throttled invoke: no request goes out any more (not even the
+    one it was waiting to send), and the cancelled attempt's stats say how often it was throttled."""
+    import tenacity
+
+    monkeypatch.setattr(tenacity, "wait_random_exponential", lambda **_: lambda state: 0.6)  # waits of 0.6 s
     executor = StandIn(script=[Throttled("429")] * 1000)
     future = executor.submit({"task": "map-0000", "attempt": 1})
-    time.sleep(0.3)
+    time.sleep(0.9)  # two invokes so far (at 0 and 0.6 s), both throttled; the third is due at 1.2 s
+    assert len(executor.bodies) == 2
     executor.cancel(future)
-    assert future.result(timeout=1).failure.kind == CANCELLED
-    time.sleep(0.2)
-    calls = len(executor.bodies)
-    time.sleep(0.5)
-    assert len(executor.bodies) == calls  # no more invocations after the cancel
+    outcome = future.result(timeout=1)
+    assert outcome.failure.kind == CANCELLED
+    assert outcome.stats == {"throttles": 2, "invoke_attempts": 2}
+    time.sleep(1.0)
+    assert len(executor.bodies) == 2  # no more invocations after the cancel
     executor.close()
 
 

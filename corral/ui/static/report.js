@@ -80,8 +80,8 @@
     for (let i = 0; i < Math.max(0, ...timed.map((a) => Number(a.row.slice(5)))); i++) rows.push(`slot ${i + 1}`);
   }
   const kinds = [
-    ["map", "map", (a) => a.phase === "map" && a.status === "committed" && !a.speculative],
-    ["reduce", "reduce", (a) => a.phase === "reduce" && a.status === "committed" && !a.speculative],
+    ["map", "map", (a) => a.phase === "map" && a.status === "committed" && !a.speculative && !a.reused],
+    ["reduce", "reduce", (a) => a.phase === "reduce" && a.status === "committed" && !a.speculative && !a.reused],
     ["speculative", "speculative attempt", (a) => a.speculative && a.status !== "failed"],
     ["failed", "failed (retried or fatal)", (a) => a.status === "failed"],
     ["discarded", "discarded or cancelled", (a) => (a.status === "discarded" || a.status === "cancelled") && !a.speculative],
@@ -98,7 +98,10 @@
   const timeline = corral.chart("timeline", { type: "bar", data: { labels: rows, datasets: timelineSets }, options: {
     indexAxis: "y", grouped: false,
     datasets: { bar: { grouped: false, barPercentage: 0.9, categoryPercentage: 0.9 } },
-    scales: { x: { type: "linear", min: 0, title: { display: true, text: "seconds since the start" } },
+    scales: { x: { type: "linear", min: Math.min(0, ...timed.map((a) => a.start)),
+                   title: { display: true, text: timed.some((a) => a.start < 0)
+                     ? "seconds since the start (reused attempts ran before it, in an earlier driver)"
+                     : "seconds since the start" } },
               y: { ticks: { autoSkip: rows.length > 60, font: { size: 11 } } } },
     plugins: { tooltip: { callbacks: { label: (c) => {
       const p = c.raw;
