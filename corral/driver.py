@@ -32,7 +32,7 @@ from corral.events import (
     TaskStarted,
 )
 from corral.executor import Executor, ExecutorSpec, JobSource, Outcome
-from corral.fs import FileInfo, FileSystem, canonical, display, get_filesystem, join
+from corral.fs import FileInfo, FileSystem, canonical, display, get_filesystem, join, remove_quietly
 from corral.interrupts import Interrupted, InterruptGuard
 from corral.job import Job, Step
 from corral.journal import Journal, read_journal
@@ -138,6 +138,13 @@ def make_job_source(
     files = side_files(job_class, settings.file)
     return JobSource(job_ref(job_class), tuple(requirements), locations, inputs=inputs, output=output, work=work,
                      files=files)
+
+
+def manifest_json(manifest: dict[str, Any]) -> str:
+    """The manifest as JSON, a top-level key a line. Each value is encoded by json's C encoder, which
+    ``indent`` would turn off: a manifest of 10,000 tasks took 1.8 s in the pure-Python one."""
+    encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
+    return "{\n" + ",\n".join(f" {encode(key)}: {encode(value)}" for key, value in manifest.items()) + "\n}\n"
 
 
 def _executor_report(executor: Executor) -> dict[str, Any]:
@@ -362,8 +369,25 @@ class Driver:
         refused before anything is written or deleted (``--overwrite`` would delete it)."""
         out = canonical(self.out)
         plain_out = os.path.abspath(self.out) if "://" not in self.out else self.out
+        real_folders: dict[str, str] = {}
+        filesystems: dict[str, FileSystem] = {}
+
+        def resolved(url: str) -> str:  # realpath walks every component: once per folder, not per file
+            if "://" in url:  # the FileSystem asked once per bucket
+                place = url[: url.find("/", url.find("://") + 3)]
+                fs = filesystems.get(place)
+                if fs is None:
+                    fs = filesystems[place] = get_filesystem(url)
+                return fs.canonical(url)
+            folder, name = os.path.split(url)
+            real_folder = real_folders.get(folder)
+            if real_folder is None:
+                real_folder = real_folders[folder] = os.path.realpath(folder)
+            path = os.path.join(real_folder, name)
+            return os.path.realpath(path) if os.path.islink(path) else path
+
         for url in [*(_absolute(i) for i in self.inputs), *(f.url for f in files)]:
-            real = canonical(url)
+            real = resolved(url)
             if real != out and not real.startswith(out.rstrip("/") + "/"):
                 continue
             where = "the output folder" if real == out else "inside the output folder"
@@ -703,6 +727,8 @@ class Driver:
                 except OSError as exc:
                     log.warning("could not remove the working folder %s: %s", display(self.work), exc)
                 if not self.settings.work_dir:  # the shared working root, if no other run uses it
+                    if self.side_files:  # uploaded side files (OUT's lease: no other run uses them)
+                        remove_quietly(join(self.out, "_corral", "work", "_files"), recursive=True)
                     _remove_empty_folder(join(self.out, "_corral", "work"))
         return resumable
 
@@ -757,7 +783,7 @@ class Driver:
     def _write_manifest(self, out_fs: FileSystem, name: str, manifest: dict[str, Any]) -> None:
         """The manifest, readable by its owner only where the store has file modes (it holds --arg values)."""
         url = join(self.out, "_corral", name)
-        data = json.dumps(manifest, indent=1, default=str).encode("utf-8")
+        data = manifest_json(manifest).encode("utf-8")
         if "://" in url:
             out_fs.write_bytes(url, data)
             return

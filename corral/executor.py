@@ -7,6 +7,7 @@ start, failure kind) is the executor's.
 
 from __future__ import annotations
 
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -82,6 +83,8 @@ def outcome_from_result(result: dict[str, Any], stats: dict[str, Any] | None = N
     for key in WORKER_STATS:
         if result.get(key) is not None:
             stats.setdefault(key, result[key])
+    if isinstance(stats.get("worker"), str):  # a few workers run many tasks: one string each
+        stats["worker"] = sys.intern(stats["worker"])
     if result.get("ok"):
         return Outcome(result=result, stats=stats)
     error = result.get("error") or {}

@@ -24,7 +24,7 @@ import msgpack
 
 from corral.errors import UsageError
 from corral.fs import get_filesystem, join
-from corral.pairs import check_pairs
+from corral.pairs import TextError, check_pairs, text_error
 from corral.shuffle import _READ_BLOCK, _TEXT_ERRORS, _packer
 
 if TYPE_CHECKING:
@@ -102,7 +102,11 @@ class RecordWriter(PairWriter):
         self._pack = _packer()
 
     def _write(self, pairs: list[tuple[Any, Any]], key_types: set[type], value_types: set[type]) -> None:
-        self.out.write(self._pack(list(chain.from_iterable(pairs))))
+        try:
+            data = self._pack(list(chain.from_iterable(pairs)))
+        except TextError as exc:
+            raise text_error(exc.unicode_error, self.source, pairs) from None
+        self.out.write(data)
 
 
 class RecordFile(RecordWriter):
@@ -379,7 +383,7 @@ class PartWriter(PairWriter):
 
     def _write(self, pairs: list[tuple[Any, Any]], key_types: set[type], value_types: set[type]) -> None:
         if not self.spec.max_records:
-            self.out.write(self._encode(pairs, key_types, value_types).encode("utf-8", _TEXT_ERRORS))
+            self.out.write(self._bytes(pairs, key_types, value_types))
             return
         start = 0
         while start < len(pairs):
@@ -387,9 +391,15 @@ class PartWriter(PairWriter):
                 self._finish_part()
                 self._open()
             some = pairs[start : start + self._room]
-            self.out.write(self._encode(some, key_types, value_types).encode("utf-8", _TEXT_ERRORS))
+            self.out.write(self._bytes(some, key_types, value_types))
             self._room -= len(some)
             start += len(some)
+
+    def _bytes(self, pairs: list[tuple[Any, Any]], key_types: set[type], value_types: set[type]) -> bytes:
+        try:
+            return self._encode(pairs, key_types, value_types).encode("utf-8", _TEXT_ERRORS)
+        except UnicodeEncodeError as exc:
+            raise text_error(exc, self.source, pairs) from None
 
     def close(self) -> list[str]:
         """Flush and close the last part file; the part files' URLs."""

@@ -546,9 +546,10 @@ class RemoteFunctionExecutor(Executor):
         except self.api_errors as exc:
             raise self.translate_error(exc, context) from None
 
-    def side_file_room(self) -> tuple[int, str] | None:
-        """The MB of local disk (``/tmp``) a function has for the side files it downloads, and the option
-        that sets it; None when the platform does not say (no check)."""
+    def side_file_room(self) -> tuple[int, str] | tuple[int, str, str] | None:
+        """The MB of ``/tmp`` a function has for the side files it downloads, the option that sets it, and
+        (optionally) what that room is, for the message (``corral.sidefiles.check_room``); None when the
+        platform does not say (no check)."""
         return None
 
     def deploy(self, job: JobSource) -> None:
@@ -614,9 +615,11 @@ class RemoteFunctionExecutor(Executor):
 
     # --- calls, retried ------------------------------------------------------------------------------
     def call(self, fn: Callable[..., T], *args: Any, label: str = "", counts: dict[str, int] | None = None,
-             stop: threading.Event | None = None, operation: str | None = None, **kwargs: Any) -> T:
-        """``fn(*args, **kwargs)`` retried as the module says; ``counts`` gets attempts, throttles, errors.
-        ``stop`` (set by cancel) ends the retries: the last error is raised."""
+             stop: threading.Event | None = None, operation: str | None = None,
+             throttled: list[str] | None = None, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` retried as the module says; ``counts`` gets attempts, throttles, errors,
+        and ``throttled`` the message of each throttling answer. ``stop`` (set by cancel) ends the
+        retries: the last error is raised."""
         from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
 
         counts = counts if counts is not None else {}
@@ -636,6 +639,8 @@ class RemoteFunctionExecutor(Executor):
             exc = state.outcome.exception() if state.outcome else None
             if exc is not None and self.error_kind(exc) == THROTTLED:
                 counts["throttles"] += 1
+                if throttled is not None:
+                    throttled.append(self.describe_error(exc))
                 return time.time() >= self.deadline or stop.is_set()
             counts["errors"] += 1
             return counts["errors"] >= self.config.api_attempts or stop.is_set()
@@ -749,13 +754,18 @@ class RemoteFunctionExecutor(Executor):
         started = time.perf_counter()
         label = f"{payload['task']} attempt {payload.get('attempt')}" if "task" in payload else "invoke"
         counts = counts if counts is not None else {}
+        throttled: list[str] = []
         body, stored = self._event(payload)
         try:
-            answer = self.call(self.invoke_raw, body, label=label, counts=counts, stop=stop, operation="invoke")
+            answer = self.call(self.invoke_raw, body, label=label, counts=counts, stop=stop, operation="invoke",
+                               throttled=throttled)
         except Exception as exc:
             self._count(counts, None)
-            stats = {"seconds": round(time.perf_counter() - started, 6), "throttles": counts.get("throttles", 0),
-                     "invoke_attempts": counts.get("attempts", 1)}
+            stats: dict[str, Any] = {"seconds": round(time.perf_counter() - started, 6),
+                                     "throttles": counts.get("throttles", 0),
+                                     "invoke_attempts": counts.get("attempts", 1)}
+            if throttled:
+                stats["throttle_message"] = throttled[-1]
             if stop is not None and stop.is_set():
                 return Outcome(failure=_cancelled().failure, stats=stats)
             if self.error_kind(exc) == THROTTLED:
@@ -768,6 +778,8 @@ class RemoteFunctionExecutor(Executor):
         stats = {"seconds": round(time.perf_counter() - started, 6), **self.answer_stats(answer)}
         stats.setdefault("memory_size_mb", self.config.memory)
         stats["throttles"] = counts.get("throttles", 0)
+        if throttled:  # the platform's last word on it (the live page shows it)
+            stats["throttle_message"] = throttled[-1]
         stats["invoke_attempts"] = counts.get("attempts", 1)
         if answer.status == 200 and not answer.error:
             answer.body = self._fetch_result(answer.body)

@@ -28,7 +28,7 @@ from typing import IO, Any
 import msgpack
 
 from corral import cancellation
-from corral.pairs import SCALARS, check_keys, check_pairs, check_values
+from corral.pairs import SCALARS, TextError, check_keys, check_pairs, check_values, text_error
 from corral.total_order import RangePartition
 
 #: Values of one key are stored in entries of at most this many values, so no entry is unbounded.
@@ -69,7 +69,8 @@ def _own_size(value: Any) -> int:
 
 
 def _packer() -> Callable[[Any], bytes]:
-    """msgpack's ``pack``; text holding undecodable input bytes (lone surrogates) takes a slower path."""
+    """msgpack's ``pack``; text holding undecodable input bytes (lone surrogates) takes a slower path,
+    and text that has no bytes at all is a TypeError naming it (``corral.pairs.text_error``)."""
     fast = msgpack.Packer(use_bin_type=True, strict_types=False).pack
     escaping = msgpack.Packer(use_bin_type=True, strict_types=False, unicode_errors=_TEXT_ERRORS).pack
 
@@ -77,7 +78,10 @@ def _packer() -> Callable[[Any], bytes]:
         try:
             return fast(obj)
         except UnicodeEncodeError:
-            return escaping(obj)
+            try:
+                return escaping(obj)
+            except UnicodeEncodeError as exc:
+                raise TextError(str(text_error(exc)), exc) from None
 
     return pack
 
@@ -92,9 +96,10 @@ class GroupWriter:
     ``MAX_VALUES_PER_ENTRY`` values.
     """
 
-    def __init__(self, out: IO[bytes], offset: int = 0) -> None:
+    def __init__(self, out: IO[bytes], offset: int = 0, source: str | None = None) -> None:
         self.out = out
         self.offset = offset
+        self.source = source  # the method whose pairs these are, for error messages
         self._batch: list[Any] = []
         self._values = 0  # values in the batch
         self._room = 4096  # values per batch, adapted to their packed size
@@ -156,7 +161,12 @@ class GroupWriter:
     def flush(self) -> None:
         if not self._batch:
             return
-        data = self._pack(self._batch)
+        try:
+            data = self._pack(self._batch)
+        except TextError as exc:
+            batch = self._batch
+            pairs = [(key, value) for key, values in zip(batch[0::2], batch[1::2], strict=True) for value in values]
+            raise text_error(exc.unicode_error, self.source, pairs) from None
         self.out.write(data)
         self.offset += len(data)
         # the values that pack to about _BATCH_BYTES, from these (never fewer than one)
@@ -621,7 +631,8 @@ class MapBuffer:
 
         The combine runs on every key (so a map task's output is always combined at least once).
         """
-        writer = GroupWriter(out, offset)
+        source = "map" if self.combine is None else "map (or combine)"
+        writer = GroupWriter(out, offset, source)
         groups = self.groups
         index: Index = []
         for keys in self._sorted_partitions():
@@ -633,7 +644,7 @@ class MapBuffer:
                     values = list(zip(values))  # (value,): a group of one
                 if self.combine is not None:
                     some_keys, values = self._combine_all(some_keys, values)
-                check_values("map" if self.combine is None else "map (or combine)", some_keys, values)
+                check_values(source, some_keys, values)
                 if self.sort_values:
                     for group in values:
                         if len(group) > 1:
@@ -784,7 +795,7 @@ class PairBuffer(MapBuffer):
         return partitioned
 
     def _write_memory(self, out: IO[bytes], offset: int = 0) -> tuple[Index, int]:
-        writer = GroupWriter(out, offset)
+        writer = GroupWriter(out, offset, self._source)
         index: Index = []
         for pairs in self._partitioned():
             start = writer.offset

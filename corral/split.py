@@ -26,7 +26,7 @@ INPUT_FORMATS = ("lines", "tsv", "csv", "jsonl")
 READ_BLOCK = 4 << 20
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Split:
     url: str
     start: int

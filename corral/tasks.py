@@ -39,7 +39,7 @@ from corral.split import Split, iter_text_records, read_ahead
 from corral.total_order import KEYS_PER_WINDOW, RangePartition
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskSpec:
     """What every attempt of a task needs: which job and stage, the attempt, where its output goes."""
 
@@ -69,7 +69,7 @@ class TaskSpec:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MapSpec(TaskSpec):
     splits: tuple[Split, ...] = ()
     partitions: int = 0  # reduce partitions of a "shuffle" output; 0 for map-only stages
@@ -82,13 +82,13 @@ class MapSpec(TaskSpec):
 
     def to_json(self) -> dict[str, Any]:
         return {
-            **super().to_json(), "splits": [s.to_json() for s in self.splits], "partitions": self.partitions,
+            **TaskSpec.to_json(self), "splits": [s.to_json() for s in self.splits], "partitions": self.partitions,
             "input_format": self.input_format, "input_errors": self.input_errors,
             "input_header": self.input_header, **({"bounds": list(self.bounds)} if self.bounds else {}),
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ReduceSpec(TaskSpec):
     partition: int = 0
     sources: tuple[tuple[str, int, int], ...] = ()  # (map output URL, offset, length) of the partition
@@ -96,7 +96,7 @@ class ReduceSpec(TaskSpec):
     kind: ClassVar[str] = "reduce"
 
     def to_json(self) -> dict[str, Any]:
-        return {**super().to_json(), "partition": self.partition, "sources": [list(s) for s in self.sources]}
+        return {**TaskSpec.to_json(self), "partition": self.partition, "sources": [list(s) for s in self.sources]}
 
 
 def spec_from_json(data: dict[str, Any]) -> MapSpec | ReduceSpec:

@@ -313,6 +313,7 @@ def test_throttling_is_backpressure_and_server_errors_are_retried(stand_in_backe
     assert counts == Counter({"three": 120, "two": 80, "one": 40})  # exact, though throttled
     first = attempts(manifest)[0]["stats"]
     assert (first["throttles"], first["invoke_attempts"]) == (2, 4)
+    assert first["throttle_message"] == "Throttled: 429 no instance"  # for the live page
     assert manifest["report"]["throttled_invokes"] == 2
     assert manifest["report"]["summary"].endswith("; 2 throttled invokes retried")
     logged = [r.getMessage() for r in caplog.records]
@@ -328,6 +329,7 @@ def test_still_throttled_at_the_deadline_and_server_errors_past_their_attempts()
     assert 0.4 < time.monotonic() - started < 5
     assert outcome.failure.kind == THROTTLED
     assert outcome.failure.message.startswith("still throttled at the job's deadline (--deadline) after ")
+    assert outcome.stats["throttle_message"] == "Throttled: 429"
     broken = StandIn(script=[ServerError("503 backend")] * 5)
     outcome = broken.invoke({"task": "map-0000", "attempt": 1})
     assert outcome.failure.kind == INFRASTRUCTURE and outcome.failure.message == "ServerError: 503 backend"

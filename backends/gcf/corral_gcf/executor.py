@@ -63,6 +63,7 @@ from corral import (
 from corral.remote import (
     FUNCTION_NAME,
     MEMORY,
+    MEMORY_SHARE,
     RETRY,
     TIMEOUT,
     Answer,
@@ -370,6 +371,12 @@ class GcfExecutor(RemoteFunctionExecutor):
             raise UsageError("a job module named main.py cannot run on Cloud Functions, whose entry point is "
                              "main.py: rename the job's file")
         return super().build(job)
+
+    def side_file_room(self) -> tuple[int, str, str]:
+        """Cloud Functions keep ``/tmp`` in memory: the side files a function downloads take memory, and
+        must fit in what the task's memory budget (``MEMORY_SHARE`` of ``--memory``) leaves."""
+        room = f"memory left beside the task's {MEMORY_SHARE:.0%}, as Cloud Functions keep /tmp in memory"
+        return int(self.config.memory * (1 - MEMORY_SHARE)), "--memory", room
 
     def check_package(self, package: Package) -> None:
         """Cloud Functions' limits, before anything is uploaded: 100 MB zipped, 500 MB unzipped."""
