@@ -14,6 +14,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import socket
 import threading
 from importlib.resources import files
 from pathlib import Path
@@ -67,7 +68,11 @@ class LiveServer:
         except OSError as exc:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            # a host name that does not resolve says so (its errno is the resolver's, not the OS's)
+            if isinstance(exc, socket.gaierror) or not exc.errno:
+                reason = exc.strerror or str(exc)
+            else:
+                reason = os.strerror(exc.errno)
             raise UsageError(f"cannot serve the live view on {self.host}:{self.port} (--ui-host, --ui-port): "
                              f"{reason[:1].lower()}{reason[1:]}") from None
         return self.url

@@ -125,6 +125,8 @@ def test_live_page_moves_while_the_job_runs_and_agrees_with_the_manifest(tmp_pat
         assert state["tasks"] == {"pending": 0, "running": 0, "retrying": 0, "committed": 2, "failed": 0, "total": 2}
         assert len(state["attempts"]) == sum(len(t["attempts"]) for t in tasks.values()) == 6
         assert state["records_in"] == 640
+        assert state["records_out"] == 640 + 7  # every map pair (no combiner), then one line per key n0…n6
+        assert read(page, "#records-out") == 647
         assert state["advice"] == manifest["advice"]
         assert state["cpu"]["cores"] == manifest["executor"]["cores"] and state["cost"] is None
         assert read(page, counter) == 640 and read(page, "#tasks-committed") == 2
@@ -170,6 +172,17 @@ def test_bad_ui_settings_are_usage_errors(tmp_path, slow_job):
     assert done.returncode == 2
     assert done.stderr.strip() == ("corral: error: invalid value for --ui-port: 70000 is out of range "
                                    "(must be from 0 to 65535)")
+    unknown = corral("run", job, data, "--out", tmp_path / "out", "--ui", "--ui-host", "nowhere.invalid", cwd=tmp_path)
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip().splitlines()[-1] == (
+        "corral: error: cannot serve the live view on nowhere.invalid:0 (--ui-host, --ui-port): "
+        "name or service not known")
+    # a live view's settings on the command line without --ui are not ignored in silence
+    alone = corral("run", job, data, "--out", tmp_path / "out", "--ui-port", "8080", "--ui-linger", "5", cwd=tmp_path)
+    assert alone.returncode == 2
+    assert alone.stderr.strip().splitlines()[-1] == (
+        "corral: error: --ui-port and --ui-linger have no effect without --ui")
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
 
 
 def test_without_ui_nothing_of_the_web_server_is_imported(tmp_path, slow_job):
