@@ -56,6 +56,7 @@ class PairWriter:
         self.out = out
         self.source = source  # the method whose pairs these are, for error messages
         self._pending: list[Any] = []
+        self.records_out = 0
 
     def add_all(self, pairs: Iterable[Any]) -> None:
         """Add every pair of ``pairs`` (consumed in batches: a generator yielding millions is fine)."""
@@ -72,6 +73,7 @@ class PairWriter:
         if pairs:
             key_types, value_types = check_pairs(self.source, pairs)
             self._write(pairs, key_types, value_types)
+            self.records_out += len(pairs)
 
     def _write(self, pairs: list[tuple[Any, Any]], key_types: set[type], value_types: set[type]) -> None:
         raise NotImplementedError

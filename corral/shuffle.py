@@ -104,6 +104,7 @@ class GroupWriter:
         self._values = 0  # values in the batch
         self._room = 4096  # values per batch, adapted to their packed size
         self._pack = _packer()
+        self.values_written = 0  # in all (a map task's records out)
 
     def add(self, key: str, values: list[Any]) -> None:
         n = len(values)
@@ -169,6 +170,7 @@ class GroupWriter:
             raise text_error(exc.unicode_error, self.source, pairs) from None
         self.out.write(data)
         self.offset += len(data)
+        self.values_written += self._values
         # the values that pack to about _BATCH_BYTES, from these (never fewer than one)
         self._room = max(1, min(_MAX_BATCH_VALUES, self._values * _BATCH_BYTES // len(data)))
         self._batch = []
@@ -477,6 +479,7 @@ class MapBuffer:
         self._one_value_per_key = False  # groups maps each key to its only value, not to a list
         self.spills: list[tuple[IO[bytes], Index]] = []
         self._next_check = 0  # input records after which the next measurement is due
+        self.records_out = 0  # values written by the last write (after the combine)
         self._filled_since = 0  # input records read when the buffer was last empty
 
     def add_batch(self, source: str, pairs: list[tuple[str, Any]]) -> None:
@@ -654,6 +657,7 @@ class MapBuffer:
             index.append([start, writer.offset - start])
         self.groups = defaultdict(list)
         self._one_value_per_key = False
+        self.records_out = writer.values_written
         return index, writer.offset
 
     def _spill(self) -> None:
@@ -695,6 +699,7 @@ class MapBuffer:
             writer.flush()
             index.append([start, writer.offset - start])
         write_index(out, index, writer.offset)
+        self.records_out = writer.values_written
         self.close()
         return index
 
@@ -818,6 +823,7 @@ class PairBuffer(MapBuffer):
             writer.flush()
             index.append([start, writer.offset - start])
         self.pairs = []
+        self.records_out = writer.values_written
         return index, writer.offset
 
 

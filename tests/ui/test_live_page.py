@@ -125,6 +125,8 @@ def test_live_page_moves_while_the_job_runs_and_agrees_with_the_manifest(tmp_pat
         assert state["tasks"] == {"pending": 0, "running": 0, "retrying": 0, "committed": 2, "failed": 0, "total": 2}
         assert len(state["attempts"]) == sum(len(t["attempts"]) for t in tasks.values()) == 6
         assert state["records_in"] == 640
+        assert state["records_out"] == 640 + 7  # every map pair (no combiner), then one line per key n0…n6
+        assert read(page, "#records-out") == 647
         assert state["advice"] == manifest["advice"]
         assert state["cpu"]["cores"] == manifest["executor"]["cores"] and state["cost"] is None
         assert read(page, counter) == 640 and read(page, "#tasks-committed") == 2
