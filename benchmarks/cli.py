@@ -77,8 +77,9 @@ def format_report(report: dict[str, Any]) -> str:
         f"{'benchmark':<15} {'contender':<22} {'input MB':>9} {'median s':>9} {'MB/s':>8} {'tree RSS':>9} "
         f"{'max proc':>9} {'ratio':>7} {'paired':>7}  {'target':<28} {'met':<4}",
     ]
+    special = ("objects", "reducer-memory", "hot-key-memory", "planner", "map-memory", "driver-overhead", "planning")
     for row in report["rows"]:
-        if row["benchmark"] in ("objects", "reducer-memory", "hot-key-memory"):
+        if row["benchmark"] in special:
             continue
         ratio = row.get("ratio")
         vs = f" (vs {row['vs']})" if row.get("vs") and row["contender"] != row["vs"] else ""
@@ -128,6 +129,32 @@ def format_report(report: dict[str, Any]) -> str:
                 f"  target {row['target']}: {_fmt(row['meets_target'])}",
             ]
     for row in report["rows"]:
+        if "part_spread" in row:
+            lines.append(f"{row['contender']}: part files {[round(b / MiB, 1) for b in row['part_bytes']]} MB, "
+                         f"largest / smallest {row['part_spread']}")
+        if row.get("growth") is not None:
+            lines.append(f"{row['contender']}: paired ratio {row['paired_ratio']} ({row['growth']:+} over 100 MB's)")
+        if row["benchmark"] == "planner":
+            lines += ["", f"planner, {row['workers']} workers: target {row['target']}: {_fmt(row['meets_target'])}"]
+            lines += [f"  {name}: {p['map_tasks']} map tasks, sizes {p['task_mb'][:8]} MB, largest / smallest "
+                      f"{p['spread']}" for name, p in row["plans"].items()]
+        if row["benchmark"] == "map-memory":
+            peaks = ", ".join(f"{k}: task {v['task_mb']} MB -> {v['peak_rss_mb']} MB" for k, v in row["runs"].items())
+            lines += ["", f"map task peak memory (fresh process, --memory-budget {row['memory_budget']}): {peaks}; "
+                          f"ratio {row['ratio']}; target {row['target']}: {_fmt(row['meets_target'])}"]
+        if row["benchmark"] == "driver-overhead":
+            runs = ", ".join(f"{n} tasks: {r['seconds']:.1f} s, driver CPU {r['cpu_s'] - r['tasks_cpu_s']:.2f} s, "
+                             f"peak {r['peak_rss_mb']:.0f} MB" for n, r in row["runs"].items())
+            lines += ["", f"driver overhead (no-op map tasks, threads): {runs}; {row['driver_us_per_task']} us and "
+                          f"{row['driver_bytes_per_task']} bytes a task (wall {row['wall_us_per_task']} us a task); "
+                          f"target {row['target']}: {_fmt(row['meets_target'])}"]
+        if row["benchmark"] == "planning":
+            lines += ["", f"planning {row['files'][0]} and {row['files'][1]} files: target {row['target']}: "
+                          f"{_fmt(row['meets_target'])}"]
+            for place, runs in row["results"].items():
+                few, many = (runs.get(n, runs.get(str(n))) for n in row["files"])
+                lines.append(f"  {place}: {few['seconds']} s / {few['memory_mb']} MB -> {many['seconds']} s / "
+                             f"{many['memory_mb']} MB (x{runs['time_ratio']} time, x{runs['memory_ratio']} memory)")
         if row["benchmark"] == "docker" and "warm_overhead_ms" in row:
             lines += [
                 "",
@@ -140,6 +167,9 @@ def format_report(report: dict[str, Any]) -> str:
             ]
     if "docker" in report.get("extra", {}):
         lines += ["", f"docker: {report['extra']['docker']}"]
+    for key in ("peers", "planning_s3", "small_objects"):
+        if key in report.get("extra", {}):
+            lines += ["", f"{key}: {report['extra'][key]}"]
     bad = [c for c in report["checks"] if not c["ok"]]
     lines += ["", f"result checks: {len(report['checks']) - len(bad)} of {len(report['checks'])} agree"]
     lines += [f"  MISMATCH {c['benchmark']}: {c['check']} {c['detail']}" for c in bad]

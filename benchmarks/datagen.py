@@ -5,7 +5,10 @@
 * ``generate_amplab``: the AMPLab Big Data Benchmark's ``rankings`` and ``uservisits`` tables as CSV,
   following the rules of the generator that produced the original data set (Intel HiBench's
   ``HiveData``; see ``amplab_rules`` below).
-* ``generate_gensort``: 100-byte sort records in gensort's ASCII ("-a") layout.
+* ``generate_gensort``: 100-byte sort records in gensort's ASCII ("-a") layout, with uniform or skewed
+  keys.
+* ``generate_cdn_logs``: many small gzip files of CloudFront access logs, made by the seeded generator
+  of ``examples/cloudfront.py`` (``examples/data/cloudfront/generate.py``), in parallel.
 
 Every generator cuts its output into chunks that are generated from ``(seed, chunk number)`` alone, so
 the bytes written are the same whether the chunks are made by one process or by a pool.
@@ -343,6 +346,8 @@ def _gensort_chunk(index: int) -> bytes:
     rng = _rng(g["seed"], 5, index)
     rec = np.empty((n, RECORD), dtype=np.uint8)
     rec[:, :KEY] = rng.integers(32, 127, (n, KEY), dtype=np.uint8)  # printable ASCII ' '..'~'
+    if g["skew"]:  # the first two characters crowd toward ' ': P(code < x) = (x / 95) ** (1 / skew)
+        rec[:, :2] = 32 + (95 * rng.random((n, 2)) ** g["skew"]).astype(np.uint8)
     rec[:, 10:12] = ord(" ")
     numbers = np.arange(first, first + n, dtype=np.uint64)
     shifts = np.arange(60, -4, -4, dtype=np.uint64)  # low 16 hex digits; the high 16 are zeros
@@ -355,10 +360,63 @@ def _gensort_chunk(index: int) -> bytes:
     return rec.tobytes()
 
 
-def generate_gensort(path: str | os.PathLike, size: int, *, seed: int = 42, workers: int = 2) -> int:
-    """Write ``size // 100`` gensort ASCII records to ``path``; return the bytes written."""
+def generate_gensort(
+    path: str | os.PathLike, size: int, *, seed: int = 42, workers: int = 2, skew: float = 0.0
+) -> int:
+    """Write ``size // 100`` gensort ASCII records to ``path``; return the bytes written. With ``skew``
+    (e.g. 4), the keys' first two characters follow ``95 * u ** skew`` for a uniform ``u`` instead of
+    being uniform (like gensort's ``-s``): with skew 4, 71% of the keys start in the lowest quarter of
+    the characters, where a partitioner that assumes uniform keys sends them all to one reducer."""
     records = size // RECORD
     per_chunk = CHUNK_BYTES // RECORD
     _globals.clear()
-    _globals.update(seed=seed, records=records, per_chunk=per_chunk)
+    _globals.update(seed=seed, records=records, per_chunk=per_chunk, skew=skew)
     return _write_chunks(Path(path), records * RECORD, _gensort_chunk, workers, per_chunk * RECORD)
+
+
+# --- CDN access logs: many small gzip files -------------------------------------------------------------
+
+CLOUDFRONT_GENERATOR = Path(__file__).resolve().parent.parent / "examples" / "data" / "cloudfront" / "generate.py"
+#: Files generated from one seed (one call of the example's generator), in a folder of their own.
+CDN_FILES_PER_FOLDER = 1000
+
+
+def _cloudfront() -> Any:
+    """The example's generator module (``examples/`` is no package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cloudfront_generate", CLOUDFRONT_GENERATOR)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cdn_folder(index: int) -> bytes:
+    g = _globals
+    count = min(CDN_FILES_PER_FOLDER, g["files"] - index * CDN_FILES_PER_FOLDER)
+    g["generator"].generate(os.path.join(g["out"], f"{index:03d}"), count, g["lines"], g["seed"] * 1000 + index)
+    return b""
+
+
+def generate_cdn_logs(
+    out: str | os.PathLike, files: int = 20_000, *, lines: int = 32, seed: int = 2024, workers: int = 2
+) -> dict[str, Any]:
+    """Write ``files`` CloudFront log files (gzip, about ``lines`` lines of 33 tab-separated fields each,
+    ~13 KB uncompressed with the default) into folders of 1000 under ``out``, each folder by the example's
+    generator from ``(seed, folder number)``; return their count and sizes."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _globals.clear()
+    _globals.update(generator=_cloudfront(), out=str(out), files=files, lines=lines, seed=seed)
+    folders = range(-(-files // CDN_FILES_PER_FOLDER))
+    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    try:
+        for _ in _pool_map(_cdn_folder, folders, pool):
+            pass
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    paths = sorted(out.rglob("*.gz"))
+    return {"files": len(paths), "bytes": sum(p.stat().st_size for p in paths)}

@@ -43,6 +43,10 @@ SIZES: dict[str, dict[str, Any]] = {
         "hot_key_values": (1_000_000, 5_000_000),
         "docker_tasks": 20,
         "memory_budget": "64MB",
+        "text_copies": 4,
+        "cdn_files": 2000,
+        "noop_tasks": (100, 1000),
+        "planning_files": (1000, 10_000),
     },
     "full": {
         "text": 100 * MiB,
@@ -59,10 +63,15 @@ SIZES: dict[str, dict[str, Any]] = {
         "hot_key_values": (5_000_000, 10_000_000),
         "docker_tasks": 50,
         "memory_budget": "64MB",
+        "text_copies": 10,
+        "cdn_files": 20_000,
+        "noop_tasks": (1000, 10_000),
+        "planning_files": (10_000, 100_000),
     },
 }
 
-BENCHMARKS = ["wordcount", "q1", "q2", "q3", "sort", "tiny", "objects", "reducer-memory", "hot-key-memory", "docker"]
+BENCHMARKS = ["wordcount", "wordcount-1g", "cdnlogs", "q1", "q2", "q3", "sort", "planner", "map-memory", "tiny",
+              "objects", "reducer-memory", "hot-key-memory", "driver-overhead", "planning", "docker"]
 
 #: Targets (processes backend, 2 cores, same-run ratios).
 TARGETS = {
@@ -75,6 +84,14 @@ TARGETS = {
     # above the interpreter floor; a map task also holds one 4 MB chunk of input lines (~20 MB of str)
     "hot-key-memory": ("peak - floor <= 2x budget (map: + 20 MB)", 2.0),
     "docker-warm": ("warm overhead <= 30 ms", 0.030),
+    "wordcount-1g": ("corral/pool <= 1.5, <= 100MB's + 0.1", 1.5),
+    "cdnlogs": ("corral/pool <= 1.25", 1.25),
+    "sort": ("corral/pool <= 2.0", 2.0),
+    "sort-balance": ("largest part <= 1.5 x smallest (skewed keys)", 1.5),
+    "planner": ("map tasks a multiple of workers; sizes within 10%", 1.1),
+    "map-memory": ("1GB's map task peak <= 1.2 x 100MB's", 1.2),
+    "driver-overhead": ("<= 200 us and <= 2 KB a task", (200e-6, 2048)),
+    "planning": ("10x the files: <= 11x time and memory", 11.0),
     "docker-cold": ("cold start <= 1.5 s", 1.5),
 }
 
@@ -131,6 +148,23 @@ class Data:
 
         return self._cached(f"text-{_label(size)}-v{self.cfg['vocabulary'] // 1000}k", params, make)
 
+    def text_copies(self, copies: int) -> dict[str, Any]:
+        """The Zipf corpus ``copies`` times over in one file (the same words, ``copies`` times the counts)."""
+        text = self.text()
+        params = {"of": text["params"], "copies": copies}
+
+        def make(target: Path) -> dict[str, Any]:
+            path = target.with_suffix(".txt")
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "wb") as out:
+                for _ in range(copies):
+                    with open(text["files"][0], "rb") as f:
+                        shutil.copyfileobj(f, out, 16 << 20)
+            os.replace(tmp, path)
+            return {"files": [str(path)], "bytes": path.stat().st_size}
+
+        return self._cached(f"text-{_label(self.cfg['text'])}-x{copies}", params, make)
+
     def tiny(self) -> dict[str, Any]:
         size = self.cfg["tiny"]
         params = {"size": size, "vocabulary": 1000, "seed": 7}
@@ -151,16 +185,38 @@ class Data:
 
         return self._cached(f"amplab-{self.size}", params, make)
 
-    def gensort(self) -> dict[str, Any]:
+    def gensort(self, skew: float = 0.0) -> dict[str, Any]:
         size = self.cfg["sort"]
-        params = {"size": size, "seed": 42}
+        params = {"size": size, "seed": 42, **({"skew": skew} if skew else {})}
 
         def make(target: Path) -> dict[str, Any]:
             path = target.with_suffix(".dat")
-            written = datagen.generate_gensort(path, size, seed=42)
+            written = datagen.generate_gensort(path, size, seed=42, skew=skew)
             return {"files": [str(path)], "bytes": written}
 
-        return self._cached(f"gensort-{_label(size)}", params, make)
+        return self._cached(f"gensort-{_label(size)}" + (f"-skew{skew:g}" if skew else ""), params, make)
+
+    def cdn_logs(self) -> dict[str, Any]:
+        files = self.cfg["cdn_files"]
+        params = {"files": files, "lines": 32, "seed": 2024}
+
+        def make(target: Path) -> dict[str, Any]:
+            info = datagen.generate_cdn_logs(target, files, lines=32, seed=2024)
+            return {"files": [str(target / f"{n:03d}") for n in range(-(-files // 1000))], "folder": str(target),
+                    "count": info["files"], "bytes": info["bytes"]}
+
+        return self._cached(f"cdn-logs-{files}", params, make)
+
+    def noop_inputs(self, count: int) -> dict[str, Any]:
+        params = {"count": count}
+
+        def make(target: Path) -> dict[str, Any]:
+            target.mkdir(parents=True, exist_ok=True)
+            for n in range(count):
+                (target / f"in-{n:05d}.txt").write_bytes(b"x\n")
+            return {"files": [str(target)], "folder": str(target)}
+
+        return self._cached(f"noop-{count}", params, make)
 
     def hot_key(self, values: int) -> dict[str, Any]:
         params = {"values": values}
@@ -176,9 +232,12 @@ class Data:
 
     def generate_all(self) -> None:
         self.text()
+        self.text_copies(self.cfg["text_copies"])
         self.tiny()
         self.amplab()
         self.gensort()
+        self.gensort(skew=4)
+        self.cdn_logs()
         for size in self.cfg["reducer_memory"]:
             self.text(size)
         for values in self.cfg["hot_key_values"]:
@@ -462,9 +521,10 @@ class Suite:
             Contender("pool-counter", self.baseline("wordcount", inputs), read_dict),
             Contender("corral-wordcount-fast", self.corral(str(EXAMPLES / "wordcount_fast.py"), inputs), read_dict),
             Contender("single-counter", self.baseline("wordcount-single", inputs), read_dict),
+            *self.peers(inputs),
         ]
         run_alternating(contenders, self.repeat, work, self.log)
-        self.compare("wordcount", contenders[1], [contenders[0], contenders[2], contenders[3]])
+        self.compare("wordcount", contenders[1], [contenders[0], *contenders[2:]])
         self.add_rows(
             "wordcount",
             contenders,
@@ -472,6 +532,57 @@ class Suite:
             "pool-counter",
             {"corral-wordcount": "wordcount", "corral-wordcount-fast": "wordcount-fast"},
         )
+
+    def peers(self, inputs: list[str]) -> list[Contender]:
+        """Lithops' localhost backend and mrjob's local runner on the word count, where installed
+        (``pip install -r benchmarks/requirements-peers.txt``); skipped, and said so, where not."""
+        import importlib.util
+
+        found = []
+        for name, module in (("lithops-localhost", "lithops"), ("mrjob-local", "mrjob")):
+            if importlib.util.find_spec(module) is None:
+                self.extra.setdefault("peers", {})[name] = f"skipped: {module} is not installed"
+                continue
+            script = f"benchmarks.peers.{module}_wordcount"
+            found.append(Contender(name, lambda out, s=script: [*python_module(s), inputs[0], "--out", str(out)],
+                                   read_dict))
+            self.extra.setdefault("peers", {})[name] = _version(module)
+        return found
+
+    def bench_wordcount_1g(self) -> None:
+        """The idiomatic word count on the corpus and on the corpus 10 times over, in one invocation:
+        corral's ratio to the Pool baseline at each size, and how much it grows."""
+        small, large = self.data.text(), self.data.text_copies(self.cfg["text_copies"])
+        job = str(EXAMPLES / "wordcount.py")
+        contenders = [
+            Contender("corral-100MB", self.corral(job, small["files"]), read_dict),
+            Contender("pool-100MB", self.baseline("wordcount", small["files"]), read_dict),
+            Contender("corral-1GB", self.corral(job, large["files"]), read_dict),
+            Contender("pool-1GB", self.baseline("wordcount", large["files"]), read_dict),
+        ]
+        run_alternating(contenders, self.repeat, self.work("wordcount-1g"), self.log)
+        self.compare("wordcount-1g", contenders[1], [contenders[0]])
+        self.compare("wordcount-1g", contenders[3], [contenders[2]])
+        rows = self.add_rows("wordcount-1g", contenders[:2], small["bytes"], "pool-100MB")
+        rows.update(self.add_rows("wordcount-1g", contenders[2:], large["bytes"], "pool-1GB"))
+        big, little = rows["corral-1GB"], rows["corral-100MB"]
+        text, limit = TARGETS["wordcount-1g"]
+        big["target"] = text
+        big["growth"] = round(big["paired_ratio"] - little["paired_ratio"], 3)
+        big["meets_target"] = big["paired_ratio"] <= limit and big["growth"] <= 0.1
+
+    def bench_cdnlogs(self) -> None:
+        """A filter-and-count job over 20,000 small gzip CloudFront logs (~13 KB each uncompressed)."""
+        logs = self.data.cdn_logs()
+        folder = [logs["folder"]]
+        contenders = [
+            Contender("corral-cdnlogs", self.corral(str(JOBS / "cdnlogs.py"), folder), read_dict),
+            Contender("pool-cdnlogs", self.baseline("cdnlogs", folder), read_dict),
+        ]
+        run_alternating(contenders, self.repeat, self.work("cdnlogs"), self.log)
+        self.compare("cdnlogs", contenders[1], [contenders[0]])
+        self.add_rows("cdnlogs", contenders, logs["bytes"], "pool-cdnlogs", {"corral-cdnlogs": "cdnlogs"})
+        self.extra["cdnlogs_files"] = logs["count"]
 
     def _amplab_args(self) -> dict[str, str]:
         return {"threshold": "100", "prefix": "8", "start": "1980-01-01", "end": "1983-01-01"}
@@ -540,18 +651,189 @@ class Suite:
         self.extra["q3_result"] = contenders[0].result
 
     def bench_sort(self) -> None:
-        data = self.data.gensort()
-        inputs, size = data["files"], data["bytes"]
+        """gensort records sorted by a job with ``total_order`` (sampled key ranges) against a Pool
+        that range-partitions on the first two key bytes, on uniform keys; then on skewed keys, where
+        the sampled ranges keep the reducers' shares within 1.5x of each other."""
         r = str(self.cfg["sort_reducers"])
-        contenders = [
-            Contender("corral-sort", self.corral(str(JOBS / "gensort.py"), inputs, "--reducers", r), read_sort_output),
-            Contender("pool-sort", self.baseline("sort", inputs, "--arg", f"partitions={r}"), read_sort_output),
-        ]
-        run_alternating(contenders, self.repeat, self.work("sort"), self.log)
-        expected = sorted_input_digest(inputs[0])
-        for c in contenders:
-            self.check("sort", f"{c.name} globally sorted and == sorted input", c.result == expected)
-        self.add_rows("sort", contenders, size, "pool-sort")
+        for label, data in (("", self.data.gensort()), ("-skewed", self.data.gensort(skew=4))):
+            inputs, size = data["files"], data["bytes"]
+            contenders = [
+                Contender(f"corral-sort{label}", self.corral(str(JOBS / "gensort.py"), inputs, "--reducers", r),
+                          read_sort_output),
+                Contender(f"pool-sort{label}", self.baseline("sort", inputs, "--arg", f"partitions={r}"),
+                          read_sort_output),
+            ]
+            work = self.work(f"sort{label}")
+            parts: dict[str, list[int]] = {}
+
+            def sizes(c: Contender, out: Path, parts: dict[str, list[int]] = parts) -> None:
+                parts[c.name] = [p.stat().st_size for p in sorted(out.glob("part-*"))]
+
+            run_alternating(contenders, self.repeat, work, self.log, after_run=sizes)
+            expected = sorted_input_digest(inputs[0])
+            for c in contenders:
+                self.check("sort", f"{c.name} globally sorted and == sorted input", c.result == expected)
+            rows = self.add_rows("sort", contenders, size, f"pool-sort{label}",
+                                 {"corral-sort": "sort"} if not label else None)
+            for name, row in rows.items():
+                row["part_bytes"] = parts[name]
+                row["part_spread"] = round(max(parts[name]) / max(1, min(parts[name])), 3)
+            if label:
+                text, limit = TARGETS["sort-balance"]
+                row = rows[f"corral-sort{label}"]
+                row["target"], row["meets_target"] = text, row["part_spread"] <= limit
+
+    def bench_planner(self) -> None:
+        """The planner's map tasks as the driver plans them: the issue's 100 MB with --split-size 8MB
+        (first fit made 3 tasks for 2 workers), 1 GB with the defaults, the 20,000 log files."""
+        from corral.fs import FileInfo
+        from corral.planner import count_splits, list_inputs, plan_map_tasks, task_sizes
+
+        workers = 2
+        cases = {
+            "100MB --split-size 8MB": (self.data.text()["files"], {"split_size"}, 8 * MiB),
+            "1GB defaults": (self.data.text_copies(self.cfg["text_copies"])["files"], set(), 64 * MiB),
+            f"{self.cfg['cdn_files']} .gz files": ([self.data.cdn_logs()["folder"]], set(), 64 * MiB),
+        }
+        met = True
+        plans = {}
+        for name, (inputs, explicit, split) in cases.items():
+            files: list[FileInfo] = list_inputs(inputs)
+            total = sum(f.size for f in files)
+            split_size, bin_size = task_sizes(total, split, 64 * MiB, explicit, workers)
+            tasks = plan_map_tasks(files, split_size, bin_size, workers)
+            sizes = [sum(s.end - s.start for s in task) for task in tasks]
+            spread = max(sizes) / min(sizes)
+            few_splits = count_splits(files, split_size) < workers  # then one task per split
+            ok = (len(tasks) % workers == 0 or few_splits) and spread <= TARGETS["planner"][1]
+            met &= ok
+            plans[name] = {"map_tasks": len(tasks), "task_mb": [round(b / MiB, 2) for b in sizes][:20],
+                           "spread": round(spread, 4), "ok": ok}
+            self.log(f"    {name}: {plans[name]}")
+        self.rows.append({"benchmark": "planner", "contender": "corral-planner", "workers": workers, "plans": plans,
+                          "target": TARGETS["planner"][0], "meets_target": met})
+
+    def bench_map_memory(self) -> None:
+        """One map task as the planner cuts the word count's 100 MB and its 1 GB for 2 workers, each in a
+        fresh process, at the suite's --memory-budget: its peak RSS should not grow with the input."""
+        from corral.fs import FileInfo
+        from corral.planner import plan_map_tasks, task_sizes
+
+        budget = self.cfg["memory_budget"]
+        work = self.work("map-memory")
+        peaks = {}
+        for label, text in (("100MB", self.data.text()), ("1GB", self.data.text_copies(self.cfg["text_copies"]))):
+            files = [FileInfo(path, Path(path).stat().st_size) for path in text["files"]]
+            total = sum(f.size for f in files)
+            split_size, bin_size = task_sizes(total, 64 * MiB, 64 * MiB, set(), 2)
+            task = plan_map_tasks(files, split_size, bin_size, 2)[0]
+            payload = {
+                "job": {"module": "wordcount", "class": "WordCount", "path": str(EXAMPLES / "wordcount.py")},
+                "args": {}, "stage": 0, "memory_budget": int(budget.removesuffix("MB")) << 20, "kind": "map",
+                "task": "map-0000", "attempt": 1, "splits": [s.to_json() for s in task], "partitions": 2,
+                "output": str(work / f"map-{label}.bin"), "output_kind": "shuffle", "input_format": "lines",
+                "input_errors": "strict",
+            }
+            result = _run_task_fresh(payload, work, f"map-{label}")
+            peaks[label] = {"task_mb": round(sum(s.end - s.start for s in task) / MiB, 1),
+                            "peak_rss_mb": result["peak_memory_mb"], "seconds": result["seconds"]}
+            self.log(f"    {label}: {peaks[label]}")
+        ratio = peaks["1GB"]["peak_rss_mb"] / peaks["100MB"]["peak_rss_mb"]
+        text, limit = TARGETS["map-memory"]
+        self.rows.append({"benchmark": "map-memory", "contender": "corral-map-task", "memory_budget": budget,
+                          "runs": peaks, "ratio": round(ratio, 3), "target": text, "meets_target": ratio <= limit})
+
+    def bench_driver_overhead(self) -> None:
+        """Many no-op map tasks (a one-line file each, --map-bin-size 1) on the threads backend: the
+        driver's CPU per task (the process's CPU less what the tasks' threads used, from the manifest)
+        and its memory per task (the peak RSS of N tasks less that of N/10, over the difference)."""
+        few, many = self.cfg["noop_tasks"]
+        work = self.work("driver-overhead")
+        job = str(JOBS / "noop.py")
+        runs = {}
+        for count in (few, many):
+            inputs = self.data.noop_inputs(count)["files"]
+            out = work / f"out-{count}"
+            command = self.corral(job, inputs, "--backend", "threads", "--map-bin-size", "1")(out)
+            stats = measure([sys.executable, "-c", _CPU_OF, *command], work / f"run-{count}.log")
+            cpu = json.loads((work / "cpu.json").read_text())
+            manifest = json.loads((out / "_corral" / "manifest.json").read_text())
+            attempts = [a for t in manifest["stages"][0]["tasks"].values() for a in t["attempts"]]
+            task_cpu = sum(a["stats"].get("cpu_seconds") or 0 for a in attempts)
+            runs[count] = {"tasks": len(attempts), "seconds": stats["seconds"], "cpu_s": round(cpu["cpu"], 3),
+                           "tasks_cpu_s": round(task_cpu, 3), "peak_rss_mb": cpu["peak_rss_mb"]}
+            self.log(f"    {count} tasks: {runs[count]}")
+        per_task = (runs[many]["cpu_s"] - runs[many]["tasks_cpu_s"]) / runs[many]["tasks"]
+        per_task_memory = (runs[many]["peak_rss_mb"] - runs[few]["peak_rss_mb"]) * MiB / (many - few)
+        text, (time_limit, memory_limit) = TARGETS["driver-overhead"]
+        self.rows.append({
+            "benchmark": "driver-overhead", "contender": "corral-threads", "runs": runs,
+            "driver_us_per_task": round(per_task * 1e6, 1), "driver_bytes_per_task": round(per_task_memory),
+            "wall_us_per_task": round(runs[many]["seconds"] / many * 1e6, 1),
+            "target": text, "meets_target": per_task <= time_limit and per_task_memory <= memory_limit,
+        })
+
+    def bench_planning(self) -> None:
+        """Planning N and 10 N input files (listing, splits, balanced tasks, every map task's spec as
+        JSON) in a fresh process, on the local disk and on moto's S3: time and memory of each."""
+        few, many = self.cfg["planning_files"]
+        work = self.work("planning")
+        results: dict[str, dict[int, dict[str, Any]]] = {"local": {}}
+        for count in (few, many):
+            folder = self.data.noop_inputs(count)["folder"]
+            results["local"][count] = self._plan_fresh(folder, work, f"local-{count}")
+        try:
+            s3_results = self._planning_s3(few, many, work)
+        except Exception as exc:  # moto or s3fs missing: say so, keep the local numbers
+            self.extra["planning_s3"] = f"skipped: {type(exc).__name__}: {exc}"
+        else:
+            results["s3"] = s3_results
+        text, limit = TARGETS["planning"]
+        met = True
+        for place, runs in results.items():
+            time_ratio = runs[many]["seconds"] / runs[few]["seconds"]
+            memory_ratio = runs[many]["memory_mb"] / max(0.1, runs[few]["memory_mb"])
+            runs["time_ratio"], runs["memory_ratio"] = round(time_ratio, 2), round(memory_ratio, 2)  # type: ignore[index]
+            met &= time_ratio <= limit and memory_ratio <= limit
+            self.log(f"    {place}: {runs}")
+        self.rows.append({"benchmark": "planning", "contender": "corral-planner", "files": [few, many],
+                          "results": results, "target": text, "meets_target": met})
+
+    def _plan_fresh(self, url: str, work: Path, name: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+        """Plan ``url`` in a fresh process timed, then in another with tracemalloc (the peak of what
+        planning allocates, which the interpreter's own start-up would hide in its peak RSS)."""
+        result: dict[str, Any] = {}
+        for mode in ("time", "memory"):
+            result_file = work / f"{name}-{mode}.json"
+            done = subprocess.run([sys.executable, "-c", _PLAN, url, str(result_file), mode], capture_output=True,
+                                  text=True, cwd=ROOT, env={**os.environ, **(env or {})}, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"planning {url} failed: {done.stderr[-2000:]}")
+            result.update(json.loads(result_file.read_text()))
+        return result
+
+    def _planning_s3(self, few: int, many: int, work: Path) -> dict[int, dict[str, Any]]:
+        from moto.server import ThreadedMotoServer
+
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        try:
+            host, port = server.get_host_and_port()
+            from moto.s3.models import s3_backends
+
+            backend = s3_backends["123456789012"]["aws"]
+            backend.create_bucket("planning", "us-east-1")
+            for n in range(many):
+                backend.put_object("planning", f"many/{n // 1000:03d}/obj-{n:06d}.txt", b"x\n")
+            env = {"AWS_ENDPOINT_URL_S3": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                   "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+            backend.create_bucket("planning-few", "us-east-1")
+            for n in range(few):
+                backend.put_object("planning-few", f"many/{n // 1000:03d}/obj-{n:06d}.txt", b"x\n")
+            return {few: self._plan_fresh("s3://planning-few/many/", work, "s3-few", env),
+                    many: self._plan_fresh("s3://planning/many/", work, "s3-many", env)}
+        finally:
+            server.stop()
 
     def bench_tiny(self) -> None:
         tiny = self.data.tiny()
@@ -758,6 +1040,47 @@ def _run_task_fresh(payload: dict[str, Any], work: Path, name: str) -> dict[str,
     return result
 
 
+#: Runs a command's argv in this process (the corral CLI) and writes its CPU time and peak RSS.
+_CPU_OF = (
+    "import json, resource, sys, runpy, time\n"
+    "sys.argv = sys.argv[1:]\n"
+    "code = 0\n"
+    "try:\n"
+    "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+    "except SystemExit as exc:\n"
+    "    code = exc.code or 0\n"
+    "usage = resource.getrusage(resource.RUSAGE_SELF)\n"
+    "out = sys.argv[sys.argv.index('--out') + 1]\n"
+    "json.dump({'cpu': usage.ru_utime + usage.ru_stime, 'peak_rss_mb': usage.ru_maxrss / 1024},\n"
+    "          open(__import__('pathlib').Path(out).parent / 'cpu.json', 'w'))\n"
+    "sys.exit(code)\n"
+)
+#: Plans a URL's files as the driver does for 2 workers (listing, task sizes, balanced tasks, each map
+#: task's spec as JSON) and writes the seconds and the memory it took (peak RSS above the start's).
+_PLAN = (
+    "import json, sys, time, tracemalloc\n"
+    "from corral.planner import list_inputs, plan_map_tasks, task_sizes\n"
+    "from corral.tasks import MapSpec\n"
+    "from corral.fs import get_filesystem\n"
+    "get_filesystem(sys.argv[1])\n"
+    "memory = sys.argv[3] == 'memory'\n"
+    "if memory:\n"
+    "    tracemalloc.start()\n"
+    "started = time.perf_counter()\n"
+    "files = list_inputs([sys.argv[1]])\n"
+    "total = sum(f.size for f in files)\n"
+    "split, bin_ = task_sizes(total, 64 << 20, 64 << 20, set(), 2)\n"
+    "tasks = plan_map_tasks(files, split, bin_, 2)\n"
+    "specs = [json.dumps(MapSpec(job={}, stage=0, task=f'map-{j:04d}', attempt=1, output='o', output_kind='shuffle',\n"
+    "                            splits=tuple(t), partitions=2).to_json()) for j, t in enumerate(tasks)]\n"
+    "seconds = time.perf_counter() - started\n"
+    "result = {'files': len(files), 'map_tasks': len(tasks)}\n"
+    "if memory:\n"
+    "    result['memory_mb'] = round(tracemalloc.get_traced_memory()[1] / (1 << 20), 2)\n"
+    "else:\n"
+    "    result['seconds'] = round(seconds, 4)\n"
+    "json.dump(result, open(sys.argv[2], 'w'))\n"
+)
 _REDUCE_FLOOR = "import corral.worker, corral.tasks, corral.shuffle"
 _RUN_REDUCE = (
     "import json, sys\n"
@@ -765,6 +1088,15 @@ _RUN_REDUCE = (
     "result = run_task(json.load(open(sys.argv[1])))\n"
     "json.dump(result, open(sys.argv[2], 'w'))\n"
 )
+
+
+def _version(module: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{module} {version(module)}"
+    except PackageNotFoundError:
+        return module
 
 
 def docker_unavailable() -> str | None:

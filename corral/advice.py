@@ -29,10 +29,12 @@ HEADROOM = 0.2
 CPU_BOUND = 0.8
 #: A smaller size whose CPU share would make the tasks at least this much slower is said to be slower.
 SLOWER = 1.2
-#: Leaks: memory after a task growing at least this much per task, in most steps, over enough tasks.
-LEAK_MB_PER_TASK = 2.0
-LEAK_MIN_TASKS = 5
+#: Leaks: memory after a task growing at least this much per task and this much in all, steadily (from
+#: group to group of successive tasks, in most steps), over this many tasks of one worker at least.
+LEAK_MB_PER_TASK = 0.5
 LEAK_MIN_GROWTH_MB = 8.0
+LEAK_MIN_TASKS = 5
+LEAK_GROUPS = 8
 #: Skew: the slowest task of a phase at least this many times its median, and this many seconds.
 SKEW_RATIO = 3.0
 SKEW_MIN_SECONDS = 1.0
@@ -53,6 +55,7 @@ class Attempt:
     end: float | None
     stats: dict[str, Any]
     failure: dict[str, Any] | None
+    reused: bool = False  # committed by an earlier driver of the run (--resume)
 
 
 def attempts(manifest: dict[str, Any]) -> Iterator[Attempt]:
@@ -62,7 +65,7 @@ def attempts(manifest: dict[str, Any]) -> Iterator[Attempt]:
             for entry in record.get("attempts", ()):
                 yield Attempt(stage.get("stage", 0), record.get("phase", ""), task, entry.get("attempt", 0),
                               entry.get("status", "running"), entry.get("start"), entry.get("end"),
-                              entry.get("stats") or {}, entry.get("failure"))
+                              entry.get("stats") or {}, entry.get("failure"), bool(entry.get("reused")))
 
 
 def sizing_of(manifest: dict[str, Any]) -> MemorySizing | None:
@@ -186,7 +189,10 @@ def _smallest_with_cpu(sizing: MemorySizing, vcpus: float, at_least_mb: int) -> 
 
 def leak_warnings(manifest: dict[str, Any], runs: list[Attempt]) -> list[dict[str, Any]]:
     """Warn for each worker (a warm container, a local worker process) whose memory after a task kept
-    growing from task to task: a module-level cache or list that holds on to each task's data."""
+    growing from task to task: a module-level cache or list that holds on to each task's data.
+
+    A worker's tasks are looked at all together and phase by phase (a leak in the reduce function
+    shows only in the reduce tasks); its first task of each is left out (imports, first buffers)."""
     by_worker: dict[str, list[Attempt]] = defaultdict(list)
     for a in runs:
         if a.stats.get("worker") and isinstance(a.stats.get("rss_mb"), int | float):
@@ -195,22 +201,50 @@ def leak_warnings(manifest: dict[str, Any], runs: list[Attempt]) -> list[dict[st
     warnings = []
     for worker, seen in by_worker.items():
         seen.sort(key=lambda a: (a.end if a.end is not None else float("inf")))
-        rss = [float(a.stats["rss_mb"]) for a in seen][1:]  # after the first task: imports, first buffers
-        if len(rss) < LEAK_MIN_TASKS - 1:
+        phases = [list(group) for _, group in itertools.groupby(seen, key=lambda a: (a.stage, a.phase))]
+        candidates = [*phases, seen] if len(phases) > 1 else phases
+        found = [(leak, tasks) for tasks in candidates if (leak := _leak(tasks)) is not None]
+        if not found:
             continue
-        steps = [b - a for a, b in itertools.pairwise(rss)]
-        per_task = _slope(rss)
-        growing = sum(1 for d in steps if d > per_task / 4) / len(steps)
-        if per_task < LEAK_MB_PER_TASK or growing < 0.75 or rss[-1] - rss[0] < LEAK_MIN_GROWTH_MB:
-            continue
+        per_task, tasks = max(found, key=lambda item: item[0] * len(item[1]))
         where = f"worker process {worker.split('-')[0]}" if local else f"container {worker.split('-')[-1][:4]}"
         warnings.append({
             "kind": "leak", "level": "warning", "worker": worker, "mb_per_task": round(per_task, 1),
-            "tasks": len(seen), "rss_mb": [float(a.stats["rss_mb"]) for a in seen],
-            "message": f"warning: worker memory grew {per_task:.0f} MB per task over {len(seen)} tasks in {where} "
+            "tasks": len(tasks), "rss_mb": [float(a.stats["rss_mb"]) for a in tasks],
+            "message": f"warning: worker memory grew {_mb(per_task)} per task over {len(tasks)} tasks in {where} "
                        "(a module-level object kept between tasks?)",
         })
     return warnings
+
+
+def _leak(tasks: list[Attempt]) -> float | None:
+    """The MB per task that the memory after these successive tasks of one worker grew by, if it leaks."""
+    if len(tasks) < LEAK_MIN_TASKS:
+        return None
+    rss = [float(a.stats["rss_mb"]) for a in tasks][1:]
+    per_task = _slope(rss)
+    if per_task < LEAK_MB_PER_TASK or per_task * (len(rss) - 1) < LEAK_MIN_GROWTH_MB:
+        return None
+    # steadily: the means of successive groups of tasks grow in most steps (a jump once is no leak;
+    # groups smooth the allocator's steps of a MB or so under a small leak)
+    groups = min(LEAK_GROUPS, len(rss))
+    bounds = [len(rss) * k // groups for k in range(groups + 1)]
+    means = [sum(rss[i:j]) / (j - i) for i, j in itertools.pairwise(bounds)]
+    step = per_task * len(rss) / groups
+    if sum(1 for a, b in itertools.pairwise(means) if b - a > step / 4) < 0.75 * (groups - 1):
+        return None
+    # not the tasks getting bigger (the allocator keeps memory for the next big task): growth mostly at
+    # tasks that read more than every task of the worker before them
+    sizes = [float(a.stats.get("bytes_in") or 0) for a in tasks]
+    grew = [i for i in range(1, len(rss)) if rss[i] - rss[i - 1] > per_task / 4]
+    bigger = [i for i in grew if sizes[i + 1] > max(sizes[: i + 1])]
+    if grew and len(bigger) >= len(grew) / 2:
+        return None
+    return per_task
+
+
+def _mb(mb: float) -> str:
+    return f"{mb:.0f} MB" if mb >= 10 else f"{mb:.1f} MB"
 
 
 def _slope(values: list[float]) -> float:
@@ -227,8 +261,8 @@ def cpu_advice(manifest: dict[str, Any], runs: list[Attempt]) -> dict[str, Any] 
     busy = 0.0
     spans: dict[tuple[int, str], tuple[float, float]] = {}  # each phase's first start and last end
     for a in runs:
-        if a.stats.get("cpu_seconds") is None or a.start is None or a.end is None:
-            continue
+        if a.stats.get("cpu_seconds") is None or a.start is None or a.end is None or a.reused:
+            continue  # (a reused attempt ran before this driver, with the pause between)
         busy += float(a.stats["cpu_seconds"])
         first, last = spans.get((a.stage, a.phase), (a.start, a.end))
         spans[(a.stage, a.phase)] = (min(first, a.start), max(last, a.end))
@@ -250,8 +284,6 @@ def cpu_advice(manifest: dict[str, Any], runs: list[Attempt]) -> dict[str, Any] 
 
 def skew_advice(runs: list[Attempt]) -> list[dict[str, Any]]:
     """Name the slowest task of a phase when it took more than 3x the phase's median."""
-    import statistics  # here: every run imports this module, few runs have a phase worth measuring
-
     phases: dict[tuple[int, str], list[Attempt]] = defaultdict(list)
     for a in runs:
         if a.status == "committed" and isinstance(a.stats.get("seconds"), int | float):
@@ -261,6 +293,8 @@ def skew_advice(runs: list[Attempt]) -> list[dict[str, Any]]:
     for (stage, phase), done in sorted(phases.items()):
         if len(done) < 3:
             continue
+        import statistics  # here: 8 ms (fractions, decimal) that a tiny job's phases need not pay
+
         median = statistics.median(float(a.stats["seconds"]) for a in done)
         slowest = max(done, key=lambda a: a.stats["seconds"])
         seconds = float(slowest.stats["seconds"])

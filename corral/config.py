@@ -89,7 +89,7 @@ def load_settings(
             option = by_key.get(key)
             if option is None:
                 raise UsageError(f"unknown setting {key!r} in {path}")
-            apply(option, raw, f"{option.name} in {path}")
+            apply(option, raw, f"{key} in {path}")  # as the user wrote it (- or _)
     for option in options:
         if option.env in environ:
             apply(option, environ[option.env], option.env)

@@ -7,6 +7,7 @@ start, failure kind) is the executor's.
 
 from __future__ import annotations
 
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -73,7 +74,7 @@ class Outcome:
 #: What ``corral.worker.run_task`` measures and reports about an attempt, copied into its stats (the
 #: manifest's per-attempt figures, which the report and the advice read).
 WORKER_STATS = ("seconds", "peak_memory_mb", "cpu_seconds", "rss_mb", "worker", "records_in", "keys_in",
-                "bytes_in", "bytes_out", "side_file_downloads")
+                "records_out", "bytes_in", "bytes_out", "side_file_downloads")
 
 
 def outcome_from_result(result: dict[str, Any], stats: dict[str, Any] | None = None) -> Outcome:
@@ -82,6 +83,8 @@ def outcome_from_result(result: dict[str, Any], stats: dict[str, Any] | None = N
     for key in WORKER_STATS:
         if result.get(key) is not None:
             stats.setdefault(key, result[key])
+    if isinstance(stats.get("worker"), str):  # a few workers run many tasks: one string each
+        stats["worker"] = sys.intern(stats["worker"])
     if result.get("ok"):
         return Outcome(result=result, stats=stats)
     error = result.get("error") or {}

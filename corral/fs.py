@@ -38,7 +38,7 @@ def display(url: str) -> str:
     return url[len("file://") :] if url.startswith("file://") else url
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class FileInfo:
     url: str
     size: int

@@ -16,7 +16,8 @@ class Step:
     """One stage of a job: a map, an optional combine and an optional reduce (map-only without it).
 
     The callables are usually bound methods of the job. ``sort_values`` makes values reach ``reduce``
-    in sorted order (secondary sort), ordered by ``value_key`` when given.
+    in sorted order (secondary sort), ordered by ``value_key`` when given. ``total_order`` makes the
+    reduce partitions key ranges sampled from the map's keys (``corral.total_order``).
     """
 
     map: Callable[[Any, Any], Iterable[Pair]] | None = None
@@ -31,6 +32,7 @@ class Step:
     sort_values: bool = False
     value_key: Callable[[Any], Any] | None = None
     reducers: int | None = None
+    total_order: bool = False
 
     def __post_init__(self) -> None:
         if self.map is None and self.map_batch is None:
@@ -56,6 +58,10 @@ class Job:
     input_errors: ClassVar[str] = "strict"
     #: values reach reduce sorted (by ``value_key`` if defined).
     sort_values: ClassVar[bool] = False
+    #: the part files in key order, one after the other (part-00000 holds the smallest keys), and of
+    #: about the same size however skewed the keys: the reducers' key ranges are sampled from what map
+    #: yields for a sample of the input (Hadoop's TotalOrderPartitioner). Instead of ``partition``.
+    total_order: ClassVar[bool] = False
     #: third-party requirements shipped with the job to remote backends ("pkg==1.0", ...).
     requirements: ClassVar[list[str]] = []
     #: the part files: "text" (key<TAB>value), "csv", "jsonl" ({"key": …, "value": …}) or "value"
@@ -128,6 +134,7 @@ class Job:
                 partition=self._own("partition"),
                 sort_values=self.sort_values,
                 value_key=self._own("value_key"),
+                total_order=self.total_order,
             )
         ]
 

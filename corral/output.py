@@ -24,7 +24,7 @@ import msgpack
 
 from corral.errors import UsageError
 from corral.fs import get_filesystem, join
-from corral.pairs import check_pairs
+from corral.pairs import TextError, check_pairs, integer_error, text_error
 from corral.shuffle import _READ_BLOCK, _TEXT_ERRORS, _packer
 
 if TYPE_CHECKING:
@@ -56,6 +56,7 @@ class PairWriter:
         self.out = out
         self.source = source  # the method whose pairs these are, for error messages
         self._pending: list[Any] = []
+        self.records_out = 0
 
     def add_all(self, pairs: Iterable[Any]) -> None:
         """Add every pair of ``pairs`` (consumed in batches: a generator yielding millions is fine)."""
@@ -72,6 +73,7 @@ class PairWriter:
         if pairs:
             key_types, value_types = check_pairs(self.source, pairs)
             self._write(pairs, key_types, value_types)
+            self.records_out += len(pairs)
 
     def _write(self, pairs: list[tuple[Any, Any]], key_types: set[type], value_types: set[type]) -> None:
         raise NotImplementedError
@@ -99,10 +101,16 @@ class RecordWriter(PairWriter):
 
     def __init__(self, out: IO[bytes], source: str = "reduce") -> None:
         super().__init__(out, source)
-        self._pack = _packer(source)
+        self._pack = _packer()
 
     def _write(self, pairs: list[tuple[Any, Any]], key_types: set[type], value_types: set[type]) -> None:
-        self.out.write(self._pack(list(chain.from_iterable(pairs))))
+        try:
+            data = self._pack(list(chain.from_iterable(pairs)))
+        except TextError as exc:
+            raise text_error(exc.unicode_error, self.source, pairs) from None
+        except OverflowError:  # an int past 64 bits, found only now: the common path pays nothing
+            raise integer_error(self.source, list(chain.from_iterable(pairs))) from None
+        self.out.write(data)
 
 
 class RecordFile(RecordWriter):
@@ -379,7 +387,7 @@ class PartWriter(PairWriter):
 
     def _write(self, pairs: list[tuple[Any, Any]], key_types: set[type], value_types: set[type]) -> None:
         if not self.spec.max_records:
-            self.out.write(self._encode(pairs, key_types, value_types).encode("utf-8", _TEXT_ERRORS))
+            self.out.write(self._bytes(pairs, key_types, value_types))
             return
         start = 0
         while start < len(pairs):
@@ -387,9 +395,15 @@ class PartWriter(PairWriter):
                 self._finish_part()
                 self._open()
             some = pairs[start : start + self._room]
-            self.out.write(self._encode(some, key_types, value_types).encode("utf-8", _TEXT_ERRORS))
+            self.out.write(self._bytes(some, key_types, value_types))
             self._room -= len(some)
             start += len(some)
+
+    def _bytes(self, pairs: list[tuple[Any, Any]], key_types: set[type], value_types: set[type]) -> bytes:
+        try:
+            return self._encode(pairs, key_types, value_types).encode("utf-8", _TEXT_ERRORS)
+        except UnicodeEncodeError as exc:
+            raise text_error(exc, self.source, pairs) from None
 
     def close(self) -> list[str]:
         """Flush and close the last part file; the part files' URLs."""

@@ -71,6 +71,49 @@ def value_error(source: str, key: Any, value: Any, bad: Any) -> TypeError:
     return TypeError(f"{source} yielded a value corral cannot store for the key {key!r}: {what}; {VALUES_RULE}")
 
 
+def _texts(item: Any) -> Iterator[str]:
+    """Every str in a key or value (a dict's keys too)."""
+    if isinstance(item, str):
+        yield item
+    elif isinstance(item, list | tuple):
+        for part in item:
+            yield from _texts(part)
+    elif isinstance(item, dict):
+        for name, part in item.items():
+            yield from _texts(name)
+            yield from _texts(part)
+
+
+def _surrogate(text: str, exc: UnicodeEncodeError) -> str:
+    return (f"{describe(text)} holds the lone surrogate {text[exc.start]!r} at position {exc.start}, which UTF-8 "
+            "cannot encode")
+
+
+class TextError(TypeError):
+    """Text the msgpack encoder could not write; ``unicode_error`` is the codec's error, for a caller that
+    knows the method and the pairs to raise ``text_error`` with them."""
+
+    def __init__(self, message: str, unicode_error: UnicodeEncodeError) -> None:
+        super().__init__(message)
+        self.unicode_error = unicode_error
+
+
+def text_error(exc: UnicodeEncodeError, source: str | None = None,
+               pairs: Iterable[tuple[Any, Any]] = ()) -> TypeError:
+    """The error for text corral cannot write (a lone surrogate, say from a JSON ``"\\ud800"`` escape: input
+    bytes that are not UTF-8 are written back as they were, but this has no bytes), in place of the
+    codec's. With the ``pairs`` being written, it names the method and the key of the pair that holds it."""
+    for key, value in pairs:
+        for text in _texts([key, value]):
+            try:
+                text.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError as found:
+                return TypeError(f"{source} yielded text corral cannot write for the key {key!r}: "
+                                 f"{_surrogate(text, found)}")
+    text = exc.object if isinstance(exc.object, str) else ""
+    return TypeError(f"{source + ' yielded ' if source else ''}text corral cannot write: {_surrogate(text, exc)}")
+
+
 def _too_big(value: Any) -> int | None:
     """The first integer in ``value`` outside msgpack's 64 bits, or None."""
     if isinstance(value, int):  # bool too: always in range

@@ -390,7 +390,8 @@ class RemoteFunctionExecutor(Executor):
         self.deploy_actions: list[str] = []
         self.uploads = 0  # code uploads by the last deploy
         self._pool = _DaemonPool(max_concurrency, f"corral-{self.name or 'remote'}")
-        self._attempts: dict[Future[Outcome], threading.Event] = {}
+        #: Running attempts: the event that stops each one's retries, and its counts so far (``call``).
+        self._attempts: dict[Future[Outcome], tuple[threading.Event, dict[str, int]]] = {}
         self._attempts_lock = threading.Lock()
         self._stopping = threading.Event()
         self._usage_lock = threading.Lock()
@@ -472,6 +473,11 @@ class RemoteFunctionExecutor(Executor):
         """On undeploy: remove the identity corral created for the function; return what was done."""
         return []
 
+    def exists_already(self, exc: BaseException) -> bool:
+        """Whether ``exc``, raised by ``create_function``, says the function exists (another run of the
+        job created it since ``get_function`` looked): the deploy then updates it as needed instead."""
+        return False
+
     def check_package(self, package: Any) -> None:
         """Refuse a package the platform would refuse (its size limits), before anything is uploaded."""
 
@@ -540,9 +546,10 @@ class RemoteFunctionExecutor(Executor):
         except self.api_errors as exc:
             raise self.translate_error(exc, context) from None
 
-    def side_file_room(self) -> tuple[int, str] | None:
-        """The MB of local disk (``/tmp``) a function has for the side files it downloads, and the option
-        that sets it; None when the platform does not say (no check)."""
+    def side_file_room(self) -> tuple[int, str] | tuple[int, str, str] | None:
+        """The MB of ``/tmp`` a function has for the side files it downloads, the option that sets it, and
+        (optionally) what that room is, for the message (``corral.sidefiles.check_room``); None when the
+        platform does not say (no check)."""
         return None
 
     def deploy(self, job: JobSource) -> None:
@@ -563,9 +570,18 @@ class RemoteFunctionExecutor(Executor):
             desired = self.desired_configuration(job, identity)
             found = self.get_function(name)
             if found is None:
-                self.create_function(name, package, desired)
-                self.deploy_actions.append("create")
-            else:
+                try:
+                    self.create_function(name, package, desired)
+                    self.deploy_actions.append("create")
+                except Exception as exc:
+                    if not self.exists_already(exc):
+                        raise
+                    # another run created it meanwhile: the same job gets the same function, updated if needed
+                    self.log.info("%s: created meanwhile by another deploy (%s)", name, self.describe_error(exc))
+                    found = self.get_function(name)
+                    if found is None:
+                        raise
+            if found is not None:
                 if not self.is_managed(found):
                     raise UsageError(f"the function {name} exists but was not created by corral: corral leaves "
                                      "it alone; choose another --function-name")
@@ -599,9 +615,11 @@ class RemoteFunctionExecutor(Executor):
 
     # --- calls, retried ------------------------------------------------------------------------------
     def call(self, fn: Callable[..., T], *args: Any, label: str = "", counts: dict[str, int] | None = None,
-             stop: threading.Event | None = None, operation: str | None = None, **kwargs: Any) -> T:
-        """``fn(*args, **kwargs)`` retried as the module says; ``counts`` gets attempts, throttles, errors.
-        ``stop`` (set by cancel) ends the retries: the last error is raised."""
+             stop: threading.Event | None = None, operation: str | None = None,
+             throttled: list[str] | None = None, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` retried as the module says; ``counts`` gets attempts, throttles, errors,
+        and ``throttled`` the message of each throttling answer. ``stop`` (set by cancel) ends the
+        retries: the last error is raised."""
         from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
 
         counts = counts if counts is not None else {}
@@ -612,6 +630,8 @@ class RemoteFunctionExecutor(Executor):
         backoff = wait_random_exponential(multiplier=0.1, max=MAX_BACKOFF)
 
         def attempt() -> T:
+            if counts["attempts"] and stop.is_set():  # cancelled while it waited: no new request goes out
+                raise _Stopped(f"{label or operation}: {operation} cancelled before its retry")
             counts["attempts"] += 1
             return fn(*args, **kwargs)
 
@@ -619,6 +639,8 @@ class RemoteFunctionExecutor(Executor):
             exc = state.outcome.exception() if state.outcome else None
             if exc is not None and self.error_kind(exc) == THROTTLED:
                 counts["throttles"] += 1
+                if throttled is not None:
+                    throttled.append(self.describe_error(exc))
                 return time.time() >= self.deadline or stop.is_set()
             counts["errors"] += 1
             return counts["errors"] >= self.config.api_attempts or stop.is_set()
@@ -636,7 +658,10 @@ class RemoteFunctionExecutor(Executor):
         def pause(seconds: float) -> None:  # a wait that cancel cuts short
             stop.wait(seconds)
 
-        retrying = Retrying(retry=retry_if_exception(lambda exc: self.error_kind(exc) is not None), stop=give_up,
+        def retried(exc: BaseException) -> bool:
+            return not isinstance(exc, _Stopped) and self.error_kind(exc) is not None
+
+        retrying = Retrying(retry=retry_if_exception(retried), stop=give_up,
                             wait=wait, reraise=True, before_sleep=before_sleep, sleep=pause)
         return retrying(attempt)
 
@@ -644,17 +669,18 @@ class RemoteFunctionExecutor(Executor):
     def submit(self, payload: dict[str, Any]) -> Future[Outcome]:
         future: Future[Outcome] = Future()
         stop = threading.Event()
+        counts: dict[str, int] = {}
         if self._stopping.is_set():
             _resolve(future, _cancelled())
             return future
         with self._attempts_lock:
-            self._attempts[future] = stop
+            self._attempts[future] = (stop, counts)
 
         def run() -> None:
             outcome = _cancelled()
             try:
                 if not stop.is_set():
-                    outcome = self.invoke(payload, stop)
+                    outcome = self.invoke(payload, stop, counts)
             except BaseException as exc:  # never lose an attempt: report it
                 outcome = Outcome(failure=Failure(INFRASTRUCTURE, f"{type(exc).__name__}: {exc}"))
             finally:
@@ -666,13 +692,15 @@ class RemoteFunctionExecutor(Executor):
         return future
 
     def cancel(self, attempt: Future[Outcome]) -> None:
-        """Abandon the attempt: its future resolves at once as CANCELLED and its retries stop. A call
-        already running on the platform runs on there; its answer is discarded."""
+        """Abandon the attempt: its future resolves at once as CANCELLED (with its throttles and invoke
+        attempts so far) and no request of it goes out any more. A call already running on the platform
+        runs on there; its answer is discarded."""
         with self._attempts_lock:
-            stop = self._attempts.pop(attempt, None)
-        if stop is not None:
+            found = self._attempts.pop(attempt, None)
+        if found is not None:
+            stop, counts = found
             stop.set()
-            _resolve(attempt, _cancelled())
+            _resolve(attempt, _cancelled(counts))
 
     def cancel_all(self) -> None:
         """Abandon every attempt, and refuse new ones: ``close`` then returns without waiting for them."""
@@ -719,19 +747,25 @@ class RemoteFunctionExecutor(Executor):
         self._remove(url)
         return result
 
-    def invoke(self, payload: dict[str, Any], stop: threading.Event | None = None) -> Outcome:
+    def invoke(self, payload: dict[str, Any], stop: threading.Event | None = None,
+               counts: dict[str, int] | None = None) -> Outcome:
         """One synchronous invocation with ``payload``, retried as the module says; never raises for API
-        errors. ``stop`` (set by cancel) ends its retries."""
+        errors. ``stop`` (set by cancel) ends its retries; ``counts`` gets its attempts and throttles."""
         started = time.perf_counter()
         label = f"{payload['task']} attempt {payload.get('attempt')}" if "task" in payload else "invoke"
-        counts: dict[str, int] = {}
+        counts = counts if counts is not None else {}
+        throttled: list[str] = []
         body, stored = self._event(payload)
         try:
-            answer = self.call(self.invoke_raw, body, label=label, counts=counts, stop=stop, operation="invoke")
+            answer = self.call(self.invoke_raw, body, label=label, counts=counts, stop=stop, operation="invoke",
+                               throttled=throttled)
         except Exception as exc:
             self._count(counts, None)
-            stats = {"seconds": round(time.perf_counter() - started, 6), "throttles": counts.get("throttles", 0),
-                     "invoke_attempts": counts.get("attempts", 1)}
+            stats: dict[str, Any] = {"seconds": round(time.perf_counter() - started, 6),
+                                     "throttles": counts.get("throttles", 0),
+                                     "invoke_attempts": counts.get("attempts", 1)}
+            if throttled:
+                stats["throttle_message"] = throttled[-1]
             if stop is not None and stop.is_set():
                 return Outcome(failure=_cancelled().failure, stats=stats)
             if self.error_kind(exc) == THROTTLED:
@@ -744,6 +778,8 @@ class RemoteFunctionExecutor(Executor):
         stats = {"seconds": round(time.perf_counter() - started, 6), **self.answer_stats(answer)}
         stats.setdefault("memory_size_mb", self.config.memory)
         stats["throttles"] = counts.get("throttles", 0)
+        if throttled:  # the platform's last word on it (the live page shows it)
+            stats["throttle_message"] = throttled[-1]
         stats["invoke_attempts"] = counts.get("attempts", 1)
         if answer.status == 200 and not answer.error:
             answer.body = self._fetch_result(answer.body)
@@ -805,8 +841,14 @@ class RemoteFunctionExecutor(Executor):
         self._pool.shutdown(wait=not self._stopping.is_set())
 
 
-def _cancelled() -> Outcome:
-    return Outcome(failure=Failure(CANCELLED, "cancelled by the driver (the function may still be running)"))
+def _cancelled(counts: Mapping[str, int] | None = None) -> Outcome:
+    stats = {"throttles": counts.get("throttles", 0), "invoke_attempts": counts.get("attempts", 0)} if counts else {}
+    return Outcome(failure=Failure(CANCELLED, "cancelled by the driver (the function may still be running)"),
+                   stats=stats)
+
+
+class _Stopped(CorralError):
+    """A retry of a call whose attempt was cancelled in the meantime: it is not sent."""
 
 
 def _resolve(future: Future[Outcome], outcome: Outcome) -> None:

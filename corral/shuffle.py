@@ -21,14 +21,15 @@ from bisect import bisect_left, bisect_right
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
-from itertools import accumulate, chain, compress, groupby, islice
-from operator import itemgetter
+from itertools import accumulate, chain, compress, groupby, islice, pairwise
+from operator import eq, itemgetter
 from typing import IO, Any
 
 import msgpack
 
 from corral import cancellation
-from corral.pairs import check_keys, check_values, integer_error
+from corral.pairs import SCALARS, TextError, check_keys, check_pairs, check_values, integer_error, text_error
+from corral.total_order import RangePartition
 
 #: Values of one key are stored in entries of at most this many values, so no entry is unbounded.
 MAX_VALUES_PER_ENTRY = 1024
@@ -67,10 +68,9 @@ def _own_size(value: Any) -> int:
     return sys.getsizeof(value)
 
 
-def _packer(source: str = "map") -> Callable[[Any], bytes]:
-    """msgpack's ``pack`` of a batch of alternating keys and values; text holding undecodable input
-    bytes (lone surrogates) takes a slower path; an integer too big for msgpack fails naming ``source``
-    (the method that yielded it), the key and the integer."""
+def _packer() -> Callable[[Any], bytes]:
+    """msgpack's ``pack``; text holding undecodable input bytes (lone surrogates) takes a slower path,
+    and text that has no bytes at all is a TypeError naming it (``corral.pairs.text_error``)."""
     fast = msgpack.Packer(use_bin_type=True, strict_types=False).pack
     escaping = msgpack.Packer(use_bin_type=True, strict_types=False, unicode_errors=_TEXT_ERRORS).pack
 
@@ -78,9 +78,10 @@ def _packer(source: str = "map") -> Callable[[Any], bytes]:
         try:
             return fast(obj)
         except UnicodeEncodeError:
-            return escaping(obj)
-        except OverflowError:
-            raise integer_error(source, obj) from None
+            try:
+                return escaping(obj)
+            except UnicodeEncodeError as exc:
+                raise TextError(str(text_error(exc)), exc) from None
 
     return pack
 
@@ -95,13 +96,15 @@ class GroupWriter:
     ``MAX_VALUES_PER_ENTRY`` values.
     """
 
-    def __init__(self, out: IO[bytes], offset: int = 0, source: str = "map") -> None:
+    def __init__(self, out: IO[bytes], offset: int = 0, source: str | None = None) -> None:
         self.out = out
         self.offset = offset
+        self.source = source  # the method whose pairs these are, for error messages
         self._batch: list[Any] = []
         self._values = 0  # values in the batch
         self._room = 4096  # values per batch, adapted to their packed size
-        self._pack = _packer(source)
+        self._pack = _packer()
+        self.values_written = 0  # in all (a map task's records out)
 
     def add(self, key: str, values: list[Any]) -> None:
         n = len(values)
@@ -159,9 +162,17 @@ class GroupWriter:
     def flush(self) -> None:
         if not self._batch:
             return
-        data = self._pack(self._batch)
+        try:
+            data = self._pack(self._batch)
+        except TextError as exc:
+            batch = self._batch
+            pairs = [(key, value) for key, values in zip(batch[0::2], batch[1::2], strict=True) for value in values]
+            raise text_error(exc.unicode_error, self.source, pairs) from None
+        except OverflowError:  # an int past 64 bits, found only now: the common path pays nothing
+            raise integer_error(self.source or "map", self._batch) from None
         self.out.write(data)
         self.offset += len(data)
+        self.values_written += self._values
         # the values that pack to about _BATCH_BYTES, from these (never fewer than one)
         self._room = max(1, min(_MAX_BATCH_VALUES, self._values * _BATCH_BYTES // len(data)))
         self._batch = []
@@ -470,7 +481,21 @@ class MapBuffer:
         self._one_value_per_key = False  # groups maps each key to its only value, not to a list
         self.spills: list[tuple[IO[bytes], Index]] = []
         self._next_check = 0  # input records after which the next measurement is due
+        self.records_out = 0  # values written by the last write (after the combine)
         self._filled_since = 0  # input records read when the buffer was last empty
+
+    def add_batch(self, source: str, pairs: list[tuple[str, Any]]) -> None:
+        """Buffer a batch of what ``source`` (map, map_batch) yielded: the hot loop, a pair at a time."""
+        groups = self.groups
+        try:
+            for key, value in pairs:
+                groups[key].append(value)
+        except TypeError:  # a key that cannot be hashed: say which
+            check_pairs(source, pairs, shuffle=True)
+            raise
+
+    def holds_data(self) -> bool:
+        return bool(self.groups)
 
     def add_final(self, pairs: Iterable[Any]) -> None:
         """Buffer what ``map_final`` yields. With in-mapper combining the buffer is still empty and
@@ -567,11 +592,6 @@ class MapBuffer:
             yield value
 
     # --- sorting and writing ------------------------------------------------------------------
-    @property
-    def _source(self) -> str:
-        """Whose values the buffer holds, for messages."""
-        return "map" if self.combine is None else "map (or combine)"
-
     def _a_value(self, key: str) -> Any:
         """A buffered value of ``key`` (for messages)."""
         values = self.groups[key]
@@ -587,6 +607,11 @@ class MapBuffer:
         if n == 1 and self.partition is default_partition:
             keys.sort()
             return [keys]
+        if isinstance(self.partition, RangePartition):  # key ranges: sort once, cut at the bounds
+            keys.sort()
+            cuts = [0, *(bisect_left(keys, bound) for bound in self.partition.bounds[: n - 1]), len(keys)]
+            cuts += [len(keys)] * (n + 1 - len(cuts))
+            return [keys[a:b] for a, b in pairwise(cuts)]
         if self.partition is default_partition:
             try:
                 parts: Iterable[int] = map(n.__rmod__, map(zlib.crc32, map(str.encode, keys)))
@@ -611,7 +636,8 @@ class MapBuffer:
 
         The combine runs on every key (so a map task's output is always combined at least once).
         """
-        writer = GroupWriter(out, offset, self._source)
+        source = "map" if self.combine is None else "map (or combine)"
+        writer = GroupWriter(out, offset, source)
         groups = self.groups
         index: Index = []
         for keys in self._sorted_partitions():
@@ -623,7 +649,7 @@ class MapBuffer:
                     values = list(zip(values))  # (value,): a group of one
                 if self.combine is not None:
                     some_keys, values = self._combine_all(some_keys, values)
-                check_values(self._source, some_keys, values)
+                check_values(source, some_keys, values)
                 if self.sort_values:
                     for group in values:
                         if len(group) > 1:
@@ -633,6 +659,7 @@ class MapBuffer:
             index.append([start, writer.offset - start])
         self.groups = defaultdict(list)
         self._one_value_per_key = False
+        self.records_out = writer.values_written
         return index, writer.offset
 
     def _spill(self) -> None:
@@ -653,9 +680,9 @@ class MapBuffer:
             index, end = self._write_memory(out)
             write_index(out, index, end)
             return index
-        if self.groups:
+        if self.holds_data():
             self._spill()
-        writer = GroupWriter(out, source=self._source)
+        writer = GroupWriter(out, source="map" if self.combine is None else "map (or combine)")
         index = []
         for p in range(self.num_partitions):
             start = writer.offset
@@ -674,6 +701,7 @@ class MapBuffer:
             writer.flush()
             index.append([start, writer.offset - start])
         write_index(out, index, writer.offset)
+        self.records_out = writer.values_written
         self.close()
         return index
 
@@ -681,6 +709,130 @@ class MapBuffer:
         for f, _ in self.spills:
             f.close()
         self.spills = []
+
+
+class PairBuffer(MapBuffer):
+    """The map buffer of a stage without a combine: the pairs as map yielded them, in one list,
+    sorted by key when written (Hadoop's way). Nothing to combine, so no dict of lists to grow and
+    to walk again: for keys that are mostly distinct (a sort, a join) that walk over memory was half
+    a map task. Spills, the merge and the written object are the same as ``MapBuffer``'s."""
+
+    def __init__(self, num_partitions: int, budget: int, **options: Any) -> None:
+        super().__init__(num_partitions, budget, **options)
+        if self.combine is not None:
+            raise ValueError("a PairBuffer buffers pairs that are not combined (use MapBuffer)")
+        self.pairs: list[tuple[str, Any]] = []
+        self._source = "map"  # the method whose pairs these are, for messages
+
+    def add_batch(self, source: str, pairs: list[tuple[str, Any]]) -> None:
+        self.pairs += pairs  # keys are checked when sorted (a key that cannot be hashed is no str)
+        self._source = source
+
+    def holds_data(self) -> bool:
+        return bool(self.pairs)
+
+    def add_final(self, pairs: Iterable[Any]) -> None:
+        pairs = iter(pairs)
+        while chunk := list(islice(pairs, 65536)):  # measured as it goes: map_final may yield a lot
+            self.pairs += chunk
+            self._fit()
+
+    def estimated_bytes(self) -> int:
+        """Per pair: its list slot, its tuple, its value and its key (a key object yielded again and
+        again, a hot key, counts once), from a sample across the list."""
+        pairs = self.pairs
+        if not pairs:
+            return 0
+        sample = pairs[:: max(1, len(pairs) // 32)][:32]
+        distinct_keys = {id(k): k for k, _ in sample}
+        key_size = sum(map(sys.getsizeof, distinct_keys.values())) / len(sample)
+        value_size = sum(_own_size(v) for _, v in sample) / len(sample)
+        return int(len(pairs) * (8 + 56 + key_size + value_size))
+
+    def _fit(self) -> int:
+        size = self.estimated_bytes()
+        if size > self.budget:
+            self._spill()
+            return 0
+        return size
+
+    def _a_value(self, key: str) -> Any:
+        return next(v for k, v in self.pairs if k == key)
+
+    def _partitioned(self) -> list[list[tuple[str, Any]]]:
+        """The pairs of each partition, sorted by key (stable: a key's values in the order map yielded
+        them). Range partitions cut the sorted list; others are computed once per pair, in C for the
+        default partitioner, then the pairs are taken partition by partition."""
+        pairs = self.pairs
+        if not set(map(type, map(_first, pairs))) <= {str}:
+            check_keys(self._source, list(map(_first, pairs)), self._a_value)
+        n = self.num_partitions
+        if n == 1 or isinstance(self.partition, RangePartition):
+            pairs.sort(key=_first)
+            if n == 1:
+                return [pairs]
+            keys = list(map(_first, pairs))
+            assert isinstance(self.partition, RangePartition)
+            cuts = [0, *(bisect_left(keys, bound) for bound in self.partition.bounds[: n - 1]), len(keys)]
+            cuts += [len(keys)] * (n + 1 - len(cuts))
+            return [pairs[a:b] for a, b in pairwise(cuts)]
+        keys = list(map(_first, pairs))
+        if self.partition is default_partition:
+            try:
+                parts = list(map(n.__rmod__, map(zlib.crc32, map(str.encode, keys))))
+            except UnicodeEncodeError:  # undecodable input kept as surrogates: hash its original bytes
+                parts = [default_partition(key, n) for key in keys]
+        else:
+            of_key = {key: self.partition(key, n) for key in set(keys)}
+            bad = next((p for p in of_key.values() if type(p) is not int or not 0 <= p < n), None)
+            if bad is not None:
+                key = next(k for k, p in of_key.items() if p == bad)
+                raise ValueError(f"partition({key!r}, {n}) returned {bad!r}, not a number in [0, {n})")
+            parts = list(map(of_key.__getitem__, keys))
+        del keys
+        if n <= 16:  # a pass over the pairs per partition, in C
+            partitioned = [list(compress(pairs, map(p.__eq__, parts))) for p in range(n)]
+        else:
+            order = sorted(range(len(parts)), key=parts.__getitem__)
+            ordered = list(map(pairs.__getitem__, order))
+            cuts = [0, *accumulate(map(parts.count, range(n)))]
+            partitioned = [ordered[a:b] for a, b in pairwise(cuts)]
+        for part in partitioned:
+            part.sort(key=_first)
+        return partitioned
+
+    def _write_memory(self, out: IO[bytes], offset: int = 0) -> tuple[Index, int]:
+        writer = GroupWriter(out, offset, self._source)
+        index: Index = []
+        for pairs in self._partitioned():
+            start = writer.offset
+            for first in range(0, len(pairs), _KEYS_PER_ROUND):
+                some = pairs[first : first + _KEYS_PER_ROUND]
+                keys = list(map(_first, some))
+                values: list[Any] = list(map(_second, some))
+                if not set(map(type, values)) <= SCALARS:
+                    check_values(self._source, keys, [[v] for v in values])
+                if any(map(eq, keys, islice(keys, 1, None))):  # a key holds several values: group them
+                    groups = [(key, list(map(_second, group))) for key, group in groupby(some, key=_first)]
+                    keys, values = list(map(_first, groups)), list(map(_second, groups))
+                    if self.sort_values:
+                        for group in values:
+                            if len(group) > 1:
+                                group.sort(key=self.value_key)
+                else:
+                    values = list(zip(values))  # (value,): a group of one
+                writer.add_groups(keys, values)  # a key over two rounds: two entries, one after the other
+            writer.flush()
+            index.append([start, writer.offset - start])
+        self.pairs = []
+        self.records_out = writer.values_written
+        return index, writer.offset
+
+
+def map_buffer(num_partitions: int, budget: int, **options: Any) -> MapBuffer:
+    """The buffer of a map task: a ``PairBuffer`` without a combine, else a ``MapBuffer``."""
+    cls = MapBuffer if options.get("combine") is not None else PairBuffer
+    return cls(num_partitions, budget, **options)
 
 
 def spill_dir() -> str | None:

@@ -124,15 +124,17 @@ def package_files(files: Sequence[SideFile]) -> dict[str, bytes]:
     return {f.package_path: Path(f.path).read_bytes() for f in files if f.packaged}
 
 
-def check_room(files: Sequence[SideFile], tmp_mb: int, option: str = "--ephemeral-storage") -> None:
-    """The side files a function downloads must fit in its ``/tmp`` of ``tmp_mb`` MB (a UsageError
-    naming them, the sizes and the option to raise, before anything is deployed)."""
+def check_room(files: Sequence[SideFile], tmp_mb: int, option: str = "--ephemeral-storage",
+               room: str = "ephemeral storage") -> None:
+    """The side files a function downloads must fit in the ``tmp_mb`` MB its ``/tmp`` has for them (a
+    UsageError naming them, the sizes, what the room is and the option to raise, before anything is
+    deployed)."""
     downloaded = [f for f in files if not f.packaged]
     total = sum(f.size for f in downloaded)
     if total > tmp_mb * MiB:
         names = ", ".join(f"{f.name} ({f.size / MiB:.1f} MB)" for f in downloaded)
         raise UsageError(f"the side files downloaded to each function's /tmp need {total / MiB:.1f} MB, more than "
-                         f"its {tmp_mb} MB of ephemeral storage ({option}): {names}")
+                         f"its {tmp_mb} MB of {room} ({option}): {names}")
 
 
 def upload(files: Sequence[SideFile], work_root: str) -> list[str]:

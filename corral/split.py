@@ -26,7 +26,7 @@ INPUT_FORMATS = ("lines", "tsv", "csv", "jsonl")
 READ_BLOCK = 4 << 20
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Split:
     url: str
     start: int
@@ -290,6 +290,14 @@ def decode_text(chunk: bytes, offset: int, url: str, errors: str) -> str:
 def decode_lines(chunk: bytes, offset: int, url: str, errors: str) -> list[str]:
     """The lines of a line-aligned chunk, without their ``\\n`` / ``\\r\\n``."""
     text = decode_text(chunk, offset, url, errors)
+    if "\r" in text:
+        lines = text.split("\r\n")
+        if text.count("\n") == len(lines) - 1:  # every line ends with "\r\n": no loop over the lines
+            if lines[-1] == "":
+                lines.pop()
+            elif lines[-1].endswith("\r"):  # the last line, without "\n", loses its "\r" too
+                lines[-1] = lines[-1][:-1]
+            return lines
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()

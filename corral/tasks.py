@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
-from itertools import chain, count, repeat, starmap
+from itertools import chain, count, islice, repeat, starmap
 from typing import Any, ClassVar
 
 from corral import cancellation
@@ -25,20 +25,21 @@ from corral.failure_context import Reading, map_input, reduce_input
 from corral.fs import FileSystem, get_filesystem
 from corral.job import Job, Step
 from corral.output import OutputSpec, PartWriter, RecordFile, iter_records
-from corral.pairs import check_pairs, shuffle_batches
+from corral.pairs import shuffle_batches
 from corral.shuffle import (
     MERGE_FACTOR,
-    MapBuffer,
     iter_group_batches,
     limit_fan_in,
+    map_buffer,
     merge_batch_groups,
     range_blocks,
     spill_dir,
 )
 from corral.split import Split, iter_text_records, read_ahead
+from corral.total_order import KEYS_PER_WINDOW, RangePartition
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskSpec:
     """What every attempt of a task needs: which job and stage, the attempt, where its output goes."""
 
@@ -68,25 +69,26 @@ class TaskSpec:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MapSpec(TaskSpec):
     splits: tuple[Split, ...] = ()
     partitions: int = 0  # reduce partitions of a "shuffle" output; 0 for map-only stages
     input_format: str = "lines"
     input_errors: str = "strict"
     input_header: bool = False  # csv input: the first row names the columns
+    bounds: tuple[str, ...] = ()  # total order: the lowest key of partitions 1, 2, … (corral.total_order)
 
     kind: ClassVar[str] = "map"
 
     def to_json(self) -> dict[str, Any]:
         return {
-            **super().to_json(), "splits": [s.to_json() for s in self.splits], "partitions": self.partitions,
+            **TaskSpec.to_json(self), "splits": [s.to_json() for s in self.splits], "partitions": self.partitions,
             "input_format": self.input_format, "input_errors": self.input_errors,
-            "input_header": self.input_header,
+            "input_header": self.input_header, **({"bounds": list(self.bounds)} if self.bounds else {}),
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ReduceSpec(TaskSpec):
     partition: int = 0
     sources: tuple[tuple[str, int, int], ...] = ()  # (map output URL, offset, length) of the partition
@@ -94,7 +96,7 @@ class ReduceSpec(TaskSpec):
     kind: ClassVar[str] = "reduce"
 
     def to_json(self) -> dict[str, Any]:
-        return {**super().to_json(), "partition": self.partition, "sources": [list(s) for s in self.sources]}
+        return {**TaskSpec.to_json(self), "partition": self.partition, "sources": [list(s) for s in self.sources]}
 
 
 def spec_from_json(data: dict[str, Any]) -> MapSpec | ReduceSpec:
@@ -110,6 +112,7 @@ def spec_from_json(data: dict[str, Any]) -> MapSpec | ReduceSpec:
             **common, splits=tuple(Split.from_json(s) for s in data["splits"]),
             partitions=data.get("partitions", 0), input_format=data.get("input_format", "lines"),
             input_errors=data.get("input_errors", "strict"), input_header=bool(data.get("input_header")),
+            bounds=tuple(data.get("bounds") or ()),
         )
     if data["kind"] == "reduce":
         return ReduceSpec(
@@ -163,7 +166,7 @@ def _writer(spec: TaskSpec, source: str) -> PartWriter | RecordFile:
 
 def _written(spec: TaskSpec, writer: Any, **result: Any) -> dict[str, Any]:
     """A task's result: its output (the part files of a final task) and its size."""
-    result.update(output=spec.output, bytes_out=writer.bytes_out)
+    result.update(output=spec.output, bytes_out=writer.bytes_out, records_out=writer.records_out)
     if spec.output_kind == "text":
         result["parts"] = writer.parts
     return result
@@ -209,10 +212,10 @@ def _execute_map(spec: MapSpec, job: Job, step: Step, reading: Reading) -> dict[
     if step.map_init:
         step.map_init()
     if output_kind == "shuffle":
-        buffer = MapBuffer(
+        buffer = map_buffer(
             spec.partitions,
             spec.memory_budget,
-            partition=step.partition,
+            partition=RangePartition(spec.bounds) if spec.bounds else step.partition,
             combine=step.combine,
             sort_values=step.sort_values,
             value_key=step.value_key,
@@ -221,15 +224,9 @@ def _execute_map(spec: MapSpec, job: Job, step: Step, reading: Reading) -> dict[
         try:
             for keyed, batch in _input_batches(spec.splits, input_format, input_errors, input_header, reading):
                 records_in += len(batch)
-                groups = buffer.groups
                 pairs = chain.from_iterable(_map_calls(step, keyed, batch))
-                for shaped in shuffle_batches(source, pairs):  # the hot loop: no function layer per pair
-                    try:
-                        for key, value in shaped:
-                            groups[key].append(value)
-                    except TypeError:  # a key that cannot be hashed: say which
-                        check_pairs(source, shaped, shuffle=True)
-                        raise
+                for shaped in shuffle_batches(source, pairs):  # the hot loop: a call per 1024 pairs
+                    buffer.add_batch(source, shaped)
                 buffer.check(records_in)
             reading.done()
             if step.map_final:
@@ -238,7 +235,7 @@ def _execute_map(spec: MapSpec, job: Job, step: Step, reading: Reading) -> dict[
                 index = buffer.write(out)
         finally:
             buffer.close()
-        return {"output": spec.output, "index": index, "records_in": records_in}
+        return {"output": spec.output, "index": index, "records_in": records_in, "records_out": buffer.records_out}
 
     with _writer(spec, source) as writer:
         for keyed, batch in _input_batches(spec.splits, input_format, input_errors, input_header, reading):
@@ -250,6 +247,37 @@ def _execute_map(spec: MapSpec, job: Job, step: Step, reading: Reading) -> dict[
             writer.source = "map_final"
             writer.add_all(step.map_final() or ())
     return _written(spec, writer, records_in=records_in)
+
+
+def sample_keys(
+    step: Step, windows: Iterable[Split], input_format: str, input_errors: str, input_header: bool,
+    per_window: int = KEYS_PER_WINDOW,
+) -> list[str]:
+    """The keys the stage's map yields for the records of each window (the first ``per_window`` of
+    them), for the bounds of a total order (``corral.total_order``). Runs map_init, map or map_batch,
+    and map_final as a map task would; map_final's keys (those of every window: in-mapper combining)
+    are thinned to ``per_window`` a window, evenly."""
+    if step.map_init:
+        step.map_init()
+    keys: list[str] = []
+    windows = list(windows)
+    reading = Reading()
+    for window in windows:
+        taken = 0
+        for keyed, batch in _input_batches((window,), input_format, input_errors, input_header, reading):
+            for pairs in _map_calls(step, keyed, batch):
+                for key, _ in islice(pairs, per_window - taken):
+                    if type(key) is str:
+                        keys.append(key)
+                    taken += 1
+                if taken >= per_window:
+                    break
+            if taken >= per_window:
+                break
+    if step.map_final:
+        final = [key for key, _ in step.map_final() or () if type(key) is str]
+        keys += final[:: max(1, len(final) // max(1, per_window * len(windows)))]
+    return keys
 
 
 def execute_reduce(spec: ReduceSpec, job: Job, step: Step) -> dict[str, Any]:

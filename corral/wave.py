@@ -46,7 +46,7 @@ class SpeculationPolicy:
         return max(self.factor * median, self.floor)
 
 
-@dataclass
+@dataclass(slots=True)
 class TaskState:
     """One task of a wave: its spec (that of its first attempt), its attempts' records, its commit."""
 
@@ -64,7 +64,7 @@ class TaskState:
         return next((a["attempt"] for a in self.attempts if a.get("status") == "committed"), None)
 
 
-@dataclass
+@dataclass(slots=True)
 class Attempt:
     state: TaskState
     spec: TaskSpec

@@ -186,8 +186,13 @@ def _no_full_collections() -> Iterator[Callable[[], float]]:
     finally:
         with _gc_lock:
             _tasks_running -= 1
+            # the full collection held back is due once the last task ends: a warm worker that runs
+            # task after task would else never free the reference cycles its tasks left behind
+            due = _tasks_running == 0 and gc.get_count()[2] >= _gc_thresholds[2] > 0
             if _tasks_running == 0:
                 gc.set_threshold(*_gc_thresholds)
+        if due:
+            gc.collect()
 
 
 def _thread_cpu_clock() -> Callable[[], float]:

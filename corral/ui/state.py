@@ -51,12 +51,13 @@ class LiveState:
         self.task_phase: dict[TaskKey, str] = {}
         self.running: dict[AttemptKey, dict[str, Any]] = {}  # attempt -> {"counters", "cpu", "started"}
         self.committed: dict[tuple[str, str], int] = defaultdict(int)
-        self.io = {"records_in": 0, "keys_in": 0, "bytes_in": 0, "bytes_out": 0}
+        self.io = {"records_in": 0, "keys_in": 0, "records_out": 0, "bytes_in": 0, "bytes_out": 0}
         self.attempts: deque[dict[str, Any]] = deque(maxlen=RECENT_ATTEMPTS)
         self.failures: deque[dict[str, Any]] = deque(maxlen=RECENT_FAILURES)
         self.retries = 0
         self.speculative = 0  # speculative attempts that ended
         self.throttles = 0
+        self.throttled: deque[dict[str, Any]] = deque(maxlen=RECENT_FAILURES)  # attempts throttled, with the message
         self.got_progress = False
         self.cost = {"usd": 0.0, "gb_seconds": 0.0, "invocations": 0, "billed_ms": 0.0}
         self.cpu_samples: deque[tuple[float, float]] = deque()  # (time, CPU-seconds reported)
@@ -125,7 +126,12 @@ class LiveState:
                 still_running = any(k[:2] == key for k in self.running)
                 if self.tasks.get(key) != "committed":
                     self.tasks[key] = "running" if still_running else ("retrying" if event.will_retry else "failed")
-            self.throttles += int(stats.get("throttles") or 0)
+            throttles = int(stats.get("throttles") or 0)
+            self.throttles += throttles
+            if throttles:
+                self.throttled.append({"at": self._elapsed(), "stage": event.stage, "task": event.task,
+                                       "attempt": event.attempt, "throttles": throttles,
+                                       "message": stats.get("throttle_message") or ""})
             status = "committed" if event.committed else ("discarded" if outcome.ok else "failed")
             if outcome.failure is not None and outcome.failure.kind == "cancelled":
                 status = "cancelled"
@@ -274,6 +280,7 @@ class LiveState:
                 "history": self.history,
                 "attempts": list(self.attempts),
                 "failures": list(self.failures),
+                "throttled": list(self.throttled),
                 "retries": self.retries,
                 "speculative": self.speculative,
                 "throttles": self.throttles,

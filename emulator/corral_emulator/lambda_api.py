@@ -174,8 +174,11 @@ async def update_code(request: web.Request) -> web.Response:
 
 
 async def delete_function(request: web.Request) -> web.Response:
-    name = parse_function_name(request.match_info["name"])
-    await _service(request).delete_function(name, _qualifier(request))
+    name, in_name = parse_function_ref(request.match_info["name"])  # a version's ARN names the version
+    qualifier = _qualifier(request)
+    if in_name is not None and qualifier is not None and in_name != qualifier:
+        raise invalid("The derived qualifier from the function name does not match the specified qualifier.")
+    await _service(request).delete_function(name, qualifier or in_name)
     return _ok(None, status=204)
 
 

@@ -222,7 +222,9 @@ class LambdaService:
         if function.published_generation == function.generation and function.versions:
             return function.versions[str(max(int(n) for n in function.versions))]
         function.last_version += 1
-        version = function.publish(function.last_version, str(body.get("Description") or ""))
+        description = body.get("Description")  # else $LATEST's, as on Lambda
+        version = function.publish(function.last_version, function.description if description is None
+                                   else str(description))
         function.versions[version.version] = version
         function.published_generation = function.generation
         return version
@@ -304,7 +306,7 @@ class LambdaService:
                 "UnreservedConcurrentExecutions": max(0, self.max_concurrency - reserved),
             },
             "AccountUsage": {
-                "TotalCodeSize": sum({id(v.zip_bytes): v.code_size for v in versions}.values()),
+                "TotalCodeSize": sum(v.code_size for v in versions),  # every version's package counts
                 "FunctionCount": len(self.functions),
             },
         }

@@ -20,6 +20,7 @@ from tests.aws.conftest import (
     parts,
     put_text_inputs,
 )
+from tests.manifests import committed_once
 
 pytestmark = [pytest.mark.docker, pytest.mark.moto]
 COMMON = ["--split-size", "16KB", "--reducers", "3", "--max-concurrency", "4"]
@@ -43,15 +44,17 @@ def test_wordcount_on_lambda_equals_the_processes_backend(emulator, s3, bucket, 
     assert "out/_SUCCESS" in keys and not any("/_corral/work" in k for k in keys)
 
     m = manifest(s3, bucket, "out")
-    for task, attempt in attempts(m):
+    committed = committed_once(m)  # no attempt failed (a straggler may have had a speculative twin)
+    for task, attempt in committed:
         stats = attempt["stats"]
-        assert attempt["status"] == "committed", (task, attempt)
         assert stats["billed_ms"] >= 1 and 0 < stats["max_memory_used_mb"] <= 512, (task, stats)
         assert stats["memory_size_mb"] == 512 and stats["throttles"] == 0
     report = m["report"]
-    assert report["invocations"] == len(attempts(m)) and report["throttled_invokes"] == 0
-    billed = sum(a["stats"]["billed_ms"] for _, a in attempts(m))
-    assert report["billed_ms"] == billed and report["gb_seconds"] == pytest.approx(billed / 1000 * 0.5, rel=1e-6)
+    billed = sum(a["stats"]["billed_ms"] for _, a in committed)
+    assert report["throttled_invokes"] == 0 and report["billed_ms"] >= billed
+    assert report["gb_seconds"] == pytest.approx(report["billed_ms"] / 1000 * 0.5, rel=1e-6)
+    if len(committed) == len(attempts(m)):  # else a cancelled twin's call may be billed too, or not yet
+        assert report["invocations"] == len(committed) and report["billed_ms"] == billed
     assert report["estimated_cost_usd"] > 0 and report["prices"]["architecture"] == "x86_64"
     assert f"${report['estimated_cost_usd']:.6f}" in done.stderr  # the summary line
 
@@ -95,14 +98,17 @@ def test_a_third_of_invokes_throttled_output_exact_and_every_retry_recorded(dock
         word for text in texts for word in text.split())
     assert len(lines) == len(set(lines))  # no key twice: nothing duplicated
     m = manifest(s3, bucket, "out")
+    committed_once(m)  # throttles never cost an attempt (a straggler may have had a speculative twin)
     found = attempts(m)
-    assert all(a["status"] == "committed" for _, a in found)  # throttles never cost an attempt
-    recorded = sum(a["stats"]["throttles"] for _, a in found)
-    assert injected >= 3 and recorded == injected == m["report"]["throttled_invokes"]
-    logged = re.findall(r"(?m)^corral: (?:map|reduce)-\d{4} attempt 1: invoke throttled \(TooManyRequestsException"
+    recorded = sum(a["stats"].get("throttles", 0) for _, a in found)
+    logged = re.findall(r"(?m)^corral: (?:map|reduce)-\d{4} attempt \d+: invoke throttled \(TooManyRequestsException"
                         r": Rate Exceeded\. \(ConcurrentInvocationLimitExceeded\)\); retry \d+ in ", done.stderr)
-    assert len(logged) == injected
-    assert f"{injected} throttled invokes retried" in done.stderr
+    assert injected >= 3
+    if any(a["status"] == "cancelled" for _, a in found):  # its last throttle may come after the cancel
+        assert recorded <= injected and len(logged) <= injected and m["report"]["throttled_invokes"] <= injected
+    else:
+        assert recorded == injected == m["report"]["throttled_invokes"] == len(logged)
+        assert f"{injected} throttled invokes retried" in done.stderr
 
 
 def test_still_throttled_at_the_deadline_the_job_fails(docker_engine, moto_server, s3, bucket, tmp_path):

@@ -24,6 +24,13 @@ class Cat(corral.Job):
     """Map-only pass-through: the output is the input's lines."""
 
 
+class Environment(corral.Job):
+    """Map-only: each input line is the name of an environment variable; yields its value in the task."""
+
+    def map(self, key, name):
+        yield name, os.environ.get(name, "<unset>")
+
+
 class Records(corral.Job):
     """Map-only: every input record as the JSON list [key, value]."""
 
@@ -663,8 +670,71 @@ class SleepingWordCount(WordCount):
         yield from super().map(key, line)
 
 
-class EnvironmentProbe(corral.Job):
-    """Map-only: each line ``NAME`` becomes ``NAME<TAB>`` the worker's ``os.environ[NAME]``."""
+class TotalOrderSort(corral.Job):
+    """Sort lines ``KEY<TAB>REST`` by KEY into key-ranged part files (``total_order``); ``--arg fail=PATH``
+    fails the reduce while PATH exists, ``--arg bad_map=1`` fails the map on a line starting with "bad"."""
+
+    total_order = True
 
     def map(self, key, line):
-        yield line, os.environ.get(line, "<unset>")
+        if self.args.get("bad_map") and line.startswith("bad"):
+            raise ValueError(f"cannot map {line!r}")
+        sort_key, _, rest = line.partition("\t")
+        yield sort_key, rest
+
+    def reduce(self, key, rests):
+        if self.args.get("fail") and os.path.exists(self.args["fail"]):
+            raise ValueError("reduce failing on purpose")
+        for rest in rests:
+            yield key, rest
+
+
+class TotalOrderWithPartition(TotalOrderSort):
+    def partition(self, key, num_partitions):
+        return 0
+
+
+class TotalOrderMapOnly(corral.Job):
+    total_order = True
+
+
+class TotalOrderInMapper(corral.Job):
+    """Word count with in-mapper combining (keys come from map_final only), totally ordered."""
+
+    total_order = True
+
+    def map_init(self):
+        self.words = Counter()
+
+    def map(self, key, line):
+        self.words.update(line.split())
+        return ()
+
+    def map_final(self):
+        return self.words.items()
+
+    def reduce(self, word, counts):
+        yield word, sum(counts)
+
+
+class TwoStageTotalOrder(corral.Job):
+    """Stage 1 counts words; stage 2 orders the words by their count (zero-padded), key-ranged."""
+
+    def steps(self):
+        return [
+            corral.Step(map=self.words, combine=self.add, reduce=self.add),
+            corral.Step(map=self.by_count, reduce=self.names, total_order=True),
+        ]
+
+    def words(self, key, line):
+        for word in line.split():
+            yield word, 1
+
+    def add(self, word, counts):
+        yield word, sum(counts)
+
+    def by_count(self, word, count):
+        yield f"{count:08d}", word
+
+    def names(self, count, words):
+        yield count, sorted(words)

@@ -106,8 +106,10 @@ def test_memory_advice_says_when_a_smaller_size_would_be_slower():
     assert "CPU-bound" not in memory_advice(idle, list(manifest_attempts(idle)))["message"]
 
 
-def rss_runs(series: list[float], worker: str = "1-3f2a9c") -> list[dict]:
-    return [{"end": float(n), "stats": {"worker": worker, "rss_mb": rss}} for n, rss in enumerate(series)]
+def rss_runs(series: list[float], worker: str = "1-3f2a9c", sizes: list[int] | None = None) -> list[dict]:
+    sizes = sizes or [4096] * len(series)
+    return [{"end": float(n), "stats": {"worker": worker, "rss_mb": rss, "bytes_in": size}}
+            for n, (rss, size) in enumerate(zip(series, sizes, strict=True))]
 
 
 def test_leak_warning_for_memory_growing_task_after_task():
@@ -120,15 +122,47 @@ def test_leak_warning_for_memory_growing_task_after_task():
     assert "over 6 tasks in worker process 4242 " in item["message"]
 
 
+def test_leak_warning_for_a_small_steady_leak_over_many_tasks():
+    """1 MB a task is 20 GB over a day of 20,000 log files: worth a warning once it shows."""
+    m = fake_manifest(rss_runs([25.2 + n + (0.1 if n % 3 else 0) for n in range(43)]))
+    (item,) = leak_warnings(m, list(manifest_attempts(m)))
+    assert item["message"].startswith("warning: worker memory grew 1.0 MB per task over 43 tasks in container 3f2a ")
+
+
+def test_leak_warning_for_a_leak_in_one_phase_only():
+    """A reduce function that keeps what it saw: flat over 10 map tasks, then 20 MB more after each
+    reduce task of the same worker."""
+    runs = rss_runs([24.6] * 10 + [44.6 + 20 * n for n in range(8)])
+    for n, attempt in enumerate(runs[10:]):
+        attempt.update(task=f"reduce-{n:04d}", phase="reduce")
+    m = fake_manifest(runs)
+    (item,) = leak_warnings(m, list(manifest_attempts(m)))
+    assert item["message"] == ("warning: worker memory grew 20 MB per task over 8 tasks in container 3f2a "
+                               "(a module-level object kept between tasks?)")
+
+
 @pytest.mark.parametrize("series", [
     [40, 90, 90, 90, 91, 90, 90, 90, 90],  # the first task's imports and buffers, then flat
     [50, 70, 50, 71, 50, 70, 51, 70, 50],  # up and down: garbage collected every other task
     [40, 42, 44, 46],  # too few tasks to say
-    [40, 41, 41.5, 42, 42.5, 43, 43.4, 44],  # creeping by well under 2 MB a task
+    [40, 41, 41.5, 42, 42.5, 43, 43.4, 44],  # creeping by well under 8 MB in all
+    [30, 31, 30, 31, 30, 31, 80, 81, 80, 81, 80, 81],  # one jump (a cache filled once), flat before and after
+    [40, 40.2, 40.1, 40.3, 40.2, 40.4, 40.3, 40.5] * 8,  # noise around a flat line over many tasks
 ])
 def test_no_leak_warning_for_memory_that_does_not_keep_growing(series):
     m = fake_manifest(rss_runs(series))
     assert leak_warnings(m, list(manifest_attempts(m))) == []
+
+
+def test_no_leak_warning_when_the_tasks_get_bigger():
+    """Measured: a job that holds each task's lines while it runs, on 16 .gz files each bigger than the
+    one before (the allocator keeps what the biggest task so far needed), processes backend."""
+    rss = [42.0, 47.7, 52.5, 56.7, 61.0, 65.4, 110.1, 114.7, 102.1, 138.8, 143.3, 147.7, 152.1, 156.9, 104.5, 187.2]
+    sizes = [110790 + 29400 * n for n in range(16)]
+    m = fake_manifest(rss_runs(rss, sizes=sizes))
+    assert leak_warnings(m, list(manifest_attempts(m))) == []
+    shuffled = fake_manifest(rss_runs(rss, sizes=sizes[::-1]))  # the same memory with tasks getting smaller: a leak
+    assert len(leak_warnings(shuffled, list(manifest_attempts(shuffled)))) == 1
 
 
 def test_skew_names_the_slowest_task_beyond_three_medians():
@@ -218,6 +252,71 @@ def test_leak_warning_on_the_processes_backend(tmp_path, many_splits, leaks):
     assert memory["message"] == (f"memory: tasks peaked at {peak:.0f} MB (worker RSS); with 20% headroom they "
                                  f"need {peak * 1.2:.0f} MB (--memory on a remote backend)")
     assert (peak > 200) == leaks
+
+
+REDUCE_LEAK = '''
+    import corral
+
+    KEPT = []
+
+
+    class ReduceLeak(corral.Job):
+        def map(self, key, line):
+            yield line.split()[0], 1
+
+        def reduce_init(self):
+            block = bytearray(20 << 20)  # 20 MB per reduce task, touched
+            for i in range(0, len(block), 4096):
+                block[i] = 1
+            KEPT.append(block)
+
+        def reduce(self, key, values):
+            yield key, sum(values)
+'''
+
+CYCLES = '''
+    import corral
+
+
+    class Node:
+        __slots__ = ("other", "data")
+
+
+    class Cycles(corral.Job):
+        """No leak: every task keeps 20,000 reference cycles (about 4 MB) while it runs, which only the GC
+        frees once the task is over."""
+
+        def map_init(self):
+            self.pairs = []
+            for n in range(20_000):
+                a, b = Node(), Node()
+                a.other, b.other, a.data, b.data = b, a, str(n) * 10, None
+                self.pairs.append(a)
+
+        def map(self, key, line):
+            yield line.split()[0], 1
+'''
+
+
+@pytest.mark.parametrize("body, leaks", [(REDUCE_LEAK, True), (CYCLES, False)], ids=["reduce-leak", "cycles"])
+def test_leak_warning_of_a_reduce_function_and_none_for_reference_cycles(tmp_path, many_splits, body, leaks):
+    """A leak in the reduce function only (the map tasks before it are flat) is found; a job whose tasks
+    leave reference cycles behind does not leak: the worker frees them between tasks."""
+    job = write(tmp_path, "job.py", body)
+    run = subprocess.run([CORRAL, "run", job, many_splits, "--out", tmp_path / "out", "--backend", "processes",
+                          "--max-concurrency", "1", "--split-size", "4KB", "--map-bin-size", "4KB", "--reducers", "8"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert run.returncode == 0, run.stderr
+    warnings = [line for line in run.stderr.splitlines() if "warning: worker memory grew" in line]
+    m = manifest(tmp_path / "out")
+    rss = [a.stats["rss_mb"] for a in sorted(manifest_attempts(m), key=lambda a: a.end) if a.phase == "map"]
+    if leaks:
+        pid = next(manifest_attempts(m)).stats["worker"].split("-")[0]
+        assert warnings == [f"corral: warning: worker memory grew 20 MB per task over 8 tasks in worker process {pid} "
+                            "(a module-level object kept between tasks?)"], run.stderr
+    else:
+        assert warnings == [], run.stderr
+        assert max(rss) - rss[1] < 8, rss  # without a collection between tasks: about 4 MB more after each
 
 
 def test_cpu_advice_of_a_busy_local_run(tmp_path):

@@ -226,6 +226,35 @@ def test_gzip_and_zstd_parts_are_the_same_bytes_on_every_run(tmp_path):
     assert got[0][:4] == b"\x28\xb5\x2f\xfd"  # a zstd frame
 
 
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_a_compressed_part_reaches_its_file_as_it_is_written(tmp_path, compression):
+    """Streamed through the compressor: half-way through a 3 MB part, about half of it is on disk (a part
+    held in memory, compressed at close, would leave the file empty until then)."""
+    import random
+
+    from corral.output import BATCH, OutputSpec, PartWriter
+
+    rng = random.Random(3)
+    path = tmp_path / "part"
+    writer = PartWriter(str(path), OutputSpec("csv", compression))
+    sizes = []
+    for n in range(10):
+        writer.add_all((f"key-{n}-{i}", [i, rng.randbytes(12).hex()]) for i in range(BATCH))
+        sizes.append(path.stat().st_size)
+    (written,) = writer.close()
+    final = path.stat().st_size
+    assert written == str(path) and final > 1_000_000
+    assert 0.3 * final < sizes[4] < 0.7 * final and sizes == sorted(sizes)
+    rows = list(csv.reader(io.StringIO(_decompressed(path.read_bytes(), compression).decode())))
+    assert len(rows) == 10 * BATCH and rows[0][0] == "key-0-0" and rows[-1][0] == f"key-9-{BATCH - 1}"
+
+
+def _decompressed(data: bytes, compression: str) -> bytes:
+    if compression == "gzip":
+        return gzip.decompress(data)
+    return zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
+
+
 # --- header rows and --max-records-per-file ----------------------------------------------------------
 
 
@@ -474,6 +503,16 @@ def test_bad_output_settings_exit_2_naming_the_setting(tmp_path, args, env, mess
     done = run_command("corral", "run", job, tmp_path / "in.txt", "--out", tmp_path / "out", *args,
                        env=clean_env(**env))
     assert (done.returncode, done.stderr) == (2, f"corral: error: {message}\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_output_setting_in_corral_toml_names_the_file(tmp_path):
+    (tmp_path / "corral.toml").write_text('output_compression = "lz4"\n')
+    (tmp_path / "in.txt").write_text("a\n")
+    job = Path(__file__).resolve().parents[2] / "examples" / "wordcount.py"
+    done = run_command("corral", "run", job, "in.txt", "--out", "out", cwd=tmp_path)
+    assert (done.returncode, done.stderr) == (2, f"corral: error: invalid value for output_compression in "
+                                                 f"{tmp_path / 'corral.toml'}: 'lz4' is not one of none, gzip, zstd\n")
     assert not (tmp_path / "out").exists()
 
 

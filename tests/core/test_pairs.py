@@ -1,7 +1,8 @@
 """What map, map_final, map_batch and reduce yield is checked where it is yielded: a message names the
 method and the value (issue 10, defect 6: ``yield "ab"`` became the key ``a`` and the value ``b``;
 ``yield 5`` was a bare unpacking TypeError; map-only jobs took non-str keys; bytes and sets failed only
-when the reducer wrote them, with codec frames instead of the user's line)."""
+when the reducer wrote them, with codec frames instead of the user's line); text with a lone surrogate,
+which has no UTF-8 bytes, is named as well, not left to the codec's error."""
 
 from __future__ import annotations
 
@@ -103,6 +104,29 @@ class CombineYieldsASet(BytesValue):
         yield key, {sum(values)}
 
 
+class SurrogateKey(BytesValue):
+    """A lone surrogate (as a JSON "\\ud800" escape gives) has no UTF-8 bytes: into the shuffle."""
+
+    def map(self, key, line):
+        yield "k\ud800", 1
+
+
+class SurrogateInTheOutput(corral.Job):
+    def map(self, key, line):
+        yield line, ["ok", "v\ud800"]
+
+
+class SurrogateIntoTheNextStage(corral.Job):
+    def steps(self):
+        return [corral.Step(map=self.first), corral.Step(map=self.second)]
+
+    def first(self, key, line):
+        yield line, {"n\ud83d": 1}
+
+    def second(self, key, value):
+        yield key, value
+
+
 RULE = "values must be str, int, float, bool, None, or lists and dicts (with str keys) of those"
 
 
@@ -128,6 +152,13 @@ RULE = "values must be str, int, float, bool, None, or lists and dicts (with str
         (BatchYieldsAString, "map_batch must yield (key, value) pairs, but it yielded 'ab' (of type str)"),
         (SetIntoTheNextStage, f"map yielded a value corral cannot store for the key 'word': the value "
                               f"frozenset({{1}}) (of type frozenset); {RULE}"),
+        (SurrogateKey, "map yielded text corral cannot write for the key 'k\\ud800': 'k\\ud800' (of type str) holds "
+                       "the lone surrogate '\\ud800' at position 1, which UTF-8 cannot encode"),
+        (SurrogateInTheOutput, "map yielded text corral cannot write for the key 'word': 'v\\ud800' (of type str) "
+                               "holds the lone surrogate '\\ud800' at position 1, which UTF-8 cannot encode"),
+        (SurrogateIntoTheNextStage, "map yielded text corral cannot write for the key 'word': 'n\\ud83d' (of type "
+                                    "str) holds the lone surrogate '\\ud83d' at position 1, which UTF-8 cannot "
+                                    "encode"),
         (CombineYieldsASet, f"map (or combine) yielded a value corral cannot store for the key 'word': the value "
                             f"{{1}} (of type set); {RULE}"),
     ],

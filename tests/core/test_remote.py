@@ -173,6 +173,32 @@ def test_deploy_creates_then_updates_only_what_changed_then_undeploys():
     assert gone.deploy_actions == ["delete-identity"]  # nothing left to delete: not an error
 
 
+class CreatedMeanwhile(StandIn):
+    """Another run of the job creates the function between this deploy's look and its create (which the
+    platform then refuses: it exists); ``other`` is that run's configuration."""
+
+    other: dict = {}
+
+    def create_function(self, name, package, desired):
+        StandIn.functions[name] = {"hash": package.sha256, "config": {**desired, **self.other}, "managed": True}
+        raise FileExistsError(f"function {name} already exists")
+
+    def exists_already(self, exc):
+        return isinstance(exc, FileExistsError)
+
+
+def test_two_deploys_at_once_share_the_function_the_first_one_created():
+    CreatedMeanwhile.other = {}
+    same = CreatedMeanwhile()
+    same.deploy(JOB)  # not an error: the same job's function, up to date
+    assert same.deploy_actions == [] and same.uploads == 0
+    StandIn.functions.clear()
+    CreatedMeanwhile.other = {"memory": 2048}  # the other run asked for more memory: this one's is applied
+    resized = CreatedMeanwhile()
+    resized.deploy(JOB)
+    assert resized.deploy_actions == ["update-config"] and StandIn.functions["corral-j-J"]["config"]["memory"] == 512
+
+
 def test_a_function_corral_did_not_create_is_left_alone():
     StandIn.functions["corral-j-J"] = {"hash": "x", "config": {}, "managed": False}
     with pytest.raises(corral.UsageError, match="corral-j-J exists but was not created by corral"):
@@ -287,6 +313,7 @@ def test_throttling_is_backpressure_and_server_errors_are_retried(stand_in_backe
     assert counts == Counter({"three": 120, "two": 80, "one": 40})  # exact, though throttled
     first = attempts(manifest)[0]["stats"]
     assert (first["throttles"], first["invoke_attempts"]) == (2, 4)
+    assert first["throttle_message"] == "Throttled: 429 no instance"  # for the live page
     assert manifest["report"]["throttled_invokes"] == 2
     assert manifest["report"]["summary"].endswith("; 2 throttled invokes retried")
     logged = [r.getMessage() for r in caplog.records]
@@ -302,6 +329,7 @@ def test_still_throttled_at_the_deadline_and_server_errors_past_their_attempts()
     assert 0.4 < time.monotonic() - started < 5
     assert outcome.failure.kind == THROTTLED
     assert outcome.failure.message.startswith("still throttled at the job's deadline (--deadline) after ")
+    assert outcome.stats["throttle_message"] == "Throttled: 429"
     broken = StandIn(script=[ServerError("503 backend")] * 5)
     outcome = broken.invoke({"task": "map-0000", "attempt": 1})
     assert outcome.failure.kind == INFRASTRUCTURE and outcome.failure.message == "ServerError: 503 backend"
@@ -332,16 +360,22 @@ def test_cancel_abandons_one_attempt_and_cancel_all_every_one_without_waiting():
     stuck.set()
 
 
-def test_a_cancelled_attempts_retries_stop():
+def test_a_cancelled_attempts_retries_stop(monkeypatch):
+    """Cancelled while it waits to retry a throttled invoke: no request goes out any more (not even the
+    one it was waiting to send), and the cancelled attempt's stats say how often it was throttled."""
+    import tenacity
+
+    monkeypatch.setattr(tenacity, "wait_random_exponential", lambda **_: lambda state: 0.6)  # waits of 0.6 s
     executor = StandIn(script=[Throttled("429")] * 1000)
     future = executor.submit({"task": "map-0000", "attempt": 1})
-    time.sleep(0.3)
+    time.sleep(0.9)  # two invokes so far (at 0 and 0.6 s), both throttled; the third is due at 1.2 s
+    assert len(executor.bodies) == 2
     executor.cancel(future)
-    assert future.result(timeout=1).failure.kind == CANCELLED
-    time.sleep(0.2)
-    calls = len(executor.bodies)
-    time.sleep(0.5)
-    assert len(executor.bodies) == calls  # no more invocations after the cancel
+    outcome = future.result(timeout=1)
+    assert outcome.failure.kind == CANCELLED
+    assert outcome.stats == {"throttles": 2, "invoke_attempts": 2}
+    time.sleep(1.0)
+    assert len(executor.bodies) == 2  # no more invocations after the cancel
     executor.close()
 
 

@@ -560,3 +560,65 @@ def test_a_hot_key_of_five_million_values_at_a_64mb_budget(tmp_path):
     peaks = _hot_key_peaks(tmp_path, 5_000_000, 64)
     assert peaks["map"] <= peaks["floor"] + 2 * 64 + INPUT_CHUNK_MB, peaks
     assert peaks["reduce"] <= peaks["floor"] + 2 * 64, peaks
+
+
+# --- the buffer of a stage without a combine: pairs sorted, not grouped in a dict ---------------------
+
+
+def _pair_buffer_output(buffer, batches):
+    records = 0
+    for batch in batches:
+        buffer.add_batch("map", list(batch))
+        records += len(batch)
+        buffer.check(records)
+    out = io.BytesIO()
+    buffer.write(out)
+    return out.getvalue()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    pairs=st.lists(st.tuples(st.sampled_from(KEYS + [f"k{n}" for n in range(40)]), st.integers(-5, 10**6)),
+                   max_size=3000),
+    partitions=st.sampled_from([1, 3, 20]),
+    budget=st.sampled_from([512, 8192, 1 << 30]),
+    ranges=st.booleans(),
+)
+def test_a_pair_buffer_writes_what_a_map_buffer_writes(pairs, partitions, budget, ranges):
+    """A stage without a combine buffers its pairs in a list (sorted by key when written) instead of a
+    dict of lists: the same partitions, keys in order, a key's values in the order map yielded them,
+    with spills or without, for hashed, custom (over 16 partitions: sorted by partition) and range
+    partitions."""
+    from corral.shuffle import PairBuffer
+    from corral.total_order import RangePartition
+
+    partition = RangePartition(["b", "k2", "k3"]) if ranges else None
+    if ranges is False and partitions == 20:
+        partition = lambda key, n: len(key) % n  # noqa: E731 - a custom partitioner
+    batches = [pairs[i : i + 97] for i in range(0, len(pairs), 97)]
+    reference = MapBuffer(partitions, 1 << 30, partition=partition)
+    _fill(reference, batches)
+    expected = io.BytesIO()
+    reference.write(expected)
+    got = _pair_buffer_output(PairBuffer(partitions, budget, partition=partition), batches)
+    assert _decoded(got) == _decoded(expected.getvalue())
+
+
+def test_a_pair_buffer_spills_within_its_budget_and_names_a_bad_key():
+    from corral.shuffle import PairBuffer
+
+    for budget, spills in ((64 << 10, 5), (1 << 30, 0)):  # without spills: partitions of several rounds
+        buffer = PairBuffer(2, budget)
+        for n in range(20_000):  # 4 values for each of 5000 keys, about 2 MB buffered in all
+            buffer.add_batch("map", [(f"key-{n % 5000:05d}", f"v{n}")])
+            buffer.check(n + 1)
+        assert len(buffer.spills) > spills or spills == 0
+        out = io.BytesIO()
+        buffer.write(out)
+        groups = {key: values for part in _decoded(out.getvalue()) for key, values in part}
+        assert groups == {f"key-{k:05d}": [f"v{k + 5000 * i}" for i in range(4)] for k in range(5000)}
+    bad = PairBuffer(2, 1 << 20)
+    bad.add_batch("map_batch", [("ok", 1), (("not", "a str"), 2)])
+    with pytest.raises(TypeError, match=r"^map_batch yielded the key \('not', 'a str'\) \(of type tuple\) with "
+                                        r"the value 2: keys must be str$"):
+        bad.write(io.BytesIO())

@@ -158,3 +158,45 @@ def test_side_files_that_do_not_fit_in_tmp_are_refused_before_deploying(tmp_path
         sidefiles.check_room(files, 512)
     assert str(refused.value) == ("the side files downloaded to each function's /tmp need 513.0 MB, more than its "
                                   "512 MB of ephemeral storage (--ephemeral-storage): big.bin (513.0 MB)")
+
+
+def test_a_side_file_changed_between_runs_is_uploaded_and_downloaded_anew(tmp_path, monkeypatch):
+    """A shared working folder and a warm process (container) across two runs: the changed file has a new
+    content hash, so it is uploaded beside the old one and downloaded again; the unchanged one is not."""
+    monkeypatch.setenv("CORRAL_SIDE_FILE_DIR", str(tmp_path / "tmp"))
+    monkeypatch.setattr(sidefiles, "_resolved", {})
+    path = tmp_path / "lookup.bin"
+    work = str(tmp_path / "work")
+
+    def shipped(data: bytes) -> tuple[list[str], dict]:
+        path.write_bytes(data)
+        (f,) = sidefiles.side_files(corral.Job, [str(path)])
+        assert not f.packaged
+        entry = {**f.to_json(), "path": str(tmp_path / "on-the-driver" / f.name), "url": sidefiles.work_url(work, f)}
+        return sidefiles.upload([f], work), entry
+
+    first = os.urandom(sidefiles.PACKAGE_LIMIT + 1)
+    uploaded, old = shipped(first)
+    assert uploaded == [old["url"]] and shipped(first)[0] == []  # the same content: not uploaded again
+    assert sidefiles.local_paths([old])[1] == 1
+    changed = bytes([first[0] ^ 1]) + first[1:]  # the same size, another content
+    uploaded, new = shipped(changed)
+    assert new["sha256"] != old["sha256"] and uploaded == [new["url"]] != [old["url"]]
+    paths, downloads = sidefiles.local_paths([new])
+    assert downloads == 1 and Path(paths["lookup.bin"]).read_bytes() == changed
+    paths, downloads = sidefiles.local_paths([old])
+    assert downloads == 0 and Path(paths["lookup.bin"]).read_bytes() == first
+
+
+def test_a_symlinked_side_file_ships_under_its_own_name(project):
+    """``--file link.tsv`` (a symlink to the job's data/owners.tsv): the link's name finds it, and the same
+    file listed again through the link's folder is one side file, not two of one name."""
+    (project / "cwd" / "link.tsv").symlink_to(project / "project" / "data" / "owners.tsv")
+    (project / "cwd" / "data").symlink_to(project / "project" / "data")
+    (f_owners, f_link) = sidefiles.side_files(corral.Job, [str(project / "project" / "data" / "owners.tsv"),
+                                                           str(project / "cwd" / "data" / "owners.tsv"),
+                                                           str(project / "cwd" / "link.tsv")])
+    assert (f_owners.name, f_link.name) == ("owners.tsv", "link.tsv") and f_owners.sha256 == f_link.sha256
+    done = run_command("corral", "run", project / "project" / "enrich.py", "in.txt", "--out", "out", "--file",
+                       "suffix.txt", "--file", "data/owners.tsv", "--backend", "processes", "-q", cwd=project / "cwd")
+    assert (done.returncode, done.stderr) == (0, "")

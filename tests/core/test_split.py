@@ -331,3 +331,15 @@ def test_corrupt_compressed_input_fails_naming_the_file(tmp_path, capsys, name):
     assert code == 1
     assert err.startswith(f"corral: job failed: task map-0000 attempt 1: {tmp_path / name}: cannot read it as {reason}")
     assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.lists(st.sampled_from(["a", "é", "\r", "\n", "\r\n", "\r\n", "\r\n", "\n\r"]), max_size=12).map("".join))
+def test_decode_lines_drops_line_ends_as_a_plain_loop_does(text):
+    """``decode_lines`` splits CRLF text in one call when every line ends with CRLF; the result is what
+    splitting on LF and dropping one CR at the end of each line gives, whatever the text."""
+    expected = text.split("\n")
+    if expected[-1] == "":
+        expected.pop()
+    expected = [line[:-1] if line.endswith("\r") else line for line in expected]
+    assert decode_lines(text.encode(), 0, "f.txt", "strict") == expected

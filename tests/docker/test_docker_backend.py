@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.docker.conftest import REPO, clean_env, corral
+from tests.manifests import committed_once
 
 pytestmark = pytest.mark.docker
 WORDCOUNT = REPO / "examples" / "wordcount.py"
@@ -56,11 +57,10 @@ def test_wordcount_through_the_cli_equals_the_processes_backend(workdir):
     assert (workdir / "out" / "_SUCCESS").exists()
 
     m = manifest(workdir / "out")
-    assert m["backend"] == "docker" and m["stages"][0]["map_tasks"] > 2
-    found = attempts(m)
+    assert m["backend"] == "docker" and m["stages"][0]["map_tasks"] >= 2  # the planner: a multiple of the 2 workers
+    found = committed_once(m)  # no attempt failed (a straggler may have had a speculative twin)
     for task, attempt in found:
         stats = attempt["stats"]
-        assert attempt["status"] == "committed", (task, attempt)
         assert stats["max_memory_used_mb"] > 0 and stats["billed_ms"] >= 1, (task, stats)
         assert stats["memory_size_mb"] == 512
         assert isinstance(stats["cold_start"], bool)
@@ -208,9 +208,9 @@ def test_throttling_is_backpressure_not_failure(workdir):
                       emu.endpoint, "--lambda-role-arn", ROLE, "--max-concurrency", "3", "--map-bin-size", "1",
                       "--retries", "0", cwd=workdir, env=env)
     assert done.returncode == 0, done.stderr
+    committed = committed_once(manifest(workdir / "out"))  # throttles never cost an attempt
+    assert len([t for t, _ in committed if t.startswith("map")]) == 4
     found = attempts(manifest(workdir / "out"))
-    assert [a["status"] for _, a in found] == ["committed"] * len(found)
-    assert len([t for t, _ in found if t.startswith("map")]) == 4
     assert any(a["stats"].get("invoke_attempts", 1) > 1 for _, a in found)
 
 

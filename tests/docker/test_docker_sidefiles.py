@@ -26,6 +26,8 @@ def test_side_files_through_the_package_and_the_working_folder(workdir):
     parts = sorted((workdir / "out").glob("part-*"))
     assert [p.name for p in parts] == [f"part-0000{r}.csv.gz" for r in range(3)]
     assert rows_of([p.read_bytes() for p in parts]) == expected_rows(text)
+    # the uploaded copy was in the default working folder, inside OUT: gone with it after the run
+    assert [p.name for p in (workdir / "out" / "_corral").iterdir()] == ["manifest.json"]
 
     m = json.loads((workdir / "out" / "_corral" / "manifest.json").read_text())
     found = [a["stats"] for stage in m["stages"] for t in stage["tasks"].values() for a in t["attempts"]]

@@ -252,14 +252,17 @@ def test_versions_aliases_and_tags(aws):
     assert (first["Version"], first["FunctionArn"], first["Description"]) == ("1", f"{arn}:1", "first")
     aws("update-function-code", "--function-name", "hello", "--zip-file", zip_url(aws.home, "v2"))
     aws("wait", "function-updated-v2", "--function-name", "hello")
-    aws("update-function-configuration", "--function-name", "hello", "--environment", "Variables={GREETING=hello}")
+    aws("update-function-configuration", "--function-name", "hello", "--environment", "Variables={GREETING=hello}",
+        "--description", "second cut")
     aws("wait", "function-updated-v2", "--function-name", "hello")
     assert aws("publish-version", "--function-name", "hello").json["Version"] == "2"
     # nothing changed since version 2: publishing again gives version 2 back, as on Lambda
     assert aws("publish-version", "--function-name", "hello").json["Version"] == "2"
     listed = aws("list-versions-by-function", "--function-name", "hello",
                  "--query", "Versions[].[Version, FunctionArn, Description]").json
-    assert listed == [["$LATEST", f"{arn}:$LATEST", ""], ["1", f"{arn}:1", "first"], ["2", f"{arn}:2", ""]]
+    # a version without a description of its own takes $LATEST's
+    assert listed == [["$LATEST", f"{arn}:$LATEST", "second cut"], ["1", f"{arn}:1", "first"],
+                      ["2", f"{arn}:2", "second cut"]]
     assert aws("get-function-configuration", "--function-name", "hello", "--qualifier", "1",
                "--query", "[Version, Environment.Variables.GREETING]").json == ["1", "hi"]
 
@@ -294,7 +297,7 @@ def test_versions_aliases_and_tags(aws):
            "because the following aliases reference it: " in failed.stderr
     aws("delete-alias", "--function-name", "hello", "--name", "live")
     aws("get-alias", "--function-name", "hello", "--name", "live", expect=255)
-    aws("delete-function", "--function-name", "hello", "--qualifier", "1")
+    aws("delete-function", "--function-name", f"{arn}:1")  # a version's ARN names the version
     failed = aws("invoke", "--function-name", "hello", "--qualifier", "1", str(aws.home / "out.json"), expect=255)
     assert f"(ResourceNotFoundException) when calling the Invoke operation: Function not found: {arn}:1" \
            in failed.stderr
@@ -311,6 +314,7 @@ def test_concurrency_and_account_settings(aws):
                "--reserved-concurrent-executions", "2").json == {"ReservedConcurrentExecutions": 2}
     assert aws("get-function-concurrency", "--function-name", "counted").json == {"ReservedConcurrentExecutions": 2}
     settings = aws("get-account-settings").json
+    assert settings["AccountUsage"]["TotalCodeSize"] >= settings["AccountUsage"]["FunctionCount"] * 1000
     assert settings["AccountLimit"]["ConcurrentExecutions"] == MAX_CONCURRENCY
     assert settings["AccountLimit"]["UnreservedConcurrentExecutions"] == MAX_CONCURRENCY - 2
     assert settings["AccountLimit"]["CodeSizeZipped"] == 52428800

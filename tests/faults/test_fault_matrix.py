@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests.awkward import write_awkward_input
+from tests.manifests import committed_once
 from tests.moto_fixtures import bucket, moto_server, s3  # noqa: F401 - fixtures
 from tests.requirements import need
 
@@ -168,7 +169,7 @@ def docker_throttling(row: Row):
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = json.loads((out / "_corral" / "manifest.json").read_text())
     assert sum(a["stats"].get("throttles", 0) for a in attempts(manifest)) >= 1
-    assert all(a["status"] == "committed" for a in attempts(manifest))  # throttles are retried, never failures
+    committed_once(manifest)  # throttles are retried, never failures (a straggler may get a speculative twin)
     return local_parts(out), manifest
 
 
@@ -202,7 +203,7 @@ def lambda_throttling(row: Row):
     with Emulator(max_concurrency=4, idle_timeout=120, throttle_fraction=0.3) as emu:
         parts, manifest = _lambda_row(row, "out-throttled", environment(), emu.endpoint)
     assert manifest["report"]["throttled_invokes"] >= 1
-    assert all(a["status"] == "committed" for a in attempts(manifest))
+    committed_once(manifest)
     return parts, manifest
 
 

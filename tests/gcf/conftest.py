@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.gcs_fixtures import gcs, gcs_bucket, gcs_emulator  # noqa: F401 - fixtures
+from tests.manifests import attempts  # noqa: F401 - the gcf tests import it from here
 from tests.requirements import need
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,7 +93,3 @@ def function_path(name: str) -> str:
 
 def manifest_of(out: Path) -> dict:
     return json.loads((out / "_corral" / "manifest.json").read_text())
-
-
-def attempts(manifest: dict) -> list[tuple[str, dict]]:
-    return [(task, a) for stage in manifest["stages"] for task, t in stage["tasks"].items() for a in t["attempts"]]

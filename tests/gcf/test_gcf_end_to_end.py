@@ -17,6 +17,7 @@ import pytest
 from tests.awkward import write_awkward_input
 from tests.gcf.conftest import WORDCOUNT, attempts, corral, environment, gcf_flags, manifest_of
 from tests.gcs.test_gcs import output_counts, upload
+from tests.manifests import committed_once
 
 pytestmark = [pytest.mark.docker, pytest.mark.gcs]
 
@@ -27,15 +28,16 @@ def awkward(tmp_path_factory):
     return folder, write_awkward_input(folder)
 
 
-def check_attempts(manifest: dict, memory: int) -> None:
-    """Every attempt committed, with its billed time and memory, as the manifest records for Lambda."""
-    found = attempts(manifest)
-    assert found and all(a["status"] == "committed" for _, a in found)
+def check_attempts(manifest: dict, memory: int) -> int:
+    """Every task committed once, with its billed time and memory, as the manifest records for Lambda;
+    return how many tasks there were."""
+    found = committed_once(manifest)  # one per task; no attempt failed
     for task, attempt in found:
         stats = attempt["stats"]
         assert stats["billed_ms"] >= 100 and stats["billed_ms"] % 100 == 0, (task, stats)
         assert 0 < stats["max_memory_used_mb"] < memory and stats["memory_size_mb"] == memory, (task, stats)
         assert isinstance(stats["cold_start"], bool) and stats["duration_ms"] > 0, (task, stats)
+    return len(found)
 
 
 def test_wordcount_on_gs_with_the_gcf_backend_equals_counter(gcf_emulator, key_file, gcs, gcs_bucket, awkward,
@@ -49,9 +51,9 @@ def test_wordcount_on_gs_with_the_gcf_backend_equals_counter(gcf_emulator, key_f
     assert output_counts(gcs, f"{gcs_bucket}/out") == expected
     manifest = json.loads(gcs.cat_file(f"{gcs_bucket}/out/_corral/manifest.json"))
     assert manifest["backend"] == "gcf" and manifest["stages"][0]["map_tasks"] > 3
-    check_attempts(manifest, 512)
+    tasks = check_attempts(manifest, 512)
     report = manifest["report"]
-    assert report["invocations"] == len(attempts(manifest)) and report["vcpus"] == 0.333
+    assert tasks <= report["invocations"] <= len(attempts(manifest)) and report["vcpus"] == 0.333
     line = f"corral: {report['summary']}"
     assert line in done.stderr and "estimated Cloud Functions cost $" in line
     assert line.split(" invocations, ")[0] == f"corral: {report['invocations']}"

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.gcf.conftest import ACCOUNT, PROJECT, attempts, corral, environment, gcf_flags, manifest_of
+from tests.manifests import committed_once
 
 pytestmark = pytest.mark.docker
 
@@ -137,9 +138,13 @@ def test_throttling_is_backpressure_and_the_answer_stays_exact(one_instance, tmp
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out" / "part-00000").read_text() == "shared\t4\nw0\t1\nw1\t1\nw2\t1\nw3\t1\n"
     manifest = manifest_of(tmp_path / "out")
+    committed_once(manifest)  # no attempt failed; a straggler waiting out throttling may get a speculative twin
     found = attempts(manifest)
-    assert [a["status"] for _, a in found] == ["committed"] * len(found)  # no attempt failed
-    assert sum(a["stats"]["throttles"] for _, a in found) == manifest["report"]["throttled_invokes"] > 0
+    recorded = sum(a["stats"].get("throttles", 0) for _, a in found)
+    if any(a["status"] == "cancelled" for _, a in found):  # its call may be answered 429 after the cancel
+        assert 0 < recorded <= manifest["report"]["throttled_invokes"]
+    else:
+        assert 0 < recorded == manifest["report"]["throttled_invokes"]
     assert "invoke throttled (InvokeError: HTTP 429: Rate exceeded." in done.stderr
     assert done.stderr.rstrip().splitlines()[-2].endswith("throttled invokes retried")
 

@@ -28,8 +28,8 @@ def corral(*args, cwd: Path, timeout: float = 120) -> subprocess.CompletedProces
 class Running:
     """A ``corral`` command running in the background (its own session, so it can get a Ctrl-C)."""
 
-    def __init__(self, *args, cwd: Path) -> None:
-        self.process = subprocess.Popen([CORRAL, *map(str, args)], cwd=cwd, env=clean_env(), text=True,
+    def __init__(self, *args, cwd: Path, env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen([CORRAL, *map(str, args)], cwd=cwd, env=env or clean_env(), text=True,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         self.stderr_lines: list[str] = []
 

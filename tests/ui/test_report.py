@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.ui.conftest import corral
+from tests.ui.conftest import CORRAL, clean_env, corral
 
 FLAKY_JOB = '''
     import os
@@ -87,15 +90,21 @@ def test_report_of_a_run_with_a_retry_shows_every_attempt_offline(tmp_path, flak
     shown = page.evaluate("""() => Chart.getChart("timeline").data.datasets.flatMap(d => d.data.map(p =>
         [p.task, p.attempt, p.status, d.label]))""")
     assert {(task, attempt, status) for task, attempt, status, _ in shown} == attempts
-    assert len(shown) == len(attempts) == 7  # 4 map tasks, one of them twice, and 2 reduce tasks
+    m = json.loads((out / "_corral" / "manifest.json").read_text())
+    tasks = m["stages"][0]["map_tasks"] + m["stages"][0]["reduce_tasks"]
+    assert len(shown) == len(attempts) == tasks + 1  # every task once, map-0000 twice (however the planner cut)
     labels = {(task, attempt): label for task, attempt, _, label in shown}
     assert labels[("map-0000", 1)] == "failed (retried or fatal)" and labels[("map-0000", 2)] == "map"
     assert labels[("reduce-0001", 1)] == "reduce"
     assert page.locator("#failures tbody tr").count() == 1
     assert "ValueError: a flaky failure, first time only" in page.locator("#failures").inner_text()
     assert page.locator('[data-counter="lines/seen"]').inner_text() == "300"
+    summary = dict(zip(page.locator("#summary span").all_inner_texts(), page.locator("#summary b").all_inner_texts(),
+                       strict=True))
+    assert summary["records in"] == "300" and summary["records out"] == "30"  # keys n00…n29: the part files' lines
     assert page.locator("#status").inner_text() == "succeeded"
-    assert "cpu: workers kept" in page.locator("#advice").inner_text() or page.locator("#advice li").count() >= 1
+    assert page.locator("#advice li").all_inner_texts() == [a["message"] for a in m["advice"]]
+    assert m["advice"][0]["kind"] == "memory"
     page.screenshot(path=tmp_path / "report.png", full_page=True)
     assert (tmp_path / "report.png").stat().st_size > 20_000
 
@@ -217,9 +226,68 @@ def test_report_draws_speculative_discarded_failed_reused_attempts_and_cold_star
                        strict=True))
     assert summary == {"took": "8.00 s", "tasks": "5", "attempts": "7", "failed attempts": "1", "speculative": "1",
                        "discarded": "1", "reused (resumed)": "1", "cold starts": "2", "input": "3.91 KB",
-                       "records in": "30", "bytes out": "2.00 KB"}  # records: of this run's attempts
+                       "records in": "30", "records out": "0", "bytes out": "2.00 KB"}  # of this run's attempts
     assert page.locator("#cost").inner_text().startswith("estimated cost\n$0.0000271")
     assert "ran out of memory at the 512 MB limit" in page.locator("#failures").inner_text()
     # a manifest written before corral had advice gets it computed: the right-size line needs prices,
     # which this one lacks; the skew table names the slowest task all the same
     assert page.locator("#skew tbody tr").first.inner_text().split("\t")[:2] == ["map", "map-0001"]
+
+
+SLOW_JOB = '''
+    import time
+    import corral
+
+
+    class Slow(corral.Job):
+        def map(self, key, line):
+            time.sleep(0.02)
+            yield line[:2], 1
+
+        def reduce(self, key, values):
+            yield key, sum(values)
+'''
+
+
+def test_report_of_a_resumed_run_draws_the_reused_attempts_before_its_start(tmp_path, page):
+    """The driver is killed (SIGKILL) after some map tasks committed; ``--resume --report`` reuses them,
+    and the report's timeline has every attempt, the reused ones where the earlier driver ran them."""
+    job = tmp_path / "slow.py"
+    job.write_text(textwrap.dedent(SLOW_JOB))
+    data = tmp_path / "in.txt"
+    data.write_text("".join(f"n{n:03d}\n" for n in range(400)))  # 8 map tasks of 50 lines (1 s each)
+    out = tmp_path / "out"
+    argv = [CORRAL, "run", job, data, "--out", out, "--split-size", "250", "--map-bin-size", "250", "--reducers", "2",
+            "--max-concurrency", "1", "--backend", "processes", "--no-speculative"]
+    first = subprocess.Popen(list(map(str, argv)), cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    journal = out / "_corral" / "journal.jsonl"
+    try:
+        deadline = time.monotonic() + 60
+        while not (journal.exists() and journal.read_text().count('"t":"commit"') >= 2):
+            assert first.poll() is None and time.monotonic() < deadline, "the run ended before it was killed"
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    resumed = subprocess.run(list(map(str, [*argv, "--resume", "--report"])), cwd=tmp_path, env=clean_env(),
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    m = json.loads((out / "_corral" / "manifest.json").read_text())
+    entries = [(task, a) for task, t in m["stages"][0]["tasks"].items() for a in t["attempts"]]
+    reused = {task for task, a in entries if a.get("reused")}
+    assert len(reused) >= 2
+    assert all(a["start"] < a["end"] < 0 for task, a in entries if task in reused)  # before this driver started
+
+    open_offline(page, out / "_corral" / "report.html")
+    assert page.errors == []
+    shown = page.evaluate("""() => Chart.getChart("timeline").data.datasets.flatMap(d => d.data.map(p =>
+        [p.task, p.attempt, d.label, p.x[0]]))""")
+    assert len(shown) == len(entries)
+    assert {task for task, _, label, _ in shown if label == "reused from an earlier run"} == reused
+    assert all(start < 0 for task, _, _, start in shown if task in reused)
+    assert "no start and end recorded" not in page.locator("#timeline-note").inner_text()
+    cpu = next((a for a in m["advice"] if a["kind"] == "cpu"), None)  # this driver's tasks only, not the pause
+    assert cpu is None or cpu["wall_seconds"] <= m["seconds"]

@@ -77,11 +77,15 @@ def test_cost_so_far_of_a_remote_run_and_its_memory_cap():
     state.on_phase_started(PhaseStarted(0, "map", 1, S))
     state.on_task_started(TaskStarted(0, "map", "map-0000", 1, S))
     state.on_task_finished(finished("map-0000", 1, ok([], billed_ms=2000, memory_size_mb=1024, max_memory_used_mb=80,
-                                                      cold_start=True, throttles=3), committed=True))
+                                                      cold_start=True, throttles=3,
+                                                      throttle_message="TooManyRequestsException: Rate Exceeded."),
+                                    committed=True))
     snap = state.snapshot()
     assert snap["cost"]["usd"] == pytest.approx(2 * 0.0000166667 + 0.2e-6)
     assert snap["cost"]["gb_seconds"] == 2.0 and snap["cost"]["invocations"] == 1
     assert snap["memory_cap_mb"] == 1024 and snap["cpu"] is None and snap["throttles"] == 3
+    assert snap["throttled"] == [{"at": 0.0, "stage": 0, "task": "map-0000", "attempt": 1, "throttles": 3,
+                                  "message": "TooManyRequestsException: Rate Exceeded."}]
     assert snap["live_counters"] is False  # remote functions report counters when a task ends
     (attempt,) = snap["attempts"]
     assert attempt["peak_memory_mb"] == 80 and attempt["memory_cap_mb"] == 1024 and attempt["cold_start"] is True

@@ -63,6 +63,7 @@ from corral import (
 from corral.remote import (
     FUNCTION_NAME,
     MEMORY,
+    MEMORY_SHARE,
     RETRY,
     TIMEOUT,
     Answer,
@@ -371,6 +372,12 @@ class GcfExecutor(RemoteFunctionExecutor):
                              "main.py: rename the job's file")
         return super().build(job)
 
+    def side_file_room(self) -> tuple[int, str, str]:
+        """Cloud Functions keep ``/tmp`` in memory: the side files a function downloads take memory, and
+        must fit in what the task's memory budget (``MEMORY_SHARE`` of ``--memory``) leaves."""
+        room = f"memory left beside the task's {MEMORY_SHARE:.0%}, as Cloud Functions keep /tmp in memory"
+        return int(self.config.memory * (1 - MEMORY_SHARE)), "--memory", room
+
     def check_package(self, package: Package) -> None:
         """Cloud Functions' limits, before anything is uploaded: 100 MB zipped, 500 MB unzipped."""
         unzipped = package.unzipped_size
@@ -453,10 +460,20 @@ class GcfExecutor(RemoteFunctionExecutor):
         return found.labels.get(MANAGED_LABEL) == "true"
 
     def get_function(self, name: str) -> Any | None:
-        try:
-            return self.client.get_function(name=self.path(name))
-        except api_exceptions.NotFound:
-            return None
+        """The function, once no deploy of it is running (another run's may be)."""
+        deadline = time.monotonic() + DEPLOY_TIMEOUT
+        while True:
+            try:
+                found = self.client.get_function(name=self.path(name))
+            except api_exceptions.NotFound:
+                return None
+            if found.state != functions_v2.Function.State.DEPLOYING or time.monotonic() > deadline:
+                return found
+            time.sleep(1.0)
+
+    def exists_already(self, exc: BaseException) -> bool:
+        return isinstance(exc, api_exceptions.AlreadyExists) or (  # the REST client raises 409 as Conflict
+            isinstance(exc, api_exceptions.Conflict) and "already exists" in str(exc))
 
     def _upload(self, package: Package) -> Any:
         """PUT the zip to a fresh upload URL (no credentials: the signed URL is the permission)."""

@@ -46,6 +46,7 @@
 
     set("records-in", number(state.records_in));
     set("keys-in", number(state.keys_in));
+    set("records-out", number(state.records_out));
     set("bytes-in", bytes(state.bytes_in));
     set("bytes-out", bytes(state.bytes_out));
     document.getElementById("cpu-box").hidden = !state.cpu;
@@ -98,9 +99,13 @@
 
     set("retries", number(state.retries));
     set("throttles", number(state.throttles));
-    document.querySelector("#failures tbody").replaceChildren(...state.failures.slice().reverse().map((f) => el("tr", {},
-      el("td", {}, seconds(f.at)), el("td", {}, `${f.task} #${f.attempt}`), el("td", {}, f.kind),
-      el("td", {}, f.message, f.will_retry ? el("span", { class: "muted" }, " (retrying)") : null))));
+    const throttled = (state.throttled || []).map((t) => ({ ...t, kind: "throttled",
+      message: `${number(t.throttles)} throttled invoke${t.throttles === 1 ? "" : "s"} retried` +
+               (t.message ? `: ${t.message}` : "") }));
+    document.querySelector("#failures tbody").replaceChildren(...[...state.failures, ...throttled]
+      .sort((a, b) => b.at - a.at).map((f) => el("tr", { class: f.kind === "throttled" ? "throttled" : null },
+        el("td", {}, seconds(f.at)), el("td", {}, `${f.task} #${f.attempt}`), el("td", {}, f.kind),
+        el("td", {}, f.message, f.will_retry ? el("span", { class: "muted" }, " (retrying)") : null))));
 
     document.getElementById("advice-box").hidden = !state.advice.length;
     document.getElementById("advice").replaceChildren(...state.advice.map((a) =>

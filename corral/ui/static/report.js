@@ -39,6 +39,8 @@
                `output ${run.out}`);
   const sum = (list, key) => list.reduce((total, a) => total + (Number(a.stats[key]) || 0), 0);
   const retried = attempts.filter((a) => a.status === "failed").length;
+  const finalTasks = committed.filter((a) => a.stage === stages.length - 1 &&  // the job's output
+    (a.phase === "reduce" || !stages[stages.length - 1].reduce_tasks));
   const facts = [
     ["took", seconds(run.seconds)],
     ["tasks", number(new Set(attempts.map((a) => a.label)).size)],
@@ -50,8 +52,8 @@
     ["cold starts", number(attempts.filter((a) => a.cold).length)],
     ["input", bytes(stages.length ? stages[0].input_bytes : 0)],
     ["records in", number(sum(committed.filter((a) => a.stage === 0 && a.phase === "map"), "records_in"))],
-    ["bytes out", bytes(sum(committed.filter((a) => a.stage === stages.length - 1 &&
-      (a.phase === "reduce" || !stages[stages.length - 1].reduce_tasks)), "bytes_out"))],
+    ["records out", number(sum(finalTasks, "records_out"))],
+    ["bytes out", bytes(sum(finalTasks, "bytes_out"))],
   ];
   document.getElementById("summary").replaceChildren(...facts.map(([k, v]) => el("div", {}, el("span", {}, k), el("b", {}, v))));
   if (run.error) {
@@ -80,8 +82,8 @@
     for (let i = 0; i < Math.max(0, ...timed.map((a) => Number(a.row.slice(5)))); i++) rows.push(`slot ${i + 1}`);
   }
   const kinds = [
-    ["map", "map", (a) => a.phase === "map" && a.status === "committed" && !a.speculative],
-    ["reduce", "reduce", (a) => a.phase === "reduce" && a.status === "committed" && !a.speculative],
+    ["map", "map", (a) => a.phase === "map" && a.status === "committed" && !a.speculative && !a.reused],
+    ["reduce", "reduce", (a) => a.phase === "reduce" && a.status === "committed" && !a.speculative && !a.reused],
     ["speculative", "speculative attempt", (a) => a.speculative && a.status !== "failed"],
     ["failed", "failed (retried or fatal)", (a) => a.status === "failed"],
     ["discarded", "discarded or cancelled", (a) => (a.status === "discarded" || a.status === "cancelled") && !a.speculative],
@@ -98,7 +100,10 @@
   const timeline = corral.chart("timeline", { type: "bar", data: { labels: rows, datasets: timelineSets }, options: {
     indexAxis: "y", grouped: false,
     datasets: { bar: { grouped: false, barPercentage: 0.9, categoryPercentage: 0.9 } },
-    scales: { x: { type: "linear", min: 0, title: { display: true, text: "seconds since the start" } },
+    scales: { x: { type: "linear", min: Math.min(0, ...timed.map((a) => a.start)),
+                   title: { display: true, text: timed.some((a) => a.start < 0)
+                     ? "seconds since the start (reused attempts ran before it, in an earlier driver)"
+                     : "seconds since the start" } },
               y: { ticks: { autoSkip: rows.length > 60, font: { size: 11 } } } },
     plugins: { tooltip: { callbacks: { label: (c) => {
       const p = c.raw;

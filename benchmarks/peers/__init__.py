@@ -1,0 +1,1 @@
+"""Word count written for corral's peers (Lithops, mrjob), run by the suite when they are installed."""
