@@ -284,8 +284,6 @@ def cpu_advice(manifest: dict[str, Any], runs: list[Attempt]) -> dict[str, Any] 
 
 def skew_advice(runs: list[Attempt]) -> list[dict[str, Any]]:
     """Name the slowest task of a phase when it took more than 3x the phase's median."""
-    import statistics  # here: every run imports this module, few runs have a phase worth measuring
-
     phases: dict[tuple[int, str], list[Attempt]] = defaultdict(list)
     for a in runs:
         if a.status == "committed" and isinstance(a.stats.get("seconds"), int | float):
@@ -295,6 +293,8 @@ def skew_advice(runs: list[Attempt]) -> list[dict[str, Any]]:
     for (stage, phase), done in sorted(phases.items()):
         if len(done) < 3:
             continue
+        import statistics  # here: 8 ms (fractions, decimal) that a tiny job's phases need not pay
+
         median = statistics.median(float(a.stats["seconds"]) for a in done)
         slowest = max(done, key=lambda a: a.stats["seconds"])
         seconds = float(slowest.stats["seconds"])

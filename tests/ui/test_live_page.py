@@ -112,6 +112,15 @@ def test_live_page_moves_while_the_job_runs_and_agrees_with_the_manifest(tmp_pat
         run.wait_for_line("corral: the live view stays at ")
         run.wait_for_line("corral: job succeeded in ")  # the run is over while its page stays up …
         assert not (out / "_corral" / "lock").exists()  # … and OUT is free for the next run
+        # a page opened now, while the process lingers at its exit, loads and shows the final state
+        late = page.context.new_page()
+        late_errors: list[str] = []
+        late.on("console", lambda message: late_errors.append(message.text) if message.type == "error" else None)
+        late.on("pageerror", lambda error: late_errors.append(str(error)))
+        assert late.goto(url).status == 200
+        wait_until(lambda: late.locator("#status").inner_text() == "succeeded", 20, "the late page's final state")
+        assert read(late, '[data-counter="lines/seen"]') == 640 and late_errors == []
+        late.close()
         page.screenshot(path=tmp_path / "live-3.png", full_page=True)
         manifest = json.loads((out / "_corral" / "manifest.json").read_text())
         state = get_state(url)
