@@ -290,6 +290,10 @@ class Driver:
             manifest = self._manifest("succeeded", None)
             self._write_manifest(out_fs, "manifest.json", manifest)
             out_fs.write_bytes(join(self.out, "_SUCCESS"), b"")
+            # it has succeeded: a Ctrl-C while it cleans up (seconds on an object store) is noted, not
+            # raised, so that no "interrupted" manifest and journal land next to _SUCCESS (a second one
+            # still exits at once)
+            self.guard.polling = True
             keeper.stop()
             self._clean_up(success=True)
         except LeaseLostError as exc:  # OUT is another run's now: write nothing more there
