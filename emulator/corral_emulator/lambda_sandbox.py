@@ -149,7 +149,10 @@ class LambdaSandbox(Sandbox):
 
     def platform_tmpfs(self) -> dict[str, str]:
         # /tmp of the function's EphemeralStorage size: writing past it fails with ENOSPC, as on Lambda. A tmpfs
-        # is the size limit Docker offers on any storage driver; its pages count against the memory cap.
+        # is the size limit Docker offers on any storage driver; its pages count against the memory cap, so
+        # without ``tmp_cap`` /tmp stays on the container's disk.
+        if not self.engine.tmp_cap:
+            return {}
         return {"/tmp": f"size={self.ephemeral_storage}m,mode=1777,exec"}
 
     # ---------------------------------------------------------------- invocation

@@ -74,6 +74,10 @@ def handler(event, context):
         return {{"tmp_mb": stat.f_blocks * stat.f_frsize >> 20}}
     if action == "cpus":
         return {{"cpus": cpus()}}
+    if action == "tmp-mount":
+        with open("/proc/self/mounts") as f:
+            kinds = [line.split()[2] for line in f if line.split()[1] == "/tmp"]
+        return {{"tmp_fs": kinds[-1] if kinds else None}}
     return {{"code": CODE, "greeting": os.environ.get("GREETING"), "version": os.environ["AWS_LAMBDA_FUNCTION_VERSION"],
             "invoked_arn": context.invoked_function_arn}}
 '''
@@ -394,6 +398,8 @@ def test_event_invokes_are_retried_twice_then_as_configured(aws, served):
 
 def test_tmp_is_capped_at_the_ephemeral_storage_size(aws):
     create(aws, "disk", "v1", "--memory-size", "1024", "--ephemeral-storage", "Size=512")
+    _, payload = aws.invoke("disk", {"action": "tmp-mount"})
+    assert payload == {"tmp_fs": "tmpfs"}
     _, payload = aws.invoke("disk", {"action": "fill-tmp"})
     assert payload["tmp_mb"] == 512
     assert payload["error"] == "[Errno 28] No space left on device" and 500 <= payload["written_mb"] <= 512
@@ -454,6 +460,20 @@ def test_without_cloud_cpu_a_container_may_use_every_cpu(make_function, call):
     name = make_function(HANDLER.format(code="v1"), memory=128)
     payload, _ = call(name, {"action": "cpus"})
     assert payload == {"cpus": None}
+
+
+def test_without_the_tmp_cap_tmp_is_on_the_containers_disk(docker_engine, client_for, package):
+    """``Emulator(tmp_cap=False)`` (``serve --no-tmp-cap``; the docker backend's choice): no tmpfs at /tmp, whose
+    pages would count against the function's memory (a task spilling there was killed as out of memory)."""
+    from corral_emulator import Emulator
+
+    with Emulator(max_concurrency=1, cloud_cpu=False, tmp_cap=False) as emu:
+        client = client_for(emu.endpoint)
+        client.create_function(FunctionName="disk", Runtime="python3.11", Role=ROLE, Handler="app.handler",
+                               Code={"ZipFile": package({"app.py": HANDLER.format(code="v1")})},
+                               EphemeralStorage={"Size": 512})
+        answer = client.invoke(FunctionName="disk", Payload=json.dumps({"action": "tmp-mount"}).encode())
+        assert json.loads(answer["Payload"].read()) == {"tmp_fs": None}
 
 
 @pytest.mark.slow
