@@ -304,7 +304,7 @@ def skew_advice(runs: list[Attempt]) -> list[dict[str, Any]]:
         where = f"stage {stage + 1} " if stages > 1 else ""
         ratio = seconds / median if median else float("inf")
         message = (f"skew: {where}{slowest.task} took {seconds:.1f} s, {ratio:.0f}x the median {phase} task "
-                   f"({median:.2f} s)")
+                   f"({f'{median:.2f} s' if median >= 1 else f'{median * 1000:.0f} ms'})")
         read = slowest.stats.get("bytes_in")
         if isinstance(read, int | float):
             median_read = statistics.median(float(a.stats.get("bytes_in") or 0) for a in done)

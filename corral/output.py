@@ -24,7 +24,7 @@ import msgpack
 
 from corral.errors import UsageError
 from corral.fs import get_filesystem, join
-from corral.pairs import TextError, check_pairs, text_error
+from corral.pairs import TextError, check_pairs, integer_error, text_error
 from corral.shuffle import _READ_BLOCK, _TEXT_ERRORS, _packer
 
 if TYPE_CHECKING:
@@ -108,6 +108,8 @@ class RecordWriter(PairWriter):
             data = self._pack(list(chain.from_iterable(pairs)))
         except TextError as exc:
             raise text_error(exc.unicode_error, self.source, pairs) from None
+        except OverflowError:  # an int past 64 bits, found only now: the common path pays nothing
+            raise integer_error(self.source, list(chain.from_iterable(pairs))) from None
         self.out.write(data)
 
 

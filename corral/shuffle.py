@@ -28,7 +28,7 @@ from typing import IO, Any
 import msgpack
 
 from corral import cancellation
-from corral.pairs import SCALARS, TextError, check_keys, check_pairs, check_values, text_error
+from corral.pairs import SCALARS, TextError, check_keys, check_pairs, check_values, integer_error, text_error
 from corral.total_order import RangePartition
 
 #: Values of one key are stored in entries of at most this many values, so no entry is unbounded.
@@ -168,6 +168,8 @@ class GroupWriter:
             batch = self._batch
             pairs = [(key, value) for key, values in zip(batch[0::2], batch[1::2], strict=True) for value in values]
             raise text_error(exc.unicode_error, self.source, pairs) from None
+        except OverflowError:  # an int past 64 bits, found only now: the common path pays nothing
+            raise integer_error(self.source or "map", self._batch) from None
         self.out.write(data)
         self.offset += len(data)
         self.values_written += self._values
@@ -680,7 +682,7 @@ class MapBuffer:
             return index
         if self.holds_data():
             self._spill()
-        writer = GroupWriter(out)
+        writer = GroupWriter(out, source="map" if self.combine is None else "map (or combine)")
         index = []
         for p in range(self.num_partitions):
             start = writer.offset
