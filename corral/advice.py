@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from corral.hookspecs import hookimpl
 
 if TYPE_CHECKING:
+    from corral.events import JobFinished
     from corral.sizing import MemorySizing
 
 #: Right-sizing keeps this share above the peak (a peak of 100 MB needs a 120 MB setting).
@@ -331,9 +332,9 @@ def corral_job_advice(manifest: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @hookimpl
-def corral_job_finished(event: Any) -> None:
+def corral_job_finished(event: JobFinished) -> None:
     """Print the advice (after a failure only the warnings, which may say why: a leak, out of memory)."""
-    if getattr(event.settings, "quiet", False):
+    if event.settings.quiet:
         return
     for item in event.manifest.get("advice") or ():
         if item.get("level") == "warning" or (event.ok and item.get("print", True)):

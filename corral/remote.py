@@ -1012,6 +1012,7 @@ __all__ = [
     "INLINE_PAYLOAD_LIMIT",
     "INLINE_RESULT_LIMIT",
     "MEMORY",
+    "MEMORY_SHARE",
     "OPTIONS",
     "REGION",
     "RETRY",

@@ -311,6 +311,28 @@ def test_versions_aliases_and_tags(aws):
     aws("get-function", "--function-name", "hello", expect=255)
 
 
+def test_publish_with_create_function_and_update_function_code(aws):
+    """``--publish`` publishes a version of the new code, and the command answers that version."""
+    arn = f"{ACCOUNT_ARN}:published"
+    created = create(aws, "published", "v1", "--publish")
+    assert (created["Version"], created["FunctionArn"]) == ("1", f"{arn}:1")
+    updated = aws("update-function-code", "--function-name", "published", "--zip-file", zip_url(aws.home, "v2"),
+                  "--publish").json
+    assert (updated["Version"], updated["FunctionArn"]) == ("2", f"{arn}:2")
+    aws("wait", "function-updated-v2", "--function-name", "published")
+    assert aws("list-versions-by-function", "--function-name", "published",
+               "--query", "Versions[].Version").json == ["$LATEST", "1", "2"]
+    for version, code in (("1", "v1"), ("2", "v2")):
+        result, payload = aws.invoke("published", {}, "--qualifier", version)
+        assert (result.json["ExecutedVersion"], payload["code"]) == (version, code)
+    # without --publish, no version
+    aws("update-function-code", "--function-name", "published", "--zip-file", zip_url(aws.home, "v3"))
+    aws("wait", "function-updated-v2", "--function-name", "published")
+    assert aws("list-versions-by-function", "--function-name", "published",
+               "--query", "Versions[].Version").json == ["$LATEST", "1", "2"]
+    aws("delete-function", "--function-name", "published")
+
+
 def test_concurrency_and_account_settings(aws):
     create(aws, "counted")
     assert aws("get-function-concurrency", "--function-name", "counted").json is None  # none reserved: {}
