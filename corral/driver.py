@@ -32,7 +32,7 @@ from corral.events import (
     TaskStarted,
 )
 from corral.executor import Executor, ExecutorSpec, JobSource, Outcome
-from corral.fs import FileInfo, FileSystem, canonical, display, get_filesystem, join, remove_quietly
+from corral.fs import FileInfo, FileSystem, canonical, display, get_filesystem, join, remove_quietly, store_errors
 from corral.interrupts import Interrupted, InterruptGuard
 from corral.job import Job, Step
 from corral.journal import Journal, read_journal
@@ -237,31 +237,15 @@ class Driver:
     def _run_leased(
         self, job: Job, steps: list[Step], files: list[FileInfo], out_fs: FileSystem, spec: ExecutorSpec
     ) -> dict[str, Any]:
-        assert self.lease is not None
-        earlier = self._earlier_run(out_fs)
-        if self.settings.resume:
-            if earlier is None:
-                raise nothing_to_resume(self.out, out_fs.exists(join(self.out, "_SUCCESS")))
-            earlier.check(self._run_record(files))
-            self.resume = earlier
-            self.run_id, self.work = earlier.run_id, earlier.work
-            self.lease.rename(self.run_id)
-            self.replace_old = bool(earlier.run.get("replace_old"))
-            earlier.verify(get_filesystem(self.work), out_fs, self.out)
-            if not self.settings.quiet:
-                print(f"corral: resuming run {self.run_id}: {earlier.reused} of {earlier.planned} tasks already "
-                      "committed", file=sys.stderr)
-        else:
-            if earlier is not None:
-                if not self.settings.overwrite:
-                    raise UsageError(
-                        f"output folder {display(self.out)} holds an unfinished run {earlier.run_id}: continue it "
-                        "with --resume, or start again with --overwrite"
-                    )
-                self._abandon(out_fs, earlier)
-            self.replace_old = self._old_output(out_fs)
-        source = make_job_source(self.job_class, self.settings, self.inputs, self.out, self.run_id, job)
+        # what OUT holds (a journal, a manifest, old output) is read before anything is deployed: a store
+        # failing now is one line naming it, as at the lease's first write
+        with store_errors(f"cannot read the output folder {display(self.out)}"):
+            self._look_at_output(out_fs, files)
         root = work_root(self.out, self.settings)
+        if self.settings.work_dir and not root.startswith(self.out.rstrip("/") + "/"):  # another store, maybe
+            with store_errors(f"cannot use the working folder {display(root)} (--work-dir)"):
+                get_filesystem(root).exists(root)
+        source = make_job_source(self.job_class, self.settings, self.inputs, self.out, self.run_id, job)
         self.side_files = [{**f.to_json(), "url": work_url(root, f)} for f in source.files]
         executor = spec.create(self.settings)
         self.journal = Journal(out_fs, self.out)
@@ -368,6 +352,34 @@ class Driver:
         return f"{self.job_class.__module__}:{self.job_class.__qualname__}"
 
     # --- before anything is written ----------------------------------------------------------------
+    def _look_at_output(self, out_fs: FileSystem, files: list[FileInfo]) -> None:
+        """An unfinished run in OUT is continued (--resume), abandoned (--overwrite) or refused; old output
+        is noted, to be replaced at the commit."""
+        assert self.lease is not None
+        earlier = self._earlier_run(out_fs)
+        if self.settings.resume:
+            if earlier is None:
+                raise nothing_to_resume(self.out, out_fs.exists(join(self.out, "_SUCCESS")))
+            earlier.check(self._run_record(files))
+            self.resume = earlier
+            self.run_id, self.work = earlier.run_id, earlier.work
+            self.lease.rename(self.run_id)
+            self.replace_old = bool(earlier.run.get("replace_old"))
+            with store_errors(f"cannot read the working folder {display(self.work)}"):
+                earlier.verify(get_filesystem(self.work), out_fs, self.out)
+            if not self.settings.quiet:
+                print(f"corral: resuming run {self.run_id}: {earlier.reused} of {earlier.planned} tasks already "
+                      "committed", file=sys.stderr)
+        else:
+            if earlier is not None:
+                if not self.settings.overwrite:
+                    raise UsageError(
+                        f"output folder {display(self.out)} holds an unfinished run {earlier.run_id}: continue it "
+                        "with --resume, or start again with --overwrite"
+                    )
+                self._abandon(out_fs, earlier)
+            self.replace_old = self._old_output(out_fs)
+
     def _refuse_inputs_in_output(self, files: list[FileInfo]) -> None:
         """An input that is the output folder, or inside it, seen through any spelling or symlink, is
         refused before anything is written or deleted (``--overwrite`` would delete it)."""
@@ -419,7 +431,7 @@ class Driver:
         if earlier is not None and out_fs.exists(join(self.out, "_SUCCESS")):
             try:
                 manifest = json.loads(out_fs.read_bytes(join(self.out, "_corral", "manifest.json")))
-            except (OSError, ValueError):
+            except (FileNotFoundError, ValueError):  # not readable (denied): one line, from _look_at_output
                 manifest = {}
             if manifest.get("run_id") == earlier.run_id:  # it ended just before removing its journal
                 return None

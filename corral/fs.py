@@ -14,11 +14,12 @@ import hashlib
 import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO
 
-from corral.errors import UsageError
+from corral.errors import CorralError, UsageError
 from corral.plugins import get_plugin_manager
 
 #: File name endings read transparently through a decompressor (each such file is one split).
@@ -189,6 +190,39 @@ def remove_quietly(url: str, recursive: bool = False) -> None:
         get_filesystem(url).remove(url, recursive=recursive)
     except OSError as exc:
         logging.getLogger("corral").debug("could not remove %s: %s", url, exc)
+
+
+#: Exceptions that are a bug in whoever raised them, never a store's answer.
+_BUGS = (ArithmeticError, AssertionError, AttributeError, LookupError, NameError, TypeError)
+
+
+def store_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a store's failure (no credentials, unreachable, access denied, no such bucket)
+    rather than a bug: an OSError, or an error of the store's own library (botocore, aiohttp, google-auth),
+    which are no OSError."""
+    if isinstance(exc, OSError):
+        return True
+    return isinstance(exc, Exception) and not isinstance(exc, (CorralError, *_BUGS))
+
+
+def store_reason(exc: BaseException) -> str:
+    """Why a store failed, in a few words (``Unable to locate credentials``, ``Access Denied``); a library's
+    own OSError (aiohttp's) says more than its strerror (the host it could not reach)."""
+    if isinstance(exc, OSError) and exc.strerror and type(exc).__module__ == "builtins":
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+@contextmanager
+def store_errors(doing: str) -> Iterator[None]:
+    """A store's failure inside the block becomes one line, ``doing: reason`` (a UsageError, exit 2): the
+    place named in ``doing`` cannot be used as configured. A bug's exception goes through as it is."""
+    try:
+        yield
+    except Exception as exc:
+        if not store_failure(exc):
+            raise
+        raise UsageError(f"{doing}: {store_reason(exc)}") from None
 
 
 def get_filesystem(url: str) -> FileSystem:

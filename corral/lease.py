@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from corral.errors import UsageError
-from corral.fs import FileSystem, display, join
+from corral.errors import CorralError, UsageError
+from corral.fs import FileSystem, display, join, store_errors
 
 log = logging.getLogger("corral")
 
@@ -71,7 +71,7 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-class LeaseLostError(Exception):
+class LeaseLostError(CorralError):
     """Another run took this run's lease over (it found the heartbeat stale)."""
 
 
@@ -98,6 +98,11 @@ class Lease:
 
     def acquire(self) -> None:
         """Take the lease, or raise UsageError naming the run that holds it (or why OUT is not writable)."""
+        # the first write to OUT: a store without credentials, unreachable or read-only is one line here
+        with store_errors(f"cannot write to the output folder {display(self.out)}"):
+            self._acquire()
+
+    def _acquire(self) -> None:
         for _ in range(5):
             try:
                 if self.fs.create_new(self.url, self._content()):
@@ -106,8 +111,6 @@ class Lease:
                 current = self.fs.read_versioned(self.url)
             except FileExistsError:  # lost a race with another run creating it: look again
                 continue
-            except OSError as exc:
-                raise UsageError(f"cannot write to the output folder {display(self.out)}: {_reason(exc)}") from None
             if current is None:  # released meanwhile: try again
                 continue
             data, version = current
@@ -182,12 +185,6 @@ class Lease:
                     self.fs.remove(self.url)
             except OSError as exc:
                 log.warning("could not release the lease %s: %s", display(self.url), exc)
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
 
 
 class Keeper:
