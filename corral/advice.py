@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from corral.hookspecs import hookimpl
 
 if TYPE_CHECKING:
+    from corral.events import JobFinished
     from corral.sizing import MemorySizing
 
 #: Right-sizing keeps this share above the peak (a peak of 100 MB needs a 120 MB setting).
@@ -284,8 +285,6 @@ def cpu_advice(manifest: dict[str, Any], runs: list[Attempt]) -> dict[str, Any] 
 
 def skew_advice(runs: list[Attempt]) -> list[dict[str, Any]]:
     """Name the slowest task of a phase when it took more than 3x the phase's median."""
-    import statistics  # here: every run imports this module, few runs have a phase worth measuring
-
     phases: dict[tuple[int, str], list[Attempt]] = defaultdict(list)
     for a in runs:
         if a.status == "committed" and isinstance(a.stats.get("seconds"), int | float):
@@ -295,6 +294,8 @@ def skew_advice(runs: list[Attempt]) -> list[dict[str, Any]]:
     for (stage, phase), done in sorted(phases.items()):
         if len(done) < 3:
             continue
+        import statistics  # here: 8 ms (fractions, decimal) that a tiny job's phases need not pay
+
         median = statistics.median(float(a.stats["seconds"]) for a in done)
         slowest = max(done, key=lambda a: a.stats["seconds"])
         seconds = float(slowest.stats["seconds"])
@@ -303,7 +304,7 @@ def skew_advice(runs: list[Attempt]) -> list[dict[str, Any]]:
         where = f"stage {stage + 1} " if stages > 1 else ""
         ratio = seconds / median if median else float("inf")
         message = (f"skew: {where}{slowest.task} took {seconds:.1f} s, {ratio:.0f}x the median {phase} task "
-                   f"({median:.2f} s)")
+                   f"({f'{median:.2f} s' if median >= 1 else f'{median * 1000:.0f} ms'})")
         read = slowest.stats.get("bytes_in")
         if isinstance(read, int | float):
             median_read = statistics.median(float(a.stats.get("bytes_in") or 0) for a in done)
@@ -331,9 +332,9 @@ def corral_job_advice(manifest: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @hookimpl
-def corral_job_finished(event: Any) -> None:
+def corral_job_finished(event: JobFinished) -> None:
     """Print the advice (after a failure only the warnings, which may say why: a leak, out of memory)."""
-    if getattr(event.settings, "quiet", False):
+    if event.settings.quiet:
         return
     for item in event.manifest.get("advice") or ():
         if item.get("level") == "warning" or (event.ok and item.get("print", True)):

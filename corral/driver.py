@@ -290,6 +290,10 @@ class Driver:
             manifest = self._manifest("succeeded", None)
             self._write_manifest(out_fs, "manifest.json", manifest)
             out_fs.write_bytes(join(self.out, "_SUCCESS"), b"")
+            # it has succeeded: a Ctrl-C while it cleans up (seconds on an object store) is noted, not
+            # raised, so that no "interrupted" manifest and journal land next to _SUCCESS (a second one
+            # still exits at once)
+            self.guard.polling = True
             keeper.stop()
             self._clean_up(success=True)
         except LeaseLostError as exc:  # OUT is another run's now: write nothing more there
@@ -698,13 +702,16 @@ class Driver:
         out_fs.remove(join(self.out, "_SUCCESS"))
         if self.replace_old:
             keep = {dst for _, dst in moves}
-            try:
-                old = out_fs.expand(self.out)
-            except FileNotFoundError:
-                old = []
-            for info in old:
-                if info.url not in keep:
-                    out_fs.remove(info.url)
+            if "://" not in self.out:
+                _remove_old_entries(self.out, keep)
+            else:
+                try:
+                    old = out_fs.expand(self.out)
+                except FileNotFoundError:
+                    old = []
+                for info in old:
+                    if info.url not in keep:
+                        out_fs.remove(info.url)
         if self.resume is not None and self.resume.final is not None:  # some were moved by the earlier driver
             moves = [(src, dst) for src, dst in moves if out_fs.exists(src) or not out_fs.exists(dst)]
         self._move_outputs(out_fs, moves)
@@ -834,6 +841,21 @@ def _close(executor: Executor, bounded: bool) -> None:
     closing.join(CLOSE_AFTER_INTERRUPT_SECONDS)
     if closing.is_alive():
         log.warning("tasks still running after %.0f s; not waiting for them", CLOSE_AFTER_INTERRUPT_SECONDS)
+
+
+def _remove_old_entries(out: str, keep: set[str]) -> None:
+    """``--overwrite`` on a local disk: remove what OUT holds of an earlier output, but ``keep`` and
+    the names starting with ``_`` or ``.`` (``_corral``). A symbolic link in OUT is removed, never
+    followed: what it points to is not the output's (listing OUT as an input would follow it)."""
+    import shutil
+
+    for entry in os.scandir(out):
+        if entry.name.startswith(("_", ".")) or entry.path in keep:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
 
 
 def _remove_empty_folder(path: str) -> None:

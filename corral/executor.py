@@ -74,7 +74,7 @@ class Outcome:
 #: What ``corral.worker.run_task`` measures and reports about an attempt, copied into its stats (the
 #: manifest's per-attempt figures, which the report and the advice read).
 WORKER_STATS = ("seconds", "peak_memory_mb", "cpu_seconds", "rss_mb", "worker", "records_in", "keys_in",
-                "bytes_in", "bytes_out", "side_file_downloads")
+                "records_out", "bytes_in", "bytes_out", "side_file_downloads")
 
 
 def outcome_from_result(result: dict[str, Any], stats: dict[str, Any] | None = None) -> Outcome:

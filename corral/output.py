@@ -24,7 +24,7 @@ import msgpack
 
 from corral.errors import UsageError
 from corral.fs import get_filesystem, join
-from corral.pairs import TextError, check_pairs, text_error
+from corral.pairs import TextError, check_pairs, integer_error, text_error
 from corral.shuffle import _READ_BLOCK, _TEXT_ERRORS, _packer
 
 if TYPE_CHECKING:
@@ -56,6 +56,7 @@ class PairWriter:
         self.out = out
         self.source = source  # the method whose pairs these are, for error messages
         self._pending: list[Any] = []
+        self.records_out = 0
 
     def add_all(self, pairs: Iterable[Any]) -> None:
         """Add every pair of ``pairs`` (consumed in batches: a generator yielding millions is fine)."""
@@ -72,6 +73,7 @@ class PairWriter:
         if pairs:
             key_types, value_types = check_pairs(self.source, pairs)
             self._write(pairs, key_types, value_types)
+            self.records_out += len(pairs)
 
     def _write(self, pairs: list[tuple[Any, Any]], key_types: set[type], value_types: set[type]) -> None:
         raise NotImplementedError
@@ -106,6 +108,8 @@ class RecordWriter(PairWriter):
             data = self._pack(list(chain.from_iterable(pairs)))
         except TextError as exc:
             raise text_error(exc.unicode_error, self.source, pairs) from None
+        except OverflowError:  # an int past 64 bits, found only now: the common path pays nothing
+            raise integer_error(self.source, list(chain.from_iterable(pairs))) from None
         self.out.write(data)
 
 

@@ -29,6 +29,8 @@ _pair_length = tuple.__len__  # a TypeError for anything but a tuple: shape and 
 #: Pairs of map's hot loop checked together: few enough that they are still in the CPU's caches.
 SHUFFLE_BATCH = 1024
 VALUES_RULE = "values must be str, int, float, bool, None, or lists and dicts (with str keys) of those"
+#: msgpack (the shuffle, the records between stages) stores integers of 64 bits.
+INT_RULE = "integers passed on to reduce or to the next stage must be from -2**63 to 2**64-1"
 
 
 def describe(value: Any) -> str:
@@ -110,6 +112,29 @@ def text_error(exc: UnicodeEncodeError, source: str | None = None,
                                  f"{_surrogate(text, found)}")
     text = exc.object if isinstance(exc.object, str) else ""
     return TypeError(f"{source + ' yielded ' if source else ''}text corral cannot write: {_surrogate(text, exc)}")
+
+
+def _too_big(value: Any) -> int | None:
+    """The first integer in ``value`` outside msgpack's 64 bits, or None."""
+    if isinstance(value, int):  # bool too: always in range
+        return value if not -(1 << 63) <= value < 1 << 64 else None
+    if isinstance(value, (list, tuple)):
+        return next((big for item in value if (big := _too_big(item)) is not None), None)
+    if isinstance(value, dict):
+        return _too_big(list(value.values()))
+    return None
+
+
+def integer_error(source: str, batch: list[Any]) -> ValueError:
+    """For a batch of alternating keys and values (or lists of values) that msgpack refused with an
+    OverflowError: the message naming the method, the key and the integer (found only on failure, so
+    the common path pays nothing)."""
+    for key, value in zip(batch[::2], batch[1::2], strict=False):
+        big = _too_big(value)
+        if big is not None:
+            return ValueError(f"{source} yielded a value corral cannot store for the key {key!r}: the integer {big} "
+                              f"does not fit in 64 bits; {INT_RULE}")
+    return ValueError(f"{source} yielded an integer corral cannot store; {INT_RULE}")
 
 
 def key_error(source: str, key: Any, value: Any, shuffle: bool = True) -> TypeError:

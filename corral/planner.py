@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 
-from corral.errors import UsageError
+from corral.errors import CorralError, UsageError
 from corral.fs import FileInfo, compression_of, display, get_filesystem
 from corral.split import Split
 
@@ -36,6 +36,8 @@ def list_inputs(urls: Sequence[str]) -> list[FileInfo]:
             raise UsageError(f"input not found: {display(url)}") from None
         except PermissionError:
             raise UsageError(f"input not readable: {display(url)}") from None
+        except Exception as exc:  # the store's own (no credentials, unreachable): one line naming the input
+            raise CorralError(f"cannot list input {display(url)}: {type(exc).__name__}: {exc}") from None
         for info in found:
             if info.url not in seen:
                 seen.add(info.url)

@@ -473,6 +473,11 @@ class RemoteFunctionExecutor(Executor):
         """On undeploy: remove the identity corral created for the function; return what was done."""
         return []
 
+    def exists_already(self, exc: BaseException) -> bool:
+        """Whether ``exc``, raised by ``create_function``, says the function exists (another run of the
+        job created it since ``get_function`` looked): the deploy then updates it as needed instead."""
+        return False
+
     def check_package(self, package: Any) -> None:
         """Refuse a package the platform would refuse (its size limits), before anything is uploaded."""
 
@@ -565,9 +570,18 @@ class RemoteFunctionExecutor(Executor):
             desired = self.desired_configuration(job, identity)
             found = self.get_function(name)
             if found is None:
-                self.create_function(name, package, desired)
-                self.deploy_actions.append("create")
-            else:
+                try:
+                    self.create_function(name, package, desired)
+                    self.deploy_actions.append("create")
+                except Exception as exc:
+                    if not self.exists_already(exc):
+                        raise
+                    # another run created it meanwhile: the same job gets the same function, updated if needed
+                    self.log.info("%s: created meanwhile by another deploy (%s)", name, self.describe_error(exc))
+                    found = self.get_function(name)
+                    if found is None:
+                        raise
+            if found is not None:
                 if not self.is_managed(found):
                     raise UsageError(f"the function {name} exists but was not created by corral: corral leaves "
                                      "it alone; choose another --function-name")
@@ -998,6 +1012,7 @@ __all__ = [
     "INLINE_PAYLOAD_LIMIT",
     "INLINE_RESULT_LIMIT",
     "MEMORY",
+    "MEMORY_SHARE",
     "OPTIONS",
     "REGION",
     "RETRY",

@@ -28,7 +28,7 @@ from typing import IO, Any
 import msgpack
 
 from corral import cancellation
-from corral.pairs import SCALARS, TextError, check_keys, check_pairs, check_values, text_error
+from corral.pairs import SCALARS, TextError, check_keys, check_pairs, check_values, integer_error, text_error
 from corral.total_order import RangePartition
 
 #: Values of one key are stored in entries of at most this many values, so no entry is unbounded.
@@ -104,6 +104,7 @@ class GroupWriter:
         self._values = 0  # values in the batch
         self._room = 4096  # values per batch, adapted to their packed size
         self._pack = _packer()
+        self.values_written = 0  # in all (a map task's records out)
 
     def add(self, key: str, values: list[Any]) -> None:
         n = len(values)
@@ -167,8 +168,11 @@ class GroupWriter:
             batch = self._batch
             pairs = [(key, value) for key, values in zip(batch[0::2], batch[1::2], strict=True) for value in values]
             raise text_error(exc.unicode_error, self.source, pairs) from None
+        except OverflowError:  # an int past 64 bits, found only now: the common path pays nothing
+            raise integer_error(self.source or "map", self._batch) from None
         self.out.write(data)
         self.offset += len(data)
+        self.values_written += self._values
         # the values that pack to about _BATCH_BYTES, from these (never fewer than one)
         self._room = max(1, min(_MAX_BATCH_VALUES, self._values * _BATCH_BYTES // len(data)))
         self._batch = []
@@ -477,6 +481,7 @@ class MapBuffer:
         self._one_value_per_key = False  # groups maps each key to its only value, not to a list
         self.spills: list[tuple[IO[bytes], Index]] = []
         self._next_check = 0  # input records after which the next measurement is due
+        self.records_out = 0  # values written by the last write (after the combine)
         self._filled_since = 0  # input records read when the buffer was last empty
 
     def add_batch(self, source: str, pairs: list[tuple[str, Any]]) -> None:
@@ -654,6 +659,7 @@ class MapBuffer:
             index.append([start, writer.offset - start])
         self.groups = defaultdict(list)
         self._one_value_per_key = False
+        self.records_out = writer.values_written
         return index, writer.offset
 
     def _spill(self) -> None:
@@ -676,7 +682,7 @@ class MapBuffer:
             return index
         if self.holds_data():
             self._spill()
-        writer = GroupWriter(out)
+        writer = GroupWriter(out, source="map" if self.combine is None else "map (or combine)")
         index = []
         for p in range(self.num_partitions):
             start = writer.offset
@@ -695,6 +701,7 @@ class MapBuffer:
             writer.flush()
             index.append([start, writer.offset - start])
         write_index(out, index, writer.offset)
+        self.records_out = writer.values_written
         self.close()
         return index
 
@@ -818,6 +825,7 @@ class PairBuffer(MapBuffer):
             writer.flush()
             index.append([start, writer.offset - start])
         self.pairs = []
+        self.records_out = writer.values_written
         return index, writer.offset
 
 

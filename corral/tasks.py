@@ -166,7 +166,7 @@ def _writer(spec: TaskSpec, source: str) -> PartWriter | RecordFile:
 
 def _written(spec: TaskSpec, writer: Any, **result: Any) -> dict[str, Any]:
     """A task's result: its output (the part files of a final task) and its size."""
-    result.update(output=spec.output, bytes_out=writer.bytes_out)
+    result.update(output=spec.output, bytes_out=writer.bytes_out, records_out=writer.records_out)
     if spec.output_kind == "text":
         result["parts"] = writer.parts
     return result
@@ -235,7 +235,7 @@ def _execute_map(spec: MapSpec, job: Job, step: Step, reading: Reading) -> dict[
                 index = buffer.write(out)
         finally:
             buffer.close()
-        return {"output": spec.output, "index": index, "records_in": records_in}
+        return {"output": spec.output, "index": index, "records_in": records_in, "records_out": buffer.records_out}
 
     with _writer(spec, source) as writer:
         for keyed, batch in _input_batches(spec.splits, input_format, input_errors, input_header, reading):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.moto_fixtures import bucket_name
 from tests.requirements import need, unavailable
 
 # gcsfs reads this once, when it is imported: left at its default ("true"), every bucket access waits
@@ -125,7 +126,7 @@ def gcs(gcs_emulator):
 @pytest.fixture
 def gcs_bucket(gcs, request) -> str:
     """A fresh, empty bucket named after the test."""
-    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50].strip("-")
+    name = bucket_name(request.node.name)
     if gcs.exists(name):
         gcs.rm(name, recursive=True)
     gcs.mkdir(name)

@@ -8,6 +8,7 @@ the server lives as long as the test package that uses it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import pytest
@@ -63,9 +64,18 @@ def s3(moto_server):
     return boto3.client("s3")
 
 
+def bucket_name(test: str) -> str:
+    """A valid bucket name (at most 63 characters) of its own for each test, parameters included: a long
+    name is cut, and a hash of the whole keeps the cut names of two parametrised tests apart."""
+    name = "t-" + "".join(c if c.isalnum() else "-" for c in test.lower())
+    if len(name) > 52:
+        name = name[:43].strip("-") + "-" + hashlib.sha1(test.encode()).hexdigest()[:8]
+    return name.strip("-")
+
+
 @pytest.fixture
 def bucket(s3, request):
     """A fresh, empty bucket named after the test."""
-    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50].strip("-")
+    name = bucket_name(request.node.name)
     s3.create_bucket(Bucket=name)
     return name

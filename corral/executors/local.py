@@ -235,8 +235,11 @@ class ProcessExecutor(Executor):
         inherited = [ours.fileno(), self._wake_read, self._wake_write, *(w.conn.fileno() for w in self._workers)]
         if not forked:
             inherited = []
+        # a worker from the fork server would have the environment of when the server started (the
+        # first run of this process), not the driver's now: it gets the driver's, as a forked one does
+        environ = None if forked else dict(os.environ)
         process = context.Process(
-            target=_worker_main, args=(theirs, os.getpid() if forked else None, inherited),
+            target=_worker_main, args=(theirs, os.getpid() if forked else None, inherited, environ),
             name="corral-worker",
         )
         process.start()
@@ -488,10 +491,15 @@ def _kill(process: Any) -> None:
 # --- in the worker process -----------------------------------------------------------------------
 
 
-def _worker_main(conn: Connection, parent: int | None, inherited: list[int]) -> None:
+def _worker_main(conn: Connection, parent: int | None, inherited: list[int],
+                 environ: dict[str, str] | None = None) -> None:
     """A worker's life: run each payload the driver sends, answer its result; leave when the pipe
     closes. Ctrl-C is the driver's to handle (it cancels the attempts): the worker ignores SIGINT, and
-    SIGTERM ends it (not a handler the driver installed before the fork)."""
+    SIGTERM ends it (not a handler the driver installed before the fork). ``environ``, when given, is
+    the driver's environment, which replaces the one the worker came with."""
+    if environ is not None:
+        os.environ.clear()
+        os.environ.update(environ)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     for fd in inherited:

@@ -55,6 +55,18 @@ class FsspecFileSystem(FileSystem):
         return self.fs.unstrip_protocol(path)
 
     def expand(self, url: str) -> list[FileInfo]:
+        if self._local:
+            return self._expand(url)
+        # object stores: a listing fresh from the store, and none kept afterwards. fsspec caches
+        # listings (s3fs, gcsfs); this process's later lookups (info, exists, the commit's copies)
+        # would trust a listing made before worker processes or functions wrote their outputs
+        self.fs.invalidate_cache()
+        try:
+            return self._expand(url)
+        finally:
+            self.fs.invalidate_cache()
+
+    def _expand(self, url: str) -> list[FileInfo]:
         path = self._path(url)
         if any(ch in path for ch in _GLOB_CHARS):
             found = self.fs.glob(path, detail=True)

@@ -42,6 +42,9 @@ def _state(event: Any) -> LiveState | None:
 def corral_job_started(event: JobStarted) -> None:
     settings = event.settings
     if not settings.ui:
+        given = [f"--{name}" for name in ("ui-port", "ui-host", "ui-linger") if settings.source(name) == f"--{name}"]
+        if given:  # a live view asked for on the command line, but not started: say so, do not ignore it
+            raise UsageError(f"{' and '.join(given)} {'has' if len(given) == 1 else 'have'} no effect without --ui")
         return
     try:
         from corral.ui.server import LiveServer, _is_loopback

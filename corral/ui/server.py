@@ -14,6 +14,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import socket
 import threading
 from importlib.resources import files
 from pathlib import Path
@@ -27,6 +28,7 @@ from corral.ui.state import LiveState
 
 STATIC = Path(str(files("corral.ui"))) / "static"
 VENDOR = Path(str(files("corral.ui"))) / "vendor"
+_CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
 #: How often the server checks the state for changes, and how often at most it pushes a new one.
 POLL = 0.25
 PUSH = 1.0
@@ -58,6 +60,10 @@ class LiveServer:
         self._streams = 0  # event streams open
         self._ticker: asyncio.Task[None] | None = None
         self._stopping = threading.Lock()
+        # the page's files, read now: served from memory, they need no thread pool, which the
+        # interpreter refuses to use once it is exiting (the page must load while --ui-linger waits)
+        self._files = {(folder.name, path.name): (path.read_bytes(), _CONTENT_TYPES[path.suffix])
+                       for folder in (STATIC, VENDOR) for path in folder.iterdir() if path.suffix in _CONTENT_TYPES}
 
     def start(self) -> str:
         """Bind and serve; return the page's URL. A port that cannot be had is a UsageError."""
@@ -67,7 +73,11 @@ class LiveServer:
         except OSError as exc:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            # a host name that does not resolve says so (its errno is the resolver's, not the OS's)
+            if isinstance(exc, socket.gaierror) or not exc.errno:
+                reason = exc.strerror or str(exc)
+            else:
+                reason = os.strerror(exc.errno)
             raise UsageError(f"cannot serve the live view on {self.host}:{self.port} (--ui-host, --ui-port): "
                              f"{reason[:1].lower()}{reason[1:]}") from None
         return self.url
@@ -94,8 +104,7 @@ class LiveServer:
         app.router.add_get("/", self._page)
         app.router.add_get("/api/state", self._api_state)
         app.router.add_get("/api/events", self._events)
-        app.router.add_static("/static/", STATIC)
-        app.router.add_static("/vendor/", VENDOR)
+        app.router.add_get("/{folder:static|vendor}/{name}", self._file)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -135,7 +144,18 @@ class LiveServer:
         return await handler(request)
 
     async def _page(self, request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(STATIC / "live.html", headers={"Cache-Control": "no-store"})
+        return self._file_response("static", "live.html")
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
+        return self._file_response(request.match_info["folder"], request.match_info["name"])
+
+    def _file_response(self, folder: str, name: str) -> web.Response:
+        found = self._files.get((folder, name))
+        if found is None:
+            raise web.HTTPNotFound()
+        body, content_type = found
+        return web.Response(body=body, content_type=content_type, charset="utf-8",
+                            headers={"Cache-Control": "no-store"})
 
     async def _api_state(self, request: web.Request) -> web.Response:
         return web.json_response(self.state.snapshot(), dumps=_dumps, headers={"Cache-Control": "no-store"})

@@ -51,7 +51,7 @@ class LiveState:
         self.task_phase: dict[TaskKey, str] = {}
         self.running: dict[AttemptKey, dict[str, Any]] = {}  # attempt -> {"counters", "cpu", "started"}
         self.committed: dict[tuple[str, str], int] = defaultdict(int)
-        self.io = {"records_in": 0, "keys_in": 0, "bytes_in": 0, "bytes_out": 0}
+        self.io = {"records_in": 0, "keys_in": 0, "records_out": 0, "bytes_in": 0, "bytes_out": 0}
         self.attempts: deque[dict[str, Any]] = deque(maxlen=RECENT_ATTEMPTS)
         self.failures: deque[dict[str, Any]] = deque(maxlen=RECENT_FAILURES)
         self.retries = 0

@@ -67,6 +67,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        help="cap each container's CPU as the platform does (Lambda: 1 vCPU at 1769 MB, in "
                             "proportion below; GCF: availableCpu); --no-cloud-cpu lets every container use all "
                             "the host's CPUs (default: on)")
+    serve.add_argument("--tmp-cap", action=argparse.BooleanOptionalAction, default=True,
+                       help="make a Lambda function's /tmp a tmpfs of its EphemeralStorage size, so that writing "
+                            "past it fails with 'No space left on device' (its pages count against the memory "
+                            "limit); --no-tmp-cap keeps /tmp on the container's disk, uncapped (default: on)")
     serve.add_argument("--event-retry-delay", type=_seconds, default=60.0, metavar="SECONDS",
                        help="wait before retrying a failed Event invocation, doubled before the second retry "
                             "(Lambda: 60, then 120) (default 60)")
@@ -124,6 +128,7 @@ def run_serve(args: argparse.Namespace) -> int:
         log_stream=None if args.quiet else sys.stderr,
         throttle_fraction=args.throttle,
         cloud_cpu=args.cloud_cpu,
+        tmp_cap=args.tmp_cap,
         event_retry_delay=args.event_retry_delay,
     )
     stop = threading.Event()

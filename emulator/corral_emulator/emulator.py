@@ -60,7 +60,10 @@ class Emulator:
     containers are removed after ``idle_timeout`` seconds. ``mounts`` are host folders bind-mounted
     read-write at the same path in every container. ``cloud_cpu`` (on by default) caps each container's
     CPU as the platform would (Lambda: one vCPU at 1769 MB; GCF: ``availableCpu``); off, every container
-    may use all of the host's CPUs. ``stop()`` removes every
+    may use all of the host's CPUs. ``tmp_cap`` (on by default) makes a Lambda function's ``/tmp`` a tmpfs
+    of its ``EphemeralStorage`` size, so that writing past it fails with ENOSPC as on Lambda; a tmpfs's
+    pages count against the memory cap (Lambda's disk does not), so off, ``/tmp`` is on the container's
+    disk, uncapped, and a task that spills there needs no memory for it. ``stop()`` removes every
     container this instance started. ``service_account_key()`` gives a key file for google-auth whose
     ``token_uri`` is this emulator (the functions' URLs need ID tokens). A GCF create or patch answers
     when its deploy is done, or after ``operation_wait`` seconds with ``done: false`` (0: at once, as GCF).
@@ -78,6 +81,7 @@ class Emulator:
         region: str | None = None,
         account_id: str = "000000000000",
         cloud_cpu: bool = True,
+        tmp_cap: bool = True,
         workdir: str | os.PathLike | None = None,
         log_dir: str | os.PathLike | None = None,
         log_stream: TextIO | None = None,
@@ -116,6 +120,7 @@ class Emulator:
         self.region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         self.account_id = account_id
         self.cloud_cpu = cloud_cpu
+        self.tmp_cap = tmp_cap
         self.instance_id = uuid.uuid4().hex[:16]
         self._workdir_arg = workdir
         self._log_dir_arg = log_dir
@@ -183,6 +188,7 @@ class Emulator:
             init_timeout=self.init_timeout,
             mounts=self.mounts,
             cloud_cpu=self.cloud_cpu,
+            tmp_cap=self.tmp_cap,
             log_dir=Path(self._log_dir_arg) if self._log_dir_arg else self.workdir / "logs",
             log_stream=self.log_stream,
             docker_client=self._docker,

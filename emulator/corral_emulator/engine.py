@@ -64,6 +64,7 @@ class Engine:
         docker_client: docker.DockerClient,
         throttle_fraction: float = 0.0,
         throttle_seed: int = 0,
+        tmp_cap: bool = True,
     ) -> None:
         self.instance_id = instance_id
         self.workdir = workdir
@@ -74,6 +75,7 @@ class Engine:
         self.init_timeout = init_timeout
         self.mounts = mounts
         self.cloud_cpu = cloud_cpu
+        self.tmp_cap = tmp_cap  # a platform's /tmp of its size limit (a tmpfs), or the container's disk
         self.log_dir = log_dir
         self.log_stream = log_stream
         self.docker = docker_client

@@ -108,7 +108,16 @@ async def create_function(request: web.Request) -> web.Response:
     if body.get("PackageType", "Zip") != "Zip":
         raise invalid("corral-emulator supports PackageType Zip only")
     function = await _service(request).create_function(name, body)
-    return _ok(function.configuration(), status=201)
+    return _ok(_published(request, function, body).configuration(), status=201)
+
+
+def _published(request: web.Request, function: Function, body: dict) -> Function:
+    """With ``"Publish": true`` (CreateFunction, UpdateFunctionCode), a version is published from the new
+    $LATEST and its configuration answered, as on Lambda; else $LATEST itself."""
+    publish = body.get("Publish", False)
+    if not isinstance(publish, bool):
+        raise invalid(f"Publish must be true or false, not {publish!r}")
+    return _service(request).publish_version(function.name, {}) if publish else function
 
 
 async def list_functions(request: web.Request) -> web.Response:
@@ -170,7 +179,7 @@ async def update_configuration(request: web.Request) -> web.Response:
 async def update_code(request: web.Request) -> web.Response:
     body = await _json(request)
     function = await _service(request).update_code(_name(request), body)
-    return _ok(function.configuration())
+    return _ok(_published(request, function, body).configuration())
 
 
 async def delete_function(request: web.Request) -> web.Response:

@@ -96,7 +96,11 @@ class LambdaSandbox(Sandbox):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
-        self.runner = web.AppRunner(make_app(self), access_log=None, handle_signals=False, shutdown_timeout=0.1)
+        # handler_cancellation: the runtime's long poll for its next invocation ends with its connection
+        # (the container removed), instead of waiting on the inbox forever ("Task was destroyed but it is
+        # pending!" once the retired sandbox is collected)
+        self.runner = web.AppRunner(make_app(self), access_log=None, handle_signals=False, shutdown_timeout=0.1,
+                                    handler_cancellation=True)
         await self.runner.setup()
         await web.SockSite(self.runner, sock).start()
 
@@ -145,7 +149,10 @@ class LambdaSandbox(Sandbox):
 
     def platform_tmpfs(self) -> dict[str, str]:
         # /tmp of the function's EphemeralStorage size: writing past it fails with ENOSPC, as on Lambda. A tmpfs
-        # is the size limit Docker offers on any storage driver; its pages count against the memory cap.
+        # is the size limit Docker offers on any storage driver; its pages count against the memory cap, so
+        # without ``tmp_cap`` /tmp stays on the container's disk.
+        if not self.engine.tmp_cap:
+            return {}
         return {"/tmp": f"size={self.ephemeral_storage}m,mode=1777,exec"}
 
     # ---------------------------------------------------------------- invocation

@@ -112,6 +112,29 @@ def test_with_an_existing_role_corral_manages_no_iam_and_undeploy_leaves_the_rol
     assert iam.list_role_policies(RoleName="team-lambda")["PolicyNames"] == ["team"]
 
 
+def test_two_deploys_at_once_share_one_function(emulator, tmp_path):
+    """Two runs of one job starting together both find no function: Lambda refuses the second create
+    (ResourceConflictException), and that deploy takes the function the first one created."""
+    import subprocess
+
+    from tests.aws.conftest import CORRAL, environment
+
+    job = tmp_path / "together.py"
+    job.write_text(JOB.replace("Lifecycle", "Together"))
+    role = "arn:aws:iam::123456789012:role/team-lambda"  # an existing role: no IAM calls to race on
+    started = [subprocess.Popen([CORRAL, "deploy", str(job), "--backend", "lambda", "--lambda-endpoint",
+                                 emulator.endpoint, "--lambda-role-arn", role, "-v"], cwd=tmp_path,
+                                env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    done = [(p.wait(timeout=300), p.stderr.read()) for p in started]
+    assert [code for code, _ in done] == [0, 0], done
+    logs = [err for _, err in done]
+    assert sum("; create in " in err for err in logs) == 1, logs
+    (other,) = [err for err in logs if "; create in " not in err]
+    assert "function up to date" in other, other  # refused its create, or found the function being created
+    assert state(emulator.endpoint, "corral-together-Together")["State"] == "Active"
+
+
 def test_the_role_policy_follows_the_job_locations(emulator, s3, bucket, monkeypatch):
     """Re-deploying for other locations rewrites the policy (and waits for IAM to apply it)."""
     from corral_lambda import executor as module

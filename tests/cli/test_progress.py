@@ -5,13 +5,14 @@ from __future__ import annotations
 import fcntl
 import os
 import pty
-import shutil
 import struct
 import subprocess
+import sys
 import termios
 from pathlib import Path
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+CORRAL = str(Path(sys.executable).with_name("corral"))  # this environment's console script
 
 
 def run_on_terminal(args: list[str]) -> str:
@@ -19,7 +20,7 @@ def run_on_terminal(args: list[str]) -> str:
     pid, fd = pty.fork()
     if pid == 0:  # the child: exec corral on a 100-column terminal
         fcntl.ioctl(1, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-        os.execv(shutil.which("corral"), ["corral", *args])
+        os.execv(CORRAL, ["corral", *args])
     chunks = []
     while True:
         try:
@@ -55,7 +56,7 @@ def test_quiet_on_a_terminal_shows_nothing(tmp_path):
 
 def test_no_progress_bars_when_not_a_terminal(tmp_path):
     result = subprocess.run(
-        [shutil.which("corral"), "run", str(EXAMPLES / "wordcount.py"), str(EXAMPLES / "data" / "sample.txt"),
+        [CORRAL, "run", str(EXAMPLES / "wordcount.py"), str(EXAMPLES / "data" / "sample.txt"),
          "--out", str(tmp_path / "out")],
         capture_output=True, text=True, check=True,
     )

@@ -24,6 +24,13 @@ class Cat(corral.Job):
     """Map-only pass-through: the output is the input's lines."""
 
 
+class Environment(corral.Job):
+    """Map-only: each input line is the name of an environment variable; yields its value in the task."""
+
+    def map(self, key, name):
+        yield name, os.environ.get(name, "<unset>")
+
+
 class Records(corral.Job):
     """Map-only: every input record as the JSON list [key, value]."""
 

@@ -172,6 +172,9 @@ def test_skew_names_the_slowest_task_beyond_three_medians():
     (item,) = skew_advice(list(manifest_attempts(m)))
     assert item["message"] == ("skew: reduce-0003 took 5.0 s, 5x the median reduce task (1.00 s); "
                                "it read 7.8 KB (8.0x the median)")
+    hot = fake_manifest([{"stats": {"seconds": s}} for s in (0.004, 0.004, 1.5, 0.004, 0.005)])
+    assert skew_advice(list(manifest_attempts(hot)))[0]["message"] == (
+        "skew: map-0002 took 1.5 s, 375x the median map task (4 ms)")
     even = fake_manifest([{"stats": {"seconds": s}} for s in (1.0, 1.2, 2.5, 0.9)])
     assert skew_advice(list(manifest_attempts(even))) == []
 

@@ -97,6 +97,24 @@ def test_exit_codes_and_messages_as_commands(words, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_a_store_that_refuses_the_listing_is_one_line_naming_the_input(tmp_path):
+    """No credentials for s3:// (none in the environment, no files, no instance metadata): the store's
+    error in one line with the input's URL, exit 1, nothing written."""
+    from tests.requirements import need
+
+    need("s3fs")
+    env = clean_env(AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_CONFIG_FILE=str(tmp_path / "none"),
+                    AWS_EC2_METADATA_DISABLED="true")
+    env = {k: v for k, v in env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                                     "AWS_SESSION_TOKEN", "AWS_PROFILE")}
+    done = run_command("corral", "run", EXAMPLES / "wordcount.py", "s3://corral-no-such-bucket/in/", "--out",
+                       tmp_path / "out", "--backend", "threads", env=env)
+    assert done.returncode == 1
+    assert one_line_error(done.stderr) == ("corral: error: cannot list input s3://corral-no-such-bucket/in/: "
+                                           "NoCredentialsError: Unable to locate credentials")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

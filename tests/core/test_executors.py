@@ -292,6 +292,25 @@ def test_an_interrupted_run_leaves_no_worker_and_no_success_marker(tmp_path, sig
         kill_all(driver, everything)
 
 
+def test_workers_from_the_fork_server_see_the_drivers_environment_as_it_is_now(tmp_path, monkeypatch):
+    """With a thread running (a notebook, a test session with a server), workers come from the fork
+    server, which started with the first run: a variable set after it (credentials, an endpoint) must
+    still reach the next run's tasks, as it would reach forked ones."""
+    (tmp_path / "in.txt").write_text("CORRAL_TEST_LATE_VARIABLE\n")
+    monkeypatch.delenv("CORRAL_TEST_LATE_VARIABLE", raising=False)
+    stop = threading.Event()
+    busy = threading.Thread(target=stop.wait, daemon=True)  # so the executor uses the fork server
+    busy.start()
+    try:
+        corral.run(jobs.Environment, str(tmp_path / "in.txt"), str(tmp_path / "before"), backend="processes")
+        monkeypatch.setenv("CORRAL_TEST_LATE_VARIABLE", "set after the first run")
+        corral.run(jobs.Environment, str(tmp_path / "in.txt"), str(tmp_path / "after"), backend="processes")
+    finally:
+        stop.set()
+    assert (tmp_path / "before" / "part-00000").read_text() == "CORRAL_TEST_LATE_VARIABLE\t<unset>\n"
+    assert (tmp_path / "after" / "part-00000").read_text() == "CORRAL_TEST_LATE_VARIABLE\tset after the first run\n"
+
+
 # --- how the kernel says a worker ran out of memory -----------------------------------------------------
 
 

@@ -127,3 +127,27 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path):
     assert returncode == 130
     assert "corral: interrupted again: exiting now" in err.splitlines()
     assert seconds < 2
+
+
+def test_a_ctrl_c_once_the_success_marker_is_written_leaves_a_succeeded_run(tmp_path, monkeypatch):
+    """Ctrl-C while a run that has written ``_SUCCESS`` removes its working data (seconds on an object store
+    with many objects): the run has succeeded and stays so, with its manifest saying so (not "interrupted"
+    next to a ``_SUCCESS``, a journal left to resume and exit 130)."""
+    import corral.driver
+
+    from .util import manifest, run
+
+    clean_up = corral.driver.Driver._clean_up
+
+    def interrupted_clean_up(self, success):
+        if success:
+            signal.raise_signal(signal.SIGINT)  # the handler runs here, as for a Ctrl-C at this moment
+        return clean_up(self, success)
+
+    monkeypatch.setattr(corral.driver.Driver, "_clean_up", interrupted_clean_up)
+    (tmp_path / "in.txt").write_text("a b a\n")
+    out = tmp_path / "out"
+    assert run(jobs.WordCount, tmp_path / "in.txt", out)["status"] == "succeeded"
+    assert manifest(out)["status"] == "succeeded" and (out / "_SUCCESS").exists()
+    assert sorted(p.name for p in (out / "_corral").iterdir()) == ["manifest.json"]  # cleaned up all the same
+    assert counts(out) == {"a": 2, "b": 1}

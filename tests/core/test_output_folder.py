@@ -165,6 +165,25 @@ def test_overwrite_replaces_every_old_part_at_the_commit(tmp_path, capsys):
     assert not (out / "_corral" / "manifest.unfinished.json").exists()
 
 
+def test_overwrite_removes_links_in_the_output_never_what_they_point_to(tmp_path, capsys):
+    """A link in OUT (to a folder, to a file) goes with the old output; the files it points to stay. (Listing
+    OUT as inputs are listed follows links: the old parts' replacement deleted the files behind them.)"""
+    (tmp_path / "in.txt").write_text(TEXT)
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    argv = ["run", f"{jobs.__file__}:WordCount", tmp_path / "in.txt", "--out", out, "--backend", "threads", "-q"]
+    assert cli(capsys, *argv)[0] == 0
+    elsewhere.mkdir()
+    (elsewhere / "precious.txt").write_text("not the output's\n")
+    (out / "folder-link").symlink_to(elsewhere)
+    (out / "file-link").symlink_to(elsewhere / "precious.txt")
+    (out / "old-folder").mkdir()
+    (out / "old-folder" / "part-00009").write_text("an old part\n")
+    assert cli(capsys, *argv, "--overwrite")[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS", "_corral", "part-00000"]
+    assert (elsewhere / "precious.txt").read_text() == "not the output's\n"
+    assert counts(out) == EXPECTED
+
+
 # --- defect 8: split sizes ---------------------------------------------------------------------------------
 
 

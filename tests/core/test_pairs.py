@@ -190,3 +190,51 @@ def test_lists_of_two_tuples_and_none_keys_are_pairs(tmp_path):
     assert (tmp_path / "out" / "part-00000").read_text() == (
         '["a", [1, "x"]]\na\ttrue\n["b", [1, "x"]]\nb\ttrue\n'
     )
+
+
+class HugeInteger(BytesValue):
+    def map(self, key, line):
+        yield line, {"n": [1, 2**70]}
+
+
+class CombineSumsPastSixtyFourBits(CombineYieldsASet):
+    def map(self, key, line):
+        yield line, 2**63
+        yield line, 2**63
+
+    def combine(self, key, values):
+        yield key, sum(values)
+
+
+class HugeIntegerIntoTheNextStage(SetIntoTheNextStage):
+    def first(self, key, line):
+        yield line, -(2**64)
+
+
+@pytest.mark.parametrize(("job", "task", "source", "number"), [
+    (HugeInteger, "map-0000", "map", 2**70),
+    (CombineSumsPastSixtyFourBits, "map-0000", "map (or combine)", 2**64),
+    (HugeIntegerIntoTheNextStage, "map-0000", "map", -(2**64)),
+])
+def test_an_integer_past_64_bits_fails_naming_the_method_key_and_number(tmp_path, job, task, source, number):
+    """msgpack (the shuffle, records between stages) stores 64-bit integers: a bigger one is named,
+    not msgpack's bare ``OverflowError: Integer value out of range`` and its frames."""
+    (tmp_path / "in.txt").write_text("word\n")
+    with pytest.raises(corral.JobFailed) as failed:
+        run(job, tmp_path / "in.txt", tmp_path / "out", retries=0)
+    assert str(failed.value).splitlines()[0] == (
+        f"task {task} attempt 1: ValueError: {source} yielded a value corral cannot store for the key 'word': the "
+        f"integer {number} does not fit in 64 bits; integers passed on to reduce or to the next stage must be from "
+        "-2**63 to 2**64-1"
+    )
+
+
+class LargestIntegers(BytesValue):
+    def map(self, key, line):
+        yield line, [2**64 - 1, -(2**63)]
+
+
+def test_integers_at_the_64_bit_limits_go_through(tmp_path):
+    (tmp_path / "in.txt").write_text("word\n")
+    run(LargestIntegers, tmp_path / "in.txt", tmp_path / "out", reducers=1)
+    assert (tmp_path / "out" / "part-00000").read_text() == f"word\t[[{2**64 - 1}, {-(2**63)}]]\n"

@@ -173,6 +173,32 @@ def test_deploy_creates_then_updates_only_what_changed_then_undeploys():
     assert gone.deploy_actions == ["delete-identity"]  # nothing left to delete: not an error
 
 
+class CreatedMeanwhile(StandIn):
+    """Another run of the job creates the function between this deploy's look and its create (which the
+    platform then refuses: it exists); ``other`` is that run's configuration."""
+
+    other: dict = {}
+
+    def create_function(self, name, package, desired):
+        StandIn.functions[name] = {"hash": package.sha256, "config": {**desired, **self.other}, "managed": True}
+        raise FileExistsError(f"function {name} already exists")
+
+    def exists_already(self, exc):
+        return isinstance(exc, FileExistsError)
+
+
+def test_two_deploys_at_once_share_the_function_the_first_one_created():
+    CreatedMeanwhile.other = {}
+    same = CreatedMeanwhile()
+    same.deploy(JOB)  # not an error: the same job's function, up to date
+    assert same.deploy_actions == [] and same.uploads == 0
+    StandIn.functions.clear()
+    CreatedMeanwhile.other = {"memory": 2048}  # the other run asked for more memory: this one's is applied
+    resized = CreatedMeanwhile()
+    resized.deploy(JOB)
+    assert resized.deploy_actions == ["update-config"] and StandIn.functions["corral-j-J"]["config"]["memory"] == 512
+
+
 def test_a_function_corral_did_not_create_is_left_alone():
     StandIn.functions["corral-j-J"] = {"hash": "x", "config": {}, "managed": False}
     with pytest.raises(corral.UsageError, match="corral-j-J exists but was not created by corral"):

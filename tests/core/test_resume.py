@@ -295,3 +295,30 @@ def test_a_damaged_journal_is_one_line(unfinished, capsys):
     code, _, err = cli(capsys, *unfinished["argv"], "--overwrite")
     assert code == 0, err
     assert counts(unfinished["out"]) == word_counter(unfinished["text"])
+
+
+def test_resume_with_changed_code_or_another_job_is_refused_and_deletes_nothing(tmp_path, capsys):
+    """The journal holds the job's name and a hash of its file: an edited job (or another class) would
+    mix outputs of two programs, so the resume is refused, naming what changed."""
+    job = tmp_path / "wc.py"
+    job.write_text(
+        "import os\nimport corral\n\n\nclass Counting(corral.Job):\n    def map(self, key, line):\n"
+        "        yield from ((w, 1) for w in line.split())\n\n    def reduce(self, word, counts):\n"
+        "        if os.path.exists(self.args['fail']):\n            raise ValueError('failing on purpose')\n"
+        "        yield word, sum(counts)\n\n\nclass Other(Counting):\n    pass\n"
+    )
+    _write_input(tmp_path / "in", files=2, lines=3)
+    (tmp_path / "fail").write_text("")
+    argv = [tmp_path / "in", "--out", tmp_path / "out", "--backend", "threads", "--retries", "0",
+            "--arg", f"fail={tmp_path / 'fail'}", "--map-bin-size", "1"]
+    assert cli(capsys, "run", f"{job}:Counting", *argv)[0] == 1
+    before = _state(tmp_path / "out")
+    code, _, err = cli(capsys, "run", f"{job}:Other", *argv, "--resume")
+    assert code == 2 and "the job was wc:Counting, is now wc:Other." in err
+    job.write_text(job.read_text() + "# edited\n")
+    code, _, err = cli(capsys, "run", f"{job}:Counting", *argv, "--resume")
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert line.startswith("corral: error: cannot resume run ")
+    assert f": the job's code ({job}) changed. Nothing was deleted" in line
+    assert _state(tmp_path / "out") == before

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
+import sys
 import textwrap
 from collections import Counter
 from pathlib import Path
@@ -74,7 +74,7 @@ def cli(capsys, *argv: Any) -> tuple[int, str, str]:
 
 
 def corral_command() -> str:
-    path = shutil.which("corral")
+    path = str(Path(sys.executable).with_name("corral"))
     assert path, "the corral console script is not installed (pip install -e .)"
     return path
 

@@ -113,6 +113,34 @@ def test_timeout_fails_the_job_with_the_limit(workdir):
     assert 2000 <= attempt["stats"]["billed_ms"] < 4000
 
 
+def test_a_task_may_write_more_to_tmp_than_its_memory_as_on_lambda(workdir):
+    """Lambda's /tmp is disk: a 256 MB function may write 300 MB there (spills, downloads). The docker
+    backend's containers keep /tmp on their disk (not a tmpfs, whose pages would count against the memory
+    and kill the task as out of memory)."""
+    job = write_job(workdir, "tmpwriter", '''
+        import os
+
+        import corral
+
+        class TmpWriter(corral.Job):
+            def map(self, key, line):
+                with open("/proc/self/mounts") as f:
+                    kinds = [entry.split()[2] for entry in f if entry.split()[1] == "/tmp"]
+                chunk = b"x" * (1 << 20)
+                with open("/tmp/big", "wb") as f:
+                    for _ in range(300):
+                        f.write(chunk)
+                size = os.path.getsize("/tmp/big") >> 20
+                os.remove("/tmp/big")
+                yield line, f"{size} MB in /tmp, {kinds[-1] if kinds else 'the container disk'}"
+        ''')
+    (workdir / "in.txt").write_text("one line\n")
+    done = corral("run", job, workdir / "in.txt", "--out", workdir / "out", "--backend", "docker",
+                  "--memory", "256", "--retries", "0", cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert (workdir / "out" / "part-00000").read_text() == "one line\t300 MB in /tmp, the container disk\n"
+
+
 def test_user_errors_come_back_with_the_users_traceback(workdir):
     job = write_job(workdir, "buggy", '''
         import corral

@@ -74,6 +74,10 @@ def handler(event, context):
         return {{"tmp_mb": stat.f_blocks * stat.f_frsize >> 20}}
     if action == "cpus":
         return {{"cpus": cpus()}}
+    if action == "tmp-mount":
+        with open("/proc/self/mounts") as f:
+            kinds = [line.split()[2] for line in f if line.split()[1] == "/tmp"]
+        return {{"tmp_fs": kinds[-1] if kinds else None}}
     return {{"code": CODE, "greeting": os.environ.get("GREETING"), "version": os.environ["AWS_LAMBDA_FUNCTION_VERSION"],
             "invoked_arn": context.invoked_function_arn}}
 '''
@@ -307,6 +311,28 @@ def test_versions_aliases_and_tags(aws):
     aws("get-function", "--function-name", "hello", expect=255)
 
 
+def test_publish_with_create_function_and_update_function_code(aws):
+    """``--publish`` publishes a version of the new code, and the command answers that version."""
+    arn = f"{ACCOUNT_ARN}:published"
+    created = create(aws, "published", "v1", "--publish")
+    assert (created["Version"], created["FunctionArn"]) == ("1", f"{arn}:1")
+    updated = aws("update-function-code", "--function-name", "published", "--zip-file", zip_url(aws.home, "v2"),
+                  "--publish").json
+    assert (updated["Version"], updated["FunctionArn"]) == ("2", f"{arn}:2")
+    aws("wait", "function-updated-v2", "--function-name", "published")
+    assert aws("list-versions-by-function", "--function-name", "published",
+               "--query", "Versions[].Version").json == ["$LATEST", "1", "2"]
+    for version, code in (("1", "v1"), ("2", "v2")):
+        result, payload = aws.invoke("published", {}, "--qualifier", version)
+        assert (result.json["ExecutedVersion"], payload["code"]) == (version, code)
+    # without --publish, no version
+    aws("update-function-code", "--function-name", "published", "--zip-file", zip_url(aws.home, "v3"))
+    aws("wait", "function-updated-v2", "--function-name", "published")
+    assert aws("list-versions-by-function", "--function-name", "published",
+               "--query", "Versions[].Version").json == ["$LATEST", "1", "2"]
+    aws("delete-function", "--function-name", "published")
+
+
 def test_concurrency_and_account_settings(aws):
     create(aws, "counted")
     assert aws("get-function-concurrency", "--function-name", "counted").json is None  # none reserved: {}
@@ -394,6 +420,8 @@ def test_event_invokes_are_retried_twice_then_as_configured(aws, served):
 
 def test_tmp_is_capped_at_the_ephemeral_storage_size(aws):
     create(aws, "disk", "v1", "--memory-size", "1024", "--ephemeral-storage", "Size=512")
+    _, payload = aws.invoke("disk", {"action": "tmp-mount"})
+    assert payload == {"tmp_fs": "tmpfs"}
     _, payload = aws.invoke("disk", {"action": "fill-tmp"})
     assert payload["tmp_mb"] == 512
     assert payload["error"] == "[Errno 28] No space left on device" and 500 <= payload["written_mb"] <= 512
@@ -454,6 +482,20 @@ def test_without_cloud_cpu_a_container_may_use_every_cpu(make_function, call):
     name = make_function(HANDLER.format(code="v1"), memory=128)
     payload, _ = call(name, {"action": "cpus"})
     assert payload == {"cpus": None}
+
+
+def test_without_the_tmp_cap_tmp_is_on_the_containers_disk(docker_engine, client_for, package):
+    """``Emulator(tmp_cap=False)`` (``serve --no-tmp-cap``; the docker backend's choice): no tmpfs at /tmp, whose
+    pages would count against the function's memory (a task spilling there was killed as out of memory)."""
+    from corral_emulator import Emulator
+
+    with Emulator(max_concurrency=1, cloud_cpu=False, tmp_cap=False) as emu:
+        client = client_for(emu.endpoint)
+        client.create_function(FunctionName="disk", Runtime="python3.11", Role=ROLE, Handler="app.handler",
+                               Code={"ZipFile": package({"app.py": HANDLER.format(code="v1")})},
+                               EphemeralStorage={"Size": 512})
+        answer = client.invoke(FunctionName="disk", Payload=json.dumps({"action": "tmp-mount"}).encode())
+        assert json.loads(answer["Payload"].read()) == {"tmp_fs": None}
 
 
 @pytest.mark.slow

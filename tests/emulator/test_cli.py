@@ -33,6 +33,9 @@ def test_plugin_command_parses_serve_and_build_base():
     assert args.mount == ["/tmp", "/srv"]
     args = parser().parse_args(["serve"])
     assert (args.port, args.host, args.mount) == (9001, "127.0.0.1", [])
+    assert (args.cloud_cpu, args.tmp_cap) == (True, True)  # as the platform: Lambda's CPU share, /tmp capped
+    args = parser().parse_args(["serve", "--no-cloud-cpu", "--no-tmp-cap"])
+    assert (args.cloud_cpu, args.tmp_cap) == (False, False)
     args = parser().parse_args(["build-base", "--tag", "x:y", "--force"])
     assert (args.tag, args.force) == ("x:y", True)
     with pytest.raises(SystemExit):

@@ -258,3 +258,37 @@ def test_global_concurrency_cap(docker_engine, client_for, package):
         assert docker_engine.containers.list(all=True, sparse=True, filters={"label": f"corral-emulator={instance}"})
     # stop() removed exactly this instance's containers.
     assert not docker_engine.containers.list(all=True, sparse=True, filters={"label": f"corral-emulator={instance}"})
+
+
+def test_a_full_pool_retires_the_least_recently_used_idle_sandbox_and_leaves_no_task_pending(
+        docker_engine, client_for, package, caplog):
+    """At the emulator's limit, a cold start makes room by retiring the idle sandbox used longest ago. Its
+    runtime's long poll for the next invocation ends with it: no request task is left waiting forever (which
+    asyncio reports as "Task was destroyed but it is pending!" once the sandbox is collected)."""
+    import gc
+    import logging
+
+    from corral_emulator import Emulator
+
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    with Emulator(max_concurrency=2, cloud_cpu=False) as emu:
+        client = client_for(emu.endpoint)
+        for name in ("first", "second", "third"):
+            client.create_function(FunctionName=name, Runtime="python3.11", Role="arn:aws:iam::0:role/x",
+                                   Handler="app.handler", Code={"ZipFile": package({"app.py": ECHO})})
+            assert json.loads(client.invoke(FunctionName=name, Payload=b'{"n": 1}')["Payload"].read()) == {"n": 1}
+
+        def running() -> list[str]:
+            containers = docker_engine.containers.list(
+                all=True, filters={"label": f"corral-emulator={emu.instance_id}"})
+            return sorted(c.labels["corral-emulator.function"] for c in containers)
+
+        deadline = time.monotonic() + 30
+        while running() != ["second", "third"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert running() == ["second", "third"]
+        gc.collect()
+        time.sleep(0.2)  # the loop's thread logs what the collection destroyed
+        assert "Task was destroyed but it is pending" not in caplog.text
+        # the retired function starts cold again, retiring "second" now
+        assert json.loads(client.invoke(FunctionName="first", Payload=b'{"n": 2}')["Payload"].read()) == {"n": 2}

@@ -235,7 +235,7 @@ def _driver_killed(phase: str, row: Row):
     folder, _ = row.awkward
     out = row.tmp_path / "out"
     argv = [CORRAL, "run", JOB, str(folder), "--out", str(out), "--backend", "processes", *PLAN,
-            "--arg", "map_slow=2.0", "--arg", "reduce_slow=2.0"]  # waves longer than the 2 s flush
+            "--arg", f"{phase}_slow=2.0"]  # that wave longer than the 2 s flush; the other one quick
     process = subprocess.Popen(argv, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True, start_new_session=True)
     deadline = time.monotonic() + 120
@@ -276,21 +276,21 @@ def driver_killed_in_the_reduce_wave(row: Row):
     return _driver_killed("reduce", row)
 
 
+#: Every row runs in the default run (CI's): about a minute in all, the straggler's 5 s speculation floor
+#: and the driver's 2 s journal flush being the longest waits.
+DOCKER, MOTO = pytest.mark.docker, pytest.mark.moto
 ROWS = {
     "processes: a user exception once per task": (processes_user_error, ()),
     "processes: os._exit once": (processes_exit, ()),
     "processes: SIGKILL of a worker": (processes_kill_worker, ()),
-    "processes: a straggler": (processes_straggler, (pytest.mark.slow,)),
-    "docker: out of memory once": (docker_out_of_memory, (pytest.mark.slow, pytest.mark.docker)),
-    "docker: a timeout once": (docker_timeout, (pytest.mark.slow, pytest.mark.docker)),
-    "docker: throttling": (docker_throttling, (pytest.mark.slow, pytest.mark.docker)),
-    "lambda on moto + emulator: throttling": (lambda_throttling, (pytest.mark.slow, pytest.mark.docker,
-                                                                  pytest.mark.moto)),
-    "lambda on moto + emulator: S3 503 SlowDown": (lambda_s3_slowdown, (pytest.mark.slow, pytest.mark.docker,
-                                                                        pytest.mark.moto)),
-    "driver SIGKILL at 50% of the map wave, then --resume": (driver_killed_in_the_map_wave, (pytest.mark.slow,)),
-    "driver SIGKILL at 50% of the reduce wave, then --resume": (driver_killed_in_the_reduce_wave,
-                                                               (pytest.mark.slow,)),
+    "processes: a straggler": (processes_straggler, ()),
+    "docker: out of memory once": (docker_out_of_memory, (DOCKER,)),
+    "docker: a timeout once": (docker_timeout, (DOCKER,)),
+    "docker: throttling": (docker_throttling, (DOCKER,)),
+    "lambda on moto + emulator: throttling": (lambda_throttling, (DOCKER, MOTO)),
+    "lambda on moto + emulator: S3 503 SlowDown": (lambda_s3_slowdown, (DOCKER, MOTO)),
+    "driver SIGKILL at 50% of the map wave, then --resume": (driver_killed_in_the_map_wave, ()),
+    "driver SIGKILL at 50% of the reduce wave, then --resume": (driver_killed_in_the_reduce_wave, ()),
 }
 
 

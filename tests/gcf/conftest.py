@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,7 +66,7 @@ def environment(key: Path | None = None, **extra: str) -> dict[str, str]:
 
 def corral(*args, cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
     """``corral ARGS`` as a user types it: the console script, in a subprocess."""
-    command = shutil.which("corral")
+    command = str(Path(sys.executable).with_name("corral"))
     assert command, "the corral console script is not installed"
     return subprocess.run([command, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env,
                           timeout=timeout)

@@ -112,3 +112,24 @@ def test_a_function_corral_did_not_create_is_left_alone(gcf_emulator, key_file, 
     gone = corral("undeploy", job, *gcf_flags(gcf_emulator), cwd=tmp_path, env=env)
     assert gone.returncode == 2 and "was not created by corral: left alone" in gone.stderr
     assert functions_client.get_function(name=function_path(name)).labels == {}
+
+
+def test_two_deploys_at_once_share_one_function(gcf_emulator, key_file, functions_client, tmp_path):
+    """Two runs of one job starting together both find no function: one creates it; Cloud Functions
+    refuses the other's create (409 "already exists"), which then waits for that deploy and uses it."""
+    import shutil
+    import subprocess
+
+    job = tmp_path / "together.py"
+    job.write_text(textwrap.dedent(JOB).replace("Lifecycle", "Together"))
+    started = [subprocess.Popen([shutil.which("corral"), "deploy", str(job), *gcf_flags(gcf_emulator), "-v"],
+                                cwd=tmp_path, env=environment(key_file), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    done = [(p.wait(timeout=300), p.stderr.read()) for p in started]
+    assert [code for code, _ in done] == [0, 0], done
+    logs = [err for _, err in done]
+    assert sum("; create in " in err for err in logs) == 1, logs
+    (other,) = [err for err in logs if "; create in " not in err]
+    assert "function up to date" in other, other  # after waiting for the first deploy, or refused its create
+    found = functions_client.get_function(name=function_path("corral-together-together"))
+    assert found.state.name == "ACTIVE" and "-00001-" in found.service_config.revision  # deployed once

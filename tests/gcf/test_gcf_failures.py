@@ -163,16 +163,16 @@ def test_ctrl_c_abandons_the_invocations_and_stops_the_runs_containers(docker_en
     """SIGINT to ``corral run --backend docker --platform gcf`` while a task runs for a minute: the driver
     cancels (cancel_all), the backend stops its emulator and the containers of this run, and the command
     exits promptly, failed, without _SUCCESS."""
-    import shutil
     import signal
     import subprocess
+    import sys
     import time
 
     job = write_job(tmp_path, "slow", SLOW)
     (tmp_path / "in.txt").write_text("a b\n")
     process = subprocess.Popen(
-        [shutil.which("corral"), "run", str(job), "in.txt", "--out", "out", "--backend", "docker", "--platform",
-         "gcf", "--arg", "sleep=60", "--timeout", "120"],
+        [str(Path(sys.executable).with_name("corral")), "run", str(job), "in.txt", "--out", "out", "--backend",
+         "docker", "--platform", "gcf", "--arg", "sleep=60", "--timeout", "120"],
         cwd=tmp_path, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
     label = {"label": f"corral-emulator.pid={process.pid}"}

@@ -21,12 +21,14 @@ def _put_inputs(gcs, bucket: str) -> None:
         gcs.pipe_file(f"{bucket}/in/f{n}.txt", "".join(f"g{(n + i) % 5} gs\n" for i in range(30)).encode())
 
 
-def test_a_failed_run_on_gcs_is_resumed_from_its_journal_objects(gcs_emulator, gcs, gcs_bucket, tmp_path, capsys):
+@pytest.mark.parametrize("backend", ["threads", "processes"])  # processes: workers write, not the driver
+def test_a_failed_run_on_gcs_is_resumed_from_its_journal_objects(gcs_emulator, gcs, gcs_bucket, tmp_path, capsys,
+                                                                 backend):
     _put_inputs(gcs, gcs_bucket)
     fail = tmp_path / "fail"
     fail.write_text("")
     argv = ["run", f"{jobs.__file__}:FailReduceWhile", f"gs://{gcs_bucket}/in/", "--out", f"gs://{gcs_bucket}/out",
-            "--backend", "threads", "--map-bin-size", "1", "--reducers", "2", "--retries", "0", "--arg", f"fail={fail}"]
+            "--backend", backend, "--map-bin-size", "1", "--reducers", "2", "--retries", "0", "--arg", f"fail={fail}"]
     code, _, err = cli(capsys, *argv)
     assert code == 1 and "reduce failing on purpose" in err
     gcs.invalidate_cache()

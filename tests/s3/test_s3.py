@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import corral
 from corral.planner import list_inputs, plan_map_tasks
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+CORRAL = str(Path(sys.executable).with_name("corral"))  # this environment's console script
 sys.path.insert(0, str(EXAMPLES))
 from wordcount import WordCount  # noqa: E402
 
@@ -54,7 +54,7 @@ def test_wordcount_s3_to_s3_matches_counter_and_local_processes(s3, bucket, tmp_
     (local / "zipped.txt.gz").write_bytes(gzip.compress(b"zip zap zip\n"))
 
     result = subprocess.run(
-        [shutil.which("corral"), "run", str(EXAMPLES / "wordcount.py"), f"s3://{bucket}/in/",
+        [CORRAL, "run", str(EXAMPLES / "wordcount.py"), f"s3://{bucket}/in/",
          "--out", f"s3://{bucket}/out", "--split-size", "64KB", "--reducers", "3"],
         capture_output=True, text=True, env=os.environ.copy(), timeout=300,
     )

@@ -8,7 +8,6 @@ in pages, multipart uploads for large objects.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -20,6 +19,7 @@ from tests.s3.faulty_proxy import FaultyProxy
 from tests.s3.test_s3 import expected_counts, read_parts
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+CORRAL = str(Path(sys.executable).with_name("corral"))  # this environment's console script
 pytestmark = pytest.mark.moto
 
 
@@ -29,7 +29,7 @@ def test_wordcount_is_exact_when_every_third_request_is_slowed_down(moto_server,
         s3.put_object(Bucket=bucket, Key=f"in/part{i:02d}.txt", Body=text.encode())
     with FaultyProxy(moto_server["AWS_ENDPOINT_URL_S3"], every=3) as proxy:
         done = subprocess.run(
-            [shutil.which("corral"), "run", str(EXAMPLES / "wordcount.py"), f"s3://{bucket}/in/",
+            [CORRAL, "run", str(EXAMPLES / "wordcount.py"), f"s3://{bucket}/in/",
              "--out", f"s3://{bucket}/out", "--split-size", "16KB", "--reducers", "3", "--backend", "processes"],
             capture_output=True, text=True, timeout=300,
             env={**os.environ, "AWS_ENDPOINT_URL_S3": proxy.url},
@@ -85,7 +85,7 @@ def test_reducers_read_map_outputs_on_s3_in_few_large_ranged_gets(moto_server, s
         s3.put_object(Bucket=bucket, Key=f"wide/part{i}.txt", Body=text.encode())
     with FaultyProxy(moto_server["AWS_ENDPOINT_URL_S3"], every=0) as proxy:
         done = subprocess.run(
-            [shutil.which("corral"), "run", str(EXAMPLES / "wordcount.py"), f"s3://{bucket}/wide/",
+            [CORRAL, "run", str(EXAMPLES / "wordcount.py"), f"s3://{bucket}/wide/",
              "--out", f"s3://{bucket}/wide-out", "--reducers", "1", "--backend", "processes", "--keep-intermediate"],
             capture_output=True, text=True, timeout=300,
             env={**os.environ, "AWS_ENDPOINT_URL_S3": proxy.url},
@@ -137,7 +137,7 @@ def test_the_drivers_commit_on_s3_overlaps_its_copies(moto_server, s3, bucket):
         s3.put_object(Bucket=bucket, Key=f"in/{i}.txt", Body=text.encode())
     with FaultyProxy(moto_server["AWS_ENDPOINT_URL_S3"], every=0, delay=0.02) as proxy:
         done = subprocess.run(
-            [shutil.which("corral"), "run", str(EXAMPLES / "wordcount.py"), f"s3://{bucket}/in/",
+            [CORRAL, "run", str(EXAMPLES / "wordcount.py"), f"s3://{bucket}/in/",
              "--out", f"s3://{bucket}/out", "--reducers", "24", "--backend", "threads", "-q"],
             capture_output=True, text=True, timeout=300, env={**os.environ, "AWS_ENDPOINT_URL_S3": proxy.url},
         )

@@ -26,12 +26,13 @@ def _keys(s3, bucket: str, prefix: str) -> list[str]:
     return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []))
 
 
-def test_a_failed_run_on_s3_is_resumed_from_its_journal_objects(s3, bucket, tmp_path, capsys):
+@pytest.mark.parametrize("backend", ["threads", "processes"])  # processes: workers write, not the driver
+def test_a_failed_run_on_s3_is_resumed_from_its_journal_objects(s3, bucket, tmp_path, capsys, backend):
     _put_inputs(s3, bucket)
     fail = tmp_path / "fail"
     fail.write_text("")
     argv = ["run", f"{jobs.__file__}:FailReduceWhile", f"s3://{bucket}/in/", "--out", f"s3://{bucket}/out",
-            "--backend", "threads", "--map-bin-size", "1", "--reducers", "2", "--retries", "0", "--arg", f"fail={fail}"]
+            "--backend", backend, "--map-bin-size", "1", "--reducers", "2", "--retries", "0", "--arg", f"fail={fail}"]
     code, _, err = cli(capsys, *argv)
     assert code == 1 and "reduce failing on purpose" in err
     journal = [k for k in _keys(s3, bucket, "out/_corral/") if "/journal/" in k]

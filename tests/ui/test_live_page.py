@@ -112,6 +112,15 @@ def test_live_page_moves_while_the_job_runs_and_agrees_with_the_manifest(tmp_pat
         run.wait_for_line("corral: the live view stays at ")
         run.wait_for_line("corral: job succeeded in ")  # the run is over while its page stays up …
         assert not (out / "_corral" / "lock").exists()  # … and OUT is free for the next run
+        # a page opened now, while the process lingers at its exit, loads and shows the final state
+        late = page.context.new_page()
+        late_errors: list[str] = []
+        late.on("console", lambda message: late_errors.append(message.text) if message.type == "error" else None)
+        late.on("pageerror", lambda error: late_errors.append(str(error)))
+        assert late.goto(url).status == 200
+        wait_until(lambda: late.locator("#status").inner_text() == "succeeded", 20, "the late page's final state")
+        assert read(late, '[data-counter="lines/seen"]') == 640 and late_errors == []
+        late.close()
         page.screenshot(path=tmp_path / "live-3.png", full_page=True)
         manifest = json.loads((out / "_corral" / "manifest.json").read_text())
         state = get_state(url)
@@ -125,6 +134,8 @@ def test_live_page_moves_while_the_job_runs_and_agrees_with_the_manifest(tmp_pat
         assert state["tasks"] == {"pending": 0, "running": 0, "retrying": 0, "committed": 2, "failed": 0, "total": 2}
         assert len(state["attempts"]) == sum(len(t["attempts"]) for t in tasks.values()) == 6
         assert state["records_in"] == 640
+        assert state["records_out"] == 640 + 7  # every map pair (no combiner), then one line per key n0…n6
+        assert read(page, "#records-out") == 647
         assert state["advice"] == manifest["advice"]
         assert state["cpu"]["cores"] == manifest["executor"]["cores"] and state["cost"] is None
         assert read(page, counter) == 640 and read(page, "#tasks-committed") == 2
@@ -170,6 +181,17 @@ def test_bad_ui_settings_are_usage_errors(tmp_path, slow_job):
     assert done.returncode == 2
     assert done.stderr.strip() == ("corral: error: invalid value for --ui-port: 70000 is out of range "
                                    "(must be from 0 to 65535)")
+    unknown = corral("run", job, data, "--out", tmp_path / "out", "--ui", "--ui-host", "nowhere.invalid", cwd=tmp_path)
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip().splitlines()[-1] == (
+        "corral: error: cannot serve the live view on nowhere.invalid:0 (--ui-host, --ui-port): "
+        "name or service not known")
+    # a live view's settings on the command line without --ui are not ignored in silence
+    alone = corral("run", job, data, "--out", tmp_path / "out", "--ui-port", "8080", "--ui-linger", "5", cwd=tmp_path)
+    assert alone.returncode == 2
+    assert alone.stderr.strip().splitlines()[-1] == (
+        "corral: error: --ui-port and --ui-linger have no effect without --ui")
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
 
 
 def test_without_ui_nothing_of_the_web_server_is_imported(tmp_path, slow_job):

@@ -99,6 +99,9 @@ def test_report_of_a_run_with_a_retry_shows_every_attempt_offline(tmp_path, flak
     assert page.locator("#failures tbody tr").count() == 1
     assert "ValueError: a flaky failure, first time only" in page.locator("#failures").inner_text()
     assert page.locator('[data-counter="lines/seen"]').inner_text() == "300"
+    summary = dict(zip(page.locator("#summary span").all_inner_texts(), page.locator("#summary b").all_inner_texts(),
+                       strict=True))
+    assert summary["records in"] == "300" and summary["records out"] == "30"  # keys n00…n29: the part files' lines
     assert page.locator("#status").inner_text() == "succeeded"
     assert page.locator("#advice li").all_inner_texts() == [a["message"] for a in m["advice"]]
     assert m["advice"][0]["kind"] == "memory"
@@ -223,7 +226,7 @@ def test_report_draws_speculative_discarded_failed_reused_attempts_and_cold_star
                        strict=True))
     assert summary == {"took": "8.00 s", "tasks": "5", "attempts": "7", "failed attempts": "1", "speculative": "1",
                        "discarded": "1", "reused (resumed)": "1", "cold starts": "2", "input": "3.91 KB",
-                       "records in": "30", "bytes out": "2.00 KB"}  # records: of this run's attempts
+                       "records in": "30", "records out": "0", "bytes out": "2.00 KB"}  # of this run's attempts
     assert page.locator("#cost").inner_text().startswith("estimated cost\n$0.0000271")
     assert "ran out of memory at the 512 MB limit" in page.locator("#failures").inner_text()
     # a manifest written before corral had advice gets it computed: the right-size line needs prices,

@@ -106,10 +106,13 @@ class EmulatedFunctions:
     def deploy(self, job: JobSource) -> None:
         if self.emulator is None:
             self.mounts = mounts_for([*job.locations, *([job.work] if job.work else [])])
-            # cloud_cpu=False: tasks run at the host's speed (a 128 MB function would get 7 % of a CPU); memory,
-            # timeouts, /tmp and the rest stay the platform's
+            # cloud_cpu=False: tasks run at the host's speed (a 128 MB function would get 7 % of a CPU);
+            # tmp_cap=False: /tmp on the container's disk, as Lambda's is, not a tmpfs whose pages count against
+            # the memory limit (a map task's spills there were killed as out of memory where Lambda runs them);
+            # memory, timeouts and the rest stay the platform's
             self.emulator = Emulator(base_image=self.base_image, max_concurrency=self.max_concurrency,  # type: ignore[attr-defined]
-                                     mounts=self.mounts, idle_timeout=self.idle_timeout, cloud_cpu=False)
+                                     mounts=self.mounts, idle_timeout=self.idle_timeout, cloud_cpu=False,
+                                     tmp_cap=False)
             try:
                 endpoint = self.emulator.start()
             except EmulatorError as exc:

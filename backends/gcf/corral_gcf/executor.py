@@ -460,10 +460,20 @@ class GcfExecutor(RemoteFunctionExecutor):
         return found.labels.get(MANAGED_LABEL) == "true"
 
     def get_function(self, name: str) -> Any | None:
-        try:
-            return self.client.get_function(name=self.path(name))
-        except api_exceptions.NotFound:
-            return None
+        """The function, once no deploy of it is running (another run's may be)."""
+        deadline = time.monotonic() + DEPLOY_TIMEOUT
+        while True:
+            try:
+                found = self.client.get_function(name=self.path(name))
+            except api_exceptions.NotFound:
+                return None
+            if found.state != functions_v2.Function.State.DEPLOYING or time.monotonic() > deadline:
+                return found
+            time.sleep(1.0)
+
+    def exists_already(self, exc: BaseException) -> bool:
+        return isinstance(exc, api_exceptions.AlreadyExists) or (  # the REST client raises 409 as Conflict
+            isinstance(exc, api_exceptions.Conflict) and "already exists" in str(exc))
 
     def _upload(self, package: Package) -> Any:
         """PUT the zip to a fresh upload URL (no credentials: the signed URL is the permission)."""

@@ -355,6 +355,9 @@ class LambdaExecutor(RemoteFunctionExecutor):
             self._wait("function_updated_v2", name)
         return found
 
+    def exists_already(self, exc: BaseException) -> bool:
+        return _error_code(exc) == "ResourceConflictException"
+
     def _code(self, package: Package) -> tuple[dict[str, Any], Callable[[], None]]:
         """How to send the code: ``{"ZipFile": …}``, or through S3 over 50 MB (and how to clean that up)."""
         self.uploads += 1

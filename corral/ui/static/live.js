@@ -46,6 +46,7 @@
 
     set("records-in", number(state.records_in));
     set("keys-in", number(state.keys_in));
+    set("records-out", number(state.records_out));
     set("bytes-in", bytes(state.bytes_in));
     set("bytes-out", bytes(state.bytes_out));
     document.getElementById("cpu-box").hidden = !state.cpu;

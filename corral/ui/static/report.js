@@ -39,6 +39,8 @@
                `output ${run.out}`);
   const sum = (list, key) => list.reduce((total, a) => total + (Number(a.stats[key]) || 0), 0);
   const retried = attempts.filter((a) => a.status === "failed").length;
+  const finalTasks = committed.filter((a) => a.stage === stages.length - 1 &&  // the job's output
+    (a.phase === "reduce" || !stages[stages.length - 1].reduce_tasks));
   const facts = [
     ["took", seconds(run.seconds)],
     ["tasks", number(new Set(attempts.map((a) => a.label)).size)],
@@ -50,8 +52,8 @@
     ["cold starts", number(attempts.filter((a) => a.cold).length)],
     ["input", bytes(stages.length ? stages[0].input_bytes : 0)],
     ["records in", number(sum(committed.filter((a) => a.stage === 0 && a.phase === "map"), "records_in"))],
-    ["bytes out", bytes(sum(committed.filter((a) => a.stage === stages.length - 1 &&
-      (a.phase === "reduce" || !stages[stages.length - 1].reduce_tasks)), "bytes_out"))],
+    ["records out", number(sum(finalTasks, "records_out"))],
+    ["bytes out", bytes(sum(finalTasks, "bytes_out"))],
   ];
   document.getElementById("summary").replaceChildren(...facts.map(([k, v]) => el("div", {}, el("span", {}, k), el("b", {}, v))));
   if (run.error) {
