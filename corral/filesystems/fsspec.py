@@ -25,7 +25,8 @@ MOVE_CONCURRENCY = 32
 #: connection at a time with a listen backlog of 5, so more in flight only wait for dropped SYNs to be
 #: retried; gcsfs deletes 5 at a time there for the same reason.
 EMULATOR_MOVE_CONCURRENCY = 4
-#: Small objects a map task reads at once from an object store (``FileSystem.read_ahead``).
+#: Small objects a map task reads at once from an object store (``FileSystem.read_ahead``); the
+#: variable ``CORRAL_READ_AHEAD`` (e.g. set with ``--environment``) overrides it, 0 reading one at a time.
 READ_AHEAD = 16
 _GLOB_CHARS = "*?["
 
@@ -43,7 +44,7 @@ class FsspecFileSystem(FileSystem):
         self._object_store = not self._local and bool(getattr(fs, "async_impl", False))
         self.move_concurrency = MOVE_CONCURRENCY if getattr(fs, "on_google", True) else EMULATOR_MOVE_CONCURRENCY
         # reads ahead where each read is a request; the GCS emulator serves one connection at a time
-        self.read_ahead = 0 if self._local or "memory" in _protocols(fs) else min(READ_AHEAD, self.move_concurrency)
+        self.read_ahead = 0 if self._local or "memory" in _protocols(fs) else min(_read_ahead(), self.move_concurrency)
 
     def _path(self, url: str) -> str:
         return self.fs._strip_protocol(url)
@@ -268,6 +269,14 @@ def _version(info: dict[str, Any]) -> str | None:
         if value is not None:
             return str(value)
     return None
+
+
+def _read_ahead() -> int:
+    """``READ_AHEAD``, or ``CORRAL_READ_AHEAD`` where set (0: small objects one after another)."""
+    try:
+        return max(0, int(os.environ.get("CORRAL_READ_AHEAD", READ_AHEAD)))
+    except ValueError:
+        return READ_AHEAD
 
 
 def _local_files(folder: str) -> list[FileInfo]:
