@@ -17,7 +17,8 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from corral import __version__
@@ -32,7 +33,18 @@ from corral.events import (
     TaskStarted,
 )
 from corral.executor import Executor, ExecutorSpec, JobSource, Outcome
-from corral.fs import FileInfo, FileSystem, canonical, display, get_filesystem, join, remove_quietly, store_errors
+from corral.fs import (
+    FileInfo,
+    FileSystem,
+    canonical,
+    disk_full,
+    display,
+    get_filesystem,
+    join,
+    remove_quietly,
+    store_errors,
+    writing,
+)
 from corral.interrupts import Interrupted, InterruptGuard
 from corral.job import Job, Step
 from corral.journal import Journal, read_journal
@@ -270,10 +282,12 @@ class Driver:
             keeper.start()
             final = self._run_stages(executor, source, job, steps, files)
             self.lease.check()  # nothing goes into OUT unless this run still holds it
-            self._commit(out_fs, final)
-            manifest = self._manifest("succeeded", None)
-            self._write_manifest(out_fs, "manifest.json", manifest)
-            out_fs.write_bytes(join(self.out, "_SUCCESS"), b"")
+            with _full_disk_stops_the_job():
+                self._commit(out_fs, final)
+                manifest = self._manifest("succeeded", None)
+                self._write_manifest(out_fs, "manifest.json", manifest)
+                with writing(join(self.out, "_SUCCESS")):
+                    out_fs.write_bytes(join(self.out, "_SUCCESS"), b"")
             # it has succeeded: a Ctrl-C while it cleans up (seconds on an object store) is noted, not
             # raised, so that no "interrupted" manifest and journal land next to _SUCCESS (a second one
             # still exits at once)
@@ -294,8 +308,11 @@ class Driver:
             manifest = self._manifest(status, error)
             refused = isinstance(exc, UsageError) and not self.committed_here and self.resume is None
             if not refused:  # a usage error before any task ran leaves nothing behind (as if it never began)
-                self._write_manifest(out_fs, "manifest.unfinished.json" if self.replace_old else "manifest.json",
-                                     manifest)
+                try:
+                    self._write_manifest(out_fs, "manifest.unfinished.json" if self.replace_old else "manifest.json",
+                                         manifest)
+                except OSError as failed:  # a full disk: what stopped the job is the error to show
+                    log.warning("could not write the manifest: %s", failed)
             resumable = self._clean_up(success=False)
             if interrupted:
                 exc.resumable = resumable  # type: ignore[attr-defined]
@@ -810,7 +827,12 @@ class Driver:
         temp = f"{url}.{secrets.token_hex(3)}.tmp"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, data)
+            with writing(url):
+                with os.fdopen(fd, "wb", closefd=False) as f:  # every byte, or an error (os.write may write part)
+                    f.write(data)
+        except BaseException:
+            os.remove(temp)
+            raise
         finally:
             os.close(fd)
         os.replace(temp, url)
@@ -868,6 +890,19 @@ def _remove_old_entries(out: str, keep: set[str]) -> None:
             shutil.rmtree(entry.path)
         else:
             os.unlink(entry.path)
+
+
+@contextmanager
+def _full_disk_stops_the_job() -> Iterator[None]:
+    """The driver's own writes into OUT (the commit, the manifest, ``_SUCCESS``) on a full disk: one line
+    naming the path, no retry (nothing frees the space meanwhile)."""
+    try:
+        yield
+    except OSError as exc:
+        if not disk_full(exc):
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        raise JobFailed(f"the disk is full: no space left on device{where}") from None
 
 
 def _remove_empty_folder(path: str) -> None:

@@ -9,6 +9,7 @@ installed.
 from __future__ import annotations
 
 import bz2
+import errno
 import gzip
 import hashlib
 import logging
@@ -223,6 +224,24 @@ def store_errors(doing: str) -> Iterator[None]:
         if not store_failure(exc):
             raise
         raise UsageError(f"{doing}: {store_reason(exc)}") from None
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says a disk (or a store's quota) is full: ENOSPC, or EDQUOT."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def writing(path: str | None, what: str | None = None) -> Iterator[None]:
+    """A full disk met in the block names ``path`` (a write's OSError names no file), the file written
+    or the folder of temporary files; ``what`` says it in words (the worker's message reads it)."""
+    try:
+        yield
+    except OSError as exc:
+        if path and disk_full(exc) and not exc.filename:
+            exc.filename = display(path)
+            exc.corral_writing = what or display(path)  # type: ignore[attr-defined]
+        raise
 
 
 def get_filesystem(url: str) -> FileSystem:

@@ -115,7 +115,12 @@ class FsspecFileSystem(FileSystem):
         if self._local:  # an atomic rename: a reader sees the old file or the new one, never half of one
             dst_path = self._path(dst)
             os.makedirs(os.path.dirname(dst_path) or ".", exist_ok=True)
-            os.replace(self._path(src), dst_path)
+            try:
+                os.replace(self._path(src), dst_path)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                _move_across_devices(self._path(src), dst_path)  # --work-dir on another disk than OUT
         elif self._object_store:
             self.move_many([(src, dst)])
         else:
@@ -231,6 +236,30 @@ class FsspecFileSystem(FileSystem):
                 self.fs.invalidate_cache(path)
             return True
         return super().replace_if(url, data, version)
+
+
+def _move_across_devices(src: str, dst: str) -> None:
+    """A rename from another disk: copied next to ``dst`` first, then renamed over it (still atomic for
+    a reader of ``dst``), then ``src`` removed. A full disk names ``dst``."""
+    import secrets
+    import shutil
+
+    from corral.fs import disk_full, writing
+
+    temp = f"{dst}.{secrets.token_hex(3)}.tmp"
+    try:
+        with writing(dst):
+            try:
+                shutil.copyfile(src, temp)
+            except OSError as exc:
+                if disk_full(exc):  # sendfile's error names both files: the full disk is dst's
+                    exc.filename = exc.filename2 = None
+                raise
+        os.replace(temp, dst)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+    os.remove(src)
 
 
 def _replace_if_local(path: str, data: bytes, version: str, read: Any) -> bool:
