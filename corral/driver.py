@@ -46,7 +46,7 @@ from corral.fs import (
     writing,
 )
 from corral.interrupts import Interrupted, InterruptGuard
-from corral.job import Job, Step
+from corral.job import Job, Step, listed
 from corral.journal import Journal, read_journal
 from corral.lease import Keeper, Lease, LeaseLostError
 from corral.output import OutputSpec, output_spec, part_names
@@ -139,7 +139,7 @@ def make_job_source(
     the locations its tasks read (the inputs) and read and write (the working root)."""
     if job is None:
         job = job_class(parse_job_args(settings.arg))
-    requirements = list(job.requirements)
+    requirements = listed(job_class, "requirements", "requirement strings")
     if settings.requirements:
         requirements += [r for r in read_requirements(settings.requirements) if r not in requirements]
     inputs = tuple(_absolute(i) for i in inputs)
@@ -221,6 +221,8 @@ class Driver:
             raise UsageError(f"{self.job_class.__name__} has {len(steps)} stage{'s' if len(steps) > 1 else ''}: "
                              f"there is no stage {self.first_stage + 1} to start from")
         self.output = output_spec(self.job_class, self.settings)
+        listed(self.job_class, "requirements", "requirement strings")  # before anything is written or removed
+        listed(self.job_class, "files", "paths")
         input_format = getattr(self.job_class, "input_format", "lines")
         if input_format not in INPUT_FORMATS:
             raise UsageError(f"invalid value for {self.job_class.__qualname__}.input_format: {input_format!r} is not "

@@ -749,3 +749,15 @@ class Kilobytes(corral.Job):
     def reduce(self, key, values):
         for value in values:
             yield key, value
+
+
+class RequirementString(WordCount):
+    requirements = "requests"  # a str, not a list: was split into characters
+
+
+class RequirementNumbers(WordCount):
+    requirements = ["requests", 2]
+
+
+class FilesString(WordCount):
+    files = "jobs.py"
