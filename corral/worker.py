@@ -105,7 +105,8 @@ def run_task(payload: dict[str, Any], progress: ProgressSink | None = None) -> d
     sink = progress or _default_sink
     key = (payload.get("task"), payload.get("attempt"))
     downloads = 0
-    with _no_full_collections() as cpu_clock:
+    with _no_full_collections() as (cpu_clock, alone):
+        own_peak = alone and reset_peak_memory()  # else another task's memory counts in (threads)
         cpu_started = cpu_clock()
         try:
             spec = spec_from_json(payload)
@@ -136,7 +137,7 @@ def run_task(payload: dict[str, Any], progress: ProgressSink | None = None) -> d
         attempt=payload.get("attempt"),
         seconds=round(time.perf_counter() - started, 6),
         cpu_seconds=round(cpu_seconds, 6),
-        peak_memory_mb=peak_memory_mb(),
+        peak_memory_mb=peak_memory_mb(since_reset=own_peak),
         rss_mb=rss_mb(),
         worker=worker_id(),
         bytes_in=_bytes_in(payload),
@@ -173,8 +174,9 @@ def _error_kind(exc: Exception) -> str:
 
 
 @contextmanager
-def _no_full_collections() -> Iterator[Callable[[], float]]:
-    """Hold back the garbage collector's full collections while a task runs; yield the task's CPU clock.
+def _no_full_collections() -> Iterator[tuple[Callable[[], float], bool]]:
+    """Hold back the garbage collector's full collections while a task runs; yield the task's CPU clock
+    and whether the task runs alone in this process.
 
     A task's buffers are millions of long-lived objects (a list per key); each full collection walks
     all of them again, which cost map loops 10-15%. Young collections go on (cycles that user code
@@ -191,7 +193,7 @@ def _no_full_collections() -> Iterator[Callable[[], float]]:
         _tasks_running += 1
         alone = _tasks_running == 1
     try:
-        yield time.process_time if alone else _thread_cpu_clock()
+        yield (time.process_time if alone else _thread_cpu_clock()), alone
     finally:
         with _gc_lock:
             _tasks_running -= 1
@@ -297,10 +299,39 @@ def rss_mb() -> float | None:
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-def peak_memory_mb() -> float:
-    """This process's peak resident memory in MB (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (1 << 20) if sys.platform == "darwin" else peak / 1024, 1)
+def reset_peak_memory() -> bool:
+    """Start this process's peak resident memory afresh (Linux 4.0+: ``5`` into ``/proc/self/clear_refs``
+    sets VmHWM to the memory now), so that a warm worker's next task reports its own peak, not the
+    biggest of every task before it; False where that cannot be done."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return _vm_hwm_kib() is not None
+
+
+def peak_memory_mb(since_reset: bool = False) -> float:
+    """This process's peak resident memory in MB: since ``reset_peak_memory`` (VmHWM), else over its
+    lifetime (``ru_maxrss``: Linux reports KiB, macOS bytes)."""
+    peak = _vm_hwm_kib() if since_reset else None
+    if peak is None:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        if sys.platform == "darwin":
+            return round(peak / (1 << 20), 1)
+    return round(peak / 1024, 1)
+
+
+def _vm_hwm_kib() -> int | None:
+    """``VmHWM`` of ``/proc/self/status`` (the peak resident memory, in KiB), None without it."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def user_traceback(exc: BaseException) -> str:

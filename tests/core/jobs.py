@@ -761,3 +761,14 @@ class RequirementNumbers(WordCount):
 
 class FilesString(WordCount):
     files = "jobs.py"
+
+
+class BigMapSmallReduce(WordCount):
+    """A map that touches 200 MB (then frees it) and a reduce that holds nearly nothing."""
+
+    def map(self, key, line):
+        block = bytearray(200 << 20)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        del block
+        yield from super().map(key, line)

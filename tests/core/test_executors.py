@@ -25,7 +25,7 @@ from corral.split import Split
 from corral.worker import job_ref
 
 from . import jobs
-from .util import clean_env
+from .util import clean_env, run
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads processes from /proc")
 
@@ -402,3 +402,17 @@ def test_the_cgroup_v2_counter_of_a_systemd_session_is_found(tmp_path):
         assert watch.count() == 1 and watch.limit_mb() is None  # "max": no limit
     finally:
         watch.close()
+
+
+def test_a_warm_workers_attempt_reports_its_own_memory_peak(tmp_path):
+    """The reduce runs in the process the 200 MB map ran in: its peak is its own, not the map's (the
+    process's lifetime peak, ``ru_maxrss``). Linux: VmHWM, reset before each task."""
+    (tmp_path / "in.txt").write_text("a b a\n")
+    m = run(jobs.BigMapSmallReduce, tmp_path / "in.txt", tmp_path / "out", backend="processes", max_concurrency=1,
+            reducers=1)
+    (stage,) = m["stages"]
+    (map_attempt,) = stage["tasks"]["map-0000"]["attempts"]
+    (reduce_attempt,) = stage["tasks"]["reduce-0000"]["attempts"]
+    assert map_attempt["stats"]["worker"] == reduce_attempt["stats"]["worker"]  # the same warm process
+    assert map_attempt["stats"]["peak_memory_mb"] > 200
+    assert reduce_attempt["stats"]["peak_memory_mb"] < 150, reduce_attempt["stats"]
