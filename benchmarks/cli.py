@@ -132,6 +132,9 @@ def format_report(report: dict[str, Any]) -> str:
         if "part_spread" in row:
             lines.append(f"{row['contender']}: part files {[round(b / MiB, 1) for b in row['part_bytes']]} MB, "
                          f"largest / smallest {row['part_spread']}")
+        if "gb_seconds" in row:
+            lines.append(f"{row['contender']}: {row['gb_seconds']} GB-s billed, {row['invocations']} invocations"
+                         + (f", GB-s ratio {row['gb_seconds_ratio']}" if row.get("gb_seconds_ratio") else ""))
         if row.get("growth") is not None:
             lines.append(f"{row['contender']}: paired ratio {row['paired_ratio']} ({row['growth']:+} over 100 MB's)")
         if row["benchmark"] == "planner":

@@ -71,7 +71,7 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 
 BENCHMARKS = ["wordcount", "wordcount-1g", "cdnlogs", "q1", "q2", "q3", "sort", "planner", "map-memory", "tiny",
-              "objects", "reducer-memory", "hot-key-memory", "driver-overhead", "planning", "docker"]
+              "objects", "reducer-memory", "hot-key-memory", "driver-overhead", "planning", "docker", "small-objects"]
 
 #: Targets (processes backend, 2 cores, same-run ratios).
 TARGETS = {
@@ -92,6 +92,7 @@ TARGETS = {
     "map-memory": ("1GB's map task peak <= 1.2 x 100MB's", 1.2),
     "driver-overhead": ("<= 200 us and <= 2 KB a task", (200e-6, 2048)),
     "planning": ("10x the files: <= 11x time and memory", 11.0),
+    "small-objects": ("<= 1/3 of one-at-a-time's time and GB-s", 1 / 3),
     "docker-cold": ("cold start <= 1.5 s", 1.5),
 }
 
@@ -932,6 +933,88 @@ class Suite:
         cold_text, cold_limit = TARGETS["docker-cold"]
         row["target"] = f"{warm_text}; {cold_text}"
         row["meets_target"] = overhead <= warm_limit and bool(cold) and max(cold) <= cold_limit
+
+    def bench_small_objects(self) -> None:
+        """2,000 small .gz objects on S3 (moto) counted by Lambda functions (the emulator), 4 at once:
+        objects read 16 at a time inside each task (the default) against one after another
+        (``CORRAL_READ_AHEAD=0`` in the functions' environment), alternating. Both make one GET per
+        object (the listing gave its size; the issue's run made a HEAD and a GET each)."""
+        reason = docker_unavailable()
+        if reason:
+            self.log(f"    skipped: {reason}")
+            self.extra["small_objects"] = f"skipped: {reason}"
+            return
+        import boto3
+        from corral_emulator import Emulator
+        from moto.server import ThreadedMotoServer
+
+        logs = self.data.cdn_logs()
+        paths = sorted(Path(logs["folder"]).rglob("*.gz"))[:2000]
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        env = {"AWS_ENDPOINT_URL_S3": f"http://{host}:{port}", "AWS_ENDPOINT_URL_IAM": f"http://{host}:{port}",
+               "AWS_ENDPOINT_URL_STS": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+               "CORRAL_LAMBDA_IAM_SETTLE": "0"}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            s3 = boto3.client("s3")
+            s3.create_bucket(Bucket="small-objects")
+            from moto.s3.models import s3_backends
+
+            backend = s3_backends["123456789012"]["aws"]
+            for path in paths:
+                backend.put_object("small-objects", f"logs/{path.parent.name}/{path.name}", path.read_bytes())
+            with Emulator(max_concurrency=4, idle_timeout=300) as emulator:
+                common = ("--backend", "lambda", "--lambda-endpoint", emulator.endpoint, "--max-concurrency", "4")
+                job = str(JOBS / "cdnlogs.py")
+
+                def command(out: Path, *extra: str) -> list[str]:
+                    name = out.name
+                    return [*corral_command(), "run", job, "s3://small-objects/logs/", "--out",
+                            f"s3://small-objects/{name}", "--overwrite", "-q", *common, *extra]
+
+                def read(out: Path) -> Any:
+                    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="small-objects", Prefix=f"{out.name}/")
+                            .get("Contents", []) if o["Key"].rsplit("/", 1)[-1].startswith("part-")]
+                    rows = {}
+                    for key in sorted(keys):
+                        for line in s3.get_object(Bucket="small-objects", Key=key)["Body"].read().decode().splitlines():
+                            word, _, count = line.partition("\t")
+                            rows[word] = int(count)
+                    return rows
+
+                usage: dict[str, list[dict[str, Any]]] = {"corral-read-ahead": [], "corral-one-at-a-time": []}
+
+                def report(c: Contender, out: Path) -> None:
+                    body = s3.get_object(Bucket="small-objects", Key=f"{out.name}/_corral/manifest.json")["Body"]
+                    usage[c.name].append(json.loads(body.read()).get("report", {}))
+
+                contenders = [
+                    Contender("corral-read-ahead", lambda out: command(out), read),
+                    Contender("corral-one-at-a-time", lambda out: command(out, "--environment", "CORRAL_READ_AHEAD=0"),
+                              read),
+                ]
+                measure(command(self.work("small-objects") / "warm-up"), self.work("small-objects") / "warm.log")
+                run_alternating(contenders, self.repeat, self.work("small-objects"), self.log, after_run=report)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            server.stop()
+        self.compare("small-objects", contenders[1], [contenders[0]])
+        rows = self.add_rows("small-objects", contenders, sum(p.stat().st_size for p in paths), "corral-one-at-a-time")
+        for name, row in rows.items():
+            row["gb_seconds"] = round(statistics.median(u.get("gb_seconds", 0) for u in usage[name]), 2)
+            row["invocations"] = statistics.median(u.get("invocations", 0) for u in usage[name])
+        new, old = rows["corral-read-ahead"], rows["corral-one-at-a-time"]
+        new["gb_seconds_ratio"] = round(new["gb_seconds"] / old["gb_seconds"], 3) if old["gb_seconds"] else None
+        new["target"] = TARGETS["small-objects"][0]
+        new["meets_target"] = new["paired_ratio"] <= 1 / 3 and (new["gb_seconds_ratio"] or 1) <= 1 / 3
 
     def bench_reducer_memory(self) -> None:
         small, large = self.cfg["reducer_memory"]

@@ -16,8 +16,9 @@ from corral.job import Job, Step
 _LAZY = {
     "corral.errors": ("CorralError", "InputError", "JobFailed", "UsageError"),
     "corral.executor": (
-        "CANCELLED", "INFRASTRUCTURE", "INPUT_ERROR", "OUT_OF_MEMORY", "THROTTLED", "TIMEOUT", "USER_ERROR",
-        "Executor", "ExecutorSpec", "Failure", "JobSource", "Outcome", "default_concurrency", "outcome_from_result",
+        "CANCELLED", "DISK_FULL", "INFRASTRUCTURE", "INPUT_ERROR", "OUT_OF_MEMORY", "THROTTLED", "TIMEOUT",
+        "USER_ERROR", "Executor", "ExecutorSpec", "Failure", "JobSource", "Outcome", "default_concurrency",
+        "outcome_from_result",
     ),
     "corral.fs": ("FileInfo", "FileSystem", "ProtocolInfo", "get_filesystem"),
     "corral.options": ("Command", "Option", "int_in_range", "parse_bool", "parse_size"),
@@ -58,6 +59,7 @@ def run(job_class: type[Job], inputs: list[str] | str, out: str, **settings: Any
 
 __all__ = [
     "CANCELLED",
+    "DISK_FULL",
     "INFRASTRUCTURE",
     "INPUT_ERROR",
     "OUT_OF_MEMORY",

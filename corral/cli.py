@@ -114,6 +114,8 @@ def _logging(settings: Settings, say_what_is_done: bool = False) -> None:
     logging.basicConfig(level=library_level, format="corral: %(message)s", stream=sys.stderr)
     for name in ("corral", "corral_emulator"):
         logging.getLogger(name).setLevel(level)
+    if settings.verbose < 3:  # gcsfs logs a traceback of what it raises after its retries: corral says it once
+        logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
     if say_what_is_done and not settings.quiet and level > logging.INFO:
         logging.getLogger("corral").setLevel(logging.INFO)  # corral's own messages, not its libraries'
 

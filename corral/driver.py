@@ -17,7 +17,8 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from corral import __version__
@@ -32,9 +33,20 @@ from corral.events import (
     TaskStarted,
 )
 from corral.executor import Executor, ExecutorSpec, JobSource, Outcome
-from corral.fs import FileInfo, FileSystem, canonical, display, get_filesystem, join, remove_quietly
+from corral.fs import (
+    FileInfo,
+    FileSystem,
+    canonical,
+    disk_full,
+    display,
+    get_filesystem,
+    join,
+    remove_quietly,
+    store_errors,
+    writing,
+)
 from corral.interrupts import Interrupted, InterruptGuard
-from corral.job import Job, Step
+from corral.job import Job, Step, listed
 from corral.journal import Journal, read_journal
 from corral.lease import Keeper, Lease, LeaseLostError
 from corral.output import OutputSpec, output_spec, part_names
@@ -127,7 +139,7 @@ def make_job_source(
     the locations its tasks read (the inputs) and read and write (the working root)."""
     if job is None:
         job = job_class(parse_job_args(settings.arg))
-    requirements = list(job.requirements)
+    requirements = listed(job_class, "requirements", "requirement strings")
     if settings.requirements:
         requirements += [r for r in read_requirements(settings.requirements) if r not in requirements]
     inputs = tuple(_absolute(i) for i in inputs)
@@ -209,6 +221,8 @@ class Driver:
             raise UsageError(f"{self.job_class.__name__} has {len(steps)} stage{'s' if len(steps) > 1 else ''}: "
                              f"there is no stage {self.first_stage + 1} to start from")
         self.output = output_spec(self.job_class, self.settings)
+        listed(self.job_class, "requirements", "requirement strings")  # before anything is written or removed
+        listed(self.job_class, "files", "paths")
         input_format = getattr(self.job_class, "input_format", "lines")
         if input_format not in INPUT_FORMATS:
             raise UsageError(f"invalid value for {self.job_class.__qualname__}.input_format: {input_format!r} is not "
@@ -237,31 +251,15 @@ class Driver:
     def _run_leased(
         self, job: Job, steps: list[Step], files: list[FileInfo], out_fs: FileSystem, spec: ExecutorSpec
     ) -> dict[str, Any]:
-        assert self.lease is not None
-        earlier = self._earlier_run(out_fs)
-        if self.settings.resume:
-            if earlier is None:
-                raise nothing_to_resume(self.out, out_fs.exists(join(self.out, "_SUCCESS")))
-            earlier.check(self._run_record(files))
-            self.resume = earlier
-            self.run_id, self.work = earlier.run_id, earlier.work
-            self.lease.rename(self.run_id)
-            self.replace_old = bool(earlier.run.get("replace_old"))
-            earlier.verify(get_filesystem(self.work), out_fs, self.out)
-            if not self.settings.quiet:
-                print(f"corral: resuming run {self.run_id}: {earlier.reused} of {earlier.planned} tasks already "
-                      "committed", file=sys.stderr)
-        else:
-            if earlier is not None:
-                if not self.settings.overwrite:
-                    raise UsageError(
-                        f"output folder {display(self.out)} holds an unfinished run {earlier.run_id}: continue it "
-                        "with --resume, or start again with --overwrite"
-                    )
-                self._abandon(out_fs, earlier)
-            self.replace_old = self._old_output(out_fs)
-        source = make_job_source(self.job_class, self.settings, self.inputs, self.out, self.run_id, job)
+        # what OUT holds (a journal, a manifest, old output) is read before anything is deployed: a store
+        # failing now is one line naming it, as at the lease's first write
+        with store_errors(f"cannot read the output folder {display(self.out)}"):
+            self._look_at_output(out_fs, files)
         root = work_root(self.out, self.settings)
+        if self.settings.work_dir and not root.startswith(self.out.rstrip("/") + "/"):  # another store, maybe
+            with store_errors(f"cannot use the working folder {display(root)} (--work-dir)"):
+                get_filesystem(root).exists(root)
+        source = make_job_source(self.job_class, self.settings, self.inputs, self.out, self.run_id, job)
         self.side_files = [{**f.to_json(), "url": work_url(root, f)} for f in source.files]
         executor = spec.create(self.settings)
         self.journal = Journal(out_fs, self.out)
@@ -286,10 +284,12 @@ class Driver:
             keeper.start()
             final = self._run_stages(executor, source, job, steps, files)
             self.lease.check()  # nothing goes into OUT unless this run still holds it
-            self._commit(out_fs, final)
-            manifest = self._manifest("succeeded", None)
-            self._write_manifest(out_fs, "manifest.json", manifest)
-            out_fs.write_bytes(join(self.out, "_SUCCESS"), b"")
+            with _full_disk_stops_the_job():
+                self._commit(out_fs, final)
+                manifest = self._manifest("succeeded", None)
+                self._write_manifest(out_fs, "manifest.json", manifest)
+                with writing(join(self.out, "_SUCCESS")):
+                    out_fs.write_bytes(join(self.out, "_SUCCESS"), b"")
             # it has succeeded: a Ctrl-C while it cleans up (seconds on an object store) is noted, not
             # raised, so that no "interrupted" manifest and journal land next to _SUCCESS (a second one
             # still exits at once)
@@ -310,8 +310,11 @@ class Driver:
             manifest = self._manifest(status, error)
             refused = isinstance(exc, UsageError) and not self.committed_here and self.resume is None
             if not refused:  # a usage error before any task ran leaves nothing behind (as if it never began)
-                self._write_manifest(out_fs, "manifest.unfinished.json" if self.replace_old else "manifest.json",
-                                     manifest)
+                try:
+                    self._write_manifest(out_fs, "manifest.unfinished.json" if self.replace_old else "manifest.json",
+                                         manifest)
+                except OSError as failed:  # a full disk: what stopped the job is the error to show
+                    log.warning("could not write the manifest: %s", failed)
             resumable = self._clean_up(success=False)
             if interrupted:
                 exc.resumable = resumable  # type: ignore[attr-defined]
@@ -368,6 +371,34 @@ class Driver:
         return f"{self.job_class.__module__}:{self.job_class.__qualname__}"
 
     # --- before anything is written ----------------------------------------------------------------
+    def _look_at_output(self, out_fs: FileSystem, files: list[FileInfo]) -> None:
+        """An unfinished run in OUT is continued (--resume), abandoned (--overwrite) or refused; old output
+        is noted, to be replaced at the commit."""
+        assert self.lease is not None
+        earlier = self._earlier_run(out_fs)
+        if self.settings.resume:
+            if earlier is None:
+                raise nothing_to_resume(self.out, out_fs.exists(join(self.out, "_SUCCESS")))
+            earlier.check(self._run_record(files))
+            self.resume = earlier
+            self.run_id, self.work = earlier.run_id, earlier.work
+            self.lease.rename(self.run_id)
+            self.replace_old = bool(earlier.run.get("replace_old"))
+            with store_errors(f"cannot read the working folder {display(self.work)}"):
+                earlier.verify(get_filesystem(self.work), out_fs, self.out)
+            if not self.settings.quiet:
+                print(f"corral: resuming run {self.run_id}: {earlier.reused} of {earlier.planned} tasks already "
+                      "committed", file=sys.stderr)
+        else:
+            if earlier is not None:
+                if not self.settings.overwrite:
+                    raise UsageError(
+                        f"output folder {display(self.out)} holds an unfinished run {earlier.run_id}: continue it "
+                        "with --resume, or start again with --overwrite"
+                    )
+                self._abandon(out_fs, earlier)
+            self.replace_old = self._old_output(out_fs)
+
     def _refuse_inputs_in_output(self, files: list[FileInfo]) -> None:
         """An input that is the output folder, or inside it, seen through any spelling or symlink, is
         refused before anything is written or deleted (``--overwrite`` would delete it)."""
@@ -419,7 +450,7 @@ class Driver:
         if earlier is not None and out_fs.exists(join(self.out, "_SUCCESS")):
             try:
                 manifest = json.loads(out_fs.read_bytes(join(self.out, "_corral", "manifest.json")))
-            except (OSError, ValueError):
+            except (FileNotFoundError, ValueError):  # not readable (denied): one line, from _look_at_output
                 manifest = {}
             if manifest.get("run_id") == earlier.run_id:  # it ended just before removing its journal
                 return None
@@ -798,7 +829,12 @@ class Driver:
         temp = f"{url}.{secrets.token_hex(3)}.tmp"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, data)
+            with writing(url):
+                with os.fdopen(fd, "wb", closefd=False) as f:  # every byte, or an error (os.write may write part)
+                    f.write(data)
+        except BaseException:
+            os.remove(temp)
+            raise
         finally:
             os.close(fd)
         os.replace(temp, url)
@@ -856,6 +892,19 @@ def _remove_old_entries(out: str, keep: set[str]) -> None:
             shutil.rmtree(entry.path)
         else:
             os.unlink(entry.path)
+
+
+@contextmanager
+def _full_disk_stops_the_job() -> Iterator[None]:
+    """The driver's own writes into OUT (the commit, the manifest, ``_SUCCESS``) on a full disk: one line
+    naming the path, no retry (nothing frees the space meanwhile)."""
+    try:
+        yield
+    except OSError as exc:
+        if not disk_full(exc):
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        raise JobFailed(f"the disk is full: no space left on device{where}") from None
 
 
 def _remove_empty_folder(path: str) -> None:

@@ -28,6 +28,9 @@ TIMEOUT = "timed out"
 OUT_OF_MEMORY = "out of memory"
 THROTTLED = "throttled"
 INFRASTRUCTURE = "infrastructure"
+#: A disk the attempt wrote to is full (its output's, or its spill folder): the message names the path.
+#: Retried once (another worker may have room), never more.
+DISK_FULL = "disk full"
 #: The driver stopped the attempt itself (a speculative attempt that lost, an interrupted run): not a
 #: failure of the task, never retried or counted.
 CANCELLED = "cancelled"
@@ -90,7 +93,7 @@ def outcome_from_result(result: dict[str, Any], stats: dict[str, Any] | None = N
     error = result.get("error") or {}
     # "input": bad input data (the message names the file and offset); "infrastructure": the worker
     # could not run the task at all (e.g. a remote handler could not read its payload)
-    kinds = {"input": INPUT_ERROR, "cancelled": CANCELLED, "infrastructure": INFRASTRUCTURE}
+    kinds = {"input": INPUT_ERROR, "cancelled": CANCELLED, "infrastructure": INFRASTRUCTURE, "disk full": DISK_FULL}
     kind = kinds.get(str(error.get("kind")), USER_ERROR)
     message = f"{error.get('type', 'Error')}: {error.get('message', '')}"
     if kind != USER_ERROR:

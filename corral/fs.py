@@ -9,16 +9,18 @@ installed.
 from __future__ import annotations
 
 import bz2
+import errno
 import gzip
 import hashlib
 import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO
 
-from corral.errors import UsageError
+from corral.errors import CorralError, UsageError
 from corral.plugins import get_plugin_manager
 
 #: File name endings read transparently through a decompressor (each such file is one split).
@@ -189,6 +191,57 @@ def remove_quietly(url: str, recursive: bool = False) -> None:
         get_filesystem(url).remove(url, recursive=recursive)
     except OSError as exc:
         logging.getLogger("corral").debug("could not remove %s: %s", url, exc)
+
+
+#: Exceptions that are a bug in whoever raised them, never a store's answer.
+_BUGS = (ArithmeticError, AssertionError, AttributeError, LookupError, NameError, TypeError)
+
+
+def store_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a store's failure (no credentials, unreachable, access denied, no such bucket)
+    rather than a bug: an OSError, or an error of the store's own library (botocore, aiohttp, google-auth),
+    which are no OSError."""
+    if isinstance(exc, OSError):
+        return True
+    return isinstance(exc, Exception) and not isinstance(exc, (CorralError, *_BUGS))
+
+
+def store_reason(exc: BaseException) -> str:
+    """Why a store failed, in a few words (``Unable to locate credentials``, ``Access Denied``); a library's
+    own OSError (aiohttp's) says more than its strerror (the host it could not reach)."""
+    if isinstance(exc, OSError) and exc.strerror and type(exc).__module__ == "builtins":
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+@contextmanager
+def store_errors(doing: str) -> Iterator[None]:
+    """A store's failure inside the block becomes one line, ``doing: reason`` (a UsageError, exit 2): the
+    place named in ``doing`` cannot be used as configured. A bug's exception goes through as it is."""
+    try:
+        yield
+    except Exception as exc:
+        if not store_failure(exc):
+            raise
+        raise UsageError(f"{doing}: {store_reason(exc)}") from None
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says a disk (or a store's quota) is full: ENOSPC, or EDQUOT."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def writing(path: str | None, what: str | None = None) -> Iterator[None]:
+    """A full disk met in the block names ``path`` (a write's OSError names no file), the file written
+    or the folder of temporary files; ``what`` says it in words (the worker's message reads it)."""
+    try:
+        yield
+    except OSError as exc:
+        if path and disk_full(exc) and not exc.filename:
+            exc.filename = display(path)
+            exc.corral_writing = what or display(path)  # type: ignore[attr-defined]
+        raise
 
 
 def get_filesystem(url: str) -> FileSystem:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -9,6 +10,23 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 Pair = tuple[str, Any]
+
+
+def listed(job_class: type, name: str, what: str) -> list[str]:
+    """The job's class attribute ``name`` that must be a list (or tuple) of ``what`` (strings, or paths for
+    ``files``), e.g. ``requirements``; a UsageError naming it otherwise: a string alone would be taken
+    for a list of its characters."""
+    from corral.errors import UsageError
+
+    value = getattr(job_class, name, None)
+    if value is None:
+        return []
+    if isinstance(value, str | bytes):
+        raise UsageError(f"invalid value for {job_class.__qualname__}.{name}: {value!r} is a string, not a list of "
+                         f"{what} (write {name} = [{value!r}])")
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str | os.PathLike) for v in value):
+        raise UsageError(f"invalid value for {job_class.__qualname__}.{name}: {value!r} is not a list of {what}")
+    return [os.fspath(v) for v in value]
 
 
 @dataclass

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-from corral.fs import FileSystem, join
+from corral.fs import FileSystem, join, writing
 
 log = logging.getLogger("corral")
 
@@ -56,7 +56,8 @@ class Journal:
             data = "".join(
                 json.dumps(r, separators=(",", ":"), default=str) + "\n" if r else "\n" for r in self._pending
             )
-            self._write(data.encode("utf-8"))
+            with writing(self.path):
+                self._write(data.encode("utf-8"))
             self._pending.clear()
 
     def _write(self, data: bytes) -> None:

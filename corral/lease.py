@@ -1,10 +1,11 @@
 """One run per output: a lease on ``OUT/_corral/lock`` with a heartbeat.
 
-The lock holds the run id, the host, the pid and a heartbeat (seconds since the epoch) that the
-holder refreshes every ``timeout / 4`` seconds. Another run on the same OUT is refused, naming the
-holder. A lease whose heartbeat is older than ``timeout`` (or whose process is gone, on this host) is
-stale: the next run takes it over and says so. A holder that finds its lease taken (it was paused
-longer than the timeout: a laptop asleep) stops before writing anything more.
+The lock holds the run id, the host, the pid (and its start time, where ``/proc`` tells it: pids are
+reused) and a heartbeat (seconds since the epoch) that the holder refreshes every ``timeout / 4``
+seconds. Another run on the same OUT is refused, naming the holder. A lease whose heartbeat is older
+than ``timeout`` (or whose process is gone, on this host: a killed process its parent has not reaped
+yet is gone too) is stale: the next run takes it over and says so. A holder that finds its lease taken
+(it was paused longer than the timeout: a laptop asleep) stops before writing anything more.
 
 The lock is created with a conditional write where the store has one (``O_EXCL`` on a local disk,
 ``If-None-Match`` on S3, ``ifGenerationMatch=0`` on GCS) and taken over with a compare-and-swap
@@ -23,8 +24,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from corral.errors import UsageError
-from corral.fs import FileSystem, display, join
+from corral.errors import CorralError, UsageError
+from corral.fs import FileSystem, display, join, store_errors
 
 log = logging.getLogger("corral")
 
@@ -37,20 +38,28 @@ class Holder:
     host: str
     pid: int
     heartbeat: float
+    started: str | None = None  #: when the holder's process started (``/proc``), None where unknown
 
     @classmethod
     def parse(cls, data: bytes) -> Holder | None:
         try:
             d = json.loads(data)
-            return cls(str(d["run_id"]), str(d["host"]), int(d["pid"]), float(d["heartbeat"]))
-        except (ValueError, KeyError, TypeError):
+            started = d.get("started")
+            return cls(str(d["run_id"]), str(d["host"]), int(d["pid"]), float(d["heartbeat"]),
+                       None if started is None else str(started))
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None
 
     def gone(self) -> bool:
-        """Whether the holder's process has ended (known only on this host)."""
+        """Whether the holder's process has ended (known only on this host). A killed process its parent has
+        not reaped yet (a zombie) has ended; a process that took over the pid since is not the holder."""
         if self.host != socket.gethostname():
             return False
-        try:
+        stat = _process_stat(self.pid)
+        if stat is not None:
+            state, started = stat
+            return state in ("Z", "X") or (self.started is not None and started != self.started)
+        try:  # no /proc (macOS), or it hides others' processes: only whether some process has the pid
             os.kill(self.pid, 0)
         except ProcessLookupError:
             return True
@@ -63,6 +72,18 @@ class Holder:
         return f"run {self.run_id} on host {self.host} (pid {self.pid}, last heartbeat {_age(age)} ago)"
 
 
+def _process_stat(pid: int) -> tuple[str, str] | None:
+    """Process ``pid``'s state (``R``, ``S``, ``Z``…) and start time (clock ticks after boot), from
+    ``/proc/PID/stat``; None without /proc or without that process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2 :].split()  # after "pid (command)", which may hold spaces
+    return fields[0].decode(), fields[19].decode()
+
+
 def _age(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
@@ -71,7 +92,7 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-class LeaseLostError(Exception):
+class LeaseLostError(CorralError):
     """Another run took this run's lease over (it found the heartbeat stale)."""
 
 
@@ -84,13 +105,16 @@ class Lease:
         self.timeout = timeout
         self.host = socket.gethostname()
         self.pid = os.getpid()
+        stat = _process_stat(self.pid)
+        self.started = stat[1] if stat else None  # with the pid: tells this process from a later one
         self.held = False
         self.lost: Holder | None = None  # who took it, once lost
         self._lock = threading.Lock()
 
     def _content(self) -> bytes:
         return json.dumps(
-            {"run_id": self.run_id, "host": self.host, "pid": self.pid, "heartbeat": time.time()}
+            {"run_id": self.run_id, "host": self.host, "pid": self.pid, "heartbeat": time.time(),
+             **({"started": self.started} if self.started else {})}
         ).encode("utf-8")
 
     def _ours(self, holder: Holder | None) -> bool:
@@ -98,6 +122,11 @@ class Lease:
 
     def acquire(self) -> None:
         """Take the lease, or raise UsageError naming the run that holds it (or why OUT is not writable)."""
+        # the first write to OUT: a store without credentials, unreachable or read-only is one line here
+        with store_errors(f"cannot write to the output folder {display(self.out)}"):
+            self._acquire()
+
+    def _acquire(self) -> None:
         for _ in range(5):
             try:
                 if self.fs.create_new(self.url, self._content()):
@@ -106,8 +135,6 @@ class Lease:
                 current = self.fs.read_versioned(self.url)
             except FileExistsError:  # lost a race with another run creating it: look again
                 continue
-            except OSError as exc:
-                raise UsageError(f"cannot write to the output folder {display(self.out)}: {_reason(exc)}") from None
             if current is None:  # released meanwhile: try again
                 continue
             data, version = current
@@ -182,12 +209,6 @@ class Lease:
                     self.fs.remove(self.url)
             except OSError as exc:
                 log.warning("could not release the lease %s: %s", display(self.url), exc)
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
 
 
 class Keeper:

@@ -23,7 +23,7 @@ from typing import IO, TYPE_CHECKING, Any
 import msgpack
 
 from corral.errors import UsageError
-from corral.fs import get_filesystem, join
+from corral.fs import get_filesystem, join, writing
 from corral.pairs import TextError, check_pairs, integer_error, text_error
 from corral.shuffle import _READ_BLOCK, _TEXT_ERRORS, _packer
 
@@ -51,6 +51,7 @@ class PairWriter:
     batches (no per-pair function layer); subclasses choose the encoding."""
 
     BATCH = BATCH
+    url: str | None = None  #: where the pairs go (file writers), named if its disk is full
 
     def __init__(self, out: IO[bytes], source: str = "reduce") -> None:
         self.out = out
@@ -72,7 +73,8 @@ class PairWriter:
         pairs, self._pending = self._pending, []
         if pairs:
             key_types, value_types = check_pairs(self.source, pairs)
-            self._write(pairs, key_types, value_types)
+            with writing(self.url):
+                self._write(pairs, key_types, value_types)
             self.records_out += len(pairs)
 
     def _write(self, pairs: list[tuple[Any, Any]], key_types: set[type], value_types: set[type]) -> None:
@@ -117,15 +119,16 @@ class RecordFile(RecordWriter):
     """A RecordWriter to the file at ``url``; ``close`` returns ``[url]``."""
 
     def __init__(self, url: str, source: str = "reduce") -> None:
-        self.url = url
+        self.url: str = url
         self._raw = get_filesystem(url).open(url, "wb")
         self.bytes_out = 0
         super().__init__(self._raw, source)
 
     def close(self) -> list[str]:
         self.flush()
-        self.bytes_out = self._raw.tell()
-        self._raw.close()
+        with writing(self.url):
+            self.bytes_out = self._raw.tell()
+            self._raw.close()
         return [self.url]
 
     def abort(self) -> None:
@@ -358,7 +361,7 @@ class PartWriter(PairWriter):
 
     def __init__(self, url: str, spec: OutputSpec, source: str = "reduce") -> None:
         super().__init__(None, source)  # type: ignore[arg-type]
-        self.url = url
+        self.url: str = url
         self.spec = spec
         self.fs = get_filesystem(url)
         self.parts: list[str] = []
@@ -409,7 +412,8 @@ class PartWriter(PairWriter):
         """Flush and close the last part file; the part files' URLs."""
         self.flush()
         if self._raw is not None:
-            self._finish_part()
+            with writing(self.url):
+                self._finish_part()
         return self.parts
 
     def abort(self) -> None:

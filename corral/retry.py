@@ -2,7 +2,8 @@
 
 Kept apart from the driver's scheduling so that the rules read in one place: failures count toward
 ``--retries``; throttling never does, but cannot outlast the job's ``--deadline``; bad input fails the
-same way every time, so it is never retried; a cancelled attempt is the driver's own doing.
+same way every time, so it is never retried; a full disk is retried once (another worker, or space freed
+meanwhile), not ``--retries`` times; a cancelled attempt is the driver's own doing.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from corral.executor import CANCELLED, INPUT_ERROR, THROTTLED, Failure
+from corral.executor import CANCELLED, DISK_FULL, INPUT_ERROR, THROTTLED, Failure
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class RetryPolicy:
     def delay(self, failure: Failure, failures: int) -> float | None:
         """Seconds to wait before the next attempt of a task that has failed ``failures`` times
         (counted ones, this one included), or None when the task must not be tried again."""
-        if failure.kind == INPUT_ERROR or failures > self.retries:
+        if failure.kind == INPUT_ERROR or failures > self.retries or (failure.kind == DISK_FULL and failures > 1):
             return None
         if failure.kind == THROTTLED and time.time() >= self.deadline:
             return None

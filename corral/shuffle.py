@@ -28,6 +28,7 @@ from typing import IO, Any
 import msgpack
 
 from corral import cancellation
+from corral.fs import writing
 from corral.pairs import SCALARS, TextError, check_keys, check_pairs, check_values, integer_error, text_error
 from corral.total_order import RangePartition
 
@@ -395,14 +396,15 @@ def limit_fan_in(
         buffered = io.BufferedWriter(f, buffer_size=1 << 20)
         writer = GroupWriter(buffered)
         group = sources[position : position + take]
-        if sort_values:  # a key's values must stay one sorted run in the merged source
-            for key, values in merge_batch_groups(group, value_key, sort_values=True):
-                writer.add_iter(key, values)
-        else:
-            for entries in merge_batches(group):
-                writer.add_entries(entries)
-        writer.flush()
-        buffered.flush()
+        with writing(*_spill_place(spill_dir)):
+            if sort_values:  # a key's values must stay one sorted run in the merged source
+                for key, values in merge_batch_groups(group, value_key, sort_values=True):
+                    writer.add_iter(key, values)
+            else:
+                for entries in merge_batches(group):
+                    writer.add_entries(entries)
+            writer.flush()
+            buffered.flush()
         buffered.detach()
         files.append(f)
         sources[position : position + take] = [iter_group_batches(file_blocks(f, 0, writer.offset, block))]
@@ -427,20 +429,29 @@ def sorted_values(
         buffered = io.BufferedWriter(f, buffer_size=1 << 20)
         writer = GroupWriter(buffered)
         runs = []
-        while run:
-            run.sort(key=value_key)
-            start = writer.offset
-            writer.add_iter("", run)
-            writer.flush()
-            runs.append((start, writer.offset - start))
-            run = _take(iterator, budget)
-        buffered.flush()
+        with writing(*_spill_place(spill_dir)):
+            while run:
+                run.sort(key=value_key)
+                start = writer.offset
+                writer.add_iter("", run)
+                writer.flush()
+                runs.append((start, writer.offset - start))
+                run = _take(iterator, budget)
+            buffered.flush()
         buffered.detach()
         streams = [
             chain.from_iterable(map(_second, iter_groups(file_blocks(f, start, length, 64 << 10))))
             for start, length in runs
         ]
         yield from heapq.merge(*streams, key=value_key)
+
+
+def _spill_place(spill_dir: str | None) -> tuple[str, str]:
+    """The folder spills go to, and how a full-disk message names it."""
+    if spill_dir:
+        return spill_dir, f"spill files in {spill_dir} (CORRAL_SPILL_DIR)"
+    folder = tempfile.gettempdir()
+    return folder, f"spill files in {folder} (the temporary folder; CORRAL_SPILL_DIR chooses another)"
 
 
 def _take(iterator: Iterator[Any], budget: int) -> list[Any]:
@@ -665,8 +676,9 @@ class MapBuffer:
     def _spill(self) -> None:
         f = tempfile.TemporaryFile(dir=self.spill_dir, prefix="corral-spill-")
         buffered = io.BufferedWriter(f, buffer_size=1 << 20)
-        index, _ = self._write_memory(buffered)
-        buffered.flush()
+        with writing(*_spill_place(self.spill_dir)):
+            index, _ = self._write_memory(buffered)
+            buffered.flush()
         buffered.detach()
         self.spills.append((f, index))
 

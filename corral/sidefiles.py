@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.errors import UsageError
+from corral.job import listed
 
 MiB = 1 << 20
 #: Side files up to this size go inside a remote backend's deployment package; larger ones go
@@ -85,12 +86,9 @@ def side_files(job_class: type, extra: Sequence[str] = ()) -> tuple[SideFile, ..
     """The job's side files: its ``files`` (relative to its file), then ``extra`` (``--file``, relative
     to the current folder), hashed. A UsageError names a file that is missing, a folder or unreadable,
     and two different files of one name (``file_path`` could not tell them apart)."""
-    listed = getattr(job_class, "files", None) or []
-    if isinstance(listed, str):
-        raise UsageError(f"{job_class.__qualname__}.files must be a list of paths, not the string {listed!r}")
     folder = _job_folder(job_class)
-    wanted = [(str(entry), os.path.join(folder, entry), f"in {job_class.__qualname__}.files, relative to {folder}")
-              for entry in listed]
+    wanted = [(entry, os.path.join(folder, entry), f"in {job_class.__qualname__}.files, relative to {folder}")
+              for entry in listed(job_class, "files", "paths")]
     wanted += [(str(entry), os.path.abspath(entry), "given with --file") for entry in extra]
     found: dict[str, SideFile] = {}
     for entry, path, where in wanted:

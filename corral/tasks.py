@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 from corral import cancellation
 from corral.errors import InputError
 from corral.failure_context import Reading, map_input, reduce_input
-from corral.fs import FileSystem, get_filesystem
+from corral.fs import FileSystem, get_filesystem, writing
 from corral.job import Job, Step
 from corral.output import OutputSpec, PartWriter, RecordFile, iter_records
 from corral.pairs import shuffle_batches
@@ -231,7 +231,7 @@ def _execute_map(spec: MapSpec, job: Job, step: Step, reading: Reading) -> dict[
             reading.done()
             if step.map_final:
                 buffer.add_final(chain.from_iterable(shuffle_batches("map_final", step.map_final() or ())))
-            with out_fs.open(spec.output, "wb") as out:
+            with writing(spec.output), out_fs.open(spec.output, "wb") as out:
                 index = buffer.write(out)
         finally:
             buffer.close()

@@ -25,6 +25,7 @@ from typing import Any
 
 from corral.cancellation import TaskCancelled
 from corral.errors import InputError, UsageError
+from corral.fs import disk_full
 from corral.job import Job
 from corral.sidefiles import local_paths
 
@@ -117,15 +118,12 @@ def run_task(payload: dict[str, Any], progress: ProgressSink | None = None) -> d
             result = execute_map(spec, job, step) if isinstance(spec, MapSpec) else execute_reduce(spec, job, step)
             result.update(ok=True, counters=[[group, name, amount] for (group, name), amount in job._counters.items()])
         except Exception as exc:
-            result = {
-                "ok": False,
-                "error": {
-                    "type": type(exc).__name__,
-                    "message": str(exc),
-                    "traceback": user_traceback(exc),
-                    "kind": _error_kind(exc),
-                },
-            }
+            result = {"ok": False, "error": _full_disk_error(exc) if disk_full(exc) else {
+                "type": type(exc).__name__,
+                "message": str(exc),
+                "traceback": user_traceback(exc),
+                "kind": _error_kind(exc),
+            }}
             found = getattr(exc, "corral_input", None)  # what the task was reading (corral.failure_context)
             if found:
                 result["error"]["input"] = found
@@ -155,6 +153,17 @@ def _bytes_in(payload: dict[str, Any]) -> int:
     if payload.get("kind") == "map":
         return sum(int(s["end"]) - int(s["start"]) for s in payload.get("splits", ()))
     return sum(int(source[2]) for source in payload.get("sources", ()))
+
+
+def _full_disk_error(exc: Exception) -> dict[str, Any]:
+    """A full disk: one line naming the path written (``corral.fs.writing``); the traceback only when
+    the place is not known (the user's own code wrote there)."""
+    where = getattr(exc, "corral_writing", None)
+    if where:
+        return {"type": type(exc).__name__, "kind": "disk full", "traceback": None,
+                "message": f"the disk is full: no space left on device writing {where}"}
+    return {"type": type(exc).__name__, "kind": "disk full", "traceback": user_traceback(exc),
+            "message": f"the disk is full: {exc}"}
 
 
 def _error_kind(exc: Exception) -> str:

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
     config = {"lithops": {"backend": "localhost", "storage": "localhost", "log_level": "WARNING"},
-              "localhost": {"worker_processes": args.workers}}
+              "localhost": {"worker_processes": args.workers, "runtime": sys.executable}}
     executor = lithops.FunctionExecutor(config=config)
     path = os.path.abspath(args.input)
     executor.map_reduce(count_words, [path], merge, obj_chunk_number=args.workers)

@@ -30,6 +30,9 @@ class MRWordCount(MRJob):
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--out" not in argv:  # mrjob's runner calls this file back as the mapper, combiner and reducer
+        MRWordCount(argv).execute()
+        return 0
     workers = "2"
     if "--workers" in argv:
         at = argv.index("--workers")

@@ -25,7 +25,8 @@ MOVE_CONCURRENCY = 32
 #: connection at a time with a listen backlog of 5, so more in flight only wait for dropped SYNs to be
 #: retried; gcsfs deletes 5 at a time there for the same reason.
 EMULATOR_MOVE_CONCURRENCY = 4
-#: Small objects a map task reads at once from an object store (``FileSystem.read_ahead``).
+#: Small objects a map task reads at once from an object store (``FileSystem.read_ahead``); the
+#: variable ``CORRAL_READ_AHEAD`` (e.g. set with ``--environment``) overrides it, 0 reading one at a time.
 READ_AHEAD = 16
 _GLOB_CHARS = "*?["
 
@@ -43,7 +44,7 @@ class FsspecFileSystem(FileSystem):
         self._object_store = not self._local and bool(getattr(fs, "async_impl", False))
         self.move_concurrency = MOVE_CONCURRENCY if getattr(fs, "on_google", True) else EMULATOR_MOVE_CONCURRENCY
         # reads ahead where each read is a request; the GCS emulator serves one connection at a time
-        self.read_ahead = 0 if self._local or "memory" in _protocols(fs) else min(READ_AHEAD, self.move_concurrency)
+        self.read_ahead = 0 if self._local or "memory" in _protocols(fs) else min(_read_ahead(), self.move_concurrency)
 
     def _path(self, url: str) -> str:
         return self.fs._strip_protocol(url)
@@ -114,7 +115,12 @@ class FsspecFileSystem(FileSystem):
         if self._local:  # an atomic rename: a reader sees the old file or the new one, never half of one
             dst_path = self._path(dst)
             os.makedirs(os.path.dirname(dst_path) or ".", exist_ok=True)
-            os.replace(self._path(src), dst_path)
+            try:
+                os.replace(self._path(src), dst_path)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                _move_across_devices(self._path(src), dst_path)  # --work-dir on another disk than OUT
         elif self._object_store:
             self.move_many([(src, dst)])
         else:
@@ -232,6 +238,30 @@ class FsspecFileSystem(FileSystem):
         return super().replace_if(url, data, version)
 
 
+def _move_across_devices(src: str, dst: str) -> None:
+    """A rename from another disk: copied next to ``dst`` first, then renamed over it (still atomic for
+    a reader of ``dst``), then ``src`` removed. A full disk names ``dst``."""
+    import secrets
+    import shutil
+
+    from corral.fs import disk_full, writing
+
+    temp = f"{dst}.{secrets.token_hex(3)}.tmp"
+    try:
+        with writing(dst):
+            try:
+                shutil.copyfile(src, temp)
+            except OSError as exc:
+                if disk_full(exc):  # sendfile's error names both files: the full disk is dst's
+                    exc.filename = exc.filename2 = None
+                raise
+        os.replace(temp, dst)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+    os.remove(src)
+
+
 def _replace_if_local(path: str, data: bytes, version: str, read: Any) -> bool:
     """Compare and swap on a local disk: under an exclusive lock on the folder (which every corral
     process takes for this), check the version, then rename a fully written file over the old one."""
@@ -268,6 +298,14 @@ def _version(info: dict[str, Any]) -> str | None:
         if value is not None:
             return str(value)
     return None
+
+
+def _read_ahead() -> int:
+    """``READ_AHEAD``, or ``CORRAL_READ_AHEAD`` where set (0: small objects one after another)."""
+    try:
+        return max(0, int(os.environ.get("CORRAL_READ_AHEAD", READ_AHEAD)))
+    except ValueError:
+        return READ_AHEAD
 
 
 def _local_files(folder: str) -> list[FileInfo]:

@@ -4,7 +4,9 @@ The emulator mounts this file read-only at ``/opt/corral/bootstrap.py`` and runs
 any image with a Python 3 interpreter serves as a Lambda sandbox. It speaks Lambda's Runtime API at
 ``$AWS_LAMBDA_RUNTIME_API`` like AWS's own runtime client: load ``$_HANDLER`` from ``$LAMBDA_TASK_ROOT``
 (errors go to ``/init/error``), then loop on ``/invocation/next``, call ``handler(event, context)`` and
-post the result to ``/response`` or the exception to ``/error``.
+post the result to ``/response`` or the exception to ``/error``. Once the Runtime API has gone for good
+(the emulator was killed: nothing else closes it while the container lives), it exits within seconds,
+even mid-invocation, rather than running on for an emulator that will never read the result.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import http.client
 import importlib
 import json
 import os
+import socket
 import sys
+import threading
 import time
 import traceback
 
@@ -43,6 +47,28 @@ class RuntimeClient:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+
+def exit_when_gone(host: str, port: int, every: float = 1.0, misses: int = 3) -> None:
+    """A daemon thread that ends the process once ``misses`` connections in a row to the Runtime API are
+    refused (a slow answer is no miss: the emulator is busy, not gone)."""
+
+    def watch() -> None:
+        missed = 0
+        while True:
+            time.sleep(every)
+            try:
+                socket.create_connection((host, port), timeout=every).close()
+                missed = 0
+            except ConnectionRefusedError:
+                missed += 1
+                if missed >= misses:
+                    print("[corral-emulator] the emulator is gone: stopping", flush=True)
+                    os._exit(1)
+            except OSError:
+                missed = 0
+
+    threading.Thread(target=watch, name="corral-emulator-watch", daemon=True).start()
 
 
 class LambdaContext:
@@ -131,6 +157,7 @@ def log_error(body: dict) -> None:
 
 def main() -> int:
     client = RuntimeClient(os.environ["AWS_LAMBDA_RUNTIME_API"])
+    exit_when_gone(client.host, client.port)
     task_root = os.environ.get("LAMBDA_TASK_ROOT", "/var/task")
     try:
         handler = load_handler(os.environ.get("_HANDLER", ""), task_root)

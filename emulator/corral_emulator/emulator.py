@@ -22,11 +22,11 @@ from corral_emulator.engine import Engine
 from corral_emulator.errors import EmulatorError
 from corral_emulator.gcf_service import GcfService
 from corral_emulator.lambda_service import LambdaService
+from corral_emulator.owner import LABEL, owner_gone
 
 log = logging.getLogger("corral_emulator")
 
 DEFAULT_BASE_IMAGE = "corral-lambda-python:3.11"
-LABEL = "corral-emulator"
 
 
 def default_base_image() -> str:
@@ -143,6 +143,9 @@ class Emulator:
         if self.endpoint:
             return self.endpoint
         self._docker = docker_client(pool=max(16, 2 * self.max_concurrency + 4))
+        pruned = prune_orphans(self._docker)  # an emulator killed with kill -9 (its driver's) left them
+        if pruned:
+            log.info("removed %d containers of emulators that were killed", pruned)
         try:
             self._docker.images.get(self.base_image)
         except docker.errors.ImageNotFound:
@@ -289,11 +292,11 @@ def remove_containers(client: docker.DockerClient, instance_id: str | None = Non
 
 
 def prune_orphans(client: docker.DockerClient) -> int:
-    """Remove containers left by emulators of this host whose process has gone."""
+    """Remove containers left by emulators of this host whose process has gone (``corral_emulator.owner``);
+    every other container is left alone (other emulators', other hosts' on a shared engine)."""
     removed = 0
     for container in client.containers.list(all=True, sparse=True, filters={"label": LABEL}):
-        pid = (container.attrs.get("Labels") or {}).get(f"{LABEL}.pid", "")
-        if pid.isdigit() and os.path.exists(f"/proc/{pid}"):
+        if not owner_gone(container.attrs.get("Labels") or {}):
             continue
         try:
             container.remove(force=True)

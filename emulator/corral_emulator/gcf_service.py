@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
 import time
 import uuid
@@ -44,6 +43,7 @@ from corral_emulator.gcf_functions import (
     validate,
 )
 from corral_emulator.gcf_instance import HOP_BY_HOP, MAX_BODY_BYTES, Answer, GcfInstance, read_limited
+from corral_emulator.owner import owner_labels
 from corral_emulator.sandbox import MB
 from corral_emulator.tokens import TokenIssuer
 
@@ -291,7 +291,7 @@ class GcfService:
 
     async def _image_python(self) -> tuple[str, str]:
         if self._python is None:
-            labels = {"corral-emulator": self.engine.instance_id, "corral-emulator.pid": str(os.getpid())}
+            labels = {"corral-emulator": self.engine.instance_id, **owner_labels()}
             try:
                 self._python = await self.engine.blocking(framework.image_python, self.engine.docker,
                                                           self.engine.base_image, labels)

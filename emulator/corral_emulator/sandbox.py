@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from corral_emulator.memory import MemoryProbe
+from corral_emulator.owner import owner_labels
 
 if TYPE_CHECKING:
     from corral_emulator.engine import Engine
@@ -163,7 +164,7 @@ class Sandbox:
                 "corral-emulator": engine.instance_id,
                 "corral-emulator.function": self.function_name,
                 "corral-emulator.platform": self.platform,
-                "corral-emulator.pid": str(os.getpid()),
+                **owner_labels(),  # its pid: `prune` and the next emulator remove it if this one is killed
             },
             "mem_limit": self.memory_bytes,
             "memswap_limit": self.memory_bytes,

@@ -738,3 +738,26 @@ class TwoStageTotalOrder(corral.Job):
 
     def names(self, count, words):
         yield count, sorted(words)
+
+
+class Kilobytes(corral.Job):
+    """Every line becomes a record of 1 KB: the output (and the spills) outgrow a small disk."""
+
+    def map(self, key, line):
+        yield line.strip(), "x" * 1000
+
+    def reduce(self, key, values):
+        for value in values:
+            yield key, value
+
+
+class RequirementString(WordCount):
+    requirements = "requests"  # a str, not a list: was split into characters
+
+
+class RequirementNumbers(WordCount):
+    requirements = ["requests", 2]
+
+
+class FilesString(WordCount):
+    files = "jobs.py"

@@ -308,3 +308,18 @@ def test_map_final_may_repeat_keys_and_add_to_maps_keys(tmp_path):
     (tmp_path / "in.txt").write_text("x\ny\n")
     run(jobs.MapFinalRepeatsKeys, tmp_path / "in.txt", tmp_path / "out", reducers=1)
     assert lines(tmp_path / "out") == ["a\t[1, 2]", 'line\t["final", "x", "y"]']
+
+
+@pytest.mark.parametrize("job, message", [
+    ("RequirementString", "invalid value for RequirementString.requirements: 'requests' is a string, not a list of "
+                          "requirement strings (write requirements = ['requests'])"),
+    ("RequirementNumbers", "invalid value for RequirementNumbers.requirements: ['requests', 2] is not a list of "
+                           "requirement strings"),
+    ("FilesString", "invalid value for FilesString.files: 'jobs.py' is a string, not a list of paths "
+                    "(write files = ['jobs.py'])"),
+])
+def test_list_attributes_of_a_job_must_be_lists(text_file, tmp_path, capsys, job, message):
+    code, _, err = cli(capsys, "run", f"{jobs.__file__}:{job}", text_file, "--out", tmp_path / "out",
+                       "--backend", "threads")
+    assert (code, err) == (2, f"corral: error: {message}\n")
+    assert not (tmp_path / "out").exists()

@@ -251,3 +251,62 @@ def test_the_heartbeat_goes_on_during_a_long_deploy(tmp_path):
     before, after = SlowDeploy.seen
     assert after - before >= 1.0  # renewed every 0.25 s while the deploy ran
     assert counts(tmp_path / "out") == {"a": 1, "b": 1}
+
+
+def _journaled_commits(out: Path) -> int:
+    path = out / "_corral" / "journal.jsonl"
+    text = path.read_text() if path.exists() else ""
+    return text.count('"t":"commit"')
+
+
+def test_resume_right_after_a_sigkill_takes_the_lease_of_the_unreaped_driver(slow_input, tmp_path):
+    """The killed driver is a zombie until its parent (this test) reaps it: its pid still answers a signal
+    0, but its process is gone, and --resume goes ahead at once."""
+    folder, expected = slow_input
+    out = tmp_path / "out"
+    argv = ["run", f"{jobs.__file__}:SlowCounted", folder, "--out", out, "--map-bin-size", "1", "--backend",
+            "threads", "--max-concurrency", "1", "--arg", "sleep=0.1"]
+    driver = _start(argv)
+    try:
+        lock = _wait_for(out / "_corral" / "lock", driver)
+        deadline = time.monotonic() + 60
+        while _journaled_commits(out) < 1:  # something to resume
+            assert driver.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        os.kill(driver.pid, signal.SIGKILL)
+        while Path(f"/proc/{driver.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            time.sleep(0.01)  # dead, not reaped: os.kill(pid, 0) still succeeds
+        os.kill(driver.pid, 0)
+        done = run_command("corral", *argv, "--resume", "-q")
+    finally:
+        driver.kill()
+        driver.communicate()
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines()[0] == (
+        f"corral: taking over the output folder's lease from run {lock['run_id']} on host {socket.gethostname()} "
+        f"(pid {driver.pid}): its process is gone")
+    assert counts(out) == expected
+
+
+def test_a_lease_whose_pid_another_process_has_now_is_taken_over(tmp_path):
+    """pids are reused: a live process with the holder's pid but another start time is not the holder."""
+    (tmp_path / "in.txt").write_text("a b\n")
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        started = Path(f"/proc/{sleeper.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        _lock(tmp_path / "out", host=socket.gethostname(), pid=sleeper.pid, started=str(int(started) - 1))
+        done = run_command("corral", "run", f"{jobs.__file__}:WordCount", tmp_path / "in.txt", "--out",
+                           tmp_path / "out", "--backend", "threads", "-q")
+        assert (done.returncode, done.stderr) == (0, (
+            "corral: taking over the output folder's lease from run 20260101T000000-abcdef on host "
+            f"{socket.gethostname()} (pid {sleeper.pid}): its process is gone\n"))
+
+        _lock(tmp_path / "out", host=socket.gethostname(), pid=sleeper.pid, started=started)  # the holder itself
+        done = run_command("corral", "run", f"{jobs.__file__}:WordCount", tmp_path / "in.txt", "--out",
+                           tmp_path / "out", "--backend", "threads", "--overwrite", "-q")
+        assert done.returncode == 2
+        assert f"is in use by run 20260101T000000-abcdef on host {socket.gethostname()} (pid {sleeper.pid}, " \
+               in done.stderr
+    finally:
+        sleeper.kill()
+        sleeper.wait()

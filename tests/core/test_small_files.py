@@ -174,3 +174,13 @@ def test_many_small_gzip_files_on_processes(tmp_path):
     text = small_logs(tmp_path / "logs", files=300)
     run(jobs.Cat, tmp_path / "logs", tmp_path / "out", backend="processes")
     assert lines(tmp_path / "out") == text.splitlines()  # in input order
+
+
+def test_corral_read_ahead_sets_how_many_small_objects_are_read_at_once(monkeypatch):
+    from corral.filesystems.fsspec import READ_AHEAD, _read_ahead
+
+    for value, expected in (("0", 0), ("4", 4), ("-3", 0), ("many", READ_AHEAD)):
+        monkeypatch.setenv("CORRAL_READ_AHEAD", value)
+        assert _read_ahead() == expected
+    monkeypatch.delenv("CORRAL_READ_AHEAD")
+    assert _read_ahead() == READ_AHEAD == 16

@@ -4,8 +4,9 @@ Real S3 answers ``503 SlowDown`` when a prefix gets more requests than it can ta
 off and retry. Every request through the proxy is recorded (method, path, query, Range header), so a test
 can also check *how* corral talks to S3: ranged GETs for splits, multipart uploads for large writes.
 ``delay`` adds a round trip's latency to every request, and ``in_flight`` records how many requests were
-under way at once when each one started, so a test can tell parallel requests from sequential ones. It
-proxies any HTTP API (the GCS emulator's too).
+under way at once when each one started, so a test can tell parallel requests from sequential ones.
+``deny`` answers ``403 AccessDenied`` to the requests it picks, as a bucket policy would. It proxies any
+HTTP API (the GCS emulator's too).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -22,6 +24,10 @@ from yarl import URL
 SLOW_DOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
     b"<Message>Please reduce your request rate.</Message><RequestId>corral-fault</RequestId></Error>"
+)
+ACCESS_DENIED = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+    b"<Message>Access Denied</Message><RequestId>corral-fault</RequestId></Error>"
 )
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "content-encoding"}
 
@@ -40,9 +46,11 @@ class Seen:
 class FaultyProxy:
     """``with FaultyProxy(moto_url, every=3) as proxy:`` then point ``AWS_ENDPOINT_URL_S3`` at ``proxy.url``."""
 
-    def __init__(self, target: str, every: int = 3, delay: float = 0.0) -> None:
+    def __init__(self, target: str, every: int = 3, delay: float = 0.0,
+                 deny: Callable[[str, str], bool] | None = None) -> None:
         self.target = target.rstrip("/")
         self.every = every
+        self.deny = deny  #: (method, path) -> whether to answer 403 AccessDenied, as a bucket policy would
         self.delay = delay
         self._in_flight = 0
         self.seen: list[Seen] = []
@@ -80,6 +88,9 @@ class FaultyProxy:
             await asyncio.sleep(self.delay)
         if faulted:
             return web.Response(status=503, body=SLOW_DOWN, content_type="application/xml")
+        if self.deny is not None and self.deny(request.method, request.path):
+            return web.Response(status=403, body=b"" if request.method == "HEAD" else ACCESS_DENIED,
+                                content_type="application/xml")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         url = self.target + request.raw_path  # as sent: path and query, encoding untouched
         assert self._session is not None
