@@ -107,8 +107,17 @@ class Engine:
     def spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
         self.background.add(task)
-        task.add_done_callback(self.background.discard)
+        task.add_done_callback(self._ended)
         return task
+
+    def _ended(self, task: asyncio.Task) -> None:
+        """A background task's error is logged when it happens (not as "Task exception was never retrieved"
+        whenever the task is collected); while closing, what fails is being removed anyway."""
+        self.background.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        level = logging.DEBUG if self.closing else logging.ERROR
+        log.log(level, "background task %s failed", task.get_coro(), exc_info=task.exception())
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
         assert self.loop is not None
@@ -163,8 +172,8 @@ class Engine:
 
     def _container_died(self, name: str, exit_code: int) -> None:
         sandbox = self.sandboxes.get(name)
-        if sandbox is None or sandbox.exit_status is not None or sandbox.retiring:
-            return
+        if sandbox is None or sandbox.exit_status is not None or sandbox.retiring or self.closing:
+            return  # (closing: every container is being removed, and dies of it)
         self.spawn(self._handle_death(sandbox, exit_code))
 
     async def _handle_death(self, sandbox: Sandbox, exit_code: int) -> None:
@@ -305,6 +314,9 @@ class Engine:
         await asyncio.gather(*(s.close() for s in sandboxes), return_exceptions=True)
         self.sandboxes.clear()
         await asyncio.gather(*(closer() for closer in self.closers), return_exceptions=True)
+        # the cancelled tasks' clean-up (a retire's) still uses the thread pool: let them end before it goes
+        if self.background:
+            await asyncio.wait(list(self.background), timeout=10)
         if self._events_stream is not None:
             try:
                 self._events_stream.close()

@@ -264,13 +264,16 @@ def test_a_full_pool_retires_the_least_recently_used_idle_sandbox_and_leaves_no_
         docker_engine, client_for, package, caplog):
     """At the emulator's limit, a cold start makes room by retiring the idle sandbox used longest ago. Its
     runtime's long poll for the next invocation ends with it: no request task is left waiting forever (which
-    asyncio reports as "Task was destroyed but it is pending!" once the sandbox is collected)."""
+    asyncio reports as "Task was destroyed but it is pending!" once the sandbox is collected). Stopping
+    leaves no task behind either (the containers' deaths as they are removed are not handled as crashes,
+    whose clean-up came after the thread pool was gone: "Task exception was never retrieved")."""
     import gc
     import logging
 
     from corral_emulator import Emulator
 
     caplog.set_level(logging.ERROR, logger="asyncio")
+    caplog.set_level(logging.ERROR, logger="corral_emulator")
     with Emulator(max_concurrency=2, cloud_cpu=False) as emu:
         client = client_for(emu.endpoint)
         for name in ("first", "second", "third"):
@@ -292,3 +295,35 @@ def test_a_full_pool_retires_the_least_recently_used_idle_sandbox_and_leaves_no_
         assert "Task was destroyed but it is pending" not in caplog.text
         # the retired function starts cold again, retiring "second" now
         assert json.loads(client.invoke(FunctionName="first", Payload=b'{"n": 2}')["Payload"].read()) == {"n": 2}
+    gc.collect()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_stopping_with_a_slow_docker_engine_leaves_no_task_failing(docker_engine, client_for, package, caplog,
+                                                                    monkeypatch):
+    """Removing the containers kills them: those deaths are not crashes to clean up after, or (with a Docker
+    engine slow to remove, as under load) the clean-up ran once the thread pool was gone: "unhandled exception
+    during asyncio.run() shutdown ... cannot schedule new futures after shutdown" on the user's stderr."""
+    import logging
+
+    from corral_emulator import Emulator
+    from corral_emulator.engine import Engine
+
+    remove = Engine.remove_container
+
+    def slow_remove(self, name: str) -> None:  # the real removal, a second late
+        time.sleep(1.0)
+        remove(self, name)
+
+    monkeypatch.setattr(Engine, "remove_container", slow_remove)
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    caplog.set_level(logging.ERROR, logger="corral_emulator")
+    with Emulator(max_concurrency=3, cloud_cpu=False) as emu:
+        client = client_for(emu.endpoint)
+        for name in ("first", "second"):
+            client.create_function(FunctionName=name, Runtime="python3.11", Role="arn:aws:iam::0:role/x",
+                                   Handler="app.handler", Code={"ZipFile": package({"app.py": ECHO})})
+            assert client.invoke(FunctionName=name, Payload=b"{}")["StatusCode"] == 200
+        instance = emu.instance_id
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert not docker_engine.containers.list(all=True, sparse=True, filters={"label": f"corral-emulator={instance}"})
