@@ -24,7 +24,7 @@ import msgpack
 
 from corral.errors import UsageError
 from corral.fs import get_filesystem, join, writing
-from corral.pairs import TextError, check_pairs, integer_error, text_error
+from corral.pairs import NonFiniteError, TextError, check_pairs, integer_error, non_finite_error, text_error
 from corral.shuffle import _READ_BLOCK, _TEXT_ERRORS, _packer
 
 if TYPE_CHECKING:
@@ -186,8 +186,9 @@ def value_format(header: tuple[str, ...] | None = None) -> Encoder:
 
 def jsonl_format(header: tuple[str, ...] | None = None) -> Encoder:
     """``{"key": …, "value": …}`` per line, UTF-8 (no ASCII escapes). str keys with str or int values
-    (most output) are escaped by the C function JSONEncoder itself uses for strings, 3x faster."""
-    dumps = _json_encoder()
+    (most output) are escaped by the C function JSONEncoder itself uses for strings, 3x faster. A float
+    NaN or infinity fails the task (``NonFiniteError``): Python would write ``NaN``, which is no JSON."""
+    dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
     quote = encode_basestring
 
     def encode(pairs: list[tuple[Any, Any]], key_types: set[type], value_types: set[type]) -> str:
@@ -195,7 +196,10 @@ def jsonl_format(header: tuple[str, ...] | None = None) -> Encoder:
             return "".join([f'{{"key": {quote(key)}, "value": {value}}}\n' for key, value in pairs])
         if key_types == _STR_KEY and value_types <= _STR_KEY:
             return "".join([f'{{"key": {quote(key)}, "value": {quote(value)}}}\n' for key, value in pairs])
-        return "".join([f'{{"key": {dumps(key)}, "value": {dumps(value)}}}\n' for key, value in pairs])
+        try:
+            return "".join([f'{{"key": {dumps(key)}, "value": {dumps(value)}}}\n' for key, value in pairs])
+        except ValueError as exc:  # "Out of range float values are not JSON compliant"
+            raise NonFiniteError(str(exc)) from None
 
     return encode
 
@@ -407,6 +411,8 @@ class PartWriter(PairWriter):
             return self._encode(pairs, key_types, value_types).encode("utf-8", _TEXT_ERRORS)
         except UnicodeEncodeError as exc:
             raise text_error(exc, self.source, pairs) from None
+        except NonFiniteError:
+            raise non_finite_error(self.source, self.spec.format, pairs) from None
 
     def close(self) -> list[str]:
         """Flush and close the last part file; the part files' URLs."""

@@ -12,6 +12,7 @@ map buffer writes them (after ``combine``, once per stored value), keys when it 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from itertools import chain, islice
 from operator import itemgetter
@@ -112,6 +113,34 @@ def text_error(exc: UnicodeEncodeError, source: str | None = None,
                                  f"{_surrogate(text, found)}")
     text = exc.object if isinstance(exc.object, str) else ""
     return TypeError(f"{source + ' yielded ' if source else ''}text corral cannot write: {_surrogate(text, exc)}")
+
+
+class NonFiniteError(ValueError):
+    """A float NaN or infinity met by an encoder whose format (JSON) cannot hold it, for a caller that
+    knows the method and the pairs to raise ``non_finite_error`` with them."""
+
+
+def _non_finite(value: Any) -> float | None:
+    """The first float NaN or infinity in ``value``, or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else value
+    if isinstance(value, (list, tuple)):
+        return next((bad for item in value if (bad := _non_finite(item)) is not None), None)
+    if isinstance(value, dict):
+        return _non_finite(list(value.values()))
+    return None
+
+
+def non_finite_error(source: str, fmt: str, pairs: Iterable[tuple[Any, Any]]) -> ValueError:
+    """The error for a float NaN or infinity in ``fmt`` output (JSON has neither: ``NaN`` would be written,
+    which JSON readers refuse), naming the method, the key and the value."""
+    for key, value in pairs:
+        bad = _non_finite(value)
+        if bad is not None:
+            what = f"the value {describe(value)}" if bad is value else f"{bad!r} in the value {value!r}"
+            return ValueError(f"{source} yielded a value {fmt} output cannot store for the key {key!r}: {what}; JSON "
+                              "has no NaN or Infinity (yield None, or a string such as 'nan')")
+    return ValueError(f"{source} yielded a float NaN or Infinity, which {fmt} output cannot store")
 
 
 def _too_big(value: Any) -> int | None:

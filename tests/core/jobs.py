@@ -772,3 +772,16 @@ class BigMapSmallReduce(WordCount):
             block[i] = 1
         del block
         yield from super().map(key, line)
+
+
+class NonFinite(corral.Job):
+    """Map-only: the line "nan" yields float("nan"), "inf" a list holding -inf, any other line 1.5."""
+
+    def map(self, key, line):
+        word = line.strip()
+        if word == "nan":
+            yield word, float("nan")
+        elif word == "inf":
+            yield word, {"scores": [1.0, float("-inf")]}
+        else:
+            yield word, 1.5

@@ -17,6 +17,7 @@ import zstandard
 import corral
 from corral.shuffle import default_partition
 
+from . import jobs
 from .util import clean_env, cli, manifest, run, run_command
 
 FORMATS = ["text", "csv", "jsonl", "value"]
@@ -523,3 +524,25 @@ def test_jsonl_lines_are_what_json_dumps_writes(tmp_path, values):
     run(EchoPairs, write_pairs(tmp_path / "in.jsonl", pairs), tmp_path / "out", output_format="jsonl")
     assert (tmp_path / "out" / "part-00000.jsonl").read_text(encoding="utf-8") == "".join(
         json.dumps({"key": k, "value": v}, ensure_ascii=False) + "\n" for k, v in pairs)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("nan", "the value nan (of type float)"),
+    ("inf", "-inf in the value {'scores': [1.0, -inf]}"),
+])
+def test_jsonl_output_refuses_nan_and_infinity_naming_method_key_and_value(tmp_path, capsys, line, message):
+    """Python's json writes NaN and Infinity, which JSON readers (and warehouses) refuse."""
+    (tmp_path / "in.txt").write_text(f"ok\n{line}\n")
+    code, _, err = cli(capsys, "run", f"{jobs.__file__}:NonFinite", tmp_path / "in.txt", "--out", tmp_path / "out",
+                       "--output-format", "jsonl", "--retries", "0")
+    assert code == 1
+    assert err == (f"corral: job failed: task map-0000 attempt 1: ValueError: map yielded a value jsonl output cannot "
+                   f"store for the key {line!r}: {message}; JSON has no NaN or Infinity (yield None, or a string such "
+                   "as 'nan')\n")
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_jsonl_output_of_finite_floats_is_json(tmp_path):
+    (tmp_path / "in.txt").write_text("ok\n")
+    run(jobs.NonFinite, tmp_path / "in.txt", tmp_path / "out", output_format="jsonl")
+    assert (tmp_path / "out" / "part-00000.jsonl").read_text() == '{"key": "ok", "value": 1.5}\n'
