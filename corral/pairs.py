@@ -42,9 +42,18 @@ def describe(value: Any) -> str:
     return f"{text} (of type {type(value).__name__})"
 
 
+class DictKey:
+    """What ``unstorable`` finds when a dict's key is not a str: the key, said to be one in messages."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: Any) -> None:
+        self.key = key
+
+
 def unstorable(value: Any) -> Any:
-    """The part of ``value`` corral cannot store (a set, bytes, an object, a dict's non-str key…), or
-    ``OK`` when it can store all of it."""
+    """The part of ``value`` corral cannot store (a set, bytes, an object; a dict's non-str key as a
+    ``DictKey``), or ``OK`` when it can store all of it."""
     kind = type(value)
     if kind in SCALARS:
         return OK
@@ -59,7 +68,7 @@ def unstorable(value: Any) -> Any:
     if kind is dict:
         bad_key = next((k for k in value if type(k) is not str), OK)
         if bad_key is not OK:
-            return bad_key
+            return DictKey(bad_key)
         return unstorable(list(value.values()))
     if isinstance(value, (str, int, float)):  # subclasses (an IntEnum, numpy.float64) store as their base
         return OK
@@ -68,7 +77,10 @@ def unstorable(value: Any) -> Any:
 
 
 def value_error(source: str, key: Any, value: Any, bad: Any) -> TypeError:
-    what = f"the value {describe(value)}" if bad is value else f"{describe(bad)} in the value {value!r}"
+    if isinstance(bad, DictKey):
+        what = f"the dict key {describe(bad.key)} in the value {value!r}"
+    else:
+        what = f"the value {describe(value)}" if bad is value else f"{describe(bad)} in the value {value!r}"
     return TypeError(f"{source} yielded a value corral cannot store for the key {key!r}: {what}; {VALUES_RULE}")
 
 

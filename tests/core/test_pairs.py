@@ -62,6 +62,11 @@ class IntDictKey(BytesValue):
         yield line, {1: "one"}
 
 
+class IntKeyInANestedDict(BytesValue):
+    def map(self, key, line):
+        yield line, [{"a": {(1, 2): "x"}}]
+
+
 class UnhashableKey(BytesValue):
     def map(self, key, line):
         yield [line], 1
@@ -144,8 +149,10 @@ RULE = "values must be str, int, float, bool, None, or lists and dicts (with str
                    f"{RULE}"),
         (SetInsideAList, f"map yielded a value corral cannot store for the key 'word': {{3}} (of type set) in the "
                          f"value [1, [2, {{3}}]]; {RULE}"),
-        (IntDictKey, f"map yielded a value corral cannot store for the key 'word': 1 (of type int) in the value "
-                     f"{{1: 'one'}}; {RULE}"),
+        (IntDictKey, f"map yielded a value corral cannot store for the key 'word': the dict key 1 (of type int) in "
+                     f"the value {{1: 'one'}}; {RULE}"),
+        (IntKeyInANestedDict, f"map yielded a value corral cannot store for the key 'word': the dict key (1, 2) (of "
+                              f"type tuple) in the value [{{'a': {{(1, 2): 'x'}}}}]; {RULE}"),
         (UnhashableKey, "map yielded the key ['word'] (of type list) with the value 1: keys must be str"),
         (ObjectFromMapFinal, f"map yielded a value corral cannot store for the key 'total': the value <Opaque> (of "
                              f"type Opaque); {RULE}"),
