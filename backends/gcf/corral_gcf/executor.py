@@ -211,6 +211,14 @@ class UserIdToken(google.auth.credentials.Credentials):
         self.expiry = self._user.expiry
 
 
+#: What a --gcf-endpoint run without --gcf-service-account is told when Google's IAM API fails it.
+ENDPOINT_WITHOUT_IAM = (
+    f"corral manages the function's service account with Google's IAM API ({iam.IAM_URL}), which --gcf-endpoint "
+    "does not change: pass --gcf-service-account EMAIL to run the function as an existing account (corral then "
+    "manages no IAM)"
+)
+
+
 class GcfExecutor(RemoteFunctionExecutor):
     """Runs tasks as HTTPS invocations of one Cloud Function (on Google, or any endpoint speaking its API)."""
 
@@ -403,6 +411,14 @@ class GcfExecutor(RemoteFunctionExecutor):
             email, actions = iam.ensure_account(self.iam_api, self.project, self.function_name, bindings)
         except iam.AccountNotManaged as exc:
             raise UsageError(str(exc)) from None
+        except (iam.IamError, requests.exceptions.RequestException) as exc:
+            if not self.config.endpoint_url:
+                raise  # Google's own endpoint: translate_error says which rights are missing
+            # another Functions API (corral-emulator): IAM is still Google's, which it may not reach
+            reason = (f"cannot connect to {requests.utils.urlparse(iam.IAM_URL).hostname}"
+                      if isinstance(exc, requests.exceptions.ConnectionError) else self.describe_error(exc))
+            raise UsageError(f"cannot create the service account of the function {self.function_name}: {reason}; "
+                             f"{ENDPOINT_WITHOUT_IAM}") from None
         self.deploy_actions += actions
         if "update-access" in actions:
             settle = iam_settle_seconds()
