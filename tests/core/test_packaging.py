@@ -4,6 +4,8 @@ remote backend deploys; the Lambda backend's own use of it is in tests/lambda/te
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -47,7 +49,11 @@ def test_package_is_reproducible_and_complete(project, isolated):
     assert {"myjob.py", "helpers.py", "pkg/sub.py", "pkg/deep/leaf.py", "corral_lambda/handler.py"} <= files
     assert {"corral/__init__.py", "corral/worker.py", "corral/executors/local.py"} <= files
     assert not any(f.startswith(("pytest/", "_pytest/")) or f in ("unused.py", "json.py") for f in files)
-    assert not any("__pycache__" in f or f.endswith(".pyc") for f in files)
+    # every module with its bytecode for the target Python (this one), checked against the source's hash
+    tag = sys.implementation.cache_tag
+    for name in ("myjob.py", "pkg/deep/leaf.py", "corral/worker.py", "msgpack/__init__.py"):
+        folder, _, stem = name.rpartition("/")
+        assert f"{folder + '/' if folder else ''}__pycache__/{stem[:-3]}.{tag}.pyc" in files, name
     # corral's runtime dependencies, as Linux wheels for the target
     for dist in ("msgpack", "pluggy", "fsspec"):
         assert f"{dist}/__init__.py" in files
@@ -58,6 +64,58 @@ def test_package_is_reproducible_and_complete(project, isolated):
         assert info.date_time == (1980, 1, 1, 0, 0, 0)
         assert info.external_attr >> 16 == 0o100644
     assert archive.read("helpers.py") == (project / "helpers.py").read_bytes()
+
+
+_IMPORT_COUNTING_COMPILES = """
+import importlib.machinery, json, sys
+root = sys.argv[1]
+compiled = []
+original = importlib.machinery.SourceFileLoader.source_to_code
+def counting(self, data, path, *args, **kwargs):
+    compiled.append(path)
+    return original(self, data, path, *args, **kwargs)
+importlib.machinery.SourceFileLoader.source_to_code = counting
+sys.path.insert(0, root)
+import corral.worker, corral.remote, fsspec, msgpack, pluggy, helpers, pkg.sub, pkg.deep.leaf
+print(json.dumps({"compiled": [p for p in compiled if p.startswith(root)],
+                  "loaded": sorted(m.__file__ for m in list(sys.modules.values())
+                                   if (getattr(m, "__file__", None) or "").startswith(root))}))
+"""
+
+
+def test_a_cold_start_imports_the_package_from_its_bytecode(project, isolated, tmp_path):
+    """Unzipped into a read-only folder (as Lambda's /var/task), the package's modules import without
+    being compiled: Python would otherwise compile corral, fsspec, s3fs, botocore... on every cold start,
+    seconds of billed CPU at a small function's share of a vCPU."""
+    import json
+    import os
+    import stat
+
+    package = corral.build_package(source(project))
+    root = tmp_path / "task"
+    zipfile.ZipFile(io.BytesIO(package.zip_bytes)).extractall(root)
+    for folder, _, names in os.walk(root):
+        for name in names:
+            os.chmod(os.path.join(folder, name), stat.S_IRUSR)
+        os.chmod(folder, stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        done = subprocess.run([sys.executable, "-I", "-c", _IMPORT_COUNTING_COMPILES, str(root)],
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        for folder, _, _ in os.walk(root):
+            os.chmod(folder, stat.S_IRWXU)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert len(result["loaded"]) > 30 and any(p.endswith("/helpers.py") for p in result["loaded"])
+    assert result["compiled"] == []
+
+
+def test_bytecode_is_only_for_the_python_that_compiled_it():
+    from corral.packaging import _bytecode_tag
+
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert _bytecode_tag(here) == sys.implementation.cache_tag
+    assert _bytecode_tag(f"{sys.version_info.major}.{sys.version_info.minor + 1}") is None
 
 
 def test_hash_follows_the_code(project, isolated):
