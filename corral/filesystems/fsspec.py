@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from collections.abc import Sequence
 from typing import IO, Any
 
@@ -45,6 +46,8 @@ class FsspecFileSystem(FileSystem):
         self.move_concurrency = MOVE_CONCURRENCY if getattr(fs, "on_google", True) else EMULATOR_MOVE_CONCURRENCY
         # reads ahead where each read is a request; the GCS emulator serves one connection at a time
         self.read_ahead = 0 if self._local or "memory" in _protocols(fs) else min(_read_ahead(), self.move_concurrency)
+        #: S3's ranged reads as single signed GETs past s3fs (corral.filesystems.s3_direct), made on the first read
+        self._direct: Any = None if self._s3 else False
 
     def _path(self, url: str) -> str:
         return self.fs._strip_protocol(url)
@@ -109,7 +112,15 @@ class FsspecFileSystem(FileSystem):
             with open(self._path(url), "rb") as f:
                 f.seek(start)
                 return f.read(end - start)
-        return self.fs.cat_file(self._path(url), start=start, end=end)
+        path = self._path(url)
+        if self._direct is None:
+            _make_direct_reader(self)
+        if self._direct:
+            bucket, _, key = path.partition("/")
+            data = self._direct.read(bucket, key, start, end)
+            if data is not None:
+                return data
+        return self.fs.cat_file(path, start=start, end=end)
 
     def move(self, src: str, dst: str) -> None:
         if self._local:  # an atomic rename: a reader sees the old file or the new one, never half of one
@@ -236,6 +247,18 @@ class FsspecFileSystem(FileSystem):
                 self.fs.invalidate_cache(path)
             return True
         return super().replace_if(url, data, version)
+
+
+_direct_lock = threading.Lock()
+
+
+def _make_direct_reader(wrapper: FsspecFileSystem) -> None:
+    """The s3fs instance's DirectReader, or False where s3fs reads everything (made once, by one thread)."""
+    with _direct_lock:
+        if wrapper._direct is None:
+            from corral.filesystems.s3_direct import DirectReader
+
+            wrapper._direct = DirectReader.create(wrapper.fs) or False
 
 
 def _move_across_devices(src: str, dst: str) -> None:

@@ -6,7 +6,8 @@ can also check *how* corral talks to S3: ranged GETs for splits, multipart uploa
 ``delay`` adds a round trip's latency to every request, and ``in_flight`` records how many requests were
 under way at once when each one started, so a test can tell parallel requests from sequential ones.
 ``deny`` answers ``403 AccessDenied`` to the requests it picks, as a bucket policy would. It proxies any
-HTTP API (the GCS emulator's too).
+HTTP API (the GCS emulator's too). It records who sent each request (``User-Agent``) and its
+``Authorization`` header (tests use fake keys).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class Seen:
     faulted: bool
     copy_source: str | None = None  #: S3 CopyObject's x-amz-copy-source header
     in_flight: int = field(default=1, compare=False)  #: requests under way when this one started, itself included
+    agent: str | None = field(default=None, compare=False)  #: the User-Agent header: who sent it
+    authorization: str | None = field(default=None, compare=False)  #: the Authorization header (a test's fake keys)
 
 
 class FaultyProxy:
@@ -83,7 +86,8 @@ class FaultyProxy:
             faulted = self.every > 0 and self._count % self.every == 0
             self.seen.append(Seen(request.method, request.path, request.query_string,
                                   request.headers.get("Range"), faulted, request.headers.get("x-amz-copy-source"),
-                                  in_flight))
+                                  in_flight, request.headers.get("User-Agent"),
+                                  request.headers.get("Authorization")))
         if self.delay:
             await asyncio.sleep(self.delay)
         if faulted:
