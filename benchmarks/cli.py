@@ -135,6 +135,10 @@ def format_report(report: dict[str, Any]) -> str:
         if "gb_seconds" in row:
             lines.append(f"{row['contender']}: {row['gb_seconds']} GB-s billed, {row['invocations']} invocations"
                          + (f", GB-s ratio {row['gb_seconds_ratio']}" if row.get("gb_seconds_ratio") else ""))
+            if "map_task_seconds" in row:
+                lines.append(f"{row['contender']}: map task {row['map_task_seconds']} s of which "
+                             f"{row['map_task_cpu_s']} CPU-s (median; {row['map_cold_starts']} cold starts), "
+                             f"S3 server (moto) {row['s3_server_cpu_s']} CPU-s a run")
         if row.get("growth") is not None:
             lines.append(f"{row['contender']}: paired ratio {row['paired_ratio']} ({row['growth']:+} over 100 MB's)")
         if row["benchmark"] == "planner":

@@ -263,6 +263,14 @@ class Contender:
     result: Any = None
 
 
+def _process_cpu() -> float:
+    """CPU seconds of this process so far, every thread's (an in-process server's included)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def measure(command: list[str], log_file: Path) -> dict[str, Any]:
     """Run ``command`` under a fresh ``benchmarks.measure`` process; return its measurements."""
     wrapper = [*python_module("benchmarks.measure"), "--log", str(log_file), "--", *command]
@@ -987,10 +995,20 @@ class Suite:
                     return rows
 
                 usage: dict[str, list[dict[str, Any]]] = {"corral-read-ahead": [], "corral-one-at-a-time": []}
+                maps: dict[str, list[dict[str, Any]]] = {"corral-read-ahead": [], "corral-one-at-a-time": []}
+                server: dict[str, list[float]] = {"corral-read-ahead": [], "corral-one-at-a-time": []}
+                cpu = [_process_cpu()]
 
                 def report(c: Contender, out: Path) -> None:
+                    # moto serves in this process: its CPU during the run is this process's (the bound)
+                    now = _process_cpu()
+                    server[c.name].append(now - cpu[0])
                     body = s3.get_object(Bucket="small-objects", Key=f"{out.name}/_corral/manifest.json")["Body"]
-                    usage[c.name].append(json.loads(body.read()).get("report", {}))
+                    manifest = json.loads(body.read())
+                    usage[c.name].append(manifest.get("report", {}))
+                    maps[c.name] += [a["stats"] for task, t in manifest["stages"][0]["tasks"].items()
+                                     if task.startswith("map-") for a in t["attempts"]]
+                    cpu[0] = _process_cpu()
 
                 contenders = [
                     Contender("corral-read-ahead", lambda out: command(out), read),
@@ -998,6 +1016,7 @@ class Suite:
                               read),
                 ]
                 measure(command(self.work("small-objects") / "warm-up"), self.work("small-objects") / "warm.log")
+                cpu[0] = _process_cpu()
                 run_alternating(contenders, self.repeat, self.work("small-objects"), self.log, after_run=report)
         finally:
             for key, value in saved.items():
@@ -1011,6 +1030,12 @@ class Suite:
         for name, row in rows.items():
             row["gb_seconds"] = round(statistics.median(u.get("gb_seconds", 0) for u in usage[name]), 2)
             row["invocations"] = statistics.median(u.get("invocations", 0) for u in usage[name])
+            # where a map task's billed time goes: its CPU (at the function's share) against its duration;
+            # and what the one S3 server (moto, a single Python process) spent on the run's requests
+            row["map_task_seconds"] = round(statistics.median(a.get("seconds", 0) for a in maps[name]), 2)
+            row["map_task_cpu_s"] = round(statistics.median(a.get("cpu_seconds", 0) for a in maps[name]), 3)
+            row["map_cold_starts"] = sum(1 for a in maps[name] if a.get("cold_start"))
+            row["s3_server_cpu_s"] = round(statistics.median(server[name]), 2)
         new, old = rows["corral-read-ahead"], rows["corral-one-at-a-time"]
         new["gb_seconds_ratio"] = round(new["gb_seconds"] / old["gb_seconds"], 3) if old["gb_seconds"] else None
         new["target"] = TARGETS["small-objects"][0]
