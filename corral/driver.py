@@ -538,8 +538,12 @@ class Driver:
             return journaled
         settings = self.settings
         total = sum(f.size for f in files)
+        local = self.executor_info.get("cores") is not None and all(
+            "://" not in f.url or f.url.startswith("file://") for f in files
+        )  # tasks on this machine's cores, reading its files: bigger map tasks (corral.planner.task_sizes)
         split_size, bin_size = task_sizes(
-            total, settings.split_size, settings.map_bin_size, settings.explicit, self.concurrency
+            total, settings.split_size, settings.map_bin_size, settings.explicit, self.concurrency,
+            local_budget=settings.memory_budget if local else None,
         )
         kind = "text" if index == 0 else "records"
         whole_files = kind == "text" and self.job_class.input_format == "csv"  # quoted fields may hold newlines
