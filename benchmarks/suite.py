@@ -701,7 +701,8 @@ class Suite:
         for name, (inputs, explicit, split) in cases.items():
             files: list[FileInfo] = list_inputs(inputs)
             total = sum(f.size for f in files)
-            split_size, bin_size = task_sizes(total, split, 64 * MiB, explicit, workers)
+            # as the driver plans on local cores and files at the default 256 MB --memory-budget
+            split_size, bin_size = task_sizes(total, split, 64 * MiB, explicit, workers, local_budget=256 * MiB)
             tasks = plan_map_tasks(files, split_size, bin_size, workers)
             sizes = [sum(s.end - s.start for s in task) for task in tasks]
             spread = max(sizes) / min(sizes)
@@ -726,11 +727,13 @@ class Suite:
         for label, text in (("100MB", self.data.text()), ("1GB", self.data.text_copies(self.cfg["text_copies"]))):
             files = [FileInfo(path, Path(path).stat().st_size) for path in text["files"]]
             total = sum(f.size for f in files)
-            split_size, bin_size = task_sizes(total, 64 * MiB, 64 * MiB, set(), 2)
+            budget_bytes = int(budget.removesuffix("MB")) << 20
+            # as the driver plans on local cores and files: tasks of up to the budget
+            split_size, bin_size = task_sizes(total, 64 * MiB, 64 * MiB, set(), 2, local_budget=budget_bytes)
             task = plan_map_tasks(files, split_size, bin_size, 2)[0]
             payload = {
                 "job": {"module": "wordcount", "class": "WordCount", "path": str(EXAMPLES / "wordcount.py")},
-                "args": {}, "stage": 0, "memory_budget": int(budget.removesuffix("MB")) << 20, "kind": "map",
+                "args": {}, "stage": 0, "memory_budget": budget_bytes, "kind": "map",
                 "task": "map-0000", "attempt": 1, "splits": [s.to_json() for s in task], "partitions": 2,
                 "output": str(work / f"map-{label}.bin"), "output_kind": "shuffle", "input_format": "lines",
                 "input_errors": "strict",
