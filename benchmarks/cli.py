@@ -162,6 +162,13 @@ def format_report(report: dict[str, Any]) -> str:
                 few, many = (runs.get(n, runs.get(str(n))) for n in row["files"])
                 lines.append(f"  {place}: {few['seconds']} s / {few['memory_mb']} MB -> {many['seconds']} s / "
                              f"{many['memory_mb']} MB (x{runs['time_ratio']} time, x{runs['memory_ratio']} memory)")
+                if "store_listing_time_ratio" in runs:
+                    lines.append(f"    listing {few['listing_seconds']} s -> {many['listing_seconds']} s "
+                                 f"(x{runs['listing_time_ratio']}; a plain boto3 listing of the same keys "
+                                 f"{few['store_listing_seconds']} s -> {many['store_listing_seconds']} s, "
+                                 f"x{runs['store_listing_time_ratio']}); planning after the listing "
+                                 f"{few['after_listing_seconds']} s -> {many['after_listing_seconds']} s "
+                                 f"(x{runs['after_listing_time_ratio']})")
         if row["benchmark"] == "docker" and "warm_overhead_ms" in row:
             lines += [
                 "",

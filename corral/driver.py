@@ -97,6 +97,15 @@ def parse_job_args(items: Sequence[str]) -> dict[str, str]:
     return args
 
 
+def _symbolic_links(folder: str) -> frozenset[str] | None:
+    """The names of the symbolic links in a local folder (None if it cannot be listed)."""
+    try:
+        with os.scandir(folder or ".") as entries:
+            return frozenset(entry.name for entry in entries if entry.is_symlink())
+    except OSError:
+        return None
+
+
 def _absolute(url: str) -> str:
     """A local path made absolute; other URLs as they are."""
     return url if "://" in url else os.path.abspath(url)
@@ -206,6 +215,8 @@ class Driver:
         self.committed_here = 0  # tasks this driver committed (journaled)
         self.speculative = {"attempts": 0, "won": 0}
         self.executor_info: dict[str, Any] = {"name": settings.backend}
+        self._planned_bins: dict[int, list[list[Split]]] = {}  # stage -> splits per map task, as planned
+        self._keeper: Keeper | None = None
         self._running: dict[tuple[str, int], tuple[int, str]] = {}  # (task, attempt) -> (stage, phase)
         self.output = OutputSpec()
         self.side_files: list[dict[str, Any]] = []  # in every task's payload (see corral.sidefiles)
@@ -276,7 +287,7 @@ class Driver:
         out_fs: FileSystem,
     ) -> dict[str, Any]:
         assert self.lease is not None and self.journal is not None
-        keeper = Keeper(self.lease, self.journal, self.lease.timeout / 4)
+        keeper = self._keeper = Keeper(self.lease, self.journal, self.lease.timeout / 4)
         manifest: dict[str, Any] = {}
         try:
             # the heartbeat goes on through a deploy that takes minutes (a first Lambda deploy builds its
@@ -404,7 +415,7 @@ class Driver:
         refused before anything is written or deleted (``--overwrite`` would delete it)."""
         out = canonical(self.out)
         plain_out = os.path.abspath(self.out) if "://" not in self.out else self.out
-        real_folders: dict[str, str] = {}
+        real_folders: dict[str, tuple[str, frozenset[str] | None]] = {}
         filesystems: dict[str, FileSystem] = {}
 
         def resolved(url: str) -> str:  # realpath walks every component: once per folder, not per file
@@ -415,11 +426,13 @@ class Driver:
                     fs = filesystems[place] = get_filesystem(url)
                 return fs.canonical(url)
             folder, name = os.path.split(url)
-            real_folder = real_folders.get(folder)
-            if real_folder is None:
-                real_folder = real_folders[folder] = os.path.realpath(folder)
-            path = os.path.join(real_folder, name)
-            return os.path.realpath(path) if os.path.islink(path) else path
+            known = real_folders.get(folder)
+            if known is None:  # the folder's real path, and its symbolic links (one listing, no lstat a file)
+                known = real_folders[folder] = (os.path.realpath(folder), _symbolic_links(folder))
+            real_folder, links = known
+            path = url if real_folder == folder else os.path.join(real_folder, name)
+            link = name in links if links is not None else os.path.islink(path)
+            return os.path.realpath(path) if link else path
 
         for url in [*(_absolute(i) for i in self.inputs), *(f.url for f in files)]:
             real = resolved(url)
@@ -501,15 +514,17 @@ class Driver:
         map_kind = "shuffle" if partitions else ("text" if last else "records")
         map_suffix = {"shuffle": ".bin", "records": ".rec", "text": ""}[map_kind]
         split_kind = "text" if index == 0 else "records"
+        planned = self._planned_bins.pop(index, None)  # the planner's splits, when this run planned the stage
+        bins = planned or [[Split(u, s, e, split_kind) for u, s, e in splits] for splits in plan["plan"]]
         maps = [
             self._task(index, MapSpec(
                 **base, task=(name := f"map-{j:04d}"), attempt=1, output=self._output(stage_dir, name, 1, map_suffix),
-                output_kind=map_kind, splits=tuple(Split(u, s, e, split_kind) for u, s, e in splits),
+                output_kind=map_kind, splits=tuple(splits),
                 partitions=partitions, input_format=type(job).input_format, input_errors=type(job).input_errors,
                 input_header=bool(type(job).input_header), output_spec=None if partitions else final_spec,
                 bounds=tuple(plan.get("bounds") or ()),
             ))
-            for j, splits in enumerate(plan["plan"])
+            for j, splits in enumerate(bins)
         ]
         self._run_wave(executor, index, "map", maps, record, stage_dir, map_suffix)
         outputs = maps
@@ -538,8 +553,12 @@ class Driver:
             return journaled
         settings = self.settings
         total = sum(f.size for f in files)
+        local = self.executor_info.get("cores") is not None and all(
+            "://" not in f.url or f.url.startswith("file://") for f in files
+        )  # tasks on this machine's cores, reading its files: bigger map tasks (corral.planner.task_sizes)
         split_size, bin_size = task_sizes(
-            total, settings.split_size, settings.map_bin_size, settings.explicit, self.concurrency
+            total, settings.split_size, settings.map_bin_size, settings.explicit, self.concurrency,
+            local_budget=settings.memory_budget if local else None,
         )
         kind = "text" if index == 0 else "records"
         whole_files = kind == "text" and self.job_class.input_format == "csv"  # quoted fields may hold newlines
@@ -564,8 +583,14 @@ class Driver:
         if step.total_order:
             plan["bounds"] = self._sample_bounds(index, step, bins, partitions)
         assert self.journal is not None
+        self._planned_bins[index] = bins
         self.journal.add(plan)
-        self._flush_journal()
+        # written by the lease keeper's thread while the map wave starts (20,000 small files: a 2 MB
+        # record to encode and sync); no commit can be journaled before the plan it belongs to
+        if self._keeper is not None:
+            self._keeper.flush_soon()
+        else:
+            self._flush_journal()
         return plan
 
     def _sample_bounds(self, index: int, step: Step, bins: list[list[Split]], partitions: int) -> list[str]:

@@ -219,6 +219,8 @@ class Keeper:
         self.journal = journal
         self.interval = interval
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set: look now (stopping, or a flush asked for)
+        self._flush_now = False
         self._thread = threading.Thread(target=self._run, name="corral-keeper", daemon=True)
 
     def start(self) -> None:
@@ -226,14 +228,28 @@ class Keeper:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+
+    def flush_soon(self) -> None:
+        """Flush the journal now, on this thread: the caller goes on at once (a big plan's record is
+        encoded and synced while the map tasks start). Before ``start``, at its first look."""
+        self._flush_now = True
+        self._wake.set()
 
     def _run(self) -> None:
         next_beat = time.monotonic() + self.interval
         tick = min(0.5, self.journal.interval if self.journal else 0.5)
-        while not self._stop.wait(tick):
+        while True:
+            self._wake.wait(tick)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
+                if self._flush_now and self.journal is not None:
+                    self._flush_now = False
+                    self.journal.flush()
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + self.interval
                     if not self.lease.refresh():

