@@ -1019,13 +1019,13 @@ class Suite:
 
                 usage: dict[str, list[dict[str, Any]]] = {"corral-read-ahead": [], "corral-one-at-a-time": []}
                 maps: dict[str, list[dict[str, Any]]] = {"corral-read-ahead": [], "corral-one-at-a-time": []}
-                server: dict[str, list[float]] = {"corral-read-ahead": [], "corral-one-at-a-time": []}
+                server_cpu: dict[str, list[float]] = {"corral-read-ahead": [], "corral-one-at-a-time": []}
                 cpu = [_process_cpu()]
 
                 def report(c: Contender, out: Path) -> None:
                     # moto serves in this process: its CPU during the run is this process's (the bound)
                     now = _process_cpu()
-                    server[c.name].append(now - cpu[0])
+                    server_cpu[c.name].append(now - cpu[0])
                     body = s3.get_object(Bucket="small-objects", Key=f"{out.name}/_corral/manifest.json")["Body"]
                     manifest = json.loads(body.read())
                     usage[c.name].append(manifest.get("report", {}))
@@ -1058,7 +1058,7 @@ class Suite:
             row["map_task_seconds"] = round(statistics.median(a.get("seconds", 0) for a in maps[name]), 2)
             row["map_task_cpu_s"] = round(statistics.median(a.get("cpu_seconds", 0) for a in maps[name]), 3)
             row["map_cold_starts"] = sum(1 for a in maps[name] if a.get("cold_start"))
-            row["s3_server_cpu_s"] = round(statistics.median(server[name]), 2)
+            row["s3_server_cpu_s"] = round(statistics.median(server_cpu[name]), 2)
         new, old = rows["corral-read-ahead"], rows["corral-one-at-a-time"]
         new["gb_seconds_ratio"] = round(new["gb_seconds"] / old["gb_seconds"], 3) if old["gb_seconds"] else None
         new["target"] = TARGETS["small-objects"][0]
