@@ -4,7 +4,8 @@ The driver builds a ``MapSpec`` or ``ReduceSpec`` per attempt, journals what it 
 ``spec.to_json()`` to the executor (executors see plain JSON-able dicts); the worker turns the dict
 back into a spec with ``spec_from_json``. The wire format is flat: ``{"kind": "map", "job", "args",
 "stage", "task", "attempt", "memory_budget", "files", "output", "output_kind", "splits",
-"partitions", "input_format", "input_errors", "input_header"}`` and ``{"kind": "reduce", …,
+"partitions", "input_format", "input_errors", "input_header"}`` (each split ``[url, start, end]``, or
+``[url, start, end, kind]`` when not "text"; a ``Split.to_json`` dict is read too) and ``{"kind": "reduce", …,
 "partition", "sources": [[url, offset, length], …]}``. ``output_kind`` is ``"shuffle"`` (one indexed
 object for the reducers), ``"text"`` (the final part files, written as ``"output_spec"`` says: see
 ``corral.output.OutputSpec``) or ``"records"`` (a stage feeding the next stage). A final task's result
@@ -82,7 +83,7 @@ class MapSpec(TaskSpec):
 
     def to_json(self) -> dict[str, Any]:
         return {
-            **TaskSpec.to_json(self), "splits": [s.to_json() for s in self.splits], "partitions": self.partitions,
+            **TaskSpec.to_json(self), "splits": [s.to_wire() for s in self.splits], "partitions": self.partitions,
             "input_format": self.input_format, "input_errors": self.input_errors,
             "input_header": self.input_header, **({"bounds": list(self.bounds)} if self.bounds else {}),
         }

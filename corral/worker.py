@@ -152,7 +152,8 @@ def run_task(payload: dict[str, Any], progress: ProgressSink | None = None) -> d
 def _bytes_in(payload: dict[str, Any]) -> int:
     """The bytes a task reads: its splits (map) or its partition of every map output (reduce)."""
     if payload.get("kind") == "map":
-        return sum(int(s["end"]) - int(s["start"]) for s in payload.get("splits", ()))
+        return sum(int(s[2]) - int(s[1]) if isinstance(s, list) else int(s["end"]) - int(s["start"])
+                   for s in payload.get("splits", ()))
     return sum(int(source[2]) for source in payload.get("sources", ()))
 
 
