@@ -657,7 +657,7 @@ class MapBuffer:
         # every call's pairs, then a marker, flattened in C: no list per call (the common case, one
         # (key, value) tuple of the key it was given per call, is then checked in a few passes)
         calls = map(combine, keys, map(iter, values))
-        flat = list(chain.from_iterable(chain.from_iterable(zip(calls, _MARKS, strict=False))))
+        flat: list[Any] = list(chain.from_iterable(chain.from_iterable(zip(calls, _MARKS, strict=False))))
         if len(flat) == 2 * len(keys) and flat[1::2].count(_MARK) == len(keys):
             pairs = flat[0::2]
             try:
