@@ -54,6 +54,8 @@ _first = itemgetter(0)
 _second = itemgetter(1)
 _more_than_one = (1).__lt__
 _pair_length = tuple.__len__  # a TypeError for anything but a tuple
+_MARK = object()  # ends a combine call's pairs in a flattened list
+_MARKS = repeat((_MARK,))
 #: Text read with ``input_errors = "surrogateescape"`` holds its undecodable bytes as lone surrogates:
 #: they are written back as those bytes (in the shuffle, between stages and in the output).
 _TEXT_ERRORS = "surrogateescape"
@@ -645,24 +647,32 @@ class MapBuffer:
             for key in set(several).difference(keys):
                 del groups[key]
 
-    def _combine_all(self, keys: list[str], values: list[list[Any]]) -> tuple[list[str], list[list[Any]]]:
-        """``combine`` over each key and its values: the keys it yielded values for, and those values."""
+    def _combine_all(
+        self, keys: list[str], values: list[list[Any]], as_lists: bool = True
+    ) -> tuple[list[str], list[Any]]:
+        """``combine`` over each key and its values: the keys it yielded values for, and those values
+        (lists, or tuples when ``as_lists`` is false: the writer takes either)."""
         combine = self.combine
         assert combine is not None
-        # the common case in C: each call yields one (key, value) tuple, of the key it was given
-        results = list(map(list, map(combine, keys, map(iter, values))))
-        if set(map(len, results)) <= {1}:
-            pairs = list(map(_first, results))
+        # every call's pairs, then a marker, flattened in C: no list per call (the common case, one
+        # (key, value) tuple of the key it was given per call, is then checked in a few passes)
+        calls = map(combine, keys, map(iter, values))
+        flat: list[Any] = list(chain.from_iterable(chain.from_iterable(zip(calls, _MARKS, strict=False))))
+        if len(flat) == 2 * len(keys) and flat[1::2].count(_MARK) == len(keys):
+            pairs = flat[0::2]
             try:
                 shaped = set(map(_pair_length, pairs)) <= {2}
             except TypeError:  # not tuples: looked at one by one below
                 shaped = False
             if shaped and list(map(_first, pairs)) == keys:
-                return keys, list(map(list, zip(map(_second, pairs))))
+                single = zip(map(_second, pairs))
+                return keys, list(map(list, single)) if as_lists else list(single)
         kept_keys, kept_values = [], []
-        for key, group in zip(keys, results, strict=True):
+        items = iter(flat)
+        for key in keys:
             combined = []
-            for out_key, value in group:  # what combine yielded for the key
+            for item in iter(items.__next__, _MARK):  # what combine yielded for the key
+                out_key, value = item
                 if out_key != key:
                     raise ValueError(f"combine must yield the key it was given: got {out_key!r} for {key!r}")
                 combined.append(value)
@@ -748,7 +758,7 @@ class MapBuffer:
                 if self._one_value_per_key:
                     values = list(zip(values))  # (value,): a group of one
                 if self.combine is not None:
-                    some_keys, values = self._combine_all(some_keys, values)
+                    some_keys, values = self._combine_all(some_keys, values, as_lists=False)
                 check_values(source, some_keys, values)
                 if self.sort_values:
                     for group in values:

@@ -692,3 +692,34 @@ def test_a_pair_buffer_spills_within_its_budget_and_names_a_bad_key():
     with pytest.raises(TypeError, match=r"^map_batch yielded the key \('not', 'a str'\) \(of type tuple\) with "
                                         r"the value 2: keys must be str$"):
         bad.write(io.BytesIO())
+
+
+def test_a_map_buffer_writes_what_an_irregular_combine_yields_for_each_key():
+    """Combine calls are flattened in one pass; a call that yields no pair, two pairs or a list must
+    still give each key exactly its own values, and a pair of another key is refused."""
+
+    def combine(key, values):
+        n = int(key[1:])
+        total = sum(values)
+        if n % 5 == 0:
+            return []  # nothing: reduce must not see the key
+        if n % 3 == 0:
+            return [(key, total), (key, -total)]
+        return iter([(key, total)])
+
+    pairs = [(f"k{i % 40}", 1) for i in range(4000)]
+    buffer = MapBuffer(2, 1 << 30, combine=combine)
+    _add(buffer, pairs)
+    out = io.BytesIO()
+    buffer.write(out)
+    kept = {f"k{n}": [100, -100] if n % 3 == 0 else [100] for n in range(40) if n % 5}
+    expected = [{k: v for k, v in kept.items() if default_partition(k, 2) == p} for p in range(2)]
+    assert [dict(part) for part in _decoded(out.getvalue())] == expected
+
+    def renaming(key, values):
+        yield (key.upper() if key == "k7" else key), sum(values)
+
+    buffer = MapBuffer(1, 1 << 30, combine=renaming)
+    _add(buffer, pairs)
+    with pytest.raises(ValueError, match="combine must yield the key it was given: got 'K7' for 'k7'"):
+        buffer.write(io.BytesIO())
