@@ -663,17 +663,18 @@ class MapBuffer:
     def _combine_in_place(self) -> None:
         groups = self.groups
         several = list(compress(groups, map(_more_than_one, map(len, groups.values()))))
-        keys, values = self._combine_all(several, list(map(groups.__getitem__, several)))
+        keys, values, _ = self._combine_all(several, list(map(groups.__getitem__, several)))
         groups.update(zip(keys, values, strict=True))
         if len(keys) < len(several):  # keys whose combine yielded nothing
             for key in set(several).difference(keys):
                 del groups[key]
 
     def _combine_all(
-        self, keys: list[str], values: list[list[Any]], as_lists: bool = True
-    ) -> tuple[list[str], list[Any]]:
-        """``combine`` over each key and its values: the keys it yielded values for, and those values
-        (lists, or tuples when ``as_lists`` is false: the writer takes either)."""
+        self, keys: list[str], values: list[Any], singles: bool = False
+    ) -> tuple[list[str], list[Any], bool]:
+        """``combine`` over each key and its values: the keys it yielded values for, those values (a list
+        per key), and False; or, with ``singles``, when each call yielded one value, that value per key
+        and True."""
         combine = self.combine
         assert combine is not None
         # every call's pairs, then a marker, flattened in C: no list per call (the common case, one
@@ -687,8 +688,9 @@ class MapBuffer:
             except TypeError:  # not tuples: looked at one by one below
                 shaped = False
             if shaped and list(map(_first, pairs)) == keys:
-                single = zip(map(_second, pairs))
-                return keys, list(map(list, single)) if as_lists else list(single)
+                if singles:
+                    return keys, list(map(_second, pairs)), True
+                return keys, list(map(list, zip(map(_second, pairs)))), False
         kept_keys, kept_values = [], []
         items = iter(flat)
         for key in keys:
@@ -701,7 +703,7 @@ class MapBuffer:
             if combined:  # a combine that yielded nothing for a key: reduce must not see the key
                 kept_keys.append(key)
                 kept_values.append(combined)
-        return kept_keys, kept_values
+        return kept_keys, kept_values, False
 
     def _combined(self, key: str, values: Iterable[Any]) -> Iterator[Any]:
         """The values ``combine`` yields for one key, as it yields them (a hot key's may not fit in memory)."""
@@ -777,10 +779,16 @@ class MapBuffer:
                     values = list(map(mul, repeat(counted), map(counts.__getitem__, some_keys)))
                 else:
                     values = list(map(groups.__getitem__, some_keys))
-                if self._one_value_per_key:
-                    values = list(zip(values))  # (value,): a group of one
+                single = self._one_value_per_key  # values: each key's one value, not a list of them
                 if self.combine is not None:
-                    some_keys, values = self._combine_all(some_keys, values, as_lists=False)
+                    if single:
+                        values, single = list(zip(values)), False  # (value,): a group of one
+                    some_keys, values, single = self._combine_all(some_keys, values, singles=True)
+                if single:
+                    if not set(map(type, values)) <= SCALARS:
+                        check_values(source, some_keys, [[v] for v in values])
+                    writer.add_singles(some_keys, values)
+                    continue
                 check_values(source, some_keys, values)
                 if self.sort_values:
                     for group in values:
