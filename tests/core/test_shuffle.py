@@ -24,6 +24,7 @@ from corral.shuffle import (
     iter_group_batches,
     iter_groups,
     limit_fan_in,
+    map_buffer,
     merge_batches,
     merge_groups,
     range_blocks,
@@ -723,3 +724,22 @@ def test_a_map_buffer_writes_what_an_irregular_combine_yields_for_each_key():
     _add(buffer, pairs)
     with pytest.raises(ValueError, match="combine must yield the key it was given: got 'K7' for 'k7'"):
         buffer.write(io.BytesIO())
+
+
+def test_a_pair_buffer_stores_keys_of_one_value_as_columns_and_reads_them_back_in_order():
+    """A sort's records (a key, one value) are stored as batches of two columns, [keys, values], not as
+    a [value] list per record; rounds where keys repeat keep entries. Both read back as (key, values)."""
+    buffer = map_buffer(1, 1 << 30)
+    distinct = [(f"k{i:05d}", i) for i in range(10_000)]
+    repeated = [("k99999", "a"), ("k99999", "b")]
+    buffer.add_batch("map", distinct[5000:] + repeated + distinct[:5000])
+    out = io.BytesIO()
+    buffer.write(out)
+    (offset, length), = read_index(out.getvalue())
+    segment = out.getvalue()[offset : offset + length]
+    batches = list(msgpack.Unpacker(io.BytesIO(segment), raw=False))
+    assert [type(batch[0]) for batch in batches][:2] == [list, list]  # columns
+    assert batches[0][0][:2] == ["k00000", "k00001"] and batches[0][1][:2] == [0, 1]
+    assert type(batches[-1][0]) is str  # the round where a key repeats: entries
+    entries = [(key, list(values)) for key, values in iter_groups([segment])]
+    assert entries == [(k, [v]) for k, v in distinct] + [("k99999", ["a", "b"])]
