@@ -43,9 +43,9 @@ SKEW_MIN_SECONDS = 1.0
 CPU_MIN_SECONDS = 1.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Attempt:
-    """One attempt of a task as the manifest records it."""
+    """One attempt of a task as the manifest records it (one object each: 10,000 tasks' advice)."""
 
     stage: int
     phase: str

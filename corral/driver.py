@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -48,6 +48,7 @@ from corral.fs import (
 from corral.interrupts import Interrupted, InterruptGuard
 from corral.job import Job, Step, listed
 from corral.journal import Journal, read_journal
+from corral.jsontext import chunks, encode, pieces
 from corral.lease import Keeper, Lease, LeaseLostError
 from corral.output import OutputSpec, output_spec, part_names
 from corral.planner import choose_reducers, count_splits, list_inputs, plan_map_tasks, task_sizes
@@ -57,9 +58,9 @@ from corral.retry import RetryPolicy
 from corral.settings import Settings
 from corral.sidefiles import side_files, work_url
 from corral.split import INPUT_FORMATS, Split
-from corral.tasks import MapSpec, ReduceSpec, sample_keys
+from corral.tasks import MapSpec, ReduceSpec, TaskSpec, sample_keys
 from corral.total_order import range_bounds, sample_windows
-from corral.wave import Attempt, Leftovers, SpeculationPolicy, TaskFailedError, TaskState, Wave
+from corral.wave import Attempt, Committed, Leftovers, SpeculationPolicy, TaskFailedError, TaskState, Wave
 from corral.worker import job_ref, user_traceback
 
 log = logging.getLogger("corral")
@@ -161,11 +162,21 @@ def make_job_source(
                      files=files)
 
 
-def manifest_json(manifest: dict[str, Any]) -> str:
-    """The manifest as JSON, a top-level key a line. Each value is encoded by json's C encoder, which
-    ``indent`` would turn off: a manifest of 10,000 tasks took 1.8 s in the pure-Python one."""
-    encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
-    return "{\n" + ",\n".join(f" {encode(key)}: {encode(value)}" for key, value in manifest.items()) + "\n}\n"
+def manifest_pieces(manifest: dict[str, Any]) -> Iterator[bytes]:
+    """The manifest as JSON, a top-level key a line, in pieces of about 32 KB: a task's record at a
+    time is encoded (by json's C encoder, which ``indent`` would turn off: a manifest of 10,000 tasks
+    took 1.8 s in the pure-Python one), never the text of every task at once."""
+
+    def texts() -> Iterator[str]:
+        yield "{\n"
+        separator = ""
+        for key, value in manifest.items():
+            yield f"{separator} {encode(key)}: "
+            yield from chunks(value, 3)  # stages, a stage, its tasks (or plan): then a task's record whole
+            separator = ",\n"
+        yield "\n}\n"
+
+    return pieces(texts())
 
 
 def _executor_report(executor: Executor) -> dict[str, Any]:
@@ -215,7 +226,7 @@ class Driver:
         self.committed_here = 0  # tasks this driver committed (journaled)
         self.speculative = {"attempts": 0, "won": 0}
         self.executor_info: dict[str, Any] = {"name": settings.backend}
-        self._planned_bins: dict[int, list[list[Split]]] = {}  # stage -> splits per map task, as planned
+        self._planned_bins: dict[int, list[Sequence[Split]]] = {}  # stage -> splits per map task, as planned
         self._keeper: Keeper | None = None
         self._running: dict[tuple[str, int], tuple[int, str]] = {}  # (task, attempt) -> (stage, phase)
         self.output = OutputSpec()
@@ -297,6 +308,7 @@ class Driver:
             self.lease.check()  # nothing goes into OUT unless this run still holds it
             with _full_disk_stops_the_job():
                 self._commit(out_fs, final)
+                del final  # moved: the list of every part file goes before the manifest is made
                 manifest = self._manifest("succeeded", None)
                 self._write_manifest(out_fs, "manifest.json", manifest)
                 with writing(join(self.out, "_SUCCESS")):
@@ -502,6 +514,7 @@ class Driver:
         self, executor: Executor, job: Job, index: int, step: Step, files: list[FileInfo], last: bool
     ) -> tuple[list[FileInfo], list[tuple[str, str]]]:
         plan = self._plan(index, step, files)
+        files.clear()  # planned: the listing goes now, not at the run's end (the callers' list; 10,000 files: 1.3 MB)
         partitions = plan["reduce_tasks"]
         record: dict[str, Any] = {k: plan[k] for k in ("stage", "map_tasks", "reduce_tasks", "split_size",
                                                        "input_bytes", "plan", "bounds") if k in plan}
@@ -514,37 +527,45 @@ class Driver:
         map_kind = "shuffle" if partitions else ("text" if last else "records")
         map_suffix = {"shuffle": ".bin", "records": ".rec", "text": ""}[map_kind]
         split_kind = "text" if index == 0 else "records"
-        planned = self._planned_bins.pop(index, None)  # the planner's splits, when this run planned the stage
-        bins = planned or [[Split(u, s, e, split_kind) for u, s, e in splits] for splits in plan["plan"]]
-        maps = [
-            self._task(index, MapSpec(
-                **base, task=(name := f"map-{j:04d}"), attempt=1, output=self._output(stage_dir, name, 1, map_suffix),
+        planned: list[Sequence[Split]] | None = self._planned_bins.pop(index, None)  # when this run planned it
+
+        def map_spec(state: TaskState) -> MapSpec:
+            """A map task's spec, made as the task is first submitted: a wave of 10,000 tasks holds the
+            specs of those running, not of every task (nor, then, their splits)."""
+            j = int(state.name.rpartition("-")[2])
+            if planned is not None:  # the planner's splits, handed to the spec
+                splits, planned[j] = planned[j], ()
+            else:
+                splits = [Split(u, s, e, split_kind) for u, s, e in plan["plan"][j]]
+            return MapSpec(
+                **base, task=state.name, attempt=1, output=self._output(stage_dir, state.name, 1, map_suffix),
                 output_kind=map_kind, splits=tuple(splits),
                 partitions=partitions, input_format=type(job).input_format, input_errors=type(job).input_errors,
                 input_header=bool(type(job).input_header), output_spec=None if partitions else final_spec,
                 bounds=tuple(plan.get("bounds") or ()),
-            ))
-            for j, splits in enumerate(bins)
-        ]
-        self._run_wave(executor, index, "map", maps, record, stage_dir, map_suffix)
+            )
+
+        maps = [self._task(index, f"map-{j:04d}") for j in range(plan["map_tasks"])]
+        self._run_wave(executor, index, "map", maps, record, stage_dir, map_suffix, map_spec)
         outputs = maps
         if partitions:
             reduce_kind, reduce_suffix = ("text", "") if last else ("records", ".rec")
             outputs = [
-                self._task(index, ReduceSpec(
-                    **base, task=(name := f"reduce-{r:04d}"), attempt=1,
+                self._task(index, (name := f"reduce-{r:04d}"), ReduceSpec(
+                    **base, task=name, attempt=1,
                     output=self._output(stage_dir, name, 1, reduce_suffix), output_kind=reduce_kind, partition=r,
-                    sources=tuple((m.committed["output"], *m.committed["index"][r]) for m in maps),  # type: ignore[index]
+                    sources=tuple((m.committed.output, *m.committed.index[r]) for m in maps),  # type: ignore[union-attr,index]
                     output_spec=final_spec,
                 ))
                 for r in range(partitions)
             ]
             self._run_wave(executor, index, "reduce", outputs, record, stage_dir, reduce_suffix)
         record["intermediate_objects"] = len(maps) if partitions else 0
-        results: list[dict[str, Any]] = [t.committed for t in outputs]  # type: ignore[misc]
+        results: list[Committed] = [t.committed for t in outputs]  # type: ignore[misc]
+        del maps, outputs  # the tasks' states go before the part files are named (10,000 tasks: 1 MB)
         if last:
             return [], self._final_names(results)
-        return [FileInfo(o["output"], o["bytes_out"]) for o in results], []
+        return [FileInfo(o.output, o.bytes_out) for o in results], []
 
     def _plan(self, index: int, step: Step, files: list[FileInfo]) -> dict[str, Any]:
         """Stage ``index``'s splits per map task and its reduce partitions: journaled, or made and journaled."""
@@ -583,7 +604,7 @@ class Driver:
         if step.total_order:
             plan["bounds"] = self._sample_bounds(index, step, bins, partitions)
         assert self.journal is not None
-        self._planned_bins[index] = bins
+        self._planned_bins[index] = list(bins)  # a list of its own: each map task's spec takes its item
         self.journal.add(plan)
         # written by the lease keeper's thread while the map wave starts (20,000 small files: a 2 MB
         # record to encode and sync); no commit can be journaled before the plan it belongs to
@@ -617,12 +638,13 @@ class Driver:
                  len(windows), len(bounds) + 1)
         return bounds
 
-    def _task(self, stage: int, spec: MapSpec | ReduceSpec) -> TaskState:
-        """A task's state: committed already if an earlier driver of this run committed it (--resume)."""
-        state = TaskState(spec.task, spec)
-        commit = self.resume.commit(stage, spec.task) if self.resume else None
+    def _task(self, stage: int, name: str, spec: ReduceSpec | None = None) -> TaskState:
+        """A task's state: committed already if an earlier driver of this run committed it (--resume).
+        Without ``spec``, the wave makes it when it first submits the task."""
+        commit = self.resume.commit(stage, name) if self.resume else None
+        state = TaskState(name, spec if commit is None else None)
         if commit is not None:
-            state.committed = commit["result"]
+            state.committed = Committed.from_result(commit["result"])
             state.reused = True
             state.attempts.append({"attempt": commit["attempt"], "output": commit["output"], "status": "committed",
                                    "reused": True, "stats": commit.get("stats") or {}})
@@ -636,19 +658,19 @@ class Driver:
         """An attempt's own output name: attempts of a task never share one (nor do earlier drivers')."""
         return join(stage_dir, f"{task}.a{attempt}-{secrets.token_hex(3)}{suffix}")
 
-    def _final_names(self, results: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    def _final_names(self, results: list[Committed]) -> list[tuple[str, str]]:
         """(committed part file, final name in OUT) for the last stage's outputs: ``part-00003.csv.gz``, or
         with --max-records-per-file ``part-00003-00000.csv.gz``…"""
         return [
             (url, name)
             for n, o in enumerate(results)
-            for url, name in zip(o["parts"], part_names(n, len(o["parts"]), self.output), strict=True)
+            for url, name in zip(o.parts or (), part_names(n, len(o.parts or ()), self.output), strict=True)
         ]
 
     # --- a wave of tasks ------------------------------------------------------------------------
     def _run_wave(
         self, executor: Executor, stage: int, phase: str, tasks: list[TaskState], record: dict[str, Any],
-        stage_dir: str, suffix: str,
+        stage_dir: str, suffix: str, spec_for: Callable[[TaskState], TaskSpec] | None = None,
     ) -> None:
         started = time.time()
         self.hook.corral_phase_started(event=PhaseStarted(stage, phase, len(tasks), self.settings))
@@ -659,6 +681,7 @@ class Driver:
             on_end=lambda attempt, outcome, committed, will_retry: self._attempt_ended(
                 stage, phase, attempt, outcome, committed, will_retry),
             retry=self.retry, speculation=self.speculation, leftovers=self.leftovers, check=self._check,
+            spec_for=spec_for,
         )
         self.guard.polling = True
         try:
@@ -710,7 +733,8 @@ class Driver:
             assert self.journal is not None
             self.journal.add({
                 "t": "commit", "stage": stage, "phase": phase, "task": attempt.state.name,
-                "attempt": attempt.entry["attempt"], "output": attempt.spec.output, "result": outcome.result,
+                "attempt": attempt.entry["attempt"], "output": attempt.spec.output,
+                "result": attempt.state.committed.to_json(),  # type: ignore[union-attr]
                 "stats": outcome.stats,
                 "ran": [round(self.started + attempt.entry.get("start", 0.0), 3), round(time.time(), 3)],
             })
@@ -804,8 +828,8 @@ class Driver:
             log.warning("could not write the journal: %s", exc)
 
     # --- counters and manifest ------------------------------------------------------------------
-    def _add_counters(self, result: dict[str, Any] | None) -> None:
-        for group, name, amount in (result or {}).get("counters", ()):
+    def _add_counters(self, result: Committed | None) -> None:
+        for group, name, amount in result.counters or () if result else ():
             self.counters[group][name] += amount
 
     def _plain_counters(self) -> dict[str, dict[str, int]]:
@@ -846,9 +870,9 @@ class Driver:
     def _write_manifest(self, out_fs: FileSystem, name: str, manifest: dict[str, Any]) -> None:
         """The manifest, readable by its owner only where the store has file modes (it holds --arg values)."""
         url = join(self.out, "_corral", name)
-        data = manifest_json(manifest).encode("utf-8")
+        data = manifest_pieces(manifest)
         if "://" in url:
-            out_fs.write_bytes(url, data)
+            out_fs.write_bytes(url, b"".join(data))  # one object: a failure half-way must not leave half
             return
         os.makedirs(os.path.dirname(url), exist_ok=True)
         temp = f"{url}.{secrets.token_hex(3)}.tmp"
@@ -856,7 +880,8 @@ class Driver:
         try:
             with writing(url):
                 with os.fdopen(fd, "wb", closefd=False) as f:  # every byte, or an error (os.write may write part)
-                    f.write(data)
+                    for piece in data:
+                        f.write(piece)
         except BaseException:
             os.remove(temp)
             raise

@@ -80,6 +80,12 @@ WORKER_STATS = ("seconds", "peak_memory_mb", "cpu_seconds", "rss_mb", "worker", 
                 "records_out", "bytes_in", "bytes_out", "side_file_downloads")
 
 
+#: Attempts' memory figures (MB, to 0.1) as one float object a value: a driver holds every attempt's
+#: stats to the end of the run, and its attempts repeat a few values (10,000 tasks: 0.6 MB less).
+_FIGURES: dict[float, float] = {}
+_MAX_FIGURES = 10_000
+
+
 def outcome_from_result(result: dict[str, Any], stats: dict[str, Any] | None = None) -> Outcome:
     """Turn ``corral.worker.run_task``'s answer into an Outcome (every executor receives one)."""
     stats = dict(stats or {})
@@ -88,6 +94,10 @@ def outcome_from_result(result: dict[str, Any], stats: dict[str, Any] | None = N
             stats.setdefault(key, result[key])
     if isinstance(stats.get("worker"), str):  # a few workers run many tasks: one string each
         stats["worker"] = sys.intern(stats["worker"])
+    for key in ("peak_memory_mb", "rss_mb"):
+        value = stats.get(key)
+        if type(value) is float and (value in _FIGURES or len(_FIGURES) < _MAX_FIGURES):
+            stats[key] = _FIGURES.setdefault(value, value)
     if result.get("ok"):
         return Outcome(result=result, stats=stats)
     error = result.get("error") or {}

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO
@@ -129,6 +129,11 @@ class FileSystem(ABC):
         """Append ``data`` to ``url`` (created if missing) and flush it to stable storage. False where
         the store cannot append (object stores), and the caller writes new objects instead."""
         return False
+
+    def append_pieces(self, url: str, pieces: Iterable[bytes]) -> bool:
+        """``append`` of the bytes of ``pieces``, one after another: a store that appends needs never
+        hold all of them (the journal's record of 10,000 committed tasks). False as ``append``."""
+        return self.append(url, b"".join(pieces))
 
     def create_new(self, url: str, data: bytes) -> bool:
         """Write ``data`` to ``url`` only if nothing is there; False if something is.

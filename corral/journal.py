@@ -14,9 +14,11 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from corral.fs import FileSystem, join, writing
+from corral.jsontext import chunks, encode, pieces
 
 log = logging.getLogger("corral")
 
@@ -53,20 +55,17 @@ class Journal:
             self._last_flush = time.monotonic()
             if not self._pending or not self.enabled:
                 return
-            data = "".join(
-                json.dumps(r, separators=(",", ":"), default=str) + "\n" if r else "\n" for r in self._pending
-            )
             with writing(self.path):
-                self._write(data.encode("utf-8"))
+                self._write(self._pending)
             self._pending.clear()
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, records: list[dict[str, Any]]) -> None:
         if self._appendable is not False:
-            self._appendable = self.fs.append(self.path, data)
+            self._appendable = self.fs.append_pieces(self.path, _text(records))
             if self._appendable:
                 return
         url = join(self.folder, "journal", f"{self._next_object:06d}.jsonl")
-        self.fs.write_bytes(url, data)
+        self.fs.write_bytes(url, b"".join(_text(records)))
         self._next_object += 1
 
     def continue_after(self, objects: int) -> None:
@@ -80,6 +79,23 @@ class Journal:
             self._pending.clear()
             self.fs.remove(self.path)
             self.fs.remove(join(self.folder, "journal"), recursive=True)
+
+
+#: Records that hold a list as long as the inputs or the tasks (the fingerprint, the plan, the moves):
+#: written an item of it at a time.
+_LONG = frozenset(("run", "stage", "final"))
+
+
+def _text(records: list[dict[str, Any]]) -> Iterator[bytes]:
+    """The records as JSON lines (``{}`` as an empty line), in pieces of about 32 KB."""
+
+    def lines() -> Iterator[str]:
+        for record in records:
+            if record:
+                yield from chunks(record, 2) if record.get("t") in _LONG else (encode(record),)
+            yield "\n"
+
+    return pieces(lines())
 
 
 def read_journal(fs: FileSystem, out: str) -> tuple[list[dict[str, Any]], int] | None:

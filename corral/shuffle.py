@@ -19,7 +19,7 @@ import tempfile
 import zlib
 from bisect import bisect_left, bisect_right
 from collections import _count_elements, defaultdict, deque  # type: ignore[attr-defined]
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from itertools import accumulate, chain, compress, groupby, islice, pairwise, repeat
 from operator import eq, itemgetter, mul
@@ -54,6 +54,8 @@ _first = itemgetter(0)
 _second = itemgetter(1)
 _more_than_one = (1).__lt__
 _pair_length = tuple.__len__  # a TypeError for anything but a tuple
+_MARK = object()  # ends a combine call's pairs in a flattened list
+_MARKS = repeat((_MARK,))
 #: Text read with ``input_errors = "surrogateescape"`` holds its undecodable bytes as lone surrogates:
 #: they are written back as those bytes (in the shuffle, between stages and in the output).
 _TEXT_ERRORS = "surrogateescape"
@@ -155,6 +157,19 @@ class GroupWriter:
             if first < len(keys) or self._values >= self._room:
                 self.flush()
 
+    def add_singles(self, keys: list[str], values: list[Any]) -> None:
+        """Groups of one value each, ``keys[i]`` with ``values[i]`` (a sort's records): stored as batches
+        of two columns, ``[keys, values]``, which pack and unpack as two lists rather than a list per value."""
+        if self._batch:  # a batch holds entries or columns, not both
+            self.flush()
+        first = 0
+        while first < len(keys):
+            cut = first + self._room
+            self._batch = [keys[first:cut], values[first:cut]]
+            self._values = len(self._batch[0])
+            self.flush()
+            first = cut
+
     def add_entries(self, entries: list[tuple[str, list[Any]]]) -> None:
         """Add stored entries as they are (e.g. a merged round)."""
         if entries:
@@ -171,11 +186,10 @@ class GroupWriter:
         try:
             data = self._pack(self._batch)
         except TextError as exc:
-            batch = self._batch
-            pairs = [(key, value) for key, values in zip(batch[0::2], batch[1::2], strict=True) for value in values]
+            pairs = list(_batch_pairs(self._batch))
             raise text_error(exc.unicode_error, self.source, pairs) from None
         except OverflowError:  # an int past 64 bits, found only now: the common path pays nothing
-            raise integer_error(self.source or "map", self._batch) from None
+            raise integer_error(self.source or "map", list(chain.from_iterable(_batch_pairs(self._batch)))) from None
         self.out.write(data)
         self.offset += len(data)
         self.values_written += self._values
@@ -185,7 +199,7 @@ class GroupWriter:
         self._values = 0
 
 
-def iter_group_batches(blocks: Iterable[bytes]) -> Iterator[list[tuple[str, list[Any]]]]:
+def iter_group_batches(blocks: Iterable[bytes]) -> Iterator[list[tuple[str, Sequence[Any]]]]:
     """The ``(key, values)`` entries stored in a segment, a stored batch at a time, read block by block."""
     # a small initial buffer (msgpack's default is 1 MiB): a reducer holds one unpacker per map output
     unpacker = msgpack.Unpacker(
@@ -194,10 +208,20 @@ def iter_group_batches(blocks: Iterable[bytes]) -> Iterator[list[tuple[str, list
     for block in blocks:
         unpacker.feed(block)
         for batch in unpacker:
-            yield list(zip(batch[0::2], batch[1::2], strict=True))
+            if type(batch[0]) is list:  # columns: keys, and their one value each (``add_singles``)
+                yield list(zip(batch[0], zip(batch[1]), strict=True))
+            else:
+                yield list(zip(batch[0::2], batch[1::2], strict=True))
 
 
-def iter_groups(blocks: Iterable[bytes]) -> Iterator[tuple[str, list[Any]]]:
+def _batch_pairs(batch: list[Any]) -> Iterator[tuple[str, Any]]:
+    """The (key, value) pairs of a batch as ``GroupWriter`` holds it (entries or columns), for messages."""
+    if batch and type(batch[0]) is list:
+        return zip(batch[0], batch[1], strict=True)
+    return ((key, value) for key, values in zip(batch[0::2], batch[1::2], strict=True) for value in values)
+
+
+def iter_groups(blocks: Iterable[bytes]) -> Iterator[tuple[str, Sequence[Any]]]:
     """The ``(key, values)`` entries stored in a segment, read block by block."""
     return chain.from_iterable(iter_group_batches(blocks))
 
@@ -639,37 +663,47 @@ class MapBuffer:
     def _combine_in_place(self) -> None:
         groups = self.groups
         several = list(compress(groups, map(_more_than_one, map(len, groups.values()))))
-        keys, values = self._combine_all(several, list(map(groups.__getitem__, several)))
+        keys, values, _ = self._combine_all(several, list(map(groups.__getitem__, several)))
         groups.update(zip(keys, values, strict=True))
         if len(keys) < len(several):  # keys whose combine yielded nothing
             for key in set(several).difference(keys):
                 del groups[key]
 
-    def _combine_all(self, keys: list[str], values: list[list[Any]]) -> tuple[list[str], list[list[Any]]]:
-        """``combine`` over each key and its values: the keys it yielded values for, and those values."""
+    def _combine_all(
+        self, keys: list[str], values: list[Any], singles: bool = False
+    ) -> tuple[list[str], list[Any], bool]:
+        """``combine`` over each key and its values: the keys it yielded values for, those values (a list
+        per key), and False; or, with ``singles``, when each call yielded one value, that value per key
+        and True."""
         combine = self.combine
         assert combine is not None
-        # the common case in C: each call yields one (key, value) tuple, of the key it was given
-        results = list(map(list, map(combine, keys, map(iter, values))))
-        if set(map(len, results)) <= {1}:
-            pairs = list(map(_first, results))
+        # every call's pairs, then a marker, flattened in C: no list per call (the common case, one
+        # (key, value) tuple of the key it was given per call, is then checked in a few passes)
+        calls = map(combine, keys, map(iter, values))
+        flat: list[Any] = list(chain.from_iterable(chain.from_iterable(zip(calls, _MARKS, strict=False))))
+        if len(flat) == 2 * len(keys) and flat[1::2].count(_MARK) == len(keys):
+            pairs = flat[0::2]
             try:
                 shaped = set(map(_pair_length, pairs)) <= {2}
             except TypeError:  # not tuples: looked at one by one below
                 shaped = False
             if shaped and list(map(_first, pairs)) == keys:
-                return keys, list(map(list, zip(map(_second, pairs))))
+                if singles:
+                    return keys, list(map(_second, pairs)), True
+                return keys, list(map(list, zip(map(_second, pairs)))), False
         kept_keys, kept_values = [], []
-        for key, group in zip(keys, results, strict=True):
+        items = iter(flat)
+        for key in keys:
             combined = []
-            for out_key, value in group:  # what combine yielded for the key
+            for item in iter(items.__next__, _MARK):  # what combine yielded for the key
+                out_key, value = item
                 if out_key != key:
                     raise ValueError(f"combine must yield the key it was given: got {out_key!r} for {key!r}")
                 combined.append(value)
             if combined:  # a combine that yielded nothing for a key: reduce must not see the key
                 kept_keys.append(key)
                 kept_values.append(combined)
-        return kept_keys, kept_values
+        return kept_keys, kept_values, False
 
     def _combined(self, key: str, values: Iterable[Any]) -> Iterator[Any]:
         """The values ``combine`` yields for one key, as it yields them (a hot key's may not fit in memory)."""
@@ -745,10 +779,16 @@ class MapBuffer:
                     values = list(map(mul, repeat(counted), map(counts.__getitem__, some_keys)))
                 else:
                     values = list(map(groups.__getitem__, some_keys))
-                if self._one_value_per_key:
-                    values = list(zip(values))  # (value,): a group of one
+                single = self._one_value_per_key  # values: each key's one value, not a list of them
                 if self.combine is not None:
-                    some_keys, values = self._combine_all(some_keys, values)
+                    if single:
+                        values, single = list(zip(values)), False  # (value,): a group of one
+                    some_keys, values, single = self._combine_all(some_keys, values, singles=True)
+                if single:
+                    if not set(map(type, values)) <= SCALARS:
+                        check_values(source, some_keys, [[v] for v in values])
+                    writer.add_singles(some_keys, values)
+                    continue
                 check_values(source, some_keys, values)
                 if self.sort_values:
                     for group in values:
@@ -921,9 +961,9 @@ class PairBuffer(MapBuffer):
                         for group in values:
                             if len(group) > 1:
                                 group.sort(key=self.value_key)
+                    writer.add_groups(keys, values)  # a key over two rounds: two entries, one after the other
                 else:
-                    values = list(zip(values))  # (value,): a group of one
-                writer.add_groups(keys, values)  # a key over two rounds: two entries, one after the other
+                    writer.add_singles(keys, values)
             writer.flush()
             index.append([start, writer.offset - start])
         self.pairs = []

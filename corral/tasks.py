@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import chain, count, islice, repeat, starmap
+from operator import itemgetter
 from typing import Any, ClassVar
 
 from corral import cancellation
@@ -38,6 +39,8 @@ from corral.shuffle import (
 )
 from corral.split import Split, iter_text_records, read_ahead
 from corral.total_order import KEYS_PER_WINDOW, RangePartition
+
+_first = itemgetter(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,7 +329,7 @@ def _reduce(spec: ReduceSpec, step: Step, sources: list[Iterator[list[Any]]]) ->
         keys = count()  # counts the keys as the merge yields them
         if sources:
             groups = zip(merge_batch_groups(sources, step.value_key, step.sort_values), keys, strict=False)
-            writer.add_all(chain.from_iterable(reducer(key, values) for (key, values), _ in groups))
+            writer.add_all(chain.from_iterable(starmap(reducer, map(_first, groups))))  # a call per key, in C
         if step.reduce_final:
             writer.flush()
             writer.source = "reduce_final"

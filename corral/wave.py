@@ -47,14 +47,41 @@ class SpeculationPolicy:
 
 
 @dataclass(slots=True)
+class Committed:
+    """What the driver keeps of a committed attempt's result, and journals for ``--resume``: where its
+    output is and how big, and what it counted (its measurements are in its record's stats). A slot
+    class, not the result's dict: a wave of 10,000 tasks holds one each to its end."""
+
+    output: str
+    bytes_out: int = 0
+    index: list[list[int]] | None = None  # a map task's shuffle object: each partition's [offset, length]
+    parts: tuple[str, ...] | None = None  # a final task's part files
+    counters: list[list[Any]] | None = None  # [[group, name, amount], …]; None if it counted nothing
+
+    @classmethod
+    def from_result(cls, result: dict[str, Any]) -> Committed:
+        """From the attempt's result (``corral.worker.run_task``), or from the journal (``to_json``)."""
+        parts = result.get("parts")
+        return cls(result["output"], result.get("bytes_out") or 0, result.get("index"),
+                   None if parts is None else tuple(parts), result.get("counters") or None)
+
+    def to_json(self) -> dict[str, Any]:
+        found = {"output": self.output, "bytes_out": self.bytes_out, "index": self.index, "parts": self.parts,
+                 "counters": self.counters}
+        return {key: value for key, value in found.items() if value is not None}
+
+
+@dataclass(slots=True)
 class TaskState:
-    """One task of a wave: its spec (that of its first attempt), its attempts' records, its commit."""
+    """One task of a wave: its spec (that of its first attempt; made by the wave's ``spec_for`` when it
+    first submits a task without one, dropped once the task is committed), its attempts' records, its
+    commit."""
 
     name: str
-    spec: TaskSpec
+    spec: TaskSpec | None
     attempts: list[dict[str, Any]] = field(default_factory=list)  # as the manifest records them
     failures: int = 0  # failures that count toward --retries
-    committed: dict[str, Any] | None = None  # the committed attempt's result
+    committed: Committed | None = None  # what is kept of the committed attempt's result
     running: int = 0  # attempts in flight
     speculated: bool = False  # a duplicate attempt was launched
     reused: bool = False  # committed by an earlier run of this job (--resume)
@@ -138,7 +165,8 @@ class Wave:
     ``output_for(state, attempt)`` names an attempt's output; ``on_start(attempt)`` hears of every
     attempt before it is submitted, ``on_end(attempt, outcome, committed, will_retry)`` of every one
     that ends; ``check()`` is called while waiting and raises to
-    stop the wave (an interrupt, a lost lease).
+    stop the wave (an interrupt, a lost lease); ``spec_for(state)`` makes the spec of a task that has
+    none when it is first submitted.
     """
 
     def __init__(
@@ -153,6 +181,7 @@ class Wave:
         speculation: SpeculationPolicy,
         leftovers: Leftovers,
         check: Callable[[], None] = lambda: None,
+        spec_for: Callable[[TaskState], TaskSpec] | None = None,
     ) -> None:
         self.executor = executor
         self.tasks = tasks
@@ -163,6 +192,7 @@ class Wave:
         self.speculation = speculation
         self.leftovers = leftovers
         self.check = check
+        self.spec_for = spec_for
         self.running: dict[Future[Outcome], Attempt] = {}  # in submit order: oldest first
         self.ready: list[TaskState] = [t for t in reversed(tasks) if t.committed is None]
         self.delayed: list[tuple[float, int, TaskState]] = []  # (due time, tie-breaker, task)
@@ -202,6 +232,9 @@ class Wave:
     # --- attempts ------------------------------------------------------------------------------
     def _submit(self, state: TaskState, speculative: bool) -> None:
         number = len(state.attempts) + 1
+        if state.spec is None:  # submitted for the first time (a committed task is never submitted)
+            assert self.spec_for is not None, f"{state.name} has no spec"
+            state.spec = self.spec_for(state)
         spec = state.spec if number == 1 else state.spec.for_attempt(number, self.output_for(state, number))
         entry: dict[str, Any] = {"attempt": number, "output": spec.output}
         if speculative:
@@ -245,7 +278,9 @@ class Wave:
 
     def _commit(self, attempt: Attempt, outcome: Outcome) -> None:
         state = attempt.state
-        state.committed = outcome.result
+        assert outcome.result is not None
+        state.committed = Committed.from_result(outcome.result)
+        state.spec = None
         attempt.entry["status"] = "committed"
         self.left -= 1
         insort(self.durations, time.monotonic() - attempt.started)

@@ -92,8 +92,14 @@ def load_module_from_path(path: str, name: str) -> Any:
     return module
 
 
-def run_task(payload: dict[str, Any], progress: ProgressSink | None = None) -> dict[str, Any]:
+def run_task(
+    payload: dict[str, Any], progress: ProgressSink | None = None, *, shared_process: bool = False
+) -> dict[str, Any]:
     """Run one task attempt described by ``payload``; return its result (never raises).
+
+    ``shared_process``: this process is the driver's too (the threads executor). Its high-water mark
+    is then never reset (which would hide the driver's own peak from whoever measures the process),
+    and the attempt reports the process's peak.
 
     With ``progress`` (or a sink installed in this process by ``report_progress_to``), what the task
     counts is reported while it runs, every ``PROGRESS_INTERVAL`` seconds: ``{"task", "attempt",
@@ -106,7 +112,8 @@ def run_task(payload: dict[str, Any], progress: ProgressSink | None = None) -> d
     key = (payload.get("task"), payload.get("attempt"))
     downloads = 0
     with _no_full_collections() as (cpu_clock, alone):
-        own_peak = alone and reset_peak_memory()  # else another task's memory counts in (threads)
+        # else another task's memory counts in, or the driver's peak would be lost (threads)
+        own_peak = alone and not shared_process and reset_peak_memory()
         cpu_started = cpu_clock()
         try:
             spec = spec_from_json(payload)

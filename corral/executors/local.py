@@ -117,7 +117,7 @@ class ThreadExecutor(Executor):
             started = time.perf_counter()
             try:
                 with cancellable(attempt.event):
-                    result = run_task(attempt.payload, self.progress)
+                    result = run_task(attempt.payload, self.progress, shared_process=True)
                 outcome = outcome_from_result(result, {"seconds": round(time.perf_counter() - started, 6)})
             except BaseException as exc:  # never lose an attempt: report it as an infrastructure failure
                 outcome = Outcome(failure=Failure(INFRASTRUCTURE, f"{type(exc).__name__}: {exc}"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import IO, Any
 
 from corral.errors import UsageError
@@ -171,16 +171,19 @@ class FsspecFileSystem(FileSystem):
     # --- conditional writes: O_EXCL and a folder lock locally, If-None-Match / If-Match on S3,
     # ifGenerationMatch=0 on GCS (creation only) ---------------------------------------------------
     def append(self, url: str, data: bytes) -> bool:
+        return self.append_pieces(url, (data,))
+
+    def append_pieces(self, url: str, pieces: Iterable[bytes]) -> bool:
         if not self._local:
             return False
         path = self._path(url)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.write(fd, data)
+        with open(fd, "ab") as f:  # every byte of each piece, or an error; then one fsync
+            for piece in pieces:
+                f.write(piece)
+            f.flush()
             os.fsync(fd)
-        finally:
-            os.close(fd)
         return True
 
     def create_new(self, url: str, data: bytes) -> bool:
@@ -356,23 +359,24 @@ def _local_files(folder: str) -> list[FileInfo]:
     pending = [folder]
     while pending:
         try:
-            entries = list(os.scandir(pending.pop()))
+            entries = os.scandir(pending.pop())
         except (FileNotFoundError, NotADirectoryError):  # gone since it was listed
             continue
-        for entry in entries:
-            if entry.name[:1] in ("_", "."):
-                continue
-            try:
-                if entry.is_dir():
-                    identity = _identity(entry.stat())
-                    if identity not in seen:
-                        seen.add(identity)
-                        pending.append(entry.path)
-                else:
-                    stat = entry.stat()
-                    found.append(FileInfo(entry.path, stat.st_size, str(stat.st_mtime)))
-            except FileNotFoundError:  # a broken link, or a file removed meanwhile
-                continue
+        with entries:  # an entry at a time: each holds its stat (~700 bytes; 7 MB for 10,000 files at once)
+            for entry in entries:
+                if entry.name[:1] in ("_", "."):
+                    continue
+                try:
+                    if entry.is_dir():
+                        identity = _identity(entry.stat())
+                        if identity not in seen:
+                            seen.add(identity)
+                            pending.append(entry.path)
+                    else:
+                        stat = entry.stat()
+                        found.append(FileInfo(entry.path, stat.st_size, str(stat.st_mtime)))
+                except FileNotFoundError:  # a broken link, or a file removed meanwhile
+                    continue
     found.sort(key=_url_of)
     return found
 

@@ -24,6 +24,7 @@ from corral.shuffle import (
     iter_group_batches,
     iter_groups,
     limit_fan_in,
+    map_buffer,
     merge_batches,
     merge_groups,
     range_blocks,
@@ -692,3 +693,53 @@ def test_a_pair_buffer_spills_within_its_budget_and_names_a_bad_key():
     with pytest.raises(TypeError, match=r"^map_batch yielded the key \('not', 'a str'\) \(of type tuple\) with "
                                         r"the value 2: keys must be str$"):
         bad.write(io.BytesIO())
+
+
+def test_a_map_buffer_writes_what_an_irregular_combine_yields_for_each_key():
+    """Combine calls are flattened in one pass; a call that yields no pair, two pairs or a list must
+    still give each key exactly its own values, and a pair of another key is refused."""
+
+    def combine(key, values):
+        n = int(key[1:])
+        total = sum(values)
+        if n % 5 == 0:
+            return []  # nothing: reduce must not see the key
+        if n % 3 == 0:
+            return [(key, total), (key, -total)]
+        return iter([(key, total)])
+
+    pairs = [(f"k{i % 40}", 1) for i in range(4000)]
+    buffer = MapBuffer(2, 1 << 30, combine=combine)
+    _add(buffer, pairs)
+    out = io.BytesIO()
+    buffer.write(out)
+    kept = {f"k{n}": [100, -100] if n % 3 == 0 else [100] for n in range(40) if n % 5}
+    expected = [{k: v for k, v in kept.items() if default_partition(k, 2) == p} for p in range(2)]
+    assert [dict(part) for part in _decoded(out.getvalue())] == expected
+
+    def renaming(key, values):
+        yield (key.upper() if key == "k7" else key), sum(values)
+
+    buffer = MapBuffer(1, 1 << 30, combine=renaming)
+    _add(buffer, pairs)
+    with pytest.raises(ValueError, match="combine must yield the key it was given: got 'K7' for 'k7'"):
+        buffer.write(io.BytesIO())
+
+
+def test_a_pair_buffer_stores_keys_of_one_value_as_columns_and_reads_them_back_in_order():
+    """A sort's records (a key, one value) are stored as batches of two columns, [keys, values], not as
+    a [value] list per record; rounds where keys repeat keep entries. Both read back as (key, values)."""
+    buffer = map_buffer(1, 1 << 30)
+    distinct = [(f"k{i:05d}", i) for i in range(10_000)]
+    repeated = [("k99999", "a"), ("k99999", "b")]
+    buffer.add_batch("map", distinct[5000:] + repeated + distinct[:5000])
+    out = io.BytesIO()
+    buffer.write(out)
+    (offset, length), = read_index(out.getvalue())
+    segment = out.getvalue()[offset : offset + length]
+    batches = list(msgpack.Unpacker(io.BytesIO(segment), raw=False))
+    assert [type(batch[0]) for batch in batches][:2] == [list, list]  # columns
+    assert batches[0][0][:2] == ["k00000", "k00001"] and batches[0][1][:2] == [0, 1]
+    assert type(batches[-1][0]) is str  # the round where a key repeats: entries
+    entries = [(key, list(values)) for key, values in iter_groups([segment])]
+    assert entries == [(k, [v]) for k, v in distinct] + [("k99999", ["a", "b"])]
