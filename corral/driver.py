@@ -829,7 +829,7 @@ class Driver:
 
     # --- counters and manifest ------------------------------------------------------------------
     def _add_counters(self, result: Committed | None) -> None:
-        for group, name, amount in result.counters or () if result else ():
+        for group, name, amount in (result.counters or ()) if result is not None else ():
             self.counters[group][name] += amount
 
     def _plain_counters(self) -> dict[str, dict[str, int]]:

@@ -782,7 +782,7 @@ class MapBuffer:
                 single = self._one_value_per_key  # values: each key's one value, not a list of them
                 if self.combine is not None:
                     if single:
-                        values, single = list(zip(values)), False  # (value,): a group of one
+                        values = list(zip(values))  # (value,): a group of one
                     some_keys, values, single = self._combine_all(some_keys, values, singles=True)
                 if single:
                     if not set(map(type, values)) <= SCALARS:

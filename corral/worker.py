@@ -28,6 +28,7 @@ from corral.errors import InputError, UsageError
 from corral.fs import disk_full
 from corral.job import Job
 from corral.sidefiles import local_paths
+from corral.split import Split
 
 _CORRAL_DIR = str(Path(__file__).resolve().parent)
 _job_classes: dict[tuple[str, str, str | None], type[Job]] = {}
@@ -159,8 +160,7 @@ def run_task(
 def _bytes_in(payload: dict[str, Any]) -> int:
     """The bytes a task reads: its splits (map) or its partition of every map output (reduce)."""
     if payload.get("kind") == "map":
-        return sum(int(s[2]) - int(s[1]) if isinstance(s, list) else int(s["end"]) - int(s["start"])
-                   for s in payload.get("splits", ()))
+        return sum(split.end - split.start for split in map(Split.from_json, payload.get("splits", ())))
     return sum(int(source[2]) for source in payload.get("sources", ()))
 
 
