@@ -177,7 +177,9 @@ class Engine:
         self.spawn(self._handle_death(sandbox, exit_code))
 
     async def _handle_death(self, sandbox: Sandbox, exit_code: int) -> None:
-        oom = sandbox.oom_events > 0
+        # the cgroup's oom_kill count first: it goes with the container's cgroup, which Docker may remove
+        # while the inspect below waits its turn (a loaded machine), and the OOM event may come late
+        oom = sandbox.oom_events > 0 or (sandbox.probe is not None and (sandbox.probe.oom_kills() or 0) > 0)
         if sandbox.container_id:
             try:
                 state = (await self.blocking(self.docker.api.inspect_container, sandbox.container_id))["State"]
@@ -185,8 +187,6 @@ class Engine:
                 exit_code = int(state.get("ExitCode", exit_code))
             except docker.errors.DockerException:
                 pass
-        if not oom and sandbox.probe is not None and (sandbox.probe.oom_kills() or 0) > 0:
-            oom = True
         sandbox.exited(exit_code, oom)
         if not sandbox.busy:
             await self.retire(sandbox)
