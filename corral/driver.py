@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from corral import __version__
+from corral.collector import full_collections_held
 from corral.errors import InputError, JobFailed, UsageError
 from corral.events import (
     JobFinished,
@@ -253,22 +254,25 @@ class Driver:
             raise UsageError("--resume and --overwrite exclude each other: continue the unfinished run, or start "
                              "again")
         out_fs = get_filesystem(self.out)
-        files = list_inputs(self.inputs)  # first: a mistyped input must not cost the previous output
-        self._refuse_inputs_in_output(files)
-        self._refuse_file_as_output()
-        spec = executor_spec(self.settings)
-        timeout = float(self.settings.lease_timeout)
-        self.lease = Lease(out_fs, self.out, self.run_id, timeout)
-        created = "://" not in self.out and not os.path.exists(self.out)
-        with self.guard:
-            self.lease.acquire()  # also shows that OUT is writable, before anything is planned
-            try:
-                return self._run_leased(job, steps, files, out_fs, spec)
-            finally:
-                self.lease.release()
-                _remove_empty_folder(join(self.out, "_corral"))  # a run refused before it began leaves nothing
-                if created:
-                    _remove_empty_folder(self.out)
+        # the listing and the plan are the driver's long-lived objects (20,000 input files: 100,000 of
+        # them), which every full collection would walk again: held back for the run (corral.collector)
+        with full_collections_held(collect=False):
+            files = list_inputs(self.inputs)  # first: a mistyped input must not cost the previous output
+            self._refuse_inputs_in_output(files)
+            self._refuse_file_as_output()
+            spec = executor_spec(self.settings)
+            timeout = float(self.settings.lease_timeout)
+            self.lease = Lease(out_fs, self.out, self.run_id, timeout)
+            created = "://" not in self.out and not os.path.exists(self.out)
+            with self.guard:
+                self.lease.acquire()  # also shows that OUT is writable, before anything is planned
+                try:
+                    return self._run_leased(job, steps, files, out_fs, spec)
+                finally:
+                    self.lease.release()
+                    _remove_empty_folder(join(self.out, "_corral"))  # a run refused before it began leaves nothing
+                    if created:
+                        _remove_empty_folder(self.out)
 
     def _run_leased(
         self, job: Job, steps: list[Step], files: list[FileInfo], out_fs: FileSystem, spec: ExecutorSpec

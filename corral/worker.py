@@ -8,7 +8,6 @@ call) reports it the same way.
 
 from __future__ import annotations
 
-import gc
 import importlib
 import importlib.util
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.cancellation import TaskCancelled
+from corral.collector import full_collections_held
 from corral.errors import InputError, UsageError
 from corral.fs import disk_full
 from corral.job import Job
@@ -32,8 +32,7 @@ from corral.split import Split
 
 _CORRAL_DIR = str(Path(__file__).resolve().parent)
 _job_classes: dict[tuple[str, str, str | None], type[Job]] = {}
-_gc_thresholds = gc.get_threshold()  # what full collections were set to before the running tasks
-_gc_lock = threading.Lock()
+_tasks_lock = threading.Lock()
 _tasks_running = 0  # tasks of this process in run_task (the threads executor runs several)
 
 
@@ -106,12 +105,13 @@ def run_task(
     counts is reported while it runs, every ``PROGRESS_INTERVAL`` seconds: ``{"task", "attempt",
     "counters": [[group, name, amount added], …], "cpu_seconds": added}``.
     """
-    from corral.tasks import MapSpec, execute_map, execute_reduce, spec_from_json
+    from corral.tasks import MapSpec, ReduceSpec, execute_map, execute_reduce, spec_from_json
 
     started = time.perf_counter()
     sink = progress or _default_sink
     key = (payload.get("task"), payload.get("attempt"))
     downloads = 0
+    spec: MapSpec | ReduceSpec | None = None
     with _no_full_collections() as (cpu_clock, alone):
         # else another task's memory counts in, or the driver's peak would be lost (threads)
         own_peak = alone and not shared_process and reset_peak_memory()
@@ -148,7 +148,7 @@ def run_task(
         peak_memory_mb=peak_memory_mb(since_reset=own_peak),
         rss_mb=rss_mb(),
         worker=worker_id(),
-        bytes_in=_bytes_in(payload),
+        bytes_in=_bytes_in(payload, spec),
     )
     if downloads:
         result["side_file_downloads"] = downloads
@@ -157,8 +157,12 @@ def run_task(
     return result
 
 
-def _bytes_in(payload: dict[str, Any]) -> int:
-    """The bytes a task reads: its splits (map) or its partition of every map output (reduce)."""
+def _bytes_in(payload: dict[str, Any], spec: Any = None) -> int:
+    """The bytes a task reads: its splits (map) or its partition of every map output (reduce). The spec
+    read from the payload, when there is one, gives its splits (10,000 of them are not made twice)."""
+    splits = getattr(spec, "splits", None)
+    if splits is not None:
+        return sum(split.end - split.start for split in splits)
     if payload.get("kind") == "map":
         return sum(split.end - split.start for split in map(Split.from_json, payload.get("splits", ())))
     return sum(int(source[2]) for source in payload.get("sources", ()))
@@ -183,35 +187,26 @@ def _error_kind(exc: Exception) -> str:
 
 @contextmanager
 def _no_full_collections() -> Iterator[tuple[Callable[[], float], bool]]:
-    """Hold back the garbage collector's full collections while a task runs; yield the task's CPU clock
-    and whether the task runs alone in this process.
+    """Hold back the garbage collector's full collections while a task runs (``corral.collector``); yield
+    the task's CPU clock and whether the task runs alone in this process.
 
     A task's buffers are millions of long-lived objects (a list per key); each full collection walks
-    all of them again, which cost map loops 10-15%. Young collections go on (cycles that user code
-    makes and drops are still freed); what reaches the oldest generation waits for the task's end.
+    all of them again, which cost map loops 10-15%. What reaches the oldest generation waits for the
+    end of the last task (or of the driver's run, where tasks run on its threads).
 
     The CPU clock is the process's when the task runs alone in it (a worker process, a container:
     I/O threads count too), else the task's thread's (the threads executor runs several at once).
     """
-    global _tasks_running, _gc_thresholds
-    with _gc_lock:
-        if _tasks_running == 0:
-            _gc_thresholds = gc.get_threshold()
-            gc.set_threshold(_gc_thresholds[0], _gc_thresholds[1], 1 << 30)
-        _tasks_running += 1
-        alone = _tasks_running == 1
-    try:
-        yield (time.process_time if alone else _thread_cpu_clock()), alone
-    finally:
-        with _gc_lock:
-            _tasks_running -= 1
-            # the full collection held back is due once the last task ends: a warm worker that runs
-            # task after task would else never free the reference cycles its tasks left behind
-            due = _tasks_running == 0 and gc.get_count()[2] >= _gc_thresholds[2] > 0
-            if _tasks_running == 0:
-                gc.set_threshold(*_gc_thresholds)
-        if due:
-            gc.collect()
+    global _tasks_running
+    with full_collections_held():
+        with _tasks_lock:
+            _tasks_running += 1
+            alone = _tasks_running == 1
+        try:
+            yield (time.process_time if alone else _thread_cpu_clock()), alone
+        finally:
+            with _tasks_lock:
+                _tasks_running -= 1
 
 
 def _thread_cpu_clock() -> Callable[[], float]:
