@@ -15,6 +15,8 @@ from typing import Any
 
 #: About how many bytes a piece holds.
 PIECE = 32 << 10
+#: About how many bytes of a list's small items are encoded at once.
+BATCH = 8 << 10
 
 #: One value's compact JSON text, by json's C encoder (what is not JSON is written as its ``str``).
 encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
@@ -35,6 +37,8 @@ def chunks(value: Any, depth: int) -> Iterator[str]:
             yield from chunks(item, depth - 1)
             opening = ","
         yield "}"
+    elif depth == 1:
+        yield from _batched(value)
     else:
         opening = "["
         for item in value:
@@ -42,6 +46,21 @@ def chunks(value: Any, depth: int) -> Iterator[str]:
             yield from chunks(item, depth - 1)
             opening = ","
         yield "]"
+
+
+def _batched(items: list[Any] | tuple[Any, ...]) -> Iterator[str]:
+    """The text of ``encode(items)``, items encoded whole, many at a time: as many as make about
+    ``BATCH`` bytes by the size of the batch before (a run's fingerprint of 20,000 small files was
+    20,000 calls of the encoder, 30 ms; a list of big items still goes an item at a time)."""
+    opening = "["
+    start, count = 0, 1
+    while start < len(items):
+        text = encode(items[start : start + count])  # "[a,b,…]": its items and commas
+        yield opening + text[1:-1]
+        opening = ","
+        start += count
+        count = max(1, min(count * 8, count * BATCH // len(text)))
+    yield "]"
 
 
 def pieces(texts: Iterable[str], size: int = PIECE) -> Iterator[bytes]:

@@ -74,8 +74,10 @@ def make_splits(
 def count_splits(files: Sequence[FileInfo], split_size: int, kind: str = "text", whole_files: bool = False) -> int:
     """How many splits ``make_splits`` would cut (counted, not made: a tiny ``--split-size`` could make
     millions)."""
+    if kind != "text" or whole_files:  # nothing is cut
+        return sum(1 for info in files if info.size)
     return sum(
-        -(-info.size // split_size) if _cuttable(info.url, kind, whole_files) else 1 for info in files if info.size
+        -(-info.size // split_size) if compression_of(info.url) is None else 1 for info in files if info.size
     )
 
 
@@ -98,7 +100,8 @@ def plan_map_tasks(
     Tasks differ in size by at most about the largest file that cannot be cut (compressed, csv) or
     ``MIN_PIECE``, whichever is larger.
     """
-    sized = [(info.url, info.size, _cuttable(info.url, kind, whole_files)) for info in files if info.size > 0]
+    cut = kind == "text" and not whole_files  # _cuttable's test, once for all files
+    sized = [(info.url, info.size, cut and compression_of(info.url) is None) for info in files if info.size > 0]
     if not sized:
         return []
     total = sum(size for _, size, _ in sized)

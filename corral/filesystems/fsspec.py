@@ -362,9 +362,10 @@ def _local_files(folder: str) -> list[FileInfo]:
             entries = os.scandir(pending.pop())
         except (FileNotFoundError, NotADirectoryError):  # gone since it was listed
             continue
+        add = found.append
         with entries:  # an entry at a time: each holds its stat (~700 bytes; 7 MB for 10,000 files at once)
             for entry in entries:
-                if entry.name[:1] in ("_", "."):
+                if entry.name[0] in "_.":  # a name is never empty
                     continue
                 try:
                     if entry.is_dir():
@@ -374,7 +375,7 @@ def _local_files(folder: str) -> list[FileInfo]:
                             pending.append(entry.path)
                     else:
                         stat = entry.stat()
-                        found.append(FileInfo(entry.path, stat.st_size, str(stat.st_mtime)))
+                        add(FileInfo(entry.path, stat.st_size, str(stat.st_mtime)))
                 except FileNotFoundError:  # a broken link, or a file removed meanwhile
                     continue
     found.sort(key=_url_of)

@@ -74,6 +74,49 @@ def test_an_input_symlinked_into_the_output_is_refused(tmp_path, capsys):
     assert (tmp_path / "out" / "real.txt").read_text() == TEXT
 
 
+def test_a_file_of_an_input_folder_as_the_output_is_refused(tmp_path, capsys):
+    """The output named as one of the many files of a listed folder (each file is not looked at alone:
+    its folder is, once)."""
+    (tmp_path / "data").mkdir()
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (tmp_path / "data" / name).write_text(TEXT)
+    code, _, err = cli(capsys, "run", EXAMPLES / "wordcount.py", tmp_path / "data", "--out",
+                       tmp_path / "data" / "b.txt", "--overwrite")
+    assert code == 2
+    assert _one_line(err) == f"corral: error: input {tmp_path / 'data' / 'b.txt'} is the output folder " \
+                             f"{tmp_path / 'data' / 'b.txt'}"
+    assert (tmp_path / "data" / "b.txt").read_text() == TEXT
+
+
+def test_a_symlink_among_the_files_of_an_input_folder_into_the_output_is_refused(tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "real.txt").write_text(TEXT)
+    (tmp_path / "data").mkdir()
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / "data" / name).write_text(TEXT)
+    (tmp_path / "data" / "z.txt").symlink_to(tmp_path / "out" / "real.txt")
+    code, _, err = cli(capsys, "run", EXAMPLES / "wordcount.py", tmp_path / "data", "--out", tmp_path / "out",
+                       "--overwrite")
+    assert code == 2
+    assert _one_line(err) == (f"corral: error: input {tmp_path / 'data' / 'z.txt'} is inside the output folder "
+                              f"{tmp_path / 'out'} (both resolve to {tmp_path / 'out'})")
+    assert (tmp_path / "out" / "real.txt").read_text() == TEXT
+
+
+def test_an_input_folder_reached_through_a_symlink_into_the_output_is_refused(tmp_path, capsys):
+    (tmp_path / "out" / "sub").mkdir(parents=True)
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / "out" / "sub" / name).write_text(TEXT)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "in").symlink_to(tmp_path / "out" / "sub")
+    code, _, err = cli(capsys, "run", EXAMPLES / "wordcount.py", tmp_path / "data", "--out", tmp_path / "out",
+                       "--overwrite")
+    assert code == 2
+    assert _one_line(err) == (f"corral: error: input {tmp_path / 'data' / 'in' / 'a.txt'} is inside the output "
+                              f"folder {tmp_path / 'out'} (both resolve to {tmp_path / 'out'})")
+    assert (tmp_path / "out" / "sub" / "a.txt").read_text() == TEXT
+
+
 def test_an_output_inside_the_input_folder_is_fine(tmp_path, capsys):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "f.txt").write_text(TEXT)
