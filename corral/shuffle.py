@@ -271,19 +271,36 @@ def merge_batch_groups(
     """``merge_groups`` of sources given as batches of entries (as ``iter_group_batches`` reads them)."""
     if sort_values:
         return _merge_sorted_values([chain.from_iterable(source) for source in sources], value_key)
-    grouped = groupby(merged_entries(sources), key=_first)
-    return ((key, chain.from_iterable(map(_second, entries))) for key, entries in grouped)
+    return chain.from_iterable(_batch_groups(iter(sources[0] if len(sources) == 1 else merge_batches(sources))))
+
+
+def _batch_groups(batches: Iterator[list[Any]]) -> Iterator[Iterable[tuple[str, Iterator[Any]]]]:
+    """The ``(key, lazy values)`` groups of sorted batches of entries, as iterables to chain.
+
+    While no key repeats (a sort's records: each key of one entry), a batch's groups are made in C, an
+    entry each, but for the last entry, which is held back: its key may go on in the next batch. From
+    the first batch where a key repeats, the rest is grouped by ``groupby`` (a hot key's values stream)."""
+    held: tuple[str, Sequence[Any]] | None = None  # the last entry of the previous batch
+    for batch in batches:
+        if not batch:
+            continue
+        keys = list(map(_first, batch))
+        if (held is not None and keys[0] == held[0]) or any(map(eq, keys, islice(keys, 1, None))):
+            rest = chain(batch, chain.from_iterable(batches))
+            grouped = groupby(rest if held is None else chain((held,), rest), key=_first)
+            yield ((key, chain.from_iterable(map(_second, entries))) for key, entries in grouped)
+            return
+        if held is not None:
+            yield ((held[0], iter(held[1])),)
+        held = batch[-1]
+        del keys[-1]
+        yield zip(keys, map(iter, map(_second, batch)), strict=False)  # all but the last
+    if held is not None:
+        yield ((held[0], iter(held[1])),)
 
 
 def _next_batch(entries: Iterator[Any], size: int = 2048) -> list[Any]:
     return list(islice(entries, size))
-
-
-def merged_entries(sources: list[Iterator[list[Any]]]) -> Iterator[tuple[str, list[Any]]]:
-    """The entries of sorted sources given as batches (lists of entries), in key order."""
-    if len(sources) == 1:
-        return chain.from_iterable(sources[0])
-    return chain.from_iterable(merge_batches(sources))
 
 
 def merge_batches(sources: list[Iterator[list[Any]]]) -> Iterator[list[Any]]:
