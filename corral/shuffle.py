@@ -927,14 +927,14 @@ class PairBuffer(MapBuffer):
             check_keys(self._source, list(map(_first, pairs)), self._a_value)
         n = self.num_partitions
         if n == 1 or isinstance(self.partition, RangePartition):
-            pairs.sort(key=_first)
+            ordered = sorted(pairs, key=_first)  # a copy: ``self.pairs`` is freed in the order it was made
             if n == 1:
-                return [pairs]
-            keys = list(map(_first, pairs))
+                return [ordered]
             assert isinstance(self.partition, RangePartition)
-            cuts = [0, *(bisect_left(keys, bound) for bound in self.partition.bounds[: n - 1]), len(keys)]
-            cuts += [len(keys)] * (n + 1 - len(cuts))
-            return [pairs[a:b] for a, b in pairwise(cuts)]
+            ends = [bisect_left(ordered, bound, key=_first) for bound in self.partition.bounds[: n - 1]]
+            cuts = [0, *ends, len(ordered)]
+            cuts += [len(ordered)] * (n + 1 - len(cuts))
+            return [ordered[a:b] for a, b in pairwise(cuts)]
         keys = list(map(_first, pairs))
         if self.partition is default_partition:
             try:
@@ -961,15 +961,23 @@ class PairBuffer(MapBuffer):
         return partitioned
 
     def _write_memory(self, out: IO[bytes], offset: int = 0) -> tuple[Index, int]:
+        """Write the buffered pairs partition by partition; return the index and the end offset.
+
+        What can be done in the order the pairs were made is: their values' types are looked at, and
+        they are freed, in that order, walking memory forwards; in key order each pair is somewhere else
+        in memory (for mostly distinct keys, half of a map task's write was such walks)."""
         writer = GroupWriter(out, offset, self._source)
         index: Index = []
-        for pairs in self._partitioned():
+        scalars = set(map(type, map(_second, self.pairs))) <= SCALARS  # else looked at per round, for messages
+        partitioned = self._partitioned()
+        for p in range(len(partitioned)):
+            pairs, partitioned[p] = partitioned[p], []
             start = writer.offset
             for first in range(0, len(pairs), _KEYS_PER_ROUND):
                 some = pairs[first : first + _KEYS_PER_ROUND]
                 keys = list(map(_first, some))
                 values: list[Any] = list(map(_second, some))
-                if not set(map(type, values)) <= SCALARS:
+                if not scalars and not set(map(type, values)) <= SCALARS:
                     check_values(self._source, keys, [[v] for v in values])
                 if any(map(eq, keys, islice(keys, 1, None))):  # a key holds several values: group them
                     groups = [(key, list(map(_second, group))) for key, group in groupby(some, key=_first)]
@@ -983,6 +991,7 @@ class PairBuffer(MapBuffer):
                     writer.add_singles(keys, values)
             writer.flush()
             index.append([start, writer.offset - start])
+            pairs = some = []  # this partition no longer held: freed with self.pairs, in their order
         self.pairs = []
         self.records_out = writer.values_written
         return index, writer.offset
