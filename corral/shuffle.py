@@ -18,7 +18,7 @@ import sys
 import tempfile
 import zlib
 from bisect import bisect_left, bisect_right
-from collections import _count_elements, defaultdict, deque  # type: ignore[attr-defined]
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from itertools import accumulate, chain, compress, groupby, islice, pairwise, repeat
@@ -30,6 +30,7 @@ import msgpack
 from corral import cancellation
 from corral.fs import writing
 from corral.pairs import SCALARS, TextError, check_keys, check_pairs, check_values, integer_error, text_error
+from corral.speedups import are_pairs, count_constant
 from corral.total_order import RangePartition
 
 #: Values of one key are stored in entries of at most this many values, so no entry is unbounded.
@@ -53,7 +54,6 @@ _END = object()
 _first = itemgetter(0)
 _second = itemgetter(1)
 _more_than_one = (1).__lt__
-_pair_length = tuple.__len__  # a TypeError for anything but a tuple
 _MARK = object()  # ends a combine call's pairs in a flattened list
 _MARKS = repeat((_MARK,))
 #: Text read with ``input_errors = "surrogateescape"`` holds its undecodable bytes as lone surrogates:
@@ -585,16 +585,14 @@ class MapBuffer:
                 self._stop_counting()
                 return False
             self._value = value
-        values = list(map(_second, pairs))
-        if values.count(value) != len(values) or len(set(map(type, values))) != 1:  # equal, and the same type
-            self._stop_counting()
-            return False
         try:
-            _count_elements(self.counts, map(_first, pairs))
+            if count_constant(self.counts, pairs, value):  # in C where corral._speedups is built
+                return True
         except TypeError:  # a key that cannot be hashed: say which
             check_pairs(source, pairs, shuffle=True)
             raise
-        return True
+        self._stop_counting()
+        return False
 
     def _stop_counting(self) -> None:
         """From now on values are appended to lists: the keys counted so far get theirs (the groups are
@@ -700,11 +698,7 @@ class MapBuffer:
         flat: list[Any] = list(chain.from_iterable(chain.from_iterable(zip(calls, _MARKS, strict=False))))
         if len(flat) == 2 * len(keys) and flat[1::2].count(_MARK) == len(keys):
             pairs = flat[0::2]
-            try:
-                shaped = set(map(_pair_length, pairs)) <= {2}
-            except TypeError:  # not tuples: looked at one by one below
-                shaped = False
-            if shaped and list(map(_first, pairs)) == keys:
+            if are_pairs(pairs) and list(map(_first, pairs)) == keys:
                 if singles:
                     return keys, list(map(_second, pairs)), True
                 return keys, list(map(list, zip(map(_second, pairs)))), False
