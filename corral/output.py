@@ -36,6 +36,7 @@ COMPRESSIONS = ("none", "gzip", "zstd")
 FORMAT_SUFFIXES = {"text": "", "value": "", "csv": ".csv", "jsonl": ".jsonl"}
 COMPRESSION_SUFFIXES = {"none": "", "gzip": ".gz", "zstd": ".zst"}
 _STR_KEY = frozenset({str})
+_NONE_KEY = frozenset({type(None)})
 _INT = frozenset({int})
 _TEXT_FAST_VALUES = frozenset({str, int})  # formatted by an f-string exactly as JSON would
 _CSV_FAST_VALUES = frozenset({str, int, float, type(None)})  # the csv module writes these as corral would
@@ -167,6 +168,8 @@ def text_format(header: tuple[str, ...] | None = None) -> Encoder:
     def encode(pairs: list[tuple[Any, Any]], key_types: set[type], value_types: set[type]) -> str:
         if key_types == _STR_KEY and value_types <= _TEXT_FAST_VALUES:
             return "".join([f"{key}\t{value}\n" for key, value in pairs])  # str and int: JSON's text too
+        if key_types == _NONE_KEY and value_types <= _TEXT_FAST_VALUES:  # the values alone (a sort's records)
+            return "".join([f"{value}\n" for _, value in pairs])
         return "".join([f"{line(key, value)}\n" for key, value in pairs])
 
     return encode

@@ -18,6 +18,8 @@ from itertools import chain, islice
 from operator import itemgetter
 from typing import Any
 
+from corral.speedups import are_pairs
+
 #: Values a pair may hold without a closer look (lists, tuples and dicts of them are looked into).
 SCALARS = frozenset({str, int, float, bool, type(None)})
 _STR_KEY = frozenset({str})
@@ -26,7 +28,6 @@ _STR_OR_NONE_KEY = frozenset({str, type(None)})
 OK = object()
 _first = itemgetter(0)
 _second = itemgetter(1)
-_pair_length = tuple.__len__  # a TypeError for anything but a tuple: shape and type in one pass
 #: Pairs of map's hot loop checked together: few enough that they are still in the CPU's caches.
 SHUFFLE_BATCH = 1024
 VALUES_RULE = "values must be str, int, float, bool, None, or lists and dicts (with str keys) of those"
@@ -194,11 +195,7 @@ def check_pairs(source: str, pairs: list[Any], shuffle: bool = False) -> tuple[s
     be a ``(key, value)`` pair (a list of two is made a tuple), keys ``str`` (or ``None``, except into
     the shuffle), values storable. A TypeError names the method and the pair. Returns the key and value
     types seen, for the writers' fast paths."""
-    try:
-        shaped = set(map(_pair_length, pairs)) == {2}
-    except TypeError:
-        shaped = False
-    if not shaped:
+    if not are_pairs(pairs):
         pairs[:] = [_as_pair(source, item) for item in pairs]
     key_types = set(map(type, map(_first, pairs)))
     allowed = _STR_KEY if shuffle else _STR_OR_NONE_KEY
@@ -222,11 +219,7 @@ def shuffle_batches(source: str, pairs: Iterable[Any]) -> Iterator[list[tuple[An
     which then calls ``check_pairs`` for the message."""
     iterator = iter(pairs)
     while batch := list(islice(iterator, SHUFFLE_BATCH)):
-        try:
-            shaped = set(map(_pair_length, batch)) == {2}
-        except TypeError:
-            shaped = False
-        if not shaped:
+        if not are_pairs(batch):  # in C where corral._speedups is built (corral.speedups)
             batch = [_as_pair(source, item) for item in batch]
         yield batch
 

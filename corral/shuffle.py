@@ -18,7 +18,7 @@ import sys
 import tempfile
 import zlib
 from bisect import bisect_left, bisect_right
-from collections import _count_elements, defaultdict, deque  # type: ignore[attr-defined]
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from itertools import accumulate, chain, compress, groupby, islice, pairwise, repeat
@@ -30,6 +30,7 @@ import msgpack
 from corral import cancellation
 from corral.fs import writing
 from corral.pairs import SCALARS, TextError, check_keys, check_pairs, check_values, integer_error, text_error
+from corral.speedups import are_pairs, count_constant
 from corral.total_order import RangePartition
 
 #: Values of one key are stored in entries of at most this many values, so no entry is unbounded.
@@ -53,7 +54,6 @@ _END = object()
 _first = itemgetter(0)
 _second = itemgetter(1)
 _more_than_one = (1).__lt__
-_pair_length = tuple.__len__  # a TypeError for anything but a tuple
 _MARK = object()  # ends a combine call's pairs in a flattened list
 _MARKS = repeat((_MARK,))
 #: Text read with ``input_errors = "surrogateescape"`` holds its undecodable bytes as lone surrogates:
@@ -271,19 +271,36 @@ def merge_batch_groups(
     """``merge_groups`` of sources given as batches of entries (as ``iter_group_batches`` reads them)."""
     if sort_values:
         return _merge_sorted_values([chain.from_iterable(source) for source in sources], value_key)
-    grouped = groupby(merged_entries(sources), key=_first)
-    return ((key, chain.from_iterable(map(_second, entries))) for key, entries in grouped)
+    return chain.from_iterable(_batch_groups(iter(sources[0] if len(sources) == 1 else merge_batches(sources))))
+
+
+def _batch_groups(batches: Iterator[list[Any]]) -> Iterator[Iterable[tuple[str, Iterator[Any]]]]:
+    """The ``(key, lazy values)`` groups of sorted batches of entries, as iterables to chain.
+
+    While no key repeats (a sort's records: each key of one entry), a batch's groups are made in C, an
+    entry each, but for the last entry, which is held back: its key may go on in the next batch. From
+    the first batch where a key repeats, the rest is grouped by ``groupby`` (a hot key's values stream)."""
+    held: tuple[str, Sequence[Any]] | None = None  # the last entry of the previous batch
+    for batch in batches:
+        if not batch:
+            continue
+        keys = list(map(_first, batch))
+        if (held is not None and keys[0] == held[0]) or any(map(eq, keys, islice(keys, 1, None))):
+            rest = chain(batch, chain.from_iterable(batches))
+            grouped = groupby(rest if held is None else chain((held,), rest), key=_first)
+            yield ((key, chain.from_iterable(map(_second, entries))) for key, entries in grouped)
+            return
+        if held is not None:
+            yield ((held[0], iter(held[1])),)
+        held = batch[-1]
+        del keys[-1]
+        yield zip(keys, map(iter, map(_second, batch)), strict=False)  # all but the last
+    if held is not None:
+        yield ((held[0], iter(held[1])),)
 
 
 def _next_batch(entries: Iterator[Any], size: int = 2048) -> list[Any]:
     return list(islice(entries, size))
-
-
-def merged_entries(sources: list[Iterator[list[Any]]]) -> Iterator[tuple[str, list[Any]]]:
-    """The entries of sorted sources given as batches (lists of entries), in key order."""
-    if len(sources) == 1:
-        return chain.from_iterable(sources[0])
-    return chain.from_iterable(merge_batches(sources))
 
 
 def merge_batches(sources: list[Iterator[list[Any]]]) -> Iterator[list[Any]]:
@@ -568,16 +585,14 @@ class MapBuffer:
                 self._stop_counting()
                 return False
             self._value = value
-        values = list(map(_second, pairs))
-        if values.count(value) != len(values) or len(set(map(type, values))) != 1:  # equal, and the same type
-            self._stop_counting()
-            return False
         try:
-            _count_elements(self.counts, map(_first, pairs))
+            if count_constant(self.counts, pairs, value):  # in C where corral._speedups is built
+                return True
         except TypeError:  # a key that cannot be hashed: say which
             check_pairs(source, pairs, shuffle=True)
             raise
-        return True
+        self._stop_counting()
+        return False
 
     def _stop_counting(self) -> None:
         """From now on values are appended to lists: the keys counted so far get theirs (the groups are
@@ -683,11 +698,7 @@ class MapBuffer:
         flat: list[Any] = list(chain.from_iterable(chain.from_iterable(zip(calls, _MARKS, strict=False))))
         if len(flat) == 2 * len(keys) and flat[1::2].count(_MARK) == len(keys):
             pairs = flat[0::2]
-            try:
-                shaped = set(map(_pair_length, pairs)) <= {2}
-            except TypeError:  # not tuples: looked at one by one below
-                shaped = False
-            if shaped and list(map(_first, pairs)) == keys:
+            if are_pairs(pairs) and list(map(_first, pairs)) == keys:
                 if singles:
                     return keys, list(map(_second, pairs)), True
                 return keys, list(map(list, zip(map(_second, pairs)))), False
@@ -910,14 +921,14 @@ class PairBuffer(MapBuffer):
             check_keys(self._source, list(map(_first, pairs)), self._a_value)
         n = self.num_partitions
         if n == 1 or isinstance(self.partition, RangePartition):
-            pairs.sort(key=_first)
+            ordered = sorted(pairs, key=_first)  # a copy: ``self.pairs`` is freed in the order it was made
             if n == 1:
-                return [pairs]
-            keys = list(map(_first, pairs))
+                return [ordered]
             assert isinstance(self.partition, RangePartition)
-            cuts = [0, *(bisect_left(keys, bound) for bound in self.partition.bounds[: n - 1]), len(keys)]
-            cuts += [len(keys)] * (n + 1 - len(cuts))
-            return [pairs[a:b] for a, b in pairwise(cuts)]
+            ends = [bisect_left(ordered, bound, key=_first) for bound in self.partition.bounds[: n - 1]]
+            cuts = [0, *ends, len(ordered)]
+            cuts += [len(ordered)] * (n + 1 - len(cuts))
+            return [ordered[a:b] for a, b in pairwise(cuts)]
         keys = list(map(_first, pairs))
         if self.partition is default_partition:
             try:
@@ -944,15 +955,23 @@ class PairBuffer(MapBuffer):
         return partitioned
 
     def _write_memory(self, out: IO[bytes], offset: int = 0) -> tuple[Index, int]:
+        """Write the buffered pairs partition by partition; return the index and the end offset.
+
+        What can be done in the order the pairs were made is: their values' types are looked at, and
+        they are freed, in that order, walking memory forwards; in key order each pair is somewhere else
+        in memory (for mostly distinct keys, half of a map task's write was such walks)."""
         writer = GroupWriter(out, offset, self._source)
         index: Index = []
-        for pairs in self._partitioned():
+        scalars = set(map(type, map(_second, self.pairs))) <= SCALARS  # else looked at per round, for messages
+        partitioned = self._partitioned()
+        for p in range(len(partitioned)):
+            pairs, partitioned[p] = partitioned[p], []
             start = writer.offset
             for first in range(0, len(pairs), _KEYS_PER_ROUND):
                 some = pairs[first : first + _KEYS_PER_ROUND]
                 keys = list(map(_first, some))
                 values: list[Any] = list(map(_second, some))
-                if not set(map(type, values)) <= SCALARS:
+                if not scalars and not set(map(type, values)) <= SCALARS:
                     check_values(self._source, keys, [[v] for v in values])
                 if any(map(eq, keys, islice(keys, 1, None))):  # a key holds several values: group them
                     groups = [(key, list(map(_second, group))) for key, group in groupby(some, key=_first)]
@@ -966,6 +985,7 @@ class PairBuffer(MapBuffer):
                     writer.add_singles(keys, values)
             writer.flush()
             index.append([start, writer.offset - start])
+            pairs = some = []  # this partition no longer held: freed with self.pairs, in their order
         self.pairs = []
         self.records_out = writer.values_written
         return index, writer.offset

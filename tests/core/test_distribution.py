@@ -1,4 +1,4 @@
-"""The core distribution as pip builds it: one version (corral/_version.py) and the typing marker."""
+"""The core distribution as pip builds it: one version (corral/_version.py), the typing marker, the C module."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ def test_one_version_everywhere():
     assert corral.__version__ == __version__ == version("corral-mapreduce")
 
 
-def test_the_wheel_ships_py_typed_and_the_version(tmp_path):
+def test_the_wheel_ships_py_typed_the_version_and_the_compiled_speedups(tmp_path):
     source = tmp_path / "src"  # a copy: building leaves build/ and *.egg-info next to pyproject.toml
-    shutil.copytree(REPO / "corral", source / "corral", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "corral", source / "corral", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
     done = subprocess.run(
@@ -32,5 +32,7 @@ def test_the_wheel_ships_py_typed_and_the_version(tmp_path):
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         metadata = next(z.read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
-    assert {"corral/py.typed", "corral/_version.py", "corral/settings.py"} <= names
+    assert {"corral/py.typed", "corral/_version.py", "corral/settings.py", "corral/_speedups.pyi"} <= names
+    # built from corral/_speedups.c here (a compiler is there), not copied: *.so were left out of the copy
+    assert [n for n in names if n.startswith("corral/_speedups.") and n.endswith(".so")], sorted(names)
     assert f"\nVersion: {__version__}\n" in metadata

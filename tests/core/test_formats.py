@@ -546,3 +546,15 @@ def test_jsonl_output_of_finite_floats_is_json(tmp_path):
     (tmp_path / "in.txt").write_text("ok\n")
     run(jobs.NonFinite, tmp_path / "in.txt", tmp_path / "out", output_format="jsonl")
     assert (tmp_path / "out" / "part-00000.jsonl").read_text() == '{"key": "ok", "value": 1.5}\n'
+
+
+def test_text_output_of_values_alone_in_one_batch():
+    """A batch of None keys writes the values alone (a str as is, an int as JSON writes it), through the
+    path for str and int values; a bool or a float in the batch takes the per-pair path, same text."""
+    from corral.output import text_format
+
+    encode = text_format()
+    pairs = [(None, "rec\r"), (None, 12), (None, ""), (None, "é\tx")]
+    assert encode(pairs, {type(None)}, {str, int}) == "rec\r\n12\n\né\tx\n"
+    assert encode([*pairs, (None, True), (None, 1.5)], {type(None)}, {str, int, bool, float}) == (
+        "rec\r\n12\n\né\tx\ntrue\n1.5\n")

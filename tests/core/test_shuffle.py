@@ -25,6 +25,7 @@ from corral.shuffle import (
     iter_groups,
     limit_fan_in,
     map_buffer,
+    merge_batch_groups,
     merge_batches,
     merge_groups,
     range_blocks,
@@ -743,3 +744,33 @@ def test_a_pair_buffer_stores_keys_of_one_value_as_columns_and_reads_them_back_i
     assert type(batches[-1][0]) is str  # the round where a key repeats: entries
     entries = [(key, list(values)) for key, values in iter_groups([segment])]
     assert entries == [(k, [v]) for k, v in distinct] + [("k99999", ["a", "b"])]
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_merge_batch_groups_of_distinct_keys_against_a_reference(data):
+    """Sources of batches whose keys are mostly distinct (a sort's records, stored as columns): each key's
+    group is made from its entry (the last entry of a batch waits for the next batch, which may go on with
+    its key), and from the first key that repeats the rest is grouped by groupby; reduce may leave values
+    unread."""
+    sources, reference = [], defaultdict(list)
+    for n in range(data.draw(st.integers(1, 3))):
+        keys = sorted(data.draw(st.sets(st.text("abcdefghijkl", min_size=1, max_size=2), max_size=30)))
+        entries = [(key, (f"{key}:{n}",)) for key in keys]
+        if keys and data.draw(st.booleans()):  # a key of several entries (a hot key, or two rounds)
+            at = data.draw(st.integers(0, len(entries) - 1))
+            entries.insert(at + 1, (entries[at][0], [f"{entries[at][0]}:{n}b", "more"]))
+        for key, values in entries:
+            reference[key] += values
+        cuts = sorted(data.draw(st.lists(st.integers(0, len(entries)), max_size=5)))
+        sources.append(iter([entries[a:b] for a, b in pairwise([0, *cuts, len(entries)])]))
+    partial = data.draw(st.sets(st.sampled_from(sorted(reference) or ["a"])), label="keys read partially")
+    got = [(key, list(islice(values, 1)) if key in partial else list(values))
+           for key, values in merge_batch_groups(sources)]
+    assert got == [(k, v[:1] if k in partial else v) for k, v in sorted(reference.items())]
+
+
+def test_merge_batch_groups_gives_each_key_an_iterator_of_its_values():
+    batches = [[("a", (1,)), ("b", (2,))], [("c", (3,))], [("c", [4, 5]), ("d", (6,))]]
+    groups = [(key, iter(values) is values, list(values)) for key, values in merge_batch_groups([iter(batches)])]
+    assert groups == [("a", True, [1]), ("b", True, [2]), ("c", True, [3, 4, 5]), ("d", True, [6])]

@@ -1,0 +1,111 @@
+/* corral._speedups: map's hot loop over a batch of yielded pairs, in one C pass each.
+ *
+ * Optional: corral.speedups falls back to the same functions in Python when this module was not built
+ * (no compiler, another interpreter) and says which it uses. Both must behave the same; tests compare
+ * them on the same batches.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+/* Whether every item of the list is a tuple (or a subclass: a namedtuple) of two items. */
+static PyObject *
+are_pairs(PyObject *module, PyObject *batch)
+{
+    if (!PyList_CheckExact(batch)) {
+        PyErr_SetString(PyExc_TypeError, "are_pairs() takes a list");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(batch);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(batch, i);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+            Py_RETURN_FALSE;
+        }
+    }
+    Py_RETURN_TRUE;
+}
+
+/* count_constant(counts, batch, value): when every item of the list ``batch`` is a (key, value) tuple
+ * whose value is ``value`` (the same object, or of the same type and equal), add one to counts[key] for
+ * each and return True; else return False with ``counts`` untouched. A key that cannot be hashed raises
+ * the dict's TypeError (the caller fails the task and names the pair). */
+static PyObject *
+count_constant(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "count_constant() takes counts, batch and value");
+        return NULL;
+    }
+    PyObject *counts = args[0], *batch = args[1], *value = args[2];
+    if (!PyDict_CheckExact(counts) || !PyList_CheckExact(batch)) {
+        PyErr_SetString(PyExc_TypeError, "count_constant() takes a dict and a list");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(batch);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(batch, i);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+            Py_RETURN_FALSE;
+        }
+        PyObject *found = PyTuple_GET_ITEM(item, 1);
+        if (found != value) {
+            if (Py_TYPE(found) != Py_TYPE(value)) {
+                Py_RETURN_FALSE;
+            }
+            int equal = PyObject_RichCompareBool(found, value, Py_EQ);
+            if (equal < 0) {
+                return NULL;
+            }
+            if (!equal) {
+                Py_RETURN_FALSE;
+            }
+        }
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *key = PyTuple_GET_ITEM(PyList_GET_ITEM(batch, i), 0);
+        PyObject *old = PyDict_GetItemWithError(counts, key); /* borrowed */
+        PyObject *now;
+        if (old == NULL) {
+            if (PyErr_Occurred()) {
+                return NULL;
+            }
+            now = PyLong_FromLong(1);
+        }
+        else {
+            Py_ssize_t had = PyLong_AsSsize_t(old);
+            if (had == -1 && PyErr_Occurred()) {
+                return NULL;
+            }
+            now = PyLong_FromSsize_t(had + 1);
+        }
+        if (now == NULL) {
+            return NULL;
+        }
+        int failed = PyDict_SetItem(counts, key, now);
+        Py_DECREF(now);
+        if (failed) {
+            return NULL;
+        }
+    }
+    Py_RETURN_TRUE;
+}
+
+static PyMethodDef speedups_methods[] = {
+    {"are_pairs", (PyCFunction)are_pairs, METH_O,
+     "are_pairs(batch) -> bool: every item of the list is a tuple of two"},
+    {"count_constant", (PyCFunction)(void (*)(void))count_constant, METH_FASTCALL,
+     "count_constant(counts, batch, value) -> bool: count the keys of a batch of (key, value) whose "
+     "values all equal value (same type), or leave counts alone and return False"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT, "corral._speedups", "map's hot loop over a batch of pairs, in C", -1,
+    speedups_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    return PyModule_Create(&speedups_module);
+}

@@ -1,0 +1,6 @@
+"""Types of the optional C module built from _speedups.c (see corral.speedups)."""
+
+from typing import Any
+
+def are_pairs(batch: list[Any], /) -> bool: ...
+def count_constant(counts: dict[Any, int], batch: list[Any], value: Any, /) -> bool: ...

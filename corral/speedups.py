@@ -1,0 +1,55 @@
+"""Map's hot loop over a batch of yielded pairs: in C where ``corral._speedups`` was built, else in Python.
+
+The C module is optional (built from ``corral/_speedups.c`` when a compiler is there; deployment packages
+carry only Python, so a remote function uses the fallback). Both do the same: the tests run each on the
+same batches. ``CORRAL_SPEEDUPS=0`` turns the C module off, to compare.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import _count_elements  # type: ignore[attr-defined]
+from collections.abc import Callable
+from operator import itemgetter
+from typing import Any
+
+_first = itemgetter(0)
+_second = itemgetter(1)
+_pair_length = tuple.__len__  # a TypeError for anything but a tuple: shape and type in one pass
+
+
+def py_are_pairs(batch: list[Any]) -> bool:
+    """Whether every item of ``batch`` is a tuple of two (a namedtuple too)."""
+    try:
+        return set(map(_pair_length, batch)) <= {2}
+    except TypeError:
+        return False
+
+
+def py_count_constant(counts: dict[Any, int], batch: list[Any], value: Any) -> bool:
+    """When every item of ``batch`` is a ``(key, value)`` tuple whose value is ``value`` (equal and of
+    the same type), add one to ``counts[key]`` for each and return True; else return False with ``counts``
+    untouched. A key that cannot be hashed raises TypeError."""
+    if not py_are_pairs(batch):
+        return False
+    values = list(map(_second, batch))
+    if values.count(value) != len(values) or set(map(type, values)) != {type(value)}:
+        return False
+    _count_elements(counts, map(_first, batch))
+    return True
+
+
+are_pairs: Callable[[list[Any]], bool] = py_are_pairs
+count_constant: Callable[[dict[Any, int], list[Any], Any], bool] = py_count_constant
+#: "C" when the compiled module is used, "Python" when not.
+IMPLEMENTATION = "Python"
+
+if os.environ.get("CORRAL_SPEEDUPS", "1") != "0":
+    try:
+        from corral import _speedups
+    except ImportError:  # not built here: the Python functions above
+        pass
+    else:
+        are_pairs = _speedups.are_pairs
+        count_constant = _speedups.count_constant
+        IMPLEMENTATION = "C"
