@@ -120,11 +120,17 @@ def plan_map_tasks(
             break
     else:  # cannot cut files: pack them first-fit, in order, within the user's size
         pieces = _first_fit(sized, bin_size)
-    return [
-        [split for url, start, end, cuttable in task
-         for split in (_cut(url, start, end, split_size, kind) if cuttable else [Split(url, start, end, kind)])]
-        for task in pieces
-    ]
+    planned = []
+    for task in pieces:
+        splits: list[Split] = []
+        add = splits.append
+        for url, start, end, cuttable in task:
+            if cuttable and end - start > split_size:
+                splits += _cut(url, start, end, split_size, kind)
+            else:  # one split (a small file's piece: 100,000 files make no list each)
+                add(Split(url, start, end, kind))
+        planned.append(splits)
+    return planned
 
 
 Piece = tuple[str, int, int, bool]  # url, start, end, cuttable
