@@ -343,3 +343,27 @@ def test_decode_lines_drops_line_ends_as_a_plain_loop_does(text):
         expected.pop()
     expected = [line[:-1] if line.endswith("\r") else line for line in expected]
     assert decode_lines(text.encode(), 0, "f.txt", "strict") == expected
+
+
+def test_a_small_splits_last_line_is_read_on_in_growing_requests(tmp_path, monkeypatch):
+    """The rest of a small split's last line is read 64 KB first, then in requests growing 4x (a sample
+    window read 4 MB for a line that ended a few bytes later), and comes out whole."""
+    long_line = b"y" * (700 << 10)
+    content = b"a\n" + b"x" * 98 + b"\n" + long_line + b"\nz\n"
+    (tmp_path / "f.txt").write_bytes(content)
+    fs = get_filesystem(str(tmp_path / "f.txt"))
+    asked = []
+    read_range = fs.read_range
+
+    def reading(url, start, end):
+        asked.append(end - start)
+        return read_range(url, start, end)
+
+    monkeypatch.setattr(fs, "read_range", reading)
+    short = corral.split.Split(str(tmp_path / "f.txt"), 0, 50)  # its last line, of 100 bytes, goes past byte 51
+    assert [b"".join(chunk for _, chunk in iter_line_chunks(fs, short))] == [b"a\n" + b"x" * 98 + b"\n"]
+    assert asked == [51, 64 << 10]
+    asked.clear()
+    long = corral.split.Split(str(tmp_path / "f.txt"), 101, 150)  # in the long line
+    assert b"".join(chunk for _, chunk in iter_line_chunks(fs, long)) == long_line + b"\n"
+    assert asked == [51, 64 << 10, 256 << 10, 1 << 20]
