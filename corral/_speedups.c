@@ -8,6 +8,19 @@
 #include <Python.h>
 
 /* Whether every item of the list is a tuple (or a subclass: a namedtuple) of two items. */
+static int
+all_pairs(PyObject *batch)
+{
+    Py_ssize_t n = PyList_GET_SIZE(batch);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(batch, i);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 static PyObject *
 are_pairs(PyObject *module, PyObject *batch)
 {
@@ -15,20 +28,13 @@ are_pairs(PyObject *module, PyObject *batch)
         PyErr_SetString(PyExc_TypeError, "are_pairs() takes a list");
         return NULL;
     }
-    Py_ssize_t n = PyList_GET_SIZE(batch);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PyList_GET_ITEM(batch, i);
-        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
-            Py_RETURN_FALSE;
-        }
-    }
-    Py_RETURN_TRUE;
+    return PyBool_FromLong(all_pairs(batch));
 }
 
 /* count_constant(counts, batch, value): when every item of the list ``batch`` is a (key, value) tuple
  * whose value is ``value`` (the same object, or of the same type and equal), add one to counts[key] for
  * each and return True; else return False with ``counts`` untouched. A key that cannot be hashed raises
- * the dict's TypeError (the caller fails the task and names the pair). */
+ * the dict's TypeError with the keys before it counted (the caller fails the task and names the pair). */
 static PyObject *
 count_constant(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -41,13 +47,15 @@ count_constant(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "count_constant() takes a dict and a list");
         return NULL;
     }
+    if (!all_pairs(batch)) {
+        Py_RETURN_FALSE;
+    }
+    /* Borrowed references throughout: the caller made ``batch`` and hands it to no one, its tuples cannot
+     * change, and ``value`` is one of Python's shared constants (None, a bool, a small int), whose
+     * comparison runs no Python code. */
     Py_ssize_t n = PyList_GET_SIZE(batch);
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PyList_GET_ITEM(batch, i);
-        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
-            Py_RETURN_FALSE;
-        }
-        PyObject *found = PyTuple_GET_ITEM(item, 1);
+        PyObject *found = PyTuple_GET_ITEM(PyList_GET_ITEM(batch, i), 1);
         if (found != value) {
             if (Py_TYPE(found) != Py_TYPE(value)) {
                 Py_RETURN_FALSE;

@@ -24,8 +24,8 @@ def full_collections_held(collect: bool = True) -> Iterator[None]:
     """No full collection while the block runs (nor while another holder's does). When the last holder
     ends, the full collection held back, if one is due, runs (``collect``): a process that holds again
     and again (a warm worker running task after task) would else never free the reference cycles left
-    behind. Without ``collect`` the collector just goes on as before (the driver's run: its process
-    most often ends right after, and a collection then would walk everything for nothing)."""
+    behind. Without ``collect`` the collector just goes on as before (the driver's listing and planning:
+    what they made is still alive, so a collection then would walk it all for nothing)."""
     global _holders, _thresholds
     with _lock:
         if _holders == 0:

@@ -255,24 +255,25 @@ class Driver:
                              "again")
         out_fs = get_filesystem(self.out)
         # the listing and the plan are the driver's long-lived objects (20,000 input files: 100,000 of
-        # them), which every full collection would walk again: held back for the run (corral.collector)
+        # them), which every full collection would walk again: held back while they are made, not while
+        # tasks run (on threads, the tasks' own collections must go on; corral.collector)
         with full_collections_held(collect=False):
             files = list_inputs(self.inputs)  # first: a mistyped input must not cost the previous output
             self._refuse_inputs_in_output(files)
-            self._refuse_file_as_output()
-            spec = executor_spec(self.settings)
-            timeout = float(self.settings.lease_timeout)
-            self.lease = Lease(out_fs, self.out, self.run_id, timeout)
-            created = "://" not in self.out and not os.path.exists(self.out)
-            with self.guard:
-                self.lease.acquire()  # also shows that OUT is writable, before anything is planned
-                try:
-                    return self._run_leased(job, steps, files, out_fs, spec)
-                finally:
-                    self.lease.release()
-                    _remove_empty_folder(join(self.out, "_corral"))  # a run refused before it began leaves nothing
-                    if created:
-                        _remove_empty_folder(self.out)
+        self._refuse_file_as_output()
+        spec = executor_spec(self.settings)
+        timeout = float(self.settings.lease_timeout)
+        self.lease = Lease(out_fs, self.out, self.run_id, timeout)
+        created = "://" not in self.out and not os.path.exists(self.out)
+        with self.guard:
+            self.lease.acquire()  # also shows that OUT is writable, before anything is planned
+            try:
+                return self._run_leased(job, steps, files, out_fs, spec)
+            finally:
+                self.lease.release()
+                _remove_empty_folder(join(self.out, "_corral"))  # a run refused before it began leaves nothing
+                if created:
+                    _remove_empty_folder(self.out)
 
     def _run_leased(
         self, job: Job, steps: list[Step], files: list[FileInfo], out_fs: FileSystem, spec: ExecutorSpec
@@ -540,7 +541,8 @@ class Driver:
     def _run_stage(
         self, executor: Executor, job: Job, index: int, step: Step, files: list[FileInfo], last: bool
     ) -> tuple[list[FileInfo], list[tuple[str, str]]]:
-        plan = self._plan(index, step, files)
+        with full_collections_held(collect=False):  # see run()
+            plan = self._plan(index, step, files)
         files.clear()  # planned: the listing goes now, not at the run's end (the callers' list; 10,000 files: 1.3 MB)
         partitions = plan["reduce_tasks"]
         record: dict[str, Any] = {k: plan[k] for k in ("stage", "map_tasks", "reduce_tasks", "split_size",

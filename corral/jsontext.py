@@ -24,7 +24,8 @@ encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 def chunks(value: Any, depth: int) -> Iterator[str]:
     """The text of ``json.dumps(value, separators=(",", ":"), default=str)``, in chunks: dicts and
-    lists down to ``depth`` levels are written item by item, what lies deeper is encoded whole."""
+    lists down to ``depth`` levels are written item by item (the last level's small items about ``BATCH``
+    bytes at a time), what lies deeper is encoded whole."""
     if depth <= 0 or not value or not isinstance(value, dict | list | tuple):
         yield encode(value)
     elif isinstance(value, dict):

@@ -27,13 +27,14 @@ def py_are_pairs(batch: list[Any]) -> bool:
 
 
 def py_count_constant(counts: dict[Any, int], batch: list[Any], value: Any) -> bool:
-    """When every item of ``batch`` is a ``(key, value)`` tuple whose value is ``value`` (equal and of
-    the same type), add one to ``counts[key]`` for each and return True; else return False with ``counts``
-    untouched. A key that cannot be hashed raises TypeError."""
+    """When every item of ``batch`` is a ``(key, value)`` tuple whose value is ``value`` (of the same type
+    and equal), add one to ``counts[key]`` for each and return True; else return False with ``counts``
+    untouched. A key that cannot be hashed raises TypeError, with the keys before it counted."""
     if not py_are_pairs(batch):
         return False
     values = list(map(_second, batch))
-    if values.count(value) != len(values) or set(map(type, values)) != {type(value)}:
+    # the types first: an equality that raises (a numpy array's) is never asked
+    if not set(map(type, values)) <= {type(value)} or values.count(value) != len(values):
         return False
     _count_elements(counts, map(_first, batch))
     return True

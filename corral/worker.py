@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.cancellation import TaskCancelled
 from corral.collector import full_collections_held
@@ -29,6 +29,9 @@ from corral.fs import disk_full
 from corral.job import Job
 from corral.sidefiles import local_paths
 from corral.split import Split
+
+if TYPE_CHECKING:  # corral.tasks is imported when a task runs (a worker starts sooner)
+    from corral.tasks import MapSpec, ReduceSpec
 
 _CORRAL_DIR = str(Path(__file__).resolve().parent)
 _job_classes: dict[tuple[str, str, str | None], type[Job]] = {}
@@ -105,7 +108,7 @@ def run_task(
     counts is reported while it runs, every ``PROGRESS_INTERVAL`` seconds: ``{"task", "attempt",
     "counters": [[group, name, amount added], …], "cpu_seconds": added}``.
     """
-    from corral.tasks import MapSpec, ReduceSpec, execute_map, execute_reduce, spec_from_json
+    from corral.tasks import MapSpec, execute_map, execute_reduce, spec_from_json
 
     started = time.perf_counter()
     sink = progress or _default_sink
@@ -157,7 +160,7 @@ def run_task(
     return result
 
 
-def _bytes_in(payload: dict[str, Any], spec: Any = None) -> int:
+def _bytes_in(payload: dict[str, Any], spec: MapSpec | ReduceSpec | None = None) -> int:
     """The bytes a task reads: its splits (map) or its partition of every map output (reduce). The spec
     read from the payload, when there is one, gives its splits (10,000 of them are not made twice)."""
     splits = getattr(spec, "splits", None)
@@ -192,7 +195,7 @@ def _no_full_collections() -> Iterator[tuple[Callable[[], float], bool]]:
 
     A task's buffers are millions of long-lived objects (a list per key); each full collection walks
     all of them again, which cost map loops 10-15%. What reaches the oldest generation waits for the
-    end of the last task (or of the driver's run, where tasks run on its threads).
+    end of the last task running in the process (the threads executor runs several).
 
     The CPU clock is the process's when the task runs alone in it (a worker process, a container:
     I/O threads count too), else the task's thread's (the threads executor runs several at once).

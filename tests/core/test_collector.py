@@ -107,3 +107,22 @@ def test_the_driver_lists_and_plans_with_full_collections_held(tmp_path, monkeyp
     assert seen == {"listing": (700, 10, 1 << 30), "planning": (700, 10, 1 << 30)}
     assert gc.get_threshold() == (700, 10, 10)
     assert not collector.holding()
+
+
+def test_the_driver_lets_go_while_its_tasks_run_on_threads(tmp_path, monkeypatch):
+    """On the threads backend the tasks share the driver's collector: each task holds, and when it ends
+    its held-back collection must run (the driver holding for the whole run would keep every reference
+    cycle of hours of tasks)."""
+    (tmp_path / "in.txt").write_text(TEXT)
+    holders = []
+    original = jobs.WordCount.map
+
+    def watching(self, key, line):
+        holders.append(collector._holders)
+        yield from original(self, key, line)
+
+    monkeypatch.setattr(jobs.WordCount, "map", watching)
+    run(jobs.WordCount, tmp_path / "in.txt", tmp_path / "out", backend="threads")
+    assert counts(tmp_path / "out") == {"one": 1, "two": 2, "three": 3}
+    assert set(holders) == {1}  # the task's own hold, not the driver's too
+    assert not collector.holding()
