@@ -31,6 +31,33 @@ are_pairs(PyObject *module, PyObject *batch)
     return PyBool_FromLong(all_pairs(batch));
 }
 
+/* Add one to counts[key]; -1 with an exception set when the key cannot be hashed (or its == raised). */
+static int
+add_one(PyObject *counts, PyObject *key)
+{
+    PyObject *old = PyDict_GetItemWithError(counts, key); /* borrowed */
+    PyObject *now;
+    if (old == NULL) {
+        if (PyErr_Occurred()) {
+            return -1;
+        }
+        now = PyLong_FromLong(1);
+    }
+    else {
+        Py_ssize_t had = PyLong_AsSsize_t(old);
+        if (had == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        now = PyLong_FromSsize_t(had + 1);
+    }
+    if (now == NULL) {
+        return -1;
+    }
+    int failed = PyDict_SetItem(counts, key, now);
+    Py_DECREF(now);
+    return failed ? -1 : 0;
+}
+
 /* count_constant(counts, batch, value): when every item of the list ``batch`` is a (key, value) tuple
  * whose value is ``value`` (the same object, or of the same type and equal), add one to counts[key] for
  * each and return True; else return False with ``counts`` untouched. A key that cannot be hashed raises
@@ -70,32 +97,64 @@ count_constant(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *key = PyTuple_GET_ITEM(PyList_GET_ITEM(batch, i), 0);
-        PyObject *old = PyDict_GetItemWithError(counts, key); /* borrowed */
-        PyObject *now;
-        if (old == NULL) {
-            if (PyErr_Occurred()) {
-                return NULL;
-            }
-            now = PyLong_FromLong(1);
-        }
-        else {
-            Py_ssize_t had = PyLong_AsSsize_t(old);
-            if (had == -1 && PyErr_Occurred()) {
-                return NULL;
-            }
-            now = PyLong_FromSsize_t(had + 1);
-        }
-        if (now == NULL) {
-            return NULL;
-        }
-        int failed = PyDict_SetItem(counts, key, now);
-        Py_DECREF(now);
-        if (failed) {
+        if (add_one(counts, PyTuple_GET_ITEM(PyList_GET_ITEM(batch, i), 0)) < 0) {
             return NULL;
         }
     }
     Py_RETURN_TRUE;
+}
+
+/* count_from(counts, iterator, value): count the keys of the (key, value) tuples ``iterator`` yields
+ * while their value is ``value`` (as count_constant), pair by pair: no batch list, and each tuple is
+ * freed while it is still in the CPU's cache. Returns None when the iterator is exhausted, or
+ * ``(item,)`` for the first item that is not such a pair or whose key cannot be hashed (consumed, not
+ * counted: the caller buffers it and the rest the usual way, and names a bad pair). An exception of the
+ * iterator (the user's map) propagates. */
+static PyObject *
+count_from(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyDict_CheckExact(args[0]) || !PyIter_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "count_from() takes a dict, an iterator and a value");
+        return NULL;
+    }
+    PyObject *counts = args[0], *iterator = args[1], *value = args[2];
+    PyObject *item;
+    while ((item = PyIter_Next(iterator)) != NULL) {
+        int counted = 0;
+        if (PyTuple_Check(item) && PyTuple_GET_SIZE(item) == 2) {
+            PyObject *found = PyTuple_GET_ITEM(item, 1);
+            int same = found == value;
+            if (!same && Py_TYPE(found) == Py_TYPE(value)) {
+                same = PyObject_RichCompareBool(found, value, Py_EQ);
+                if (same < 0) {
+                    PyErr_Clear(); /* the caller's checks look at it again */
+                    same = 0;
+                }
+            }
+            if (same) {
+                if (add_one(counts, PyTuple_GET_ITEM(item, 0)) == 0) {
+                    counted = 1;
+                }
+                else if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+                    PyErr_Clear(); /* an unhashable key: the caller names the pair */
+                }
+                else {
+                    Py_DECREF(item);
+                    return NULL;
+                }
+            }
+        }
+        if (!counted) {
+            PyObject *odd = PyTuple_Pack(1, item);
+            Py_DECREF(item);
+            return odd;
+        }
+        Py_DECREF(item);
+    }
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef speedups_methods[] = {
@@ -104,6 +163,9 @@ static PyMethodDef speedups_methods[] = {
     {"count_constant", (PyCFunction)(void (*)(void))count_constant, METH_FASTCALL,
      "count_constant(counts, batch, value) -> bool: count the keys of a batch of (key, value) whose "
      "values all equal value (same type), or leave counts alone and return False"},
+    {"count_from", (PyCFunction)(void (*)(void))count_from, METH_FASTCALL,
+     "count_from(counts, iterator, value) -> None or (item,): count the keys of the pairs the iterator "
+     "yields while their value is value; the first other item, consumed, in a tuple of one"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -27,9 +27,18 @@ from typing import IO, Any
 
 import msgpack
 
-from corral import cancellation
+from corral import cancellation, speedups
 from corral.fs import writing
-from corral.pairs import SCALARS, TextError, check_keys, check_pairs, check_values, integer_error, text_error
+from corral.pairs import (
+    SCALARS,
+    TextError,
+    check_keys,
+    check_pairs,
+    check_values,
+    integer_error,
+    shuffle_batches,
+    text_error,
+)
 from corral.speedups import are_pairs, count_constant
 from corral.total_order import RangePartition
 
@@ -563,6 +572,18 @@ class MapBuffer:
         self._next_check = 0  # input records after which the next measurement is due
         self.records_out = 0  # values written by the last write (after the combine)
         self._filled_since = 0  # input records read when the buffer was last empty
+
+    def add_pairs(self, source: str, pairs: Iterator[Any]) -> None:
+        """Buffer all that ``source`` (map, map_batch) yields for a chunk of input: map's hot loop. While a
+        constant is counted, the C module counts the pairs as they are yielded; from the first other
+        item on (or without it) they go in checked batches of ``SHUFFLE_BATCH`` to ``add_batch``."""
+        if self._counting and self._value is not _END and speedups.count_from is not None:
+            odd = speedups.count_from(self.counts, pairs, self._value)
+            if odd is None:
+                return
+            pairs = chain(odd, pairs)
+        for shaped in shuffle_batches(source, pairs):
+            self.add_batch(source, shaped)
 
     def add_batch(self, source: str, pairs: list[tuple[str, Any]]) -> None:
         """Buffer a batch of what ``source`` (map, map_batch) yielded: the hot loop, a pair at a time."""

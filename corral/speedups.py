@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import _count_elements  # type: ignore[attr-defined]
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from operator import itemgetter
 from typing import Any
 
@@ -42,6 +42,8 @@ def py_count_constant(counts: dict[Any, int], batch: list[Any], value: Any) -> b
 
 are_pairs: Callable[[list[Any]], bool] = py_are_pairs
 count_constant: Callable[[dict[Any, int], list[Any], Any], bool] = py_count_constant
+#: Counts pairs straight from an iterator (C only; without it the batches above do the same).
+count_from: Callable[[dict[Any, int], Iterator[Any], Any], tuple[Any] | None] | None = None
 #: "C" when the compiled module is used, "Python" when not.
 IMPLEMENTATION = "Python"
 
@@ -53,4 +55,5 @@ if os.environ.get("CORRAL_SPEEDUPS", "1") != "0":
     else:
         are_pairs = _speedups.are_pairs
         count_constant = _speedups.count_constant
+        count_from = _speedups.count_from
         IMPLEMENTATION = "C"

@@ -229,8 +229,7 @@ def _execute_map(spec: MapSpec, job: Job, step: Step, reading: Reading) -> dict[
             for keyed, batch in _input_batches(spec.splits, input_format, input_errors, input_header, reading):
                 records_in += len(batch)
                 pairs = chain.from_iterable(_map_calls(step, keyed, batch))
-                for shaped in shuffle_batches(source, pairs):  # the hot loop: a call per 1024 pairs
-                    buffer.add_batch(source, shaped)
+                buffer.add_pairs(source, pairs)  # the hot loop
                 buffer.check(records_in)
             reading.done()
             if step.map_final:

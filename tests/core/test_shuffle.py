@@ -774,3 +774,28 @@ def test_merge_batch_groups_gives_each_key_an_iterator_of_its_values():
     batches = [[("a", (1,)), ("b", (2,))], [("c", (3,))], [("c", [4, 5]), ("d", (6,))]]
     groups = [(key, iter(values) is values, list(values)) for key, values in merge_batch_groups([iter(batches)])]
     assert groups == [("a", True, [1]), ("b", True, [2]), ("c", True, [3, 4, 5]), ("d", True, [6])]
+
+
+def test_add_pairs_buffers_what_the_batches_would_counting_straight_from_the_generator():
+    """``add_pairs`` (map's hot loop: counted in C straight from the iterator, where the C module is built)
+    and ``add_batch`` over the same pairs write the same bytes; a bool among the ints stops the counting."""
+    pairs = [(f"w{i % 7}", 1) for i in range(5000)] + [("w1", True)] + [(f"w{i % 5}", 1) for i in range(3000)]
+    seen = []
+
+    def combine(key, values):
+        values = list(values)
+        seen.append((key, [type(v).__name__ for v in values].count("bool"), len(values)))
+        yield key, sum(values)
+
+    streamed = MapBuffer(2, 1 << 30, combine=combine)
+    streamed.add_pairs("map", iter(pairs[:1500]))  # the first chunk finds the constant in a batch
+    streamed.add_pairs("map", iter(pairs[1500:]))
+    out = io.BytesIO()
+    streamed.write(out)
+    batched = MapBuffer(2, 1 << 30, combine=combine)
+    _add(batched, pairs)
+    expected = io.BytesIO()
+    batched.write(expected)
+    assert out.getvalue() == expected.getvalue()
+    half = len(seen) // 2  # each buffer's combine calls: the same values, the bool among w1's 1,316
+    assert seen[:half] == seen[half:] and ("w1", 1, 1316) in seen[:half]

@@ -135,3 +135,28 @@ def test_word_count_is_the_same_with_and_without_the_c_module(tmp_path, setting,
                          env=clean_env(CORRAL_SPEEDUPS=setting))
     assert failed.returncode == 1 and "Traceback" not in failed.stderr
     assert "map must yield (key, value) pairs, but it yielded 'c1' (of type str)" in failed.stderr
+
+
+def test_count_from_counts_pairs_as_they_come_and_hands_back_the_first_other_item():
+    count_from = _compiled().count_from
+    counts_ = {"a": 1}
+    assert count_from(counts_, iter([("a", 1), ("b", 1), Pair("a", 1)]), 1) is None  # exhausted
+    assert counts_ == {"a": 3, "b": 1}
+    for odd in [("c", True), ("c", 2), ["c", 1], "c1", None, ("c", 1, 1), (["c"], 1), ("c", Uncomparable())]:
+        rest = iter([("a", 1), odd, ("b", 1)])
+        assert count_from(counts_, rest, 1) == (odd,)  # consumed, not counted
+        assert counts_ == {"a": 4, "b": 1} and list(rest) == [("b", 1)]
+        counts_["a"] = 3
+
+
+def test_count_from_lets_the_maps_exception_through():
+    count_from = _compiled().count_from
+
+    def pairs():
+        yield "a", 1
+        raise KeyError("the user's bug")
+
+    counts_ = {}
+    with pytest.raises(KeyError, match="the user's bug"):
+        count_from(counts_, pairs(), 1)
+    assert counts_ == {"a": 1}
