@@ -34,44 +34,41 @@ def _one_line(err: str) -> str:
 def test_the_input_file_as_the_output_is_refused_before_anything_is_deleted(tmp_path, capsys):
     data = tmp_path / "f.txt"
     data.write_text(TEXT)
-    code, _, err = cli(capsys, "run", EXAMPLES / "wordcount.py", data, "--out", data, "--overwrite")
+    err = _refused(capsys, data, data, kept=data)
+    assert err == f"corral: error: input {data} is the output folder {data}"
+
+
+def _refused(capsys, inputs, out, kept):
+    """Run the word count on ``inputs`` into ``out`` with --overwrite: exit 2, ``kept`` untouched; the error's line."""
+    code, _, err = cli(capsys, "run", EXAMPLES / "wordcount.py", inputs, "--out", out, "--overwrite")
     assert code == 2
-    assert _one_line(err) == f"corral: error: input {data} is the output folder {data}"
-    assert data.read_text() == TEXT
+    assert kept.read_text() == TEXT
+    return _one_line(err)
 
 
 def test_the_input_folder_seen_through_a_symlink_is_refused(tmp_path, capsys):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "f.txt").write_text(TEXT)
     (tmp_path / "link").symlink_to(tmp_path / "data")
-    code, _, err = cli(capsys, "run", EXAMPLES / "wordcount.py", tmp_path / "data", "--out", tmp_path / "link",
-                       "--overwrite")
-    assert code == 2
-    assert _one_line(err) == (f"corral: error: input {tmp_path / 'data'} is the output folder {tmp_path / 'link'} "
-                              f"(both resolve to {tmp_path / 'data'})")
-    assert (tmp_path / "data" / "f.txt").read_text() == TEXT
+    err = _refused(capsys, tmp_path / "data", tmp_path / "link", kept=(tmp_path / "data" / "f.txt"))
+    assert err == (f"corral: error: input {tmp_path / 'data'} is the output folder {tmp_path / 'link'} "
+                   f"(both resolve to {tmp_path / 'data'})")
 
 
 def test_the_input_spelled_another_way_is_refused(tmp_path, capsys):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "f.txt").write_text(TEXT)
-    code, _, err = cli(capsys, "run", EXAMPLES / "wordcount.py", f"{tmp_path}/data/../data/f.txt", "--out",
-                       f"{tmp_path}//data/", "--overwrite")
-    assert code == 2
-    assert "is inside the output folder" in _one_line(err)
-    assert (tmp_path / "data" / "f.txt").read_text() == TEXT
+    err = _refused(capsys, f"{tmp_path}/data/../data/f.txt", f"{tmp_path}//data/", kept=(tmp_path / "data" / "f.txt"))
+    assert "is inside the output folder" in err
 
 
 def test_an_input_symlinked_into_the_output_is_refused(tmp_path, capsys):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "real.txt").write_text(TEXT)
     (tmp_path / "in.txt").symlink_to(tmp_path / "out" / "real.txt")
-    code, _, err = cli(capsys, "run", EXAMPLES / "wordcount.py", tmp_path / "in.txt", "--out", tmp_path / "out",
-                       "--overwrite")
-    assert code == 2
-    assert _one_line(err) == (f"corral: error: input {tmp_path / 'in.txt'} is inside the output folder "
-                              f"{tmp_path / 'out'} (both resolve to {tmp_path / 'out'})")
-    assert (tmp_path / "out" / "real.txt").read_text() == TEXT
+    err = _refused(capsys, tmp_path / "in.txt", tmp_path / "out", kept=(tmp_path / "out" / "real.txt"))
+    assert err == (f"corral: error: input {tmp_path / 'in.txt'} is inside the output folder "
+                   f"{tmp_path / 'out'} (both resolve to {tmp_path / 'out'})")
 
 
 def test_a_file_of_an_input_folder_as_the_output_is_refused(tmp_path, capsys):
@@ -80,12 +77,9 @@ def test_a_file_of_an_input_folder_as_the_output_is_refused(tmp_path, capsys):
     (tmp_path / "data").mkdir()
     for name in ("a.txt", "b.txt", "c.txt"):
         (tmp_path / "data" / name).write_text(TEXT)
-    code, _, err = cli(capsys, "run", EXAMPLES / "wordcount.py", tmp_path / "data", "--out",
-                       tmp_path / "data" / "b.txt", "--overwrite")
-    assert code == 2
-    assert _one_line(err) == f"corral: error: input {tmp_path / 'data' / 'b.txt'} is the output folder " \
-                             f"{tmp_path / 'data' / 'b.txt'}"
-    assert (tmp_path / "data" / "b.txt").read_text() == TEXT
+    err = _refused(capsys, tmp_path / "data", tmp_path / "data" / "b.txt", kept=(tmp_path / "data" / "b.txt"))
+    assert err == f"corral: error: input {tmp_path / 'data' / 'b.txt'} is the output folder " \
+                  f"{tmp_path / 'data' / 'b.txt'}"
 
 
 def test_a_symlink_among_the_files_of_an_input_folder_into_the_output_is_refused(tmp_path, capsys):
@@ -95,12 +89,9 @@ def test_a_symlink_among_the_files_of_an_input_folder_into_the_output_is_refused
     for name in ("a.txt", "b.txt"):
         (tmp_path / "data" / name).write_text(TEXT)
     (tmp_path / "data" / "z.txt").symlink_to(tmp_path / "out" / "real.txt")
-    code, _, err = cli(capsys, "run", EXAMPLES / "wordcount.py", tmp_path / "data", "--out", tmp_path / "out",
-                       "--overwrite")
-    assert code == 2
-    assert _one_line(err) == (f"corral: error: input {tmp_path / 'data' / 'z.txt'} is inside the output folder "
-                              f"{tmp_path / 'out'} (both resolve to {tmp_path / 'out'})")
-    assert (tmp_path / "out" / "real.txt").read_text() == TEXT
+    err = _refused(capsys, tmp_path / "data", tmp_path / "out", kept=(tmp_path / "out" / "real.txt"))
+    assert err == (f"corral: error: input {tmp_path / 'data' / 'z.txt'} is inside the output folder "
+                   f"{tmp_path / 'out'} (both resolve to {tmp_path / 'out'})")
 
 
 def test_an_input_folder_reached_through_a_symlink_into_the_output_is_refused(tmp_path, capsys):
@@ -109,12 +100,9 @@ def test_an_input_folder_reached_through_a_symlink_into_the_output_is_refused(tm
         (tmp_path / "out" / "sub" / name).write_text(TEXT)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "in").symlink_to(tmp_path / "out" / "sub")
-    code, _, err = cli(capsys, "run", EXAMPLES / "wordcount.py", tmp_path / "data", "--out", tmp_path / "out",
-                       "--overwrite")
-    assert code == 2
-    assert _one_line(err) == (f"corral: error: input {tmp_path / 'data' / 'in' / 'a.txt'} is inside the output "
-                              f"folder {tmp_path / 'out'} (both resolve to {tmp_path / 'out'})")
-    assert (tmp_path / "out" / "sub" / "a.txt").read_text() == TEXT
+    err = _refused(capsys, tmp_path / "data", tmp_path / "out", kept=(tmp_path / "out" / "sub" / "a.txt"))
+    assert err == (f"corral: error: input {tmp_path / 'data' / 'in' / 'a.txt'} is inside the output "
+                   f"folder {tmp_path / 'out'} (both resolve to {tmp_path / 'out'})")
 
 
 def test_an_output_inside_the_input_folder_is_fine(tmp_path, capsys):
