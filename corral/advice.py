@@ -161,11 +161,11 @@ def _cpu_caveat(sizing: MemorySizing, runs: list[Attempt], setting: int, suggest
     used = busy / wall  # vCPUs the tasks kept busy on average
     bound = used >= CPU_BOUND * min(now, 1.0)
     data.update(vcpu_used=round(used, 3), vcpu=round(now, 3), suggested_vcpu=round(then, 3), cpu_bound=bound)
-    slower = used / then
+    slower = round(used / then, 1)  # one figure for the line and the manifest, so they never disagree
     if slower < SLOWER:
         return ""
     cost = sizing.cost([ms * slower for ms in billed], suggested)
-    data.update(slowdown=round(slower, 2), suggested_cost_cpu_bound_usd=round(cost, 8))
+    data.update(slowdown=slower, suggested_cost_cpu_bound_usd=round(cost, 8))
     if bound:
         text = (f"; but the tasks were CPU-bound ({used:.2f} of the {now:.2f} vCPU {sizing.platform} gives "
                 f"{setting} MB; {suggested} MB gets {then:.2f})")

@@ -93,6 +93,12 @@ def test_memory_advice_says_when_a_smaller_size_would_be_slower():
     assert item["message"].endswith(
         "; but the tasks were CPU-bound (0.28 of the 0.29 vCPU AWS Lambda gives 512 MB; 128 MB gets 0.07): "
         f"they would run about 3.9x slower there, for about ${slow:.7f}")  # no size keeps the CPU for much less
+    # at a rounding edge (4.949x) the line and the manifest give the same figure: the line said 4.9, the
+    # manifest 4.95, and a reader of both (CI's Docker test) saw 5.0 against 4.9
+    edge = fake_manifest([{"stats": {"max_memory_used_mb": 40, "billed_ms": 10_000, "seconds": 10.0,
+                                     "cpu_seconds": 3.581}}])
+    item = memory_advice(edge, list(manifest_attempts(edge)))
+    assert item["slowdown"] == 4.9 and "they would run about 4.9x slower there" in item["message"]
     # tasks that used a third of a vCPU at 1769 MB (one vCPU): 128 MB would be slower, 604 MB keeps their CPU
     half = fake_manifest([{"stats": {"max_memory_used_mb": 40, "billed_ms": 10_000, "seconds": 10.0,
                                      "cpu_seconds": 3.4}}], memory_mb=1769)
