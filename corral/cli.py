@@ -259,6 +259,26 @@ def main(argv: list[str] | None = None) -> int:
     return _guard(action)
 
 
+def console_main() -> NoReturn:
+    """The ``corral`` console script: ``main``, then a quick exit. The run is over by then, its output
+    committed and its files closed; the interpreter's own teardown (a last garbage collection over what
+    the run made, then every module's) took 60-70 ms after a run over 20,000 files. atexit handlers run
+    and the standard streams are flushed as in a normal exit; with another thread still running, the
+    normal exit waits for it."""
+    code = main()
+    if threading.active_count() > 1:
+        sys.exit(code)
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (| head): nothing more can be said there
+            pass
+    os._exit(code)
+
+
 def run_job_main(job_class: type[Job], argv: list[str] | None = None) -> int:
     """``Job.main()``: ``python job.py INPUT... --out OUT [options]``."""
 

@@ -10,7 +10,7 @@ import pytest
 
 from corral.config import load_settings
 
-from .util import EXAMPLES, clean_env, cli, counts, manifest, parts, run_command
+from .util import EXAMPLES, clean_env, cli, counts, install_plugin, manifest, parts, run_command
 
 WORDS = "b a\nc b a\n"
 COUNTS = {"a": 2, "b": 2, "c": 1}
@@ -95,6 +95,33 @@ def test_exit_codes_and_messages_as_commands(words, tmp_path):
     assert missing.returncode == 2
     assert one_line_error(missing.stderr) == f"corral: error: input not found: {tmp_path / 'nope.txt'}"
     assert not (tmp_path / "x").exists()
+
+
+def test_the_command_exits_quickly_but_runs_atexit_handlers_and_flushes_its_output(words, tmp_path):
+    """``corral`` skips the interpreter's teardown after a run (corral.cli.console_main): what a plugin
+    registered with atexit still runs, and what it printed at the job's end without a newline (after the
+    worker processes were forked, which flushes) still arrives."""
+    marker = tmp_path / "atexit-ran"
+    install_plugin(tmp_path / "site", "corral-noisy", "noisy_plugin", f"""
+        import atexit, sys
+        from corral.hookspecs import hookimpl
+
+        atexit.register(lambda: open({str(marker)!r}, "w").write("yes"))
+
+        @hookimpl
+        def corral_job_finished(event):
+            sys.stdout.write("finished " + str(event.ok))  # buffered: lost by an exit that does not flush
+    """)
+    env = clean_env(PYTHONPATH=str(tmp_path / "site"))
+    env.pop("PYTHONUNBUFFERED", None)  # stdout buffered, as it is for most users
+    done = run_command("corral", "run", EXAMPLES / "wordcount.py", words, "--out", tmp_path / "out", "-q", env=env)
+    assert (done.returncode, done.stderr, done.stdout) == (0, "", "finished True")
+    assert marker.read_text() == "yes"
+    marker.unlink()
+    (tmp_path / "bad.txt").write_bytes(b"\xff\n")
+    failed = run_command("corral", "run", EXAMPLES / "wordcount.py", tmp_path / "bad.txt", "--out", tmp_path / "bad",
+                         "-q", "--retries", "0", env=env)
+    assert (failed.returncode, failed.stdout, marker.read_text()) == (1, "finished False", "yes")
 
 
 def test_a_store_that_refuses_the_listing_is_one_line_naming_the_input(tmp_path):
