@@ -103,7 +103,7 @@ def corral_command() -> list[str]:
     if script.is_file():
         return [str(script)]
     found = shutil.which("corral")
-    return [found] if found else [sys.executable, "-c", "import sys; from corral.cli import console_main; console_main()"]
+    return [found] if found else [sys.executable, "-c", "from corral.cli import console_main; console_main()"]
 
 
 def compile_sources() -> None:
