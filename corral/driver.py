@@ -612,8 +612,9 @@ class Driver:
         )
         kind = "text" if index == 0 else "records"
         whole_files = kind == "text" and self.job_class.input_format == "csv"  # quoted fields may hold newlines
-        splits = count_splits(files, split_size, kind, whole_files)
-        if split_size < SMALL_SPLIT and splits > MAX_SMALL_SPLITS:
+        # counted only where it can be refused (a look at each file's name: 20,000 files, ~15 ms)
+        small = split_size < SMALL_SPLIT
+        if small and (splits := count_splits(files, split_size, kind, whole_files)) > MAX_SMALL_SPLITS:
             raise UsageError(
                 f"invalid value for --split-size: {split_size} bytes would cut the {total} bytes of input into "
                 f"{splits} splits; splits under 64KB are allowed up to {MAX_SMALL_SPLITS} (use --split-size "

@@ -375,7 +375,7 @@ def _local_files(folder: str) -> list[FileInfo]:
                             pending.append(entry.path)
                     else:
                         stat = entry.stat()
-                        add(FileInfo(entry.path, stat.st_size, str(stat.st_mtime)))
+                        add(FileInfo(entry.path, stat.st_size, str(stat.st_mtime_ns)))
                 except FileNotFoundError:  # a broken link, or a file removed meanwhile
                     continue
     found.sort(key=_url_of)
