@@ -441,42 +441,37 @@ class Driver:
         def inside(real: str) -> bool:
             return real == out or real.startswith(out_prefix)
 
-        def resolved(url: str) -> str | None:
-            """``url``'s real location, or None where it cannot be OUT or inside it. realpath walks every
-            component: once per folder, not per file; a file that is no link is inside OUT only if its
-            folder is, or if it is OUT itself (its name is OUT's: 20,000 files cost a dict lookup each)."""
-            if "://" in url:  # the FileSystem asked once per bucket
-                place = url[: url.find("/", url.find("://") + 3)]
-                fs = filesystems.get(place)
-                if fs is None:
-                    fs = filesystems[place] = get_filesystem(url)
-                return fs.canonical(url)
-            cut = url.rfind("/")
-            if cut > 0 and url[cut - 1] != "/":  # os.path.split's answer, without its cost
-                folder, name = url[:cut], url[cut + 1:]
-            else:
-                folder, name = os.path.split(url)
-            known = real_folders.get(folder)
-            if known is None:  # the folder's real path, and its symbolic links (one listing, no lstat a file)
-                real_folder = os.path.realpath(folder)
-                known = real_folders[folder] = (real_folder, _symbolic_links(folder), inside(real_folder))
-            real_folder, links, folder_inside = known
-            if links is not None and name not in links and not folder_inside and name != out_name:
-                return None
-            path = url if real_folder == folder else os.path.join(real_folder, name)
-            link = name in links if links is not None else os.path.islink(path)
-            return os.path.realpath(path) if link else path
+        def remote(url: str) -> str:
+            """An object's one spelling, from its FileSystem (asked once per bucket)."""
+            place = url[: url.find("/", url.find("://") + 3)]
+            fs = filesystems.get(place)
+            if fs is None:
+                fs = filesystems[place] = get_filesystem(url)
+            return fs.canonical(url)
 
+        # realpath walks every component: once per folder, not per file. A file that is no link is
+        # inside OUT only if its folder is, or if it is OUT itself (its name is OUT's): 20,000 files
+        # cost a few string operations and a dict lookup each
         for url in [*(_absolute(i) for i in self.inputs), *(f.url for f in files)]:
-            cut = url.rfind("/")
-            if cut > 0 and url[cut - 1] != "/" and (known := real_folders.get(url[:cut])) is not None:
-                # resolved()'s answer for a file in a folder seen already, without a call per file
-                _, links, folder_inside = known
-                if links is not None and not folder_inside and (name := url[cut + 1:]) not in links \
-                        and name != out_name and "://" not in url:
+            if "://" in url:
+                real = remote(url)
+            else:
+                cut = url.rfind("/")
+                if cut > 0 and url[cut - 1] != "/":  # os.path.split's answer, without its cost
+                    folder, name = url[:cut], url[cut + 1:]
+                else:
+                    folder, name = os.path.split(url)
+                known = real_folders.get(folder)
+                if known is None:  # the folder's real path, and its symbolic links (one listing, no lstat a file)
+                    real_folder = os.path.realpath(folder)
+                    known = real_folders[folder] = (real_folder, _symbolic_links(folder), inside(real_folder))
+                real_folder, links, folder_inside = known
+                if links is not None and name not in links and not folder_inside and name != out_name:
                     continue
-            real = resolved(url)
-            if real is None or not inside(real):
+                path = url if real_folder == folder else os.path.join(real_folder, name)
+                link = name in links if links is not None else os.path.islink(path)
+                real = os.path.realpath(path) if link else path
+            if not inside(real):
                 continue
             where = "the output folder" if real == out else "inside the output folder"
             plain = os.path.abspath(url) if "://" not in url else url

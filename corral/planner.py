@@ -20,6 +20,9 @@ from corral.split import Split
 #: A file is not cut at a task boundary into a piece smaller than this (each piece is a read, a
 #: request on an object store): the boundary moves to the file's start or end instead.
 MIN_PIECE = 64 << 10
+#: A local map task reads up to this many times its memory budget of input (``task_sizes``): 1 GB at
+#: the default 256 MB, where a word count's write of its buffer is ~1/10 of the task.
+LOCAL_INPUT_PER_BUDGET = 4
 #: How many task counts above the first one a plan with a user's --map-bin-size tries before it packs
 #: tasks first-fit (which keeps every task within the size, but not balanced).
 _BALANCE_TRIES = 3
@@ -45,9 +48,15 @@ def list_inputs(urls: Sequence[str]) -> list[FileInfo]:
     return files
 
 
+def _kind_is_cut(kind: str, whole_files: bool) -> bool:
+    """Whether files of this kind are cut into splits: text that is not read whole (compressed text is
+    never cut, see ``_cuttable``)."""
+    return kind == "text" and not whole_files
+
+
 def _cuttable(url: str, kind: str, whole_files: bool) -> bool:
     """Whether a file can be entered at any byte: plain text that is not read whole."""
-    return kind == "text" and not whole_files and compression_of(url) is None
+    return _kind_is_cut(kind, whole_files) and compression_of(url) is None
 
 
 def _cut(url: str, start: int, end: int, split_size: int, kind: str) -> list[Split]:
@@ -74,7 +83,7 @@ def make_splits(
 def count_splits(files: Sequence[FileInfo], split_size: int, kind: str = "text", whole_files: bool = False) -> int:
     """How many splits ``make_splits`` would cut (counted, not made: a tiny ``--split-size`` could make
     millions)."""
-    if kind != "text" or whole_files:  # nothing is cut
+    if not _kind_is_cut(kind, whole_files):
         return sum(1 for info in files if info.size)
     return sum(
         -(-info.size // split_size) if compression_of(info.url) is None else 1 for info in files if info.size
@@ -100,8 +109,8 @@ def plan_map_tasks(
     Tasks differ in size by at most about the largest file that cannot be cut (compressed, csv) or
     ``MIN_PIECE``, whichever is larger.
     """
-    cut = kind == "text" and not whole_files  # _cuttable's test, once for all files
-    sized = [(info.url, info.size, cut and compression_of(info.url) is None) for info in files if info.size > 0]
+    kind_is_cut = _kind_is_cut(kind, whole_files)  # _cuttable, without a call per file
+    sized = [(info.url, info.size, kind_is_cut and compression_of(info.url) is None) for info in files if info.size > 0]
     if not sized:
         return []
     total = sum(size for _, size, _ in sized)
@@ -200,17 +209,19 @@ def task_sizes(
     every worker gets a task (``total / concurrency``), but never below 1 MiB per split.
 
     ``local_budget``: the tasks run on this machine's cores and read local files, with this memory
-    budget each. Then a map task takes up to its budget of input (up to ``total / concurrency``)
-    rather than the bin size: every task builds, sorts, combines and writes a buffer of its own, whose
-    distinct keys cost the same in a small task as in a big one (a word count: each 64 MB of text has
-    most of the vocabulary), and a reducer merges one run per map task. A remote backend keeps the bin
-    size: its many workers want many tasks, each within its function's memory and time."""
+    budget each. Then a map task takes up to ``LOCAL_INPUT_PER_BUDGET`` times its budget of input (up
+    to ``total / concurrency``) rather than the bin size: every task builds, sorts, combines and writes
+    a buffer of its own, of up to its budget, whose distinct keys cost the same in a small task as in a
+    big one (a word count: each 64 MB of text has most of the vocabulary), and a reducer merges one run
+    per map task. The cap keeps what a crash loses, the tasks running then, to about a minute of work
+    each (``--resume`` reruns them). A remote backend keeps the bin size: its many workers want many
+    tasks, each within its function's memory and time."""
     target = math.ceil(total / concurrency) if total > 0 else split_size
     if "split_size" not in explicit:
         split_size = max(1 << 20, min(split_size, target))
     if "map_bin_size" not in explicit:
         if local_budget is not None:
-            bin_size = max(bin_size, local_budget)
+            bin_size = max(bin_size, LOCAL_INPUT_PER_BUDGET * local_budget)
         bin_size = max(split_size, min(bin_size, target))
     return split_size, bin_size
 

@@ -266,12 +266,13 @@ def test_task_sizes_and_reducer_choice():
     assert task_sizes(1000, 64 * mib, 64 * mib, set(), 4) == (mib, mib)
     # set by the user: kept
     assert task_sizes(1000, 100, 300, {"split_size", "map_bin_size"}, 4) == (100, 300)
-    # local cores and files: a task takes up to its memory budget of input (1 GB for 2 workers: 4 tasks
-    # of 256 MB at the default budget, not 16 of 64 MB), never more than a worker's share
+    # local cores and files: a task takes up to 4 times its memory budget of input (1 GB for 2 workers:
+    # 2 tasks of 512 MB at the default budget, not 16 of 64 MB), never more than a worker's share
     gib = 1 << 30
-    assert task_sizes(gib, 64 * mib, 64 * mib, set(), 2, local_budget=256 * mib) == (64 * mib, 256 * mib)
+    assert task_sizes(gib, 64 * mib, 64 * mib, set(), 2, local_budget=256 * mib) == (64 * mib, 512 * mib)
+    assert task_sizes(10 * gib, 64 * mib, 64 * mib, set(), 2, local_budget=256 * mib) == (64 * mib, gib)
     assert task_sizes(gib, 64 * mib, 64 * mib, set(), 2) == (64 * mib, 64 * mib)
-    assert task_sizes(gib, 64 * mib, 64 * mib, set(), 2, local_budget=64 * mib) == (64 * mib, 64 * mib)
+    assert task_sizes(gib, 64 * mib, 64 * mib, set(), 2, local_budget=64 * mib) == (64 * mib, 256 * mib)
     assert task_sizes(300 * mib, 64 * mib, 64 * mib, set(), 2, local_budget=256 * mib) == (64 * mib, 150 * mib)
     assert task_sizes(100 * mib, 64 * mib, 64 * mib, set(), 2, local_budget=256 * mib) == (50 * mib, 50 * mib)
     assert task_sizes(gib, 64 * mib, 32 * mib, {"map_bin_size"}, 2, local_budget=256 * mib) == (64 * mib, 32 * mib)
