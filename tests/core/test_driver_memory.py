@@ -34,9 +34,18 @@ class CountsLiveSpecs(corral.Job):
         if line == "last":
             gc.collect()
             alive = gc.get_objects()
-            self.increment_counter("alive", "specs", sum(isinstance(o, MapSpec) for o in alive))
-            self.increment_counter("alive", "splits", sum(isinstance(o, Split) for o in alive))
+            # this run's only (its input folder, an --arg): an earlier test's executor may hold its own
+            folder = self.args["folder"]
+            self.increment_counter("alive", "specs", sum(
+                isinstance(o, MapSpec) and any(s.url.startswith(folder) for s in o.splits) for o in alive))
+            self.increment_counter("alive", "splits", sum(
+                isinstance(o, Split) and o.url.startswith(folder) for o in alive))
         return ()
+
+
+def _counted(inputs: Path, out: Path, **settings: str) -> dict:
+    """CountsLiveSpecs over ``inputs`` (its folder told as an --arg), a file a task, on threads."""
+    return run(CountsLiveSpecs, inputs, out, map_bin_size="1", arg=[f"folder={inputs}/"], **settings)
 
 
 def _one_line_files(folder: Path, count: int) -> Path:
@@ -48,7 +57,7 @@ def _one_line_files(folder: Path, count: int) -> Path:
 
 def test_the_driver_holds_no_spec_nor_splits_of_a_committed_task(tmp_path):
     inputs = _one_line_files(tmp_path / "in", 40)
-    m = run(CountsLiveSpecs, inputs, tmp_path / "out", map_bin_size="1", max_concurrency=1)
+    m = _counted(inputs, tmp_path / "out", max_concurrency="1")
     assert m["stages"][0]["map_tasks"] == 40
     alive = m["counters"]["alive"]
     # the last task's own (the driver's and the worker's copy), not the 39 committed before it
@@ -61,7 +70,7 @@ def _whole_text(m: dict) -> str:
 
 
 def test_the_manifest_is_written_in_pieces_with_the_same_text(tmp_path):
-    m = run(CountsLiveSpecs, _one_line_files(tmp_path / "in", 300), tmp_path / "out", map_bin_size="1")
+    m = _counted(_one_line_files(tmp_path / "in", 300), tmp_path / "out")
     data = (tmp_path / "out" / "_corral" / "manifest.json").read_bytes()
     assert data == _whole_text(m).encode("utf-8")  # byte for byte, a top-level key a line
     assert json.loads(data) == manifest(tmp_path / "out") == json.loads(json.dumps(m))
@@ -71,7 +80,7 @@ def test_the_manifest_is_written_in_pieces_with_the_same_text(tmp_path):
 
 
 def test_writing_the_manifest_of_many_tasks_holds_a_piece_of_it_at_a_time(tmp_path):
-    m = run(CountsLiveSpecs, _one_line_files(tmp_path / "in", 20), tmp_path / "out", map_bin_size="1")
+    m = _counted(_one_line_files(tmp_path / "in", 20), tmp_path / "out")
     (stage,) = m["stages"]
     entry = stage["tasks"]["map-0000"]
     stage["tasks"] = {f"map-{j:05d}": json.loads(json.dumps(entry)) for j in range(10_000)}
