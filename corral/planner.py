@@ -21,7 +21,7 @@ from corral.split import Split
 #: request on an object store): the boundary moves to the file's start or end instead.
 MIN_PIECE = 64 << 10
 #: A local map task reads up to this many times its memory budget of input (``task_sizes``): 1 GB at
-#: the default 256 MB, where a word count's write of its buffer is ~1/10 of the task.
+#: the default 256 MB, where a word count's write of its buffer (~2.4 CPU-s) is 1/30 of the task.
 LOCAL_INPUT_PER_BUDGET = 4
 #: How many task counts above the first one a plan with a user's --map-bin-size tries before it packs
 #: tasks first-fit (which keeps every task within the size, but not balanced).
@@ -213,8 +213,8 @@ def task_sizes(
     to ``total / concurrency``) rather than the bin size: every task builds, sorts, combines and writes
     a buffer of its own, of up to its budget, whose distinct keys cost the same in a small task as in a
     big one (a word count: each 64 MB of text has most of the vocabulary), and a reducer merges one run
-    per map task. The cap keeps what a crash loses, the tasks running then, to about a minute of work
-    each (``--resume`` reruns them). A remote backend keeps the bin size: its many workers want many
+    per map task. The cap bounds what a crash loses, the tasks running then, at about 1 GB each (1.5 min
+    of a word count here; ``--resume`` reruns them). A remote backend keeps the bin size: its many workers want many
     tasks, each within its function's memory and time."""
     target = math.ceil(total / concurrency) if total > 0 else split_size
     if "split_size" not in explicit:
