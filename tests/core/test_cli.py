@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import subprocess
 import sys
 
 import pytest
 
 from corral.config import load_settings
 
-from .util import EXAMPLES, clean_env, cli, counts, install_plugin, manifest, parts, run_command
+from .util import EXAMPLES, clean_env, cli, corral_command, counts, install_plugin, manifest, parts, run_command
 
 WORDS = "b a\nc b a\n"
 COUNTS = {"a": 2, "b": 2, "c": 1}
@@ -122,6 +124,16 @@ def test_the_command_exits_quickly_but_runs_atexit_handlers_and_flushes_its_outp
     failed = run_command("corral", "run", EXAMPLES / "wordcount.py", tmp_path / "bad.txt", "--out", tmp_path / "bad",
                          "-q", "--retries", "0", env=env)
     assert (failed.returncode, failed.stdout, marker.read_text()) == (1, "finished False", "yes")
+
+
+def test_output_piped_into_a_reader_that_stopped_ends_quietly():
+    """``corral backends | head -1``: the pipe closes before corral writes; no traceback, exit 1."""
+    reader, writer = os.pipe()
+    os.close(reader)  # the reader stopped before the command wrote its first line
+    done = subprocess.run([corral_command(), "backends"], stdout=writer, stderr=subprocess.PIPE, text=True,
+                          env=clean_env(), timeout=120)
+    os.close(writer)
+    assert (done.returncode, done.stderr) == (1, "")
 
 
 def test_a_store_that_refuses_the_listing_is_one_line_naming_the_input(tmp_path):
