@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -265,11 +266,17 @@ def console_main() -> NoReturn:
     the run made, then every module's) took 60-70 ms after a run over 20,000 files. atexit handlers run
     and the standard streams are flushed as in a normal exit; with another thread still running, the
     normal exit waits for it. Output piped into a reader that stopped early (``| head``) ends the
-    command quietly, with exit code 1, as Python's documentation does it (not with a traceback)."""
+    command quietly, with exit code 1, as Python's documentation does it; output to a full disk is one
+    line and exit 1, or exit 120 when only the last flush fails (as Python's own exit): no traceback."""
     try:
         code = main()
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush into the pipe
+        code = 1
+    except OSError as exc:  # printing to a full disk (> /dev/full): one line, not a traceback
+        if exc.errno != errno.ENOSPC:
+            raise
+        print(f"corral: error: cannot write: {exc}", file=sys.stderr)
         code = 1
     if threading.active_count() > 1:
         sys.exit(code)
@@ -279,7 +286,11 @@ def console_main() -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe (| head): nothing more can be said there
+        except BrokenPipeError:  # a reader that stopped early (| head)
+            code = code or 1
+        except OSError:  # what was printed did not all arrive (a full disk): exit 120, as Python's own exit
+            code = code or 120
+        except ValueError:  # closed by the job or a plugin: nothing to flush
             pass
     os._exit(code)
 

@@ -136,6 +136,20 @@ def test_output_piped_into_a_reader_that_stopped_ends_quietly():
     assert (done.returncode, done.stderr) == (1, "")
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_output_that_cannot_be_written_is_not_a_success():
+    """``corral backends > /dev/full``: buffered, the listing waits in stdout until the exit, whose flush
+    fails: exit 120, as Python's own exit, not 0; unbuffered, the first print fails: one line, exit 1."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([corral_command(), "backends"], stdout=full, stderr=subprocess.PIPE, text=True,
+                              env={**clean_env(), "PYTHONUNBUFFERED": ""}, timeout=120)
+    assert done.returncode == 120, done.stderr
+    with open("/dev/full", "w") as full:  # unbuffered: the first line fails as it is printed
+        done = subprocess.run([corral_command(), "backends"], stdout=full, stderr=subprocess.PIPE, text=True,
+                              env={**clean_env(), "PYTHONUNBUFFERED": "1"}, timeout=120)
+    assert (done.returncode, done.stderr) == (1, "corral: error: cannot write: [Errno 28] No space left on device\n")
+
+
 def test_a_store_that_refuses_the_listing_is_one_line_naming_the_input(tmp_path):
     """No credentials for s3:// (none in the environment, no files, no instance metadata): the store's
     error in one line with the input's URL, exit 1, nothing written."""
