@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import os
 import sys
@@ -238,10 +237,47 @@ def _guard(action: Any) -> int:
         print("corral: interrupted; resume with --resume" if resumable else "corral: interrupted", file=sys.stderr)
         code = exc.exit_code if isinstance(exc, Interrupted) else 130
         if threading.active_count() > 1:  # a task on a thread that would not stop: do not wait for it
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+            os._exit(_flushed(code))
         return code
+    except BrokenPipeError:  # output piped into a reader that stopped early (| head): quietly, as Python's docs do
+        if not _stdout_reader_gone():  # another pipe (a worker's): not the user's doing
+            raise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush into the pipe
+        return 1
+    except OSError as exc:  # printing to a full disk (> /dev/full): one line, not a traceback
+        from corral.fs import disk_full
+
+        if not disk_full(exc):
+            raise
+        print(f"corral: error: cannot write: {exc}", file=sys.stderr)
+        return 1
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll says so of its write end)."""
+    import select
+
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no file descriptor (captured)
+        return False
+
+
+def _flushed(code: int) -> int:
+    """Flush stdout and stderr before an exit that will not (``os._exit``); the exit code, 1 or 120
+    where what was printed did not all arrive (a closed pipe, a full disk), as Python's own exit."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:
+            code = code or 1
+        except OSError:
+            code = code or 120
+        except ValueError:  # closed by the job or a plugin: nothing to flush
+            pass
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,34 +301,14 @@ def console_main() -> NoReturn:
     committed and its files closed; the interpreter's own teardown (a last garbage collection over what
     the run made, then every module's) took 60-70 ms after a run over 20,000 files. atexit handlers run
     and the standard streams are flushed as in a normal exit; with another thread still running, the
-    normal exit waits for it. Output piped into a reader that stopped early (``| head``) ends the
-    command quietly, with exit code 1, as Python's documentation does it; output to a full disk is one
-    line and exit 1, or exit 120 when only the last flush fails (as Python's own exit): no traceback."""
-    try:
-        code = main()
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush into the pipe
-        code = 1
-    except OSError as exc:  # printing to a full disk (> /dev/full): one line, not a traceback
-        if exc.errno != errno.ENOSPC:
-            raise
-        print(f"corral: error: cannot write: {exc}", file=sys.stderr)
-        code = 1
+    normal exit waits for it (``_guard`` turns a closed pipe or a full disk into an exit code)."""
+    code = main()
     if threading.active_count() > 1:
         sys.exit(code)
     import atexit
 
     atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except BrokenPipeError:  # a reader that stopped early (| head)
-            code = code or 1
-        except OSError:  # what was printed did not all arrive (a full disk): exit 120, as Python's own exit
-            code = code or 120
-        except ValueError:  # closed by the job or a plugin: nothing to flush
-            pass
-    os._exit(code)
+    os._exit(_flushed(code))
 
 
 def run_job_main(job_class: type[Job], argv: list[str] | None = None) -> int:

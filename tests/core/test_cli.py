@@ -136,6 +136,17 @@ def test_output_piped_into_a_reader_that_stopped_ends_quietly():
     assert (done.returncode, done.stderr) == (1, "")
 
 
+def test_a_broken_pipe_that_is_not_stdouts_is_not_swallowed():
+    """A worker's pipe breaking is corral's error to show, not a reader of its output that stopped."""
+    from corral.cli import _guard
+
+    def broken() -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    with pytest.raises(BrokenPipeError):
+        _guard(broken)
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
 def test_output_that_cannot_be_written_is_not_a_success():
     """``corral backends > /dev/full``: buffered, the listing waits in stdout until the exit, whose flush
