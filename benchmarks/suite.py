@@ -1225,7 +1225,7 @@ _PLAN = (
     "                                        output_kind='shuffle', splits=tuple(t), partitions=2).to_json()))\n"
     "                 for j, t in enumerate(tasks))\n"
     "seconds = time.perf_counter() - started\n"
-    "result = {'files': len(files), 'map_tasks': len(tasks)}\n"
+    "result = {'files': len(files), 'map_tasks': len(tasks), 'spec_bytes': spec_bytes}\n"
     "if memory:\n"
     "    result['memory_mb'] = round(tracemalloc.get_traced_memory()[1] / (1 << 20), 2)\n"
     "else:\n"

@@ -85,10 +85,8 @@ class MapSpec(TaskSpec):
     kind: ClassVar[str] = "map"
 
     def to_json(self) -> dict[str, Any]:
-        # Split.to_wire inline for text splits: a task over 10,000 small files makes 10,000 of them
-        splits = [[s.url, s.start, s.end] if s.kind == "text" else s.to_wire() for s in self.splits]
         return {
-            **TaskSpec.to_json(self), "splits": splits, "partitions": self.partitions,
+            **TaskSpec.to_json(self), "splits": [s.to_wire() for s in self.splits], "partitions": self.partitions,
             "input_format": self.input_format, "input_errors": self.input_errors,
             "input_header": self.input_header, **({"bounds": list(self.bounds)} if self.bounds else {}),
         }

@@ -210,13 +210,12 @@ class Wave:
                 now = time.monotonic()
                 while self.delayed and self.delayed[0][0] <= now:
                     self.ready.append(heapq.heappop(self.delayed)[2])
-                if self.ready and len(self.running) + len(self.leftovers) < limit:
-                    # a burst of payloads (a map task over 10,000 small files: 10,000 lists) would else
-                    # set off a full collection over everything the driver holds before the last
-                    # task of the burst is sent (35 ms of 70, 20,000 files on 2 workers)
-                    with full_collections_held(collect=False):
-                        while self.ready and len(self.running) + len(self.leftovers) < limit:
-                            self._submit(self.ready.pop(), speculative=False)
+                # a burst of payloads (a map task over 10,000 small files: 10,000 lists) would else set
+                # off a full collection over everything the driver holds before the last task of the
+                # burst is sent (35 ms of 70, 20,000 files on 2 workers)
+                with full_collections_held(collect=False):
+                    while self.ready and len(self.running) + len(self.leftovers) < limit:
+                        self._submit(self.ready.pop(), speculative=False)
                 if self.speculation.enabled and self.durations and not self.ready:
                     self._speculate(now, limit)
                 timeout = POLL_SECONDS
