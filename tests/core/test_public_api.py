@@ -1,14 +1,16 @@
 """The in-tree backends and the emulator are the proof that a third party can write one: they import only
-names that ``corral`` (or ``corral.remote``, the layer serverless backends build on) exports publicly."""
+names that ``corral`` (or ``corral.remote``, the layer serverless backends build on, and
+``corral.remote_options``, the options they share) exports publicly."""
 
 from __future__ import annotations
 
 import ast
 import importlib
+import json
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-PUBLIC_MODULES = ("corral", "corral.remote")
+PUBLIC_MODULES = ("corral", "corral.remote", "corral.remote_options")
 
 
 def imports_of_corral(path: Path) -> list[tuple[int, str, str | None]]:
@@ -43,3 +45,17 @@ def test_every_public_name_is_there():
         loaded = importlib.import_module(module)
         missing = [name for name in loaded.__all__ if not hasattr(loaded, name)]
         assert missing == [], module
+
+
+def test_loading_the_plugins_imports_no_remote_machinery():
+    """The ``corral`` command loads every installed plugin on every run, a local one too: a backend's
+    plugin module declares its options from ``corral.remote_options``, and ``corral.remote`` (its executor
+    layer) loads only when a remote backend runs."""
+    import subprocess
+    import sys
+
+    code = ("import json, sys, corral.cli; from corral.plugins import get_plugin_manager; pm = get_plugin_manager(); "
+            "print(json.dumps([sorted(n for n, _ in pm.list_name_plugin()), 'corral.remote' in sys.modules]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    plugins, remote = json.loads(done.stdout)
+    assert {"lambda", "gcf", "docker"} <= set(plugins) and remote is False

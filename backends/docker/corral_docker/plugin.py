@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from corral import ExecutorSpec, Option, Settings, hookimpl
-from corral.remote import OPTIONS as REMOTE_OPTIONS
+from corral.remote_options import OPTIONS as REMOTE_OPTIONS
 
 if TYPE_CHECKING:
     from corral.remote import RemoteFunctionExecutor

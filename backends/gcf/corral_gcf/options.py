@@ -8,8 +8,8 @@ import re
 from typing import Any
 
 from corral import Option
-from corral.remote import OPTIONS as REMOTE_OPTIONS
-from corral.remote import parse_endpoint, parse_text
+from corral.remote_options import OPTIONS as REMOTE_OPTIONS
+from corral.remote_options import parse_endpoint, parse_text
 
 _PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$|^[a-z0-9.-]+:[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")

@@ -8,8 +8,8 @@ import re
 from typing import Any
 
 from corral import Option, int_in_range
-from corral.remote import OPTIONS as REMOTE_OPTIONS
-from corral.remote import parse_endpoint, parse_text
+from corral.remote_options import OPTIONS as REMOTE_OPTIONS
+from corral.remote_options import parse_endpoint, parse_text
 from corral_lambda.runtime import parse_architecture
 
 ROLE = re.compile(r"^arn:aws[a-zA-Z-]*:iam::\d{12}:role/\S+$")

@@ -9,7 +9,7 @@ glibc 2.34). ``--runtime`` itself is corral.remote's (python3.11 or newer).
 from __future__ import annotations
 
 from corral import manylinux_platforms
-from corral.remote import python_version
+from corral.remote_options import python_version
 
 ARCHITECTURES = {"x86_64": "x86_64", "arm64": "aarch64"}  # Lambda's name -> the wheels' machine
 
