@@ -96,11 +96,16 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(job_class: type[Job], args: argparse.Namespace) -> int:
+    from corral.collector import setting_up
     from corral.config import load_settings
     from corral.driver import Driver
 
     settings = load_settings(_flags(args))
     _logging(settings)
+    if _whole_process and not any("://" in url and not url.startswith("file://") for url in args.inputs):
+        # no garbage collection until the tasks start (corral.collector): local inputs are listed in
+        # moments; an object store's listing (its client's garbage, page after page) collects as usual
+        setting_up()
     manifest = Driver(job_class, args.inputs, args.out, settings).run()
     if not settings.quiet:
         _print_summary(manifest)
@@ -286,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     def action() -> int:
         args = build_parser(argv).parse_args(argv)
         if args.command == "run":
+            if _whole_process:  # the input folders are listed while the job and its settings load
+                from corral.filesystems.fsspec import prefetch_folders
+
+                prefetch_folders(args.inputs)
             return _run(resolve_job(args.job), args)
         if args.command in ("deploy", "undeploy"):
             return _deploy(args, remove=args.command == "undeploy")
@@ -296,12 +305,38 @@ def main(argv: list[str] | None = None) -> int:
     return _guard(action)
 
 
+#: Whether this process is the ``corral`` command (``console_main``), not a caller of ``main``: then the
+#: garbage collector waits while the driver sets up (``corral.collector.setting_up``).
+_whole_process = False
+
+
+def _leading_inputs(argv: list[str]) -> list[str]:
+    """The inputs of ``corral run JOB INPUT... [options]`` given straight after the job: what the parser
+    will take as inputs (positionals before any option), known before the plugins that shape the parser
+    load. Nothing for another command, or an option before them (the parsed inputs are listed then)."""
+    if len(argv) < 3 or argv[0] != "run" or argv[1].startswith("-"):
+        return []
+    inputs = []
+    for arg in argv[2:]:
+        if arg.startswith("-"):
+            break
+        inputs.append(arg)
+    return inputs
+
+
 def console_main() -> NoReturn:
     """The ``corral`` console script: ``main``, then a quick exit. The run is over by then, its output
     committed and its files closed; the interpreter's own teardown (a last garbage collection over what
     the run made, then every module's) took 60-70 ms after a run over 20,000 files. atexit handlers run
     and the standard streams are flushed as in a normal exit; with another thread still running, the
     normal exit waits for it (``_guard`` turns a closed pipe or a full disk into an exit code)."""
+    global _whole_process
+    _whole_process = True
+    inputs = _leading_inputs(sys.argv[1:])
+    if inputs:  # listed from now on, while the plugins load and the arguments are parsed
+        from corral.filesystems.fsspec import prefetch_folders
+
+        prefetch_folders(inputs)
     code = main()
     if threading.active_count() > 1:
         sys.exit(code)

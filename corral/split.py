@@ -13,9 +13,8 @@ import json
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from itertools import islice
-from typing import Any
+from itertools import chain, islice
+from typing import Any, NamedTuple
 
 from corral.errors import InputError
 from corral.fs import FileSystem, compression_of, decompressing, display
@@ -26,8 +25,10 @@ INPUT_FORMATS = ("lines", "tsv", "csv", "jsonl")
 READ_BLOCK = 4 << 20
 
 
-@dataclass(frozen=True, slots=True)
-class Split:
+class Split(NamedTuple):
+    """A byte range of an input file. A named tuple, not a frozen dataclass: the planner makes one per
+    small file and a worker reads one per file of its payload (20,000 files: 12.6 → 6.5 ms to make)."""
+
     url: str
     start: int
     end: int  # exclusive; for a compressed file, its compressed size
@@ -38,7 +39,6 @@ class Split:
         return compression_of(self.url) is not None
 
     def to_json(self) -> dict[str, Any]:
-        # a literal, not dataclasses.asdict (which deep-copies): a plan may hold 100,000 splits
         return {"url": self.url, "start": self.start, "end": self.end, "kind": self.kind}
 
     def to_wire(self) -> list[Any]:
@@ -72,17 +72,29 @@ def read_ahead(
     next small splits (``small_read``) are read by a pool of that many threads while the current
     one is mapped, at most ``read_ahead`` splits and ``READ_AHEAD_BYTES`` ahead; their data is what
     ``iter_line_chunks`` takes. Elsewhere, and for big splits, data is None: they are read as mapped."""
+    remaining = iter(splits)
+    for split in remaining:  # a local disk's splits pass straight through (10,000 small files a task)
+        fs = filesystem(split.url)
+        if fs.read_ahead:
+            yield from _read_ahead(chain((split,), remaining), filesystem)
+            return
+        yield split, fs, None
+
+
+def _read_ahead(
+    splits: Iterator[Split], filesystem: Callable[[str], FileSystem]
+) -> Iterator[tuple[Split, FileSystem, bytes | None]]:
+    """``read_ahead`` from the first split on a filesystem that reads ahead."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
     pool: ThreadPoolExecutor | None = None
     ahead: deque[tuple[Split, FileSystem, Future[bytes] | None, int]] = deque()
     ahead_bytes = 0
-    remaining = iter(splits)
     try:
         while True:
             while not ahead or (ahead[-1][2] is not None and len(ahead) <= ahead[-1][1].read_ahead
                                 and ahead_bytes < READ_AHEAD_BYTES):
-                split = next(remaining, None)
+                split = next(splits, None)
                 if split is None:
                     break
                 fs = filesystem(split.url)
@@ -105,33 +117,42 @@ def read_ahead(
             pool.shutdown(wait=False, cancel_futures=True)
 
 
-def small_read(split: Split) -> tuple[int, int] | None:
+def small_read(split: Split, compressed: bool | None = None) -> tuple[int, int] | None:
     """The byte range ``[start, end)`` that one request reads of a small split, or None for a big one:
     a compressed file whole (and a byte more, which tells that it grew since it was listed); a text
     split with the byte before it (does a line start at its start?) and the byte after it (does its
-    last line go on?)."""
+    last line go on?). ``compressed``: ``split.compressed``, when the caller knows it already."""
     if split.kind != "text" or split.end - split.start > SMALL_READ:
         return None
-    if split.compressed:
+    if split.compressed if compressed is None else compressed:
         return 0, split.end + 1
     return max(0, split.start - 1), split.end + 1
 
 
-def iter_line_chunks(fs: FileSystem, split: Split, data: bytes | None = None) -> Iterator[tuple[int, bytes]]:
-    """Yield ``(offset, chunk)``: consecutive whole lines of ``split``, each chunk ending at a line end.
+def iter_line_chunks(fs: FileSystem, split: Split, data: bytes | None = None) -> Iterable[tuple[int, bytes]]:
+    """``(offset, chunk)``: consecutive whole lines of ``split``, each chunk ending at a line end.
 
     ``offset`` is the chunk's position in the (decompressed) file, for error messages. ``data``, if
     given, is what ``fs.read_range(split.url, *small_read(split))`` returns (read ahead by the caller).
+    A small split is read when this is called; the rest as the chunks are taken.
     """
-    window = small_read(split)
+    # no generator of its own: a map task over 10,000 small files goes through one layer less a file
+    compression = compression_of(split.url)
+    window = small_read(split, compression is not None)
     if window is not None and data is None:
         data = fs.read_range(split.url, *window)
-    if split.compressed:
-        yield from _decompressed_chunks(fs, split, data if data is not None and len(data) <= split.end else None)
-        return
+    if compression is not None:
+        whole = data if data is not None and len(data) <= split.end else None  # else it grew: streamed
+        if whole is not None and compression == "gzip":
+            return _gzip_chunks(split.url, whole)
+        return _decompressed_chunks(fs, split, compression, whole)
     if data is not None:
-        yield from _small_split_chunks(fs, split, data)
-        return
+        return _small_split_chunks(fs, split, data)
+    return _opened_chunks(fs, split)
+
+
+def _opened_chunks(fs: FileSystem, split: Split) -> Iterator[tuple[int, bytes]]:
+    """The line chunks of a big text split, streamed from its file."""
     with fs.open(split.url, "rb") as f:
         position = split.start
         if split.start > 0:
@@ -145,22 +166,48 @@ def iter_line_chunks(fs: FileSystem, split: Split, data: bytes | None = None) ->
         yield from _chunks(f, position, split.end)
 
 
-def _decompressed_chunks(fs: FileSystem, split: Split, data: bytes | None) -> Iterator[tuple[int, bytes]]:
-    """The line chunks of a compressed file: from ``data`` (the whole file) when given, else streamed."""
-    import zstandard
+def _gzip_chunks(url: str, data: bytes) -> Iterable[tuple[int, bytes]]:
+    """The line chunks of gzip data held whole (a small file). A file of one member whose content fits
+    in a block (most small files) is decompressed here, its one chunk in a list: no generator a file.
+    Else they come from ``_gunzip`` (the first block decompressed again: at most ``READ_BLOCK`` bytes)."""
+    if data[:2] == b"\x1f\x8b":
+        stream = zlib.decompressobj(31)  # a gzip header and trailer (checked: CRC and length)
+        try:
+            content = stream.decompress(data, READ_BLOCK)
+        except zlib.error as exc:
+            raise _unreadable(url, "gzip", exc) from None
+        if stream.eof and not stream.unused_data.strip(b"\0"):
+            return [(0, content)] if content else []
+    return _unreadable_as_input(url, "gzip", _aligned(_gunzip(data)))
 
-    compression = compression_of(split.url)
-    try:
-        if data is not None and compression == "gzip":
-            yield from _aligned(_gunzip(data))
-            return
+
+def _decompressed_chunks(
+    fs: FileSystem, split: Split, compression: str, data: bytes | None
+) -> Iterator[tuple[int, bytes]]:
+    """The line chunks of a compressed file, streamed (or from ``data``, the whole file, held)."""
+
+    def chunks() -> Iterator[tuple[int, bytes]]:
         stream = fs.open_input(split.url) if data is None else decompressing(io.BytesIO(data), compression)
         with stream:
             yield from _chunks(stream, 0, None)
-    except (EOFError, OSError, zlib.error, zstandard.ZstdError) as exc:  # corrupt or truncated data
-        raise InputError(
-            f"{display(split.url)}: cannot read it as {compression} data ({type(exc).__name__}: {exc})"
-        ) from None
+
+    return _unreadable_as_input(split.url, compression, chunks())
+
+
+def _unreadable_as_input(
+    url: str, compression: str, chunks: Iterator[tuple[int, bytes]]
+) -> Iterator[tuple[int, bytes]]:
+    """``chunks``, with corrupt or truncated compressed data (or a file gone) an InputError naming it."""
+    import zstandard
+
+    try:
+        yield from chunks
+    except (EOFError, OSError, zlib.error, zstandard.ZstdError) as exc:
+        raise _unreadable(url, compression, exc) from None
+
+
+def _unreadable(url: str, compression: str, exc: BaseException) -> InputError:
+    return InputError(f"{display(url)}: cannot read it as {compression} data ({type(exc).__name__}: {exc})")
 
 
 def _gunzip(data: bytes) -> Iterator[bytes]:
@@ -176,7 +223,7 @@ def _gunzip(data: bytes) -> Iterator[bytes]:
             pending = stream.unconsumed_tail
             if block:
                 yield block
-            elif not pending:
+            elif not pending and not stream.eof:  # an empty member is no error (an hour without requests)
                 raise EOFError("Compressed file ended before the end-of-stream marker was reached")
         data = stream.unused_data.lstrip(b"\0")  # the next member, after any zero padding
 
@@ -325,21 +372,26 @@ def decode_lines(chunk: bytes, offset: int, url: str, errors: str) -> list[str]:
 
 def iter_text_records(
     fs: FileSystem, split: Split, input_format: str, errors: str, header: bool = False, data: bytes | None = None
-) -> Iterator[list[Any]]:
+) -> Iterable[list[Any]]:
     """Batches of input records for ``map``: lists of lines ("lines"), of (key, value) ("tsv"), of rows
     ("csv": lists of fields, or dicts with ``header``) or of JSON values ("jsonl"). ``data``: as
-    ``iter_line_chunks`` takes it."""
+    ``iter_line_chunks`` takes it. A small file held whole gives its batches at once, in a list."""
     if input_format == "csv":
-        yield from _csv_rows(fs, split, errors, header, data)
-        return
-    for offset, chunk in iter_line_chunks(fs, split, data):
-        lines = decode_lines(chunk, offset, split.url, errors)
-        if input_format == "tsv":
-            yield [_tsv_record(line) for line in lines]
-        elif input_format == "jsonl":
-            yield _json_values(lines, offset, split.url)
-        else:
-            yield lines
+        return _csv_rows(fs, split, errors, header, data)
+    chunks = iter_line_chunks(fs, split, data)
+    if type(chunks) is list:  # its one chunk (a small gzip file): no generator a file
+        return [_records(chunk, offset, split.url, input_format, errors) for offset, chunk in chunks]
+    return (_records(chunk, offset, split.url, input_format, errors) for offset, chunk in chunks)
+
+
+def _records(chunk: bytes, offset: int, url: str, input_format: str, errors: str) -> list[Any]:
+    """The records of a line-aligned chunk of text input (not csv)."""
+    lines = decode_lines(chunk, offset, url, errors)
+    if input_format == "tsv":
+        return [_tsv_record(line) for line in lines]
+    if input_format == "jsonl":
+        return _json_values(lines, offset, url)
+    return lines
 
 
 def _json_values(lines: list[str], offset: int, url: str) -> list[Any]:

@@ -167,7 +167,7 @@ class Wave:
     attempt before it is submitted, ``on_end(attempt, outcome, committed, will_retry)`` of every one
     that ends; ``check()`` is called while waiting and raises to
     stop the wave (an interrupt, a lost lease); ``spec_for(state)`` makes the spec of a task that has
-    none when it is first submitted.
+    none when it is first submitted; ``after_submitting()`` is called after each round of submissions.
     """
 
     def __init__(
@@ -183,6 +183,7 @@ class Wave:
         leftovers: Leftovers,
         check: Callable[[], None] = lambda: None,
         spec_for: Callable[[TaskState], TaskSpec] | None = None,
+        after_submitting: Callable[[], None] = lambda: None,
     ) -> None:
         self.executor = executor
         self.tasks = tasks
@@ -194,6 +195,7 @@ class Wave:
         self.leftovers = leftovers
         self.check = check
         self.spec_for = spec_for
+        self.after_submitting = after_submitting
         self.running: dict[Future[Outcome], Attempt] = {}  # in submit order: oldest first
         self.ready: list[TaskState] = [t for t in reversed(tasks) if t.committed is None]
         self.delayed: list[tuple[float, int, TaskState]] = []  # (due time, tie-breaker, task)
@@ -216,6 +218,7 @@ class Wave:
                 with full_collections_held(collect=False):
                     while self.ready and len(self.running) + len(self.leftovers) < limit:
                         self._submit(self.ready.pop(), speculative=False)
+                self.after_submitting()
                 if self.speculation.enabled and self.durations and not self.ready:
                     self._speculate(now, limit)
                 timeout = POLL_SECONDS

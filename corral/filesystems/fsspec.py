@@ -10,8 +10,10 @@ import errno
 import os
 import threading
 from collections.abc import Iterable, Sequence
+from stat import S_ISDIR
 from typing import IO, Any
 
+from corral import speedups
 from corral.errors import UsageError
 from corral.fs import FileInfo, FileSystem, ProtocolInfo
 from corral.hookspecs import hookimpl
@@ -338,7 +340,10 @@ def _pread(path: str, start: int, end: int) -> bytes:
     fd = os.open(path, os.O_RDONLY)
     try:
         data = os.pread(fd, end - start, start)
-        if len(data) < end - start and data:  # a short read before the end (rare): read on
+        # a short read is the file's end, but where a store could answer a part (past 2 GiB on Linux, a
+        # FUSE filesystem): read on. One byte short is the end a small read asks past (``small_read``
+        # reads a file's size and a byte more, which tells whether it grew): no second read for that
+        if 1 < end - start - len(data) and data:
             parts = [data]
             position = start + len(data)
             while position < end and (more := os.pread(fd, end - position, position)):
@@ -351,35 +356,98 @@ def _pread(path: str, start: int, end: int) -> bytes:
 
 
 def _local_files(folder: str) -> list[FileInfo]:
-    """The files below a local folder, as ``expand`` lists them, with ``os.scandir`` (a stat per file;
-    fsspec's ``find`` costs ten times as much, which 100,000 input files notice). Symbolic links are
+    """The files below a local folder, as ``expand`` lists them: with ``corral._speedups.scan_tree`` (in
+    C, without the GIL; or what ``prefetch_folders`` started), else ``os.scandir`` and a stat per file
+    (fsspec's ``find`` costs ten times as much, which 100,000 input files notice). Symbolic links are
     followed (a folder reached twice, by a loop of links, is listed once); a broken one is no file."""
+    identity = _identity(os.stat(folder))
+    started = _prefetched.pop(identity, None)
+    scanned = started.result() if started is not None else None
+    if scanned is None and speedups.scan_tree is not None:
+        scanned = speedups.scan_tree(folder)
+    if scanned is not None:  # FileInfo(folder/path, size, str(mtime_ns)) of each, made in C
+        assert speedups.file_infos is not None  # with scan_tree
+        found = speedups.file_infos(folder if folder.endswith("/") else folder + "/", scanned[2], FileInfo)
+    else:
+        found = _walked(folder, identity)
+    found.sort(key=_url_of)
+    return found
+
+
+def _walked(folder: str, identity: tuple[int, int]) -> list[FileInfo]:
+    """``_local_files`` in Python: a folder at a time, an entry at a time (each holds its stat, ~700 bytes)."""
     found: list[FileInfo] = []
-    seen = {_identity(os.stat(folder))}
+    seen = {identity}
     pending = [folder]
     while pending:
+        below = pending.pop()
+        prefix = below if below.endswith("/") else below + "/"
         try:
-            entries = os.scandir(pending.pop())
+            entries = os.scandir(below)
         except (FileNotFoundError, NotADirectoryError):  # gone since it was listed
             continue
-        add = found.append
-        with entries:  # an entry at a time: each holds its stat (~700 bytes; 7 MB for 10,000 files at once)
+        with entries:
             for entry in entries:
                 if entry.name[0] in "_.":  # a name is never empty
                     continue
                 try:
-                    if entry.is_dir():
-                        identity = _identity(entry.stat())
-                        if identity not in seen:
-                            seen.add(identity)
-                            pending.append(entry.path)
-                    else:
-                        stat = entry.stat()
-                        add(FileInfo(entry.path, stat.st_size, str(stat.st_mtime_ns)))
+                    stat = entry.stat()
                 except FileNotFoundError:  # a broken link, or a file removed meanwhile
                     continue
-    found.sort(key=_url_of)
+                if S_ISDIR(stat.st_mode):
+                    if (stat.st_dev, stat.st_ino) not in seen:
+                        seen.add((stat.st_dev, stat.st_ino))
+                        pending.append(prefix + entry.name)
+                else:
+                    found.append(FileInfo(prefix + entry.name, stat.st_size, str(stat.st_mtime_ns)))
     return found
+
+
+class _Prefetch:
+    """``scan_tree`` of one folder, running in a thread of its own (the GIL released all along)."""
+
+    def __init__(self, folder: str) -> None:
+        self._folder = folder
+        self._scanned: tuple[int, int, list[tuple[str, int, int]]] | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._scan, name="corral-listing", daemon=True)
+        self._thread.start()
+
+    def _scan(self) -> None:
+        assert speedups.scan_tree is not None
+        try:
+            self._scanned = speedups.scan_tree(self._folder)
+        except BaseException as exc:  # the listing raises it, as if it had scanned itself
+            self._error = exc
+
+    def result(self) -> tuple[int, int, list[tuple[str, int, int]]] | None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._scanned
+
+
+#: Folders being listed ahead, by (device, inode): the listing takes each once, however it is spelled.
+_prefetched: dict[tuple[int, int], _Prefetch] = {}
+
+
+def prefetch_folders(paths: Iterable[str]) -> None:
+    """Start listing the local folders among ``paths`` (the command line's inputs) in threads, while
+    the ``corral`` command goes on starting up: its listing of 20,000 small files waits ~5 ms instead
+    of stat-ing them for ~40 ms. What a listing finds is what the folder held when it was read, moments
+    before the driver asked; a folder replaced since (another at its path) is listed again. Only with
+    the C module, whose walk needs no GIL."""
+    if speedups.scan_tree is None:
+        return
+    for path in paths:
+        if "://" in path:
+            continue
+        try:
+            stat = os.stat(path)
+        except (OSError, ValueError):  # the listing says what is wrong with it
+            continue
+        if S_ISDIR(stat.st_mode) and _identity(stat) not in _prefetched:
+            _prefetched[_identity(stat)] = _Prefetch(path)
 
 
 def _identity(stat: os.stat_result) -> tuple[int, int]:

@@ -126,3 +126,63 @@ def test_the_driver_lets_go_while_its_tasks_run_on_threads(tmp_path, monkeypatch
     assert counts(tmp_path / "out") == {"one": 1, "two": 2, "three": 3}
     assert set(holders) == {1}  # the task's own hold, not the driver's too
     assert not collector.holding()
+
+
+_SETTING_UP = """
+import gc, json, os, sys
+from corral import collector
+collector.setting_up()
+seen = {"setting_up": gc.isenabled()}
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:  # a worker forked while the driver sets up: collects from the start, inherits frozen
+    os.write(write, json.dumps([gc.isenabled(), gc.get_freeze_count() > 0]).encode())
+    os._exit(0)
+os.close(write)
+os.waitpid(pid, 0)
+seen["forked"] = json.loads(os.read(read, 1000))
+collector.tasks_starting()
+seen["tasks"] = [gc.isenabled(), gc.get_freeze_count() > 0]
+collector.tasks_starting()  # a later wave: nothing more to do
+seen["again"] = gc.isenabled()
+print(json.dumps(seen))
+"""
+
+
+def test_a_driver_setting_up_collects_nothing_until_its_tasks_start(tmp_path):
+    """What the ``corral`` command does (``corral.cli.console_main``), in a process of its own: no collection
+    while it lists and plans; from its first tasks on (and in its forked workers from their start) the
+    collector runs, over what was made since the freeze."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _SETTING_UP], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == {"setting_up": False, "forked": [True, True], "tasks": [True, True],
+                                       "again": True}
+
+
+GC_JOB = """
+import gc
+import corral
+
+class Collected(corral.Job):
+    def map(self, key, line):
+        yield ("enabled" if gc.isenabled() else "disabled"), 1
+
+    def reduce(self, key, values):
+        yield key, sum(values)
+"""
+
+
+@pytest.mark.parametrize("backend", ["processes", "threads"])
+def test_the_tasks_of_the_corral_command_run_with_the_collector_on(tmp_path, backend):
+    """The command holds collections back while it sets up: its tasks, in workers or on its threads, must
+    not inherit that (hours of tasks without a collection would keep every reference cycle they make)."""
+    from .util import run_command
+
+    (tmp_path / "job.py").write_text(GC_JOB)
+    (tmp_path / "in.txt").write_text("x\n" * 500)
+    done = run_command("corral", "run", tmp_path / "job.py", tmp_path / "in.txt", "--out", tmp_path / "out",
+                       "--backend", backend, "-q")
+    assert done.returncode == 0, done.stderr
+    assert counts(tmp_path / "out") == {"enabled": 500}

@@ -184,3 +184,53 @@ def test_corral_read_ahead_sets_how_many_small_objects_are_read_at_once(monkeypa
         assert _read_ahead() == expected
     monkeypatch.delenv("CORRAL_READ_AHEAD")
     assert _read_ahead() == READ_AHEAD == 16
+
+
+def test_an_empty_gzip_file_is_a_file_of_no_lines(tmp_path):
+    """A log of an hour without requests: a valid gzip member with nothing in it, read whole from memory."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "00.gz").write_bytes(gzip.compress(b""))
+    (logs / "01.gz").write_bytes(gzip.compress(b"a b\n"))
+    (logs / "02.gz").write_bytes(gzip.compress(b"") + gzip.compress(b"b\n"))  # an empty member, then one
+    fs = local_filesystem(url=str(logs))
+    (split,) = make_splits([FileInfo(str(logs / "00.gz"), (logs / "00.gz").stat().st_size)], 100)
+    assert list(iter_line_chunks(fs, split)) == []
+    run(jobs.WordCount, logs, tmp_path / "out")
+    assert counts(tmp_path / "out") == {"a": 1, "b": 2}
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not gzip", "bad method"])
+def test_a_damaged_small_gzip_file_is_an_input_error_naming_it(tmp_path, damage):
+    data = gzip.compress(b"a\nb\n" * 10)
+    data = {"truncated": data[:-6], "not gzip": b"plain text\n", "bad method": data[:2] + b"\x07" + data[3:]}[damage]
+    path = tmp_path / "in.gz"
+    path.write_bytes(data)
+    fs = local_filesystem(url=str(path))
+    (split,) = make_splits([FileInfo(str(path), len(data))], 100)
+    with pytest.raises(corral.InputError, match=rf"^{path}: cannot read it as gzip data \("):
+        list(iter_line_chunks(fs, split))
+
+
+def test_a_small_read_past_a_files_end_is_one_read(tmp_path, monkeypatch):
+    """``small_read`` asks for a file's size and a byte more (did it grow?): that byte short is the end."""
+    import os
+
+    from corral.filesystems import fsspec
+
+    path = tmp_path / "in.gz"
+    path.write_bytes(gzip.compress(b"a\n"))
+    size = path.stat().st_size
+    preads = []
+    real = os.pread
+
+    def counted(fd, n, offset):
+        preads.append((n, offset))
+        return real(fd, n, offset)
+
+    monkeypatch.setattr(fsspec.os, "pread", counted)
+    assert fsspec._pread(str(path), 0, size + 1) == path.read_bytes()
+    assert preads == [(size + 1, 0)]
+    preads.clear()
+    assert fsspec._pread(str(path), 0, size + 10) == path.read_bytes()  # further short: read on, to the end
+    assert preads == [(size + 10, 0), (10, size)]
