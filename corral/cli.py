@@ -99,12 +99,15 @@ def _run(job_class: type[Job], args: argparse.Namespace) -> int:
     from corral.collector import setting_up
     from corral.config import load_settings
     from corral.driver import Driver
+    from corral.executors.local import LOCAL_BACKENDS
 
     settings = load_settings(_flags(args))
     _logging(settings)
-    if _whole_process and not any("://" in url and not url.startswith("file://") for url in args.inputs):
-        # no garbage collection until the tasks start (corral.collector): local inputs are listed in
-        # moments; an object store's listing (its client's garbage, page after page) collects as usual
+    local_inputs = not any("://" in url and not url.startswith("file://") for url in args.inputs)
+    if _whole_process and local_inputs and settings.backend in LOCAL_BACKENDS:
+        # no garbage collection until the tasks start (corral.collector): a local run sets up in moments,
+        # and keeps what it makes; an object store's listing or a function's deploy (their clients'
+        # garbage, request after request) collect as usual
         setting_up()
     manifest = Driver(job_class, args.inputs, args.out, settings).run()
     if not settings.quiet:

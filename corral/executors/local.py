@@ -554,6 +554,10 @@ def _spec(name: str, create: Callable[[int], Executor], description: str) -> Exe
     return ExecutorSpec(name, lambda settings: create(settings.max_concurrency or default_concurrency()), description)
 
 
+#: The executors that run tasks on this machine's cores (``--backend``).
+LOCAL_BACKENDS = ("processes", "threads")
+
+
 @hookimpl
 def corral_executors() -> list[ExecutorSpec]:
     return [
