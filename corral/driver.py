@@ -628,8 +628,7 @@ class Driver:
         plan = {
             "t": "stage", "stage": index, "map_tasks": len(bins), "reduce_tasks": partitions,
             "split_size": split_size, "input_bytes": total,
-            # tuples: encoded once for the journal, and that text is the manifest's (corral.jsontext)
-            "plan": tuple(tuple((s.url, s.start, s.end) for s in b) for b in bins),
+            "plan": tuple(tuple((s.url, s.start, s.end) for s in b) for b in bins),  # a tuple is the smaller
         }
         if step.total_order:
             plan["bounds"] = self._sample_bounds(index, step, bins, partitions)

@@ -52,27 +52,7 @@ def chunks(value: Any, depth: int) -> Iterator[str]:
 def _batched(items: list[Any] | tuple[Any, ...]) -> Iterator[str]:
     """The text of ``encode(items)``, items encoded whole, many at a time: as many as make about
     ``BATCH`` bytes by the size of the batch before (a run's fingerprint of 20,000 small files was
-    20,000 calls of the encoder, 30 ms; a list of big items still goes an item at a time). A tuple of
-    tuples (a stage's plan, which the journal and then the manifest hold) is encoded once: the text of
-    the last one is kept for the next time it is asked for (10 ms for a plan of 20,000 files)."""
-    global _last_encoded
-    memo = _last_encoded
-    if memo is not None and memo[0] is items:
-        yield memo[1]
-        return
-    if type(items) is tuple and items and type(items[0]) is tuple:
-        text = "".join(_batches(items))
-        _last_encoded = (items, text)
-        yield text
-        return
-    yield from _batches(items)
-
-
-#: The tuple ``_batched`` encoded last and its text (held, so that no other object takes its id).
-_last_encoded: tuple[tuple[Any, ...], str] | None = None
-
-
-def _batches(items: list[Any] | tuple[Any, ...]) -> Iterator[str]:
+    20,000 calls of the encoder, 30 ms; a list of big items still goes an item at a time)."""
     opening = "["
     start, count = 0, 1
     while start < len(items):

@@ -427,6 +427,8 @@ class _Prefetch:
         return self._scanned
 
 
+#: At most this many of the command line's inputs are looked at to be listed ahead.
+PREFETCH_INPUTS = 32
 #: Folders being listed ahead, by (device, inode): the listing takes each once, however it is spelled.
 _prefetched: dict[tuple[int, int], _Prefetch] = {}
 
@@ -439,7 +441,7 @@ def prefetch_folders(paths: Iterable[str]) -> None:
     the C module, whose walk needs no GIL."""
     if speedups.scan_tree is None:
         return
-    for path in paths:
+    for path in list(paths)[:PREFETCH_INPUTS]:  # thousands of inputs (a shell's glob) are files: no stat each
         if "://" in path:
             continue
         try:

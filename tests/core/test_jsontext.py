@@ -34,22 +34,3 @@ def test_small_items_are_encoded_many_at_a_time_and_big_ones_alone():
     big = list(chunks([["x" * BATCH]] * 20, 1))
     assert max(len(text) for text in big) < 3 * BATCH  # a big item at a time
 
-
-def test_a_plan_of_tuples_is_encoded_once_and_a_list_every_time():
-    """A stage's plan (tuples of tuples) is in the journal and then in the manifest: its text is made once.
-    Anything else, or another plan however equal, is encoded afresh (a list can change in between)."""
-    import corral.jsontext as jsontext
-
-    plan = tuple(tuple((f"/data/{b}/{i}.gz", 0, 100 + i) for i in range(3000)) for b in range(2))
-    text = "".join(chunks({"plan": plan}, 2))
-    assert json.loads(text) == {"plan": json.loads(json.dumps(plan))}
-    assert jsontext._last_encoded is not None and jsontext._last_encoded[0] is plan
-    kept = jsontext._last_encoded[1]
-    assert "".join(chunks({"stages": [{"plan": plan}]}, 3)) == '{"stages":[{"plan":' + kept + "}]}"
-    assert jsontext._last_encoded[1] is kept  # the same text, not made again
-    other = tuple(tuple(task) for task in plan[:1])
-    assert json.loads("".join(chunks(other, 1))) == json.loads(json.dumps(other))
-    items = [[1, 2], [3]]
-    assert "".join(chunks(items, 1)) == "[[1,2],[3]]"
-    items.append([4])
-    assert "".join(chunks(items, 1)) == "[[1,2],[3],[4]]"
