@@ -235,7 +235,9 @@ def _driver_killed(phase: str, row: Row):
     folder, _ = row.awkward
     out = row.tmp_path / "out"
     argv = [CORRAL, "run", JOB, str(folder), "--out", str(out), "--backend", "processes", *PLAN,
-            "--arg", f"{phase}_slow=2.0"]  # that wave longer than the 2 s flush; the other one quick
+            # that wave's tasks longer than a commit can wait to be journaled (the 2 s flush and the
+            # keeper's 0.5 s tick): at 2.0 s, two waves' commits could land in one flush, none left to do
+            "--arg", f"{phase}_slow=3.5"]
     process = subprocess.Popen(argv, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True, start_new_session=True)
     deadline = time.monotonic() + 120
