@@ -16,6 +16,15 @@ from corral.filesystems import fsspec as local
 from .test_speedups import _compiled
 from .util import clean_env, counts, run_command
 
+#: A job that counts each distinct line.
+LINES_JOB = """import corral
+class Lines(corral.Job):
+    def map(self, key, line):
+        yield line, 1
+    def reduce(self, key, values):
+        yield key, sum(values)
+"""
+
 
 def _tree(root):
     """Files, folders to skip, a link to a file, to a folder, a loop of links, a broken link, and a name
@@ -127,14 +136,7 @@ def test_the_corral_command_lists_a_tree_of_links_the_same_with_and_without_the_
     _tree(data)
     out = tmp_path / "out"
     job = tmp_path / "job.py"
-    job.write_text(
-        "import corral\n"
-        "class Lines(corral.Job):\n"
-        "    def map(self, key, line):\n"
-        "        yield line, 1\n"
-        "    def reduce(self, key, values):\n"
-        "        yield key, sum(values)\n"
-    )
+    job.write_text(LINES_JOB)
     done = run_command("corral", "run", job, data, "--out", out, "-q", env=clean_env(CORRAL_SPEEDUPS=setting))
     assert done.returncode == 0, done.stderr
     # one.txt twice (itself, and the link to it); two.txt once (its folder is reached twice); café once
@@ -160,14 +162,7 @@ def test_an_input_folder_named_twice_is_read_once(tmp_path):
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "a.txt").write_text("x\ny\n")
     job = tmp_path / "job.py"
-    job.write_text(
-        "import corral\n"
-        "class Lines(corral.Job):\n"
-        "    def map(self, key, line):\n"
-        "        yield line, 1\n"
-        "    def reduce(self, key, values):\n"
-        "        yield key, sum(values)\n"
-    )
+    job.write_text(LINES_JOB)
     done = run_command("corral", "run", job, "logs", "./logs/", tmp_path / "logs", "--out", "out", "-q", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert counts(tmp_path / "out") == {"x": 1, "y": 1}
