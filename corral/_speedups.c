@@ -552,6 +552,23 @@ symbolic_links(PyObject *module, PyObject *arg)
 }
 #endif
 
+#ifdef __linux__
+#include <sys/prctl.h>
+
+/* die_with_parent(signal): the kernel sends this process ``signal`` when its parent ends
+ * (PR_SET_PDEATHSIG); a worker process sets it as it starts, without importing ctypes (~6 ms). */
+static PyObject *
+die_with_parent(PyObject *self, PyObject *arg)
+{
+    long signal_number = PyLong_AsLong(arg);
+    if (signal_number == -1 && PyErr_Occurred())
+        return NULL;
+    if (prctl(PR_SET_PDEATHSIG, (unsigned long)signal_number, 0, 0, 0) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+#endif
+
 static PyMethodDef speedups_methods[] = {
     {"are_pairs", (PyCFunction)are_pairs, METH_O,
      "are_pairs(batch) -> bool: every item of the list is a tuple of two"},
@@ -570,6 +587,10 @@ static PyMethodDef speedups_methods[] = {
      "version str(mtime_ns))"},
     {"symbolic_links", (PyCFunction)symbolic_links, METH_O,
      "symbolic_links(path) -> [name]: the names of a folder's symbolic links (no stat per entry)"},
+#endif
+#ifdef __linux__
+    {"die_with_parent", (PyCFunction)die_with_parent, METH_O,
+     "die_with_parent(signal): the kernel sends this process signal when its parent ends (PR_SET_PDEATHSIG)"},
 #endif
     {NULL, NULL, 0, NULL},
 };

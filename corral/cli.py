@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser(argv).parse_args(argv)
         if args.command == "run":
             if _whole_process:  # the input folders are listed while the job and its settings load
-                from corral.filesystems.fsspec import prefetch_folders
+                from corral.filesystems.local import prefetch_folders
 
                 prefetch_folders(args.inputs)
             return _run(resolve_job(args.job), args)
@@ -337,7 +337,7 @@ def console_main() -> NoReturn:
     _whole_process = True
     inputs = _leading_inputs(sys.argv[1:])
     if inputs:  # listed from now on, while the plugins load and the arguments are parsed
-        from corral.filesystems.fsspec import prefetch_folders
+        from corral.filesystems.local import prefetch_folders
 
         prefetch_folders(inputs)
     code = main()

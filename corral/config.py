@@ -26,23 +26,31 @@ def all_options() -> list[Option[Any]]:
     Several plugins may return the same Option object (remote backends sharing ``--memory``); two
     different Option objects with one name are a UsageError naming both plugins and the option.
     """
-    from corral.plugins import CORE_DISTRIBUTION, get_plugin_manager, plugin_distribution
+    from corral.plugins import get_plugin_manager
 
     pm = get_plugin_manager()
     options = list(CORE_OPTIONS)
-    declared: dict[str, tuple[Option[Any], str]] = {o.name: (o, f"corral itself ({CORE_DISTRIBUTION})")
-                                                    for o in options}
+    declared: dict[str, tuple[Option[Any], Any]] = {o.name: (o, None) for o in options}  # option, its hookimpl
     for impl in reversed(pm.hook.corral_options.get_hookimpls()):  # the order pluggy calls them in
-        by = f"plugin {impl.plugin_name!r} ({plugin_distribution(impl.plugin)})"
         for option in cast("list[Option[Any]]", impl.function()):
             first = declared.get(option.name)
             if first is None:
-                declared[option.name] = (option, by)
+                declared[option.name] = (option, impl)
                 options.append(option)
             elif first[0] is not option:
-                raise UsageError(f"option --{option.name} is declared twice, by {first[1]} and by {by}: "
+                raise UsageError(f"option --{option.name} is declared twice, by {_by(first[1])} and by {_by(impl)}: "
                                  "plugins share an option by returning the same Option object")
     return options
+
+
+def _by(impl: Any) -> str:
+    """Who declared an option: corral itself (``impl`` None) or a plugin and its distribution (read
+    from its metadata only for this message: ``all_options`` runs at every start)."""
+    from corral.plugins import CORE_DISTRIBUTION, plugin_distribution
+
+    if impl is None:
+        return f"corral itself ({CORE_DISTRIBUTION})"
+    return f"plugin {impl.plugin_name!r} ({plugin_distribution(impl.plugin)})"
 
 
 def _file_settings(folder: Path) -> list[tuple[str, dict[str, Any]]]:

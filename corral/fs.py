@@ -1,9 +1,9 @@
 """The FileSystem contract corral reads and writes through, and the lookup of the one serving a URL.
 
 Every location corral handles is a URL (``/data/in``, ``s3://bucket/in/``, ``gs://…``, ``memory://…``).
-The ``corral_filesystem`` hook maps a URL to a FileSystem; the built-in plugin
-(``corral.filesystems.fsspec``) answers for any protocol fsspec knows, so ``s3://`` works once s3fs is
-installed.
+The ``corral_filesystem`` hook maps a URL to a FileSystem; the built-in plugins answer for the local
+disk (``corral.filesystems.local``) and for any protocol fsspec knows (``corral.filesystems.fsspec``),
+so ``s3://`` works once s3fs is installed.
 """
 
 from __future__ import annotations

@@ -39,8 +39,8 @@ def corral_filesystem(url: str) -> FileSystem | None:
     """Called whenever corral needs to read or write ``url`` (input, output, working data).
 
     Return a ``corral.FileSystem`` that serves this URL, or ``None`` to let the next plugin answer.
-    The first non-``None`` answer wins; the built-in plugin (fsspec) answers last, for any protocol
-    fsspec knows.
+    The first non-``None`` answer wins. Of the built-in plugins, ``corral.filesystems.local`` answers for
+    local paths and ``file://`` URLs, and fsspec's answers last, for any protocol fsspec knows.
     """
 
 

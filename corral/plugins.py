@@ -19,6 +19,7 @@ from corral.hookspecs import hookimpl
 
 #: Built-in plugins, registered through the same hooks as external ones.
 DEFAULT_PLUGINS = (
+    "corral.filesystems.local",
     "corral.filesystems.fsspec",
     "corral.executors.local",
     "corral.progress",

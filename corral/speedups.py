@@ -44,13 +44,15 @@ are_pairs: Callable[[list[Any]], bool] = py_are_pairs
 count_constant: Callable[[dict[Any, int], list[Any], Any], bool] = py_count_constant
 #: Counts pairs straight from an iterator (C only; without it the batches above do the same).
 count_from: Callable[[dict[Any, int], Iterator[Any], Any], tuple[Any] | None] | None = None
-#: The files below a local folder, walked without the GIL (C only; corral.filesystems.fsspec lists them in
+#: The files below a local folder, walked without the GIL (C only; corral.filesystems.local lists them in
 #: Python without it): ``(device, inode, [(relative path, size, mtime_ns)])``.
 scan_tree: Callable[[str], tuple[int, int, list[tuple[str, int, int]]]] | None = None
 #: ``scan_tree``'s files as FileInfo objects, ``(prefix, scanned, FileInfo)`` (C only).
 file_infos: Callable[[str, list[tuple[str, int, int]], type[Any]], list[Any]] | None = None
 #: The names of a folder's symbolic links, from the types readdir gives (C only).
 symbolic_links: Callable[[str], list[str]] | None = None
+#: ``prctl(PR_SET_PDEATHSIG, signal)``: this process gets ``signal`` when its parent ends (C, Linux only).
+die_with_parent: Callable[[int], None] | None = None
 #: "C" when the compiled module is used, "Python" when not.
 IMPLEMENTATION = "Python"
 
@@ -66,4 +68,5 @@ if os.environ.get("CORRAL_SPEEDUPS", "1") != "0":
         scan_tree = getattr(_speedups, "scan_tree", None)  # not on Windows
         file_infos = _speedups.file_infos
         symbolic_links = getattr(_speedups, "symbolic_links", None)
+        die_with_parent = getattr(_speedups, "die_with_parent", None)  # Linux only
         IMPLEMENTATION = "C"

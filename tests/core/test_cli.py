@@ -331,7 +331,8 @@ def test_backends_lists_executors_and_filesystems():
     assert filesystems["file"] == filesystems["local"]  # aliases share one line
     assert filesystems["file"]["names"] == "file, local"
     assert filesystems["file"]["dist"] == filesystems["memory"]["dist"] == "corral-mapreduce"
-    assert filesystems["file"]["library"] == "fsspec"
+    assert filesystems["file"]["library"] == "corral-mapreduce"  # the local disk through os calls, not fsspec
+    assert filesystems["memory"]["library"] == "fsspec"
     assert filesystems["file"]["tested"] == filesystems["memory"]["tested"] == "tested"
 
 

@@ -416,3 +416,31 @@ def test_a_warm_workers_attempt_reports_its_own_memory_peak(tmp_path):
     assert map_attempt["stats"]["worker"] == reduce_attempt["stats"]["worker"]  # the same warm process
     assert map_attempt["stats"]["peak_memory_mb"] > 200
     assert reduce_attempt["stats"]["peak_memory_mb"] < 150, reduce_attempt["stats"]
+
+
+CTYPES_JOB = '''
+import sys
+import corral
+
+class CtypesLoaded(corral.Job):
+    def map(self, key, line):
+        yield "ctypes imported by the worker", "ctypes" in sys.modules
+'''
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_worker_starts_without_importing_ctypes(tmp_path):
+    """A worker sets its parent-death signal through corral._speedups: importing ctypes for it cost each
+    worker ~6 ms as it started, while the driver planned."""
+    from corral import speedups
+
+    if speedups.die_with_parent is None:
+        pytest.skip("corral._speedups is not built: the workers use ctypes")
+    job = tmp_path / "job.py"
+    job.write_text(CTYPES_JOB)
+    (tmp_path / "in.txt").write_text("a\n")
+    done = subprocess.run([sys.executable, "-c", "from corral.cli import console_main; console_main()", "run",
+                           str(job), str(tmp_path / "in.txt"), "--out", str(tmp_path / "out"), "-q",
+                           "--backend", "processes"], capture_output=True, text=True, env=clean_env())
+    assert (done.returncode, done.stderr) == (0, "")
+    assert (tmp_path / "out" / "part-00000").read_text() == "ctypes imported by the worker\tfalse\n"

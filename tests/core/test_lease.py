@@ -17,7 +17,7 @@ import pytest
 
 import corral
 from corral.executors.local import ThreadExecutor
-from corral.filesystems.fsspec import corral_filesystem
+from corral.filesystems.local import corral_filesystem
 from corral.plugins import get_plugin_manager
 
 from . import jobs

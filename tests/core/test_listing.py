@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from corral import speedups
-from corral.filesystems import fsspec as local
+from corral.filesystems import local
 
 from .test_speedups import _compiled
 from .util import clean_env, counts, run_command

@@ -322,3 +322,41 @@ def test_resume_with_changed_code_or_another_job_is_refused_and_deletes_nothing(
     assert line.startswith("corral: error: cannot resume run ")
     assert f": the job's code ({job}) changed. Nothing was deleted" in line
     assert _state(tmp_path / "out") == before
+
+
+WATCH_JOURNAL_JOB = '''
+import json, os, time
+import corral
+
+class WatchJournal(corral.Job):
+    """Each line: wait, then say whether the run's journal holds its plan yet."""
+    def map(self, key, line):
+        time.sleep(float(self.args["wait"]))
+        path = os.path.join(self.args["out"], "_corral", "journal.jsonl")
+        try:
+            with open(path, "rb") as f:
+                records = [json.loads(r) for r in f.read().split(b"\\n") if r.strip()]
+        except FileNotFoundError:
+            records = []
+        yield line, any(r.get("t") == "stage" for r in records)
+'''
+
+
+@pytest.mark.parametrize("files, expected", [(2, "false"), (1, "true")])
+def test_the_plan_is_journaled_once_a_worker_is_free(tmp_path, files, expected):
+    """The plan and run records (4 MB for 20,000 small files) are encoded and written while a worker
+    is idle: at once when the first round of tasks leaves one idle (one task, two workers), else when
+    the first task ends; never, within the journal's 2 s interval, while every worker has a task."""
+    job = tmp_path / "watch.py"
+    job.write_text(WATCH_JOURNAL_JOB)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for n in range(files):
+        (folder / f"f{n}.txt").write_text(f"line{n}\n")
+    out = tmp_path / "out"
+    done = run_command("corral", "run", job, folder, "--out", out, "--backend", "processes", "--max-concurrency",
+                       "2", "--map-bin-size", "6", "--arg", "wait=0.6", "--arg", f"out={out}", "-q")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert manifest(out)["stages"][0]["map_tasks"] == files
+    assert sorted(line for lines in part_lines(out) for line in lines) == [
+        f"line{n}\t{expected}" for n in range(files)]

@@ -15,7 +15,7 @@ from collections import Counter
 import pytest
 
 import corral
-from corral.filesystems.fsspec import corral_filesystem as local_filesystem
+from corral.filesystems.local import corral_filesystem as local_filesystem
 from corral.fs import FileInfo, FileSystem
 from corral.planner import make_splits
 from corral.plugins import get_plugin_manager
@@ -216,7 +216,7 @@ def test_a_small_read_past_a_files_end_is_one_read(tmp_path, monkeypatch):
     """``small_read`` asks for a file's size and a byte more (did it grow?): that byte short is the end."""
     import os
 
-    from corral.filesystems import fsspec
+    from corral.filesystems import local
 
     path = tmp_path / "in.gz"
     path.write_bytes(gzip.compress(b"a\n"))
@@ -228,9 +228,9 @@ def test_a_small_read_past_a_files_end_is_one_read(tmp_path, monkeypatch):
         preads.append((n, offset))
         return real(fd, n, offset)
 
-    monkeypatch.setattr(fsspec.os, "pread", counted)
-    assert fsspec._pread(str(path), 0, size + 1) == path.read_bytes()
+    monkeypatch.setattr(local.os, "pread", counted)
+    assert local._pread(str(path), 0, size + 1) == path.read_bytes()
     assert preads == [(size + 1, 0)]
     preads.clear()
-    assert fsspec._pread(str(path), 0, size + 10) == path.read_bytes()  # further short: read on, to the end
+    assert local._pread(str(path), 0, size + 10) == path.read_bytes()  # further short: read on, to the end
     assert preads == [(size + 10, 0), (10, size)]

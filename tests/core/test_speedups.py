@@ -160,3 +160,22 @@ def test_count_from_lets_the_maps_exception_through():
     with pytest.raises(KeyError, match="the user's bug"):
         count_from(counts_, pairs(), 1)
     assert counts_ == {"a": 1}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_die_with_parent_sets_the_signal_a_worker_gets_when_its_driver_ends():
+    """What a worker process of the processes backend sets as it starts, read back with prctl's own
+    PR_GET_PDEATHSIG (through ctypes, in a process of its own)."""
+    _compiled()
+    script = (
+        "import ctypes, signal\n"
+        "from corral import _speedups\n"
+        "_speedups.die_with_parent(signal.SIGUSR1)\n"
+        "value = ctypes.c_int()\n"
+        "assert ctypes.CDLL(None).prctl(2, ctypes.byref(value), 0, 0, 0) == 0\n"  # PR_GET_PDEATHSIG
+        "print(value.value == signal.SIGUSR1)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=clean_env())
+    assert (done.returncode, done.stdout, done.stderr) == (0, "True\n", "")
+    with pytest.raises(OverflowError):
+        _compiled().die_with_parent(1 << 70)
