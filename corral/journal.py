@@ -32,7 +32,8 @@ class Journal:
         self.folder = join(out, "_corral")
         self.interval = interval
         self._pending: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held while pending records are added or taken
+        self._flushing = threading.Lock()  # held while they are written
         self._last_flush = time.monotonic()
         self._appendable: bool | None = None
         self._next_object = 1
@@ -50,14 +51,22 @@ class Journal:
         return bool(self._pending) and time.monotonic() - self._last_flush >= self.interval
 
     def flush(self) -> None:
-        """Write what is pending (one append and fsync, or one object)."""
-        with self._lock:
-            self._last_flush = time.monotonic()
-            if not self._pending or not self.enabled:
-                return
-            with writing(self.path):
-                self._write(self._pending)
-            self._pending.clear()
+        """Write what is pending (one append and fsync, or one object). Records added meanwhile wait for
+        the next flush, but the adding does not wait for this one: a commit is noted while the keeper's
+        thread writes a plan of 20,000 splits. One flush writes at a time, so records stay in order."""
+        with self._flushing:
+            with self._lock:
+                self._last_flush = time.monotonic()
+                if not self._pending or not self.enabled:
+                    return
+                records, self._pending = self._pending, []
+            try:
+                with writing(self.path):
+                    self._write(records)
+            except BaseException:
+                with self._lock:  # written again by the next flush, from a new line (a torn one is ignored)
+                    self._pending[:0] = [{}, *records]
+                raise
 
     def _write(self, records: list[dict[str, Any]]) -> None:
         if self._appendable is not False:

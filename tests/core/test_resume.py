@@ -360,3 +360,67 @@ def test_the_plan_is_journaled_once_a_worker_is_free(tmp_path, files, expected):
     assert manifest(out)["stages"][0]["map_tasks"] == files
     assert sorted(line for lines in part_lines(out) for line in lines) == [
         f"line{n}\t{expected}" for n in range(files)]
+
+
+def test_the_next_phase_starts_while_the_journal_is_written(tmp_path, monkeypatch):
+    """A phase's end asks the keeper for a flush and goes on: its reduce tasks start while a slow write
+    of the plan (here 1 s, on the keeper's thread) is still going; the journal holds every record all
+    the same, in order, once the run has ended (it is removed on success: read just before)."""
+    import threading
+
+    from corral import journal as journal_module
+
+    real_write = journal_module.Journal._write
+    slow_write_ended: list[float] = []
+    written: list[str] = []
+
+    def slow_write(self, records):
+        slow = threading.current_thread().name == "corral-keeper" and any(r.get("t") == "stage" for r in records)
+        if slow:
+            time.sleep(1.0)
+        real_write(self, records)
+        written.extend(r.get("t") for r in records if r)
+        if slow:
+            slow_write_ended.append(time.time())
+
+    monkeypatch.setattr(journal_module.Journal, "_write", slow_write)
+    folder = tmp_path / "in"
+    _write_input(folder, files=4)
+    out = tmp_path / "out"
+    result = run(jobs.WordCount, folder, out, max_concurrency=2, map_bin_size=2000)
+    stage = result["stages"][0]
+    assert stage["map_tasks"] == 2 and len(slow_write_ended) == 1
+    reduce_started = min(a["start"] for name, task in stage["tasks"].items() if name.startswith("reduce")
+                         for a in task["attempts"])
+    assert reduce_started < slow_write_ended[0] - result["started"]
+    assert written[:2] == ["run", "stage"] and written[-1] == "final"
+    assert written.count("commit") == 2 + stage["reduce_tasks"]
+
+
+def test_a_journal_write_torn_by_an_error_is_written_again_from_a_new_line(tmp_path):
+    """A flush that fails half-way (a full disk) leaves a torn line; the records go out again with the
+    next flush, from a new line, so that none is glued to the torn one and lost."""
+    import errno
+
+    from corral.filesystems.local import LocalFileSystem
+    from corral.journal import Journal, read_journal
+
+    class TearsOnce(LocalFileSystem):
+        torn = False
+
+        def append_pieces(self, url, pieces):
+            if not self.torn:
+                self.torn = True
+                with open(url, "ab") as f:
+                    f.write(b"".join(pieces)[:7])
+                raise OSError(errno.ENOSPC, "No space left on device", url)
+            return super().append_pieces(url, pieces)
+
+    journal = Journal(TearsOnce(), str(tmp_path))
+    (tmp_path / "_corral").mkdir()
+    journal.add({"t": "run", "n": 1})
+    with pytest.raises(OSError):
+        journal.flush()
+    journal.add({"t": "commit", "n": 2})
+    journal.flush()
+    assert read_journal(LocalFileSystem(), str(tmp_path)) == ([{"t": "run", "n": 1}, {"t": "commit", "n": 2}], 0)
