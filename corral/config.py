@@ -13,11 +13,14 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from corral.errors import UsageError
 from corral.options import Option
 from corral.settings import CORE_OPTIONS, Settings
+
+if TYPE_CHECKING:
+    from pluggy import HookImpl
 
 
 def all_options() -> list[Option[Any]]:
@@ -30,7 +33,7 @@ def all_options() -> list[Option[Any]]:
 
     pm = get_plugin_manager()
     options = list(CORE_OPTIONS)
-    declared: dict[str, tuple[Option[Any], Any]] = {o.name: (o, None) for o in options}  # option, its hookimpl
+    declared: dict[str, tuple[Option[Any], HookImpl | None]] = {o.name: (o, None) for o in options}  # None: corral's
     for impl in reversed(pm.hook.corral_options.get_hookimpls()):  # the order pluggy calls them in
         for option in cast("list[Option[Any]]", impl.function()):
             first = declared.get(option.name)
@@ -43,7 +46,7 @@ def all_options() -> list[Option[Any]]:
     return options
 
 
-def _by(impl: Any) -> str:
+def _by(impl: HookImpl | None) -> str:
     """Who declared an option: corral itself (``impl`` None) or a plugin and its distribution (read
     from its metadata only for this message: ``all_options`` runs at every start)."""
     from corral.plugins import CORE_DISTRIBUTION, plugin_distribution

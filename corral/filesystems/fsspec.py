@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from corral.errors import UsageError
@@ -67,11 +67,7 @@ class FsspecFileSystem(FileSystem):
     def _expand(self, url: str) -> list[FileInfo]:
         path = self._path(url)
         if any(ch in path for ch in _GLOB_CHARS):
-            found = self.fs.glob(path, detail=True)
-            infos = [(p, d) for p, d in found.items() if d.get("type") != "directory"]
-            if not infos:
-                raise FileNotFoundError(url)
-            return sorted(FileInfo(self._url(p), int(d.get("size") or 0), _version(d)) for p, d in infos)
+            return glob_files(self.fs, url, path, self._url)
         try:
             info = self.fs.info(path)
         except FileNotFoundError:
@@ -200,6 +196,17 @@ def _make_direct_reader(wrapper: FsspecFileSystem) -> None:
             from corral.filesystems.s3_direct import DirectReader
 
             wrapper._direct = DirectReader.create(wrapper.fs) or False
+
+
+def glob_files(fs: Any, url: str, path: str, spell: Callable[[str], str]) -> list[FileInfo]:
+    """The files fsspec's ``fs.glob`` matches (``**`` included), sorted, each URL spelled by ``spell``;
+    FileNotFoundError naming ``url`` if none. (Also the local disk's globs: ``corral.filesystems.local``.)"""
+    found = fs.glob(path, detail=True)
+    infos = [FileInfo(spell(p), int(d.get("size") or 0), _version(d))
+             for p, d in found.items() if d.get("type") != "directory"]
+    if not infos:
+        raise FileNotFoundError(url)
+    return sorted(infos)
 
 
 def _version(info: dict[str, Any]) -> str | None:

@@ -40,11 +40,11 @@ def local_path(url: str) -> str:
         if url.startswith(prefix):
             url = url[len(prefix):]
             break
-    if not url.startswith("/"):
-        if url.startswith("~"):
-            url = os.path.expanduser(url)
-        else:
-            url = f"{os.getcwd()}/{url[2:] if url.startswith('./') else '' if url == '.' else url}"
+    if url.startswith("~"):
+        url = os.path.expanduser(url)
+    elif not url.startswith("/"):
+        relative = "" if url == "." else url.removeprefix("./")
+        url = f"{os.getcwd()}/{relative}"
     return url.rstrip("/") or "/"
 
 
@@ -54,8 +54,12 @@ class LocalFileSystem(FileSystem):
 
     def expand(self, url: str) -> list[FileInfo]:
         path = local_path(url)
-        if any(ch in path for ch in _GLOB_CHARS):
-            return _globbed(url, path)
+        if any(ch in path for ch in _GLOB_CHARS):  # by fsspec's rules, imported for them only
+            import fsspec
+
+            from corral.filesystems.fsspec import glob_files
+
+            return glob_files(fsspec.filesystem("file"), url, path, str)
         try:
             stat = os.stat(path)
         except FileNotFoundError:
@@ -145,18 +149,6 @@ class LocalFileSystem(FileSystem):
 
     def replace_if(self, url: str, data: bytes, version: str) -> bool:
         return _replace_if(local_path(url), data, version, self.read_versioned)
-
-
-def _globbed(url: str, path: str) -> list[FileInfo]:
-    """The files a glob matches, by fsspec's rules (``**`` included), sorted; FileNotFoundError if none."""
-    import fsspec
-
-    found = fsspec.filesystem("file").glob(path, detail=True)
-    infos = [FileInfo(p, int(d.get("size") or 0), str(d["mtime"]) if "mtime" in d else None)
-             for p, d in found.items() if d.get("type") != "directory"]
-    if not infos:
-        raise FileNotFoundError(url)
-    return sorted(infos)
 
 
 def _move_across_devices(src: str, dst: str) -> None:
