@@ -14,7 +14,7 @@ lists its part files (``"parts"``), which the driver commits.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import chain, count, islice, repeat, starmap
@@ -22,6 +22,7 @@ from operator import itemgetter
 from typing import Any, ClassVar
 
 from corral import cancellation
+from corral.eager import eager_map, eager_pairs
 from corral.errors import InputError
 from corral.failure_context import Reading, map_input, reduce_input
 from corral.fs import FileSystem, get_filesystem, writing
@@ -179,10 +180,13 @@ def _written(spec: TaskSpec, writer: Any, **result: Any) -> dict[str, Any]:
     return result
 
 
-def _map_calls(step: Step, keyed: bool, batch: list) -> Iterable[Iterable[Any]]:
-    """What the job's map yields for a batch of input records: one iterable of pairs per call."""
+def _map_calls(step: Step, eager: Callable[..., Any] | None, keyed: bool, batch: list) -> Iterable[Iterable[Any]]:
+    """What the job's map yields for a batch of input records: iterables of pairs (one per call, or
+    per RECORDS_PER_LIST records of an ``eager`` map: see ``corral.eager``)."""
     if step.map_batch is not None:
         return (step.map_batch(batch),)
+    if eager is not None:
+        return eager_pairs(eager, batch, keyed)
     assert step.map is not None  # a Step has map or map_batch
     return starmap(step.map, batch) if keyed else map(step.map, repeat(None), batch)
 
@@ -201,14 +205,15 @@ def execute_map(spec: MapSpec, job: Job, step: Step) -> dict[str, Any]:
     """Run one map task; return its result (output URL, index, record counts). A failure names the
     split and, when it can be found, the record that ``map`` failed on (``corral.failure_context``)."""
     reading = Reading()
+    eager = eager_map(step.map) if step.map is not None and step.map_batch is None else None
     try:
-        return _execute_map(spec, job, step, reading)
+        return _execute_map(spec, step, eager, reading)
     except Exception as exc:
-        blame(exc, map_input(reading, step.map if step.map_batch is None else None, spec.input_format, exc))
+        blame(exc, map_input(reading, (eager or step.map) if step.map_batch is None else None, spec.input_format, exc))
         raise
 
 
-def _execute_map(spec: MapSpec, job: Job, step: Step, reading: Reading) -> dict[str, Any]:
+def _execute_map(spec: MapSpec, step: Step, eager: Callable[..., Any] | None, reading: Reading) -> dict[str, Any]:
     output_kind = spec.output_kind
     input_format = spec.input_format
     input_errors = spec.input_errors
@@ -231,7 +236,7 @@ def _execute_map(spec: MapSpec, job: Job, step: Step, reading: Reading) -> dict[
         try:
             for keyed, batch in _input_batches(spec.splits, input_format, input_errors, input_header, reading):
                 records_in += len(batch)
-                pairs = chain.from_iterable(_map_calls(step, keyed, batch))
+                pairs = chain.from_iterable(_map_calls(step, eager, keyed, batch))
                 buffer.add_pairs(source, pairs)  # the hot loop
                 buffer.check(records_in)
             reading.done()
@@ -246,7 +251,7 @@ def _execute_map(spec: MapSpec, job: Job, step: Step, reading: Reading) -> dict[
     with _writer(spec, source) as writer:
         for keyed, batch in _input_batches(spec.splits, input_format, input_errors, input_header, reading):
             records_in += len(batch)
-            writer.add_all(chain.from_iterable(_map_calls(step, keyed, batch)))
+            writer.add_all(chain.from_iterable(_map_calls(step, eager, keyed, batch)))
         reading.done()
         if step.map_final:
             writer.flush()
@@ -271,7 +276,7 @@ def sample_keys(
     for window in windows:
         taken = 0
         for keyed, batch in _input_batches((window,), input_format, input_errors, input_header, reading):
-            for pairs in _map_calls(step, keyed, batch):
+            for pairs in _map_calls(step, None, keyed, batch):
                 for key, _ in islice(pairs, per_window - taken):
                     if type(key) is str:
                         keys.append(key)

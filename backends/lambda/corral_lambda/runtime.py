@@ -8,7 +8,6 @@ glibc 2.34). ``--runtime`` itself is corral.remote's (python3.11 or newer).
 
 from __future__ import annotations
 
-from corral import manylinux_platforms
 from corral.remote_options import python_version
 
 ARCHITECTURES = {"x86_64": "x86_64", "arm64": "aarch64"}  # Lambda's name -> the wheels' machine
@@ -29,4 +28,6 @@ def glibc_minor(runtime: str) -> int:
 
 def platform_tags(runtime: str, architecture: str) -> list[str]:
     """The pip platform tags of wheels that run on ``runtime`` / ``architecture``, newest glibc first."""
+    from corral import manylinux_platforms  # corral.packaging: not imported for --help or a local run
+
     return manylinux_platforms(ARCHITECTURES[architecture], glibc_minor(runtime))
