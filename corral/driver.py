@@ -214,6 +214,7 @@ class Driver:
         self.settings = settings
         self.hook = get_plugin_manager().hook
         self.run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+        self._attempt_token = secrets.token_hex(3)  # in its attempts' output names
         self.work = join(work_root(self.out, settings), self.run_id)
         self.stages: list[dict[str, Any]] = []
         self.counters: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -684,10 +685,10 @@ class Driver:
                                           end=round(commit["ran"][1] - self.started, 3))
         return state
 
-    @staticmethod
-    def _output(stage_dir: str, task: str, attempt: int, suffix: str) -> str:
-        """An attempt's own output name: attempts of a task never share one (nor do earlier drivers')."""
-        return join(stage_dir, f"{task}.a{attempt}-{secrets.token_hex(3)}{suffix}")
+    def _output(self, stage_dir: str, task: str, attempt: int, suffix: str) -> str:
+        """An attempt's own output name: attempts of a task never share one (its number), nor do an
+        earlier driver's (this driver's token, drawn once: 7 us of a task's 200 for each)."""
+        return join(stage_dir, f"{task}.a{attempt}-{self._attempt_token}{suffix}")
 
     def _final_names(self, results: list[Committed]) -> list[tuple[str, str]]:
         """(committed part file, final name in OUT) for the last stage's outputs: ``part-00003.csv.gz``, or

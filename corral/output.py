@@ -23,7 +23,7 @@ from typing import IO, TYPE_CHECKING, Any
 import msgpack
 
 from corral.errors import UsageError
-from corral.fs import get_filesystem, join, writing
+from corral.fs import FileSystem, get_filesystem, join, writing
 from corral.pairs import NonFiniteError, TextError, check_pairs, integer_error, non_finite_error, text_error
 from corral.shuffle import _READ_BLOCK, _TEXT_ERRORS, _packer
 
@@ -119,9 +119,9 @@ class RecordWriter(PairWriter):
 class RecordFile(RecordWriter):
     """A RecordWriter to the file at ``url``; ``close`` returns ``[url]``."""
 
-    def __init__(self, url: str, source: str = "reduce") -> None:
+    def __init__(self, url: str, source: str = "reduce", fs: FileSystem | None = None) -> None:
         self.url: str = url
-        self._raw = get_filesystem(url).open(url, "wb")
+        self._raw = (fs or get_filesystem(url)).open(url, "wb")
         self.bytes_out = 0
         super().__init__(self._raw, source)
 
@@ -366,11 +366,11 @@ class PartWriter(PairWriter):
     part file starts with the header (csv) and is compressed as a stream. ``close`` returns the URLs
     written, in order."""
 
-    def __init__(self, url: str, spec: OutputSpec, source: str = "reduce") -> None:
+    def __init__(self, url: str, spec: OutputSpec, source: str = "reduce", fs: FileSystem | None = None) -> None:
         super().__init__(None, source)  # type: ignore[arg-type]
         self.url: str = url
         self.spec = spec
-        self.fs = get_filesystem(url)
+        self.fs = fs or get_filesystem(url)
         self.parts: list[str] = []
         self.bytes_out = 0
         self._encode, self._head = encoder(spec)

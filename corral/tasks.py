@@ -163,13 +163,14 @@ def _filesystem(url: str, known: dict[str, FileSystem]) -> FileSystem:
     return fs
 
 
-def _writer(spec: TaskSpec, source: str) -> PartWriter | RecordFile:
-    """The writer of a task's output: part files (the last stage) or records (for the next stage). As a
-    context manager it closes the output, or on an error closes what is open (the driver discards it)."""
+def _writer(spec: TaskSpec, source: str, fs: FileSystem) -> PartWriter | RecordFile:
+    """The writer of a task's output (on ``fs``): part files (the last stage) or records (for the next
+    stage). As a context manager it closes the output, or on an error closes what is open (the driver
+    discards it)."""
     url = spec.output
     if spec.output_kind == "text":
-        return PartWriter(url, OutputSpec.from_json(spec.output_spec), source)
-    return RecordFile(url, source)
+        return PartWriter(url, OutputSpec.from_json(spec.output_spec), source, fs)
+    return RecordFile(url, source, fs)
 
 
 def _written(spec: TaskSpec, writer: Any, **result: Any) -> dict[str, Any]:
@@ -248,7 +249,7 @@ def _execute_map(spec: MapSpec, step: Step, eager: Callable[..., Any] | None, re
             buffer.close()
         return {"output": spec.output, "index": index, "records_in": records_in, "records_out": buffer.records_out}
 
-    with _writer(spec, source) as writer:
+    with _writer(spec, source, out_fs) as writer:
         for keyed, batch in _input_batches(spec.splits, input_format, input_errors, input_header, reading):
             records_in += len(batch)
             writer.add_all(chain.from_iterable(_map_calls(step, eager, keyed, batch)))
@@ -332,7 +333,7 @@ def _reduce(spec: ReduceSpec, step: Step, sources: list[Iterator[list[Any]]]) ->
         step.reduce_init()
     reducer = step.reduce
     assert reducer is not None  # only stages with a reduce have reduce tasks
-    with _writer(spec, "reduce") as writer:
+    with _writer(spec, "reduce", get_filesystem(spec.output)) as writer:
         keys = count()  # counts the keys as the merge yields them
         if sources:
             groups = zip(merge_batch_groups(sources, step.value_key, step.sort_values), keys, strict=False)

@@ -81,14 +81,19 @@ class LocalFileSystem(FileSystem):
 
     def move(self, src: str, dst: str) -> None:
         """An atomic rename: a reader sees the old file or the new one, never half of one."""
-        dst_path = local_path(dst)
-        os.makedirs(os.path.dirname(dst_path) or ".", exist_ok=True)
+        src_path, dst_path = local_path(src), local_path(dst)
         try:
-            os.replace(local_path(src), dst_path)
+            try:
+                os.replace(src_path, dst_path)
+            except FileNotFoundError:  # the folder of dst is new (asked after: a commit of 10,000 parts)
+                if not os.path.exists(src_path):
+                    raise
+                os.makedirs(os.path.dirname(dst_path) or ".", exist_ok=True)
+                os.replace(src_path, dst_path)
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
-            _move_across_devices(local_path(src), dst_path)  # --work-dir on another disk than OUT
+            _move_across_devices(src_path, dst_path)  # --work-dir on another disk than OUT
 
     def remove(self, url: str, recursive: bool = False) -> None:
         path = local_path(url)

@@ -444,3 +444,50 @@ def test_a_worker_starts_without_importing_ctypes(tmp_path):
                            "--backend", "processes"], capture_output=True, text=True, env=clean_env())
     assert (done.returncode, done.stderr) == (0, "")
     assert (tmp_path / "out" / "part-00000").read_text() == "ctypes imported by the worker\tfalse\n"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="rss_mb reads /proc")
+def test_a_forked_worker_reports_its_own_resident_memory_not_its_parents():
+    """rss_mb keeps /proc/self/statm open: a forked child must not read its parent's through the copy."""
+    from corral.worker import rss_mb
+
+    held = bytearray(300 << 20)
+    held[::4096] = b"x" * len(held[::4096])  # 300 MB resident in the parent
+    parent = rss_mb()
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child drops its copy of the 300 MB
+        try:
+            os.close(reader)
+            del held[:]
+            os.write(writer, str(rss_mb()).encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    child = float(os.read(reader, 64))
+    os.close(reader)
+    os.waitpid(pid, 0)
+    assert parent > 300 and child < parent - 250 and rss_mb() > 300
+
+
+def test_a_thread_tasks_cpu_is_its_own_not_the_drivers_process(tmp_path):
+    """On the threads backend a task shares the driver's process: its cpu_seconds is its thread's CPU,
+    even when it is the only task running (a process clock would count what the driver's threads did)."""
+    data = tmp_path / "in.txt"
+    data.write_text("one line\n")
+    stop = threading.Event()
+
+    def spin():  # another thread of this process (the driver's) busy while the task sleeps
+        while not stop.is_set():
+            sum(range(1000))
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        m = run(jobs.Sleeper, data, tmp_path / "out", arg=[f"folder={tmp_path}", "sleep=0.6"],
+                max_concurrency=1)
+    finally:
+        stop.set()
+        spinner.join()
+    (attempt,) = m["stages"][0]["tasks"]["map-0000"]["attempts"]
+    assert attempt["stats"]["seconds"] >= 0.6 and attempt["stats"]["cpu_seconds"] < 0.15
