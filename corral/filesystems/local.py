@@ -70,8 +70,12 @@ class LocalFileSystem(FileSystem):
 
     def open(self, url: str, mode: str = "rb") -> IO[bytes]:
         path = local_path(url)
-        if "w" in mode:
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        try:
+            return open(path, mode)
+        except FileNotFoundError:  # writing into a folder not made yet: made then (not before every file)
+            if "w" not in mode or not os.path.dirname(path):
+                raise
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         return open(path, mode)
 
     def read_range(self, url: str, start: int, end: int) -> bytes:
