@@ -687,7 +687,7 @@ class Driver:
 
     def _output(self, stage_dir: str, task: str, attempt: int, suffix: str) -> str:
         """An attempt's own output name: attempts of a task never share one (its number), nor do an
-        earlier driver's (this driver's token, drawn once: 7 us of a task's 200 for each)."""
+        earlier driver's (this driver's token, drawn once, not one ``os.urandom`` call an attempt)."""
         return join(stage_dir, f"{task}.a{attempt}-{self._attempt_token}{suffix}")
 
     def _final_names(self, results: list[Committed]) -> list[tuple[str, str]]:

@@ -51,7 +51,10 @@ def eager_map(method: Callable[..., Any]) -> Callable[..., Any] | None:
         return None
     code = function.__code__
     if code not in _compiled:
-        _compiled[code] = _rewrite(function)
+        try:
+            _compiled[code] = _rewrite(function)
+        except (RecursionError, MemoryError, ValueError, TypeError):  # a file too deep for ast: as written
+            _compiled[code] = None
     rewritten = _compiled[code]
     return None if rewritten is None else types.MethodType(rewritten, owner)
 

@@ -298,3 +298,19 @@ def test_a_job_file_edited_since_its_import_keeps_the_code_that_runs(tmp_path, m
         assert generator_pairs(job.map, ["x"]) == [("x", "imported")]
     finally:
         sys.modules.pop("edited_job", None)
+
+
+def test_a_source_the_rewrite_cannot_handle_keeps_the_generator(monkeypatch):
+    """ast's recursion limit (a deeply nested file) must not fail a task that runs as written."""
+    import corral.eager
+
+    class Deep(Job):
+        def map(self, key, line):
+            yield line, 1
+
+    def too_deep(function):
+        raise RecursionError("maximum recursion depth exceeded during ast construction")
+
+    monkeypatch.setattr(corral.eager, "_rewrite", too_deep)
+    assert eager_map(Deep().map) is None
+    assert run_job(Deep, ["a"], reducers=None).output == [("a", 1)]
