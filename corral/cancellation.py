@@ -1,8 +1,9 @@
 """Cooperative cancellation of a running task, for executors that cannot kill it (threads).
 
-The executor runs the task inside ``cancellable(event)``; the task's loops call ``check()`` between
+The executor runs the task inside ``cancellable(flag)``; the task's loops call ``check()`` between
 batches of input and output (once per batch: a thread-local lookup), which raises ``TaskCancelled``
-once the event is set. ``run_task`` turns that into a result whose error kind is ``"cancelled"``.
+once ``flag.is_set()`` (a ``threading.Event``, or the executor's own record of the attempt).
+``run_task`` turns that into a result whose error kind is ``"cancelled"``.
 Where no event is set (a worker process, a remote function) ``check()`` does nothing: those tasks
 are stopped by ending their process.
 """
@@ -12,8 +13,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 _local = threading.local()
+
+
+class CancelFlag(Protocol):
+    def is_set(self) -> bool: ...
 
 
 class TaskCancelled(Exception):
@@ -28,10 +34,10 @@ def check() -> None:
 
 
 @contextmanager
-def cancellable(event: threading.Event) -> Iterator[None]:
-    """Run the enclosed task so that setting ``event`` stops it at its next ``check()``."""
+def cancellable(flag: CancelFlag) -> Iterator[None]:
+    """Run the enclosed task so that setting ``flag`` stops it at its next ``check()``."""
     previous = getattr(_local, "event", None)
-    _local.event = event
+    _local.event = flag
     try:
         yield
     finally:

@@ -143,6 +143,10 @@ class Executor(ABC):
     #: they run (``corral.worker.run_task``'s ``progress`` argument) passes each report to it, as it is,
     #: from any thread. Executors that cannot (remote functions) ignore it.
     progress: Callable[[dict[str, Any]], None] | None = None
+    #: True if the executor holds none of its locks while it resolves a future, so that a callback
+    #: of the future may call ``submit`` and ``cancel``: the driver then settles an ended attempt and
+    #: submits the next on the thread that resolved it (``corral.wave.Wave``), not on its own.
+    resolves_futures_unlocked: bool = False
 
     def __init__(self, max_concurrency: int) -> None:
         self.max_concurrency = max_concurrency

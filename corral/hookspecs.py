@@ -90,7 +90,11 @@ def corral_phase_started(event: PhaseStarted) -> None:
 @hookspec
 def corral_task_started(event: TaskStarted) -> None:
     """Called by the driver when it hands a task attempt to the executor (a first try, a retry or a
-    speculative duplicate), just before the attempt can start running."""
+    speculative duplicate), just before the attempt can start running.
+
+    Called one at a time, in order with ``corral_task_finished``, but not always on the driver's
+    thread: on the threads backend (``Executor.resolves_futures_unlocked``) the thread whose task
+    just ended submits the next one. An implementation must be quick and thread-safe."""
 
 
 @hookspec
@@ -107,7 +111,9 @@ def corral_task_progress(event: TaskProgress) -> None:
 
 @hookspec
 def corral_task_finished(event: TaskFinished) -> None:
-    """Called by the driver after every task attempt ends, whether it succeeded or failed."""
+    """Called by the driver after every task attempt ends, whether it succeeded or failed: one call
+    at a time, on the driver's thread or (threads backend) on the thread that ran the attempt, as
+    ``corral_task_started``."""
 
 
 @hookspec

@@ -68,13 +68,16 @@ def _cancelled_outcome(seconds: float = 0.0) -> Outcome:
 
 
 class _ThreadAttempt:
-    __slots__ = ("event", "future", "payload", "running")
+    __slots__ = ("cancelled", "future", "payload", "running")
 
     def __init__(self, payload: dict[str, Any]) -> None:
         self.payload = payload
         self.future: Future[Outcome] = Future()
-        self.event = threading.Event()  # set: cancelled (the task stops at its next batch)
+        self.cancelled = False  # the task stops at its next batch (its flag for corral.cancellation)
         self.running = False
+
+    def is_set(self) -> bool:
+        return self.cancelled
 
 
 class ThreadExecutor(Executor):
@@ -86,6 +89,7 @@ class ThreadExecutor(Executor):
     """
 
     name = "threads"
+    resolves_futures_unlocked = True  # the driver's bookkeeping then runs on the task threads
 
     def __init__(self, max_concurrency: int) -> None:
         super().__init__(max_concurrency)
@@ -112,12 +116,12 @@ class ThreadExecutor(Executor):
     def _work(self) -> None:
         while (attempt := self._queue.get()) is not None:
             with self._lock:
-                if attempt.event.is_set():  # cancelled while it waited: resolved already
+                if attempt.cancelled:  # cancelled while it waited: resolved already
                     continue
                 attempt.running = True
             started = time.perf_counter()
             try:
-                with cancellable(attempt.event):
+                with cancellable(attempt):
                     result = run_task(attempt.payload, self.progress, shared_process=True)
                 outcome = outcome_from_result(result, {"seconds": round(time.perf_counter() - started, 6)})
             except BaseException as exc:  # never lose an attempt: report it as an infrastructure failure
@@ -129,9 +133,9 @@ class ThreadExecutor(Executor):
     def cancel(self, attempt: Future[Outcome]) -> None:
         with self._lock:
             entry = self._attempts.get(attempt)
-            if entry is None or entry.event.is_set():
+            if entry is None or entry.cancelled:
                 return
-            entry.event.set()
+            entry.cancelled = True
             waiting = not entry.running
             if waiting:
                 del self._attempts[attempt]
@@ -190,6 +194,7 @@ class ProcessExecutor(Executor):
     """Runs tasks in a pool of worker processes, started once and reused (warm) for every task."""
 
     name = "processes"
+    resolves_futures_unlocked = True  # the serving thread then settles attempts, not the driver's
 
     def __init__(self, max_concurrency: int) -> None:
         super().__init__(max_concurrency)
