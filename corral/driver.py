@@ -558,21 +558,22 @@ class Driver:
         split_kind = "text" if index == 0 else "records"
         planned: list[Sequence[Split]] | None = self._planned_bins.pop(index, None)  # when this run planned it
 
+        fixed = dict(  # what every map task of the stage shares (~10 us a task to make each time)
+            base, attempt=1, output_kind=map_kind, partitions=partitions, input_format=type(job).input_format,
+            input_errors=type(job).input_errors, input_header=bool(type(job).input_header),
+            output_spec=None if partitions else final_spec, bounds=tuple(plan.get("bounds") or ()),
+        )
+
         def map_spec(state: TaskState) -> MapSpec:
             """A map task's spec, made as the task is first submitted: a wave of 10,000 tasks holds the
             specs of those running, not of every task (nor, then, their splits)."""
-            j = int(state.name.rpartition("-")[2])
+            j = int(state.name[4:])  # "map-0003"
             if planned is not None:  # the planner's splits, handed to the spec
                 splits, planned[j] = planned[j], ()
             else:
                 splits = [Split(u, s, e, split_kind) for u, s, e in plan["plan"][j]]
-            return MapSpec(
-                **base, task=state.name, attempt=1, output=self._output(stage_dir, state.name, 1, map_suffix),
-                output_kind=map_kind, splits=tuple(splits),
-                partitions=partitions, input_format=type(job).input_format, input_errors=type(job).input_errors,
-                input_header=bool(type(job).input_header), output_spec=None if partitions else final_spec,
-                bounds=tuple(plan.get("bounds") or ()),
-            )
+            return MapSpec(**fixed, task=state.name, output=self._output(stage_dir, state.name, 1, map_suffix),
+                           splits=tuple(splits))
 
         maps = [self._task(index, f"map-{j:04d}") for j in range(plan["map_tasks"])]
         self._run_wave(executor, index, "map", maps, record, stage_dir, map_suffix, map_spec)
@@ -688,7 +689,7 @@ class Driver:
     def _output(self, stage_dir: str, task: str, attempt: int, suffix: str) -> str:
         """An attempt's own output name: attempts of a task never share one (its number), nor do an
         earlier driver's (this driver's token, drawn once, not one ``os.urandom`` call an attempt)."""
-        return join(stage_dir, f"{task}.a{attempt}-{self._attempt_token}{suffix}")
+        return f"{stage_dir}/{task}.a{attempt}-{self._attempt_token}{suffix}"  # join's, for a folder join made
 
     def _final_names(self, results: list[Committed]) -> list[tuple[str, str]]:
         """(committed part file, final name in OUT) for the last stage's outputs: ``part-00003.csv.gz``, or
@@ -727,7 +728,8 @@ class Driver:
                 if state.attempts:
                     record["tasks"][state.name] = {
                         "phase": phase, "committed_attempt": state.committed_attempt,
-                        **({"reused": True} if state.reused else {}), "attempts": state.attempts,
+                        **({"reused": True} if state.reused else {}),
+                        "attempts": tuple(state.attempts),  # 48 bytes, not a growable list's 88
                     }
             record.setdefault("phases", {})[phase] = {
                 "seconds": round(time.time() - started, 3),
@@ -772,8 +774,9 @@ class Driver:
     def _attempt_started(self, stage: int, phase: str, attempt: Attempt) -> None:
         attempt.entry["start"] = round(time.time() - self.started, 3)
         self._running[(attempt.state.name, attempt.entry["attempt"])] = (stage, phase)
-        self.hook.corral_task_started(
-            event=TaskStarted(stage, phase, attempt.state.name, attempt.entry["attempt"], self.settings))
+        if self.hook.corral_task_started.get_hookimpls():  # no event made for nobody (corral.ui.plugin)
+            self.hook.corral_task_started(
+                event=TaskStarted(stage, phase, attempt.state.name, attempt.entry["attempt"], self.settings))
 
     def _attempt_ended(
         self, stage: int, phase: str, attempt: Attempt, outcome: Outcome, committed: bool, will_retry: bool
@@ -784,17 +787,20 @@ class Driver:
         if committed:
             self.committed_here += 1
             assert self.journal is not None
-            self.journal.add({
+            many = self.journal.add({
                 "t": "commit", "stage": stage, "phase": phase, "task": attempt.state.name,
                 "attempt": attempt.entry["attempt"], "output": attempt.spec.output,
                 "result": attempt.state.committed.to_json(),  # type: ignore[union-attr]
                 "stats": outcome.stats,
                 "ran": [round(self.started + attempt.entry.get("start", 0.0), 3), round(time.time(), 3)],
             })
-        self.hook.corral_task_finished(event=TaskFinished(
-            stage, phase, attempt.state.name, attempt.entry["attempt"], outcome, committed, will_retry,
-            self.settings, speculative=bool(attempt.entry.get("speculative")),
-        ))
+            if many and self._keeper is not None:  # written now, not held to the journal's interval
+                self._keeper.flush_soon()
+        if self.hook.corral_task_finished.get_hookimpls():
+            self.hook.corral_task_finished(event=TaskFinished(
+                stage, phase, attempt.state.name, attempt.entry["attempt"], outcome, committed, will_retry,
+                self.settings, speculative=bool(attempt.entry.get("speculative")),
+            ))
 
     def _leftover_ended(self, attempt: Attempt, outcome: Outcome) -> None:
         attempt.entry["end"] = round(time.time() - self.started, 3)

@@ -12,6 +12,38 @@ _bars: dict[tuple[int, str], Any] = {}
 _speculative: dict[tuple[int, str], list[int]] = {}  # [speculative attempts ended, of which won]
 
 
+class _BarUpdates:
+    """The per-attempt hook, registered only while a bar is shown: ``-q``, or a run without a
+    terminal, pays nothing a task for it."""
+
+    @hookimpl
+    def corral_task_finished(self, event: TaskFinished) -> None:
+        bar = _bars.get((event.stage, event.phase))
+        if bar is None:
+            return
+        if event.speculative:
+            counts = _speculative.setdefault((event.stage, event.phase), [0, 0])
+            counts[0] += 1
+            counts[1] += event.committed
+            bar.set_postfix_str(f"{counts[0]} speculative, {counts[1]} won", refresh=False)
+        if event.committed:
+            bar.update(1)
+
+
+_UPDATES_PLUGIN = "corral.progress.bar-updates"
+
+
+def _watch_tasks() -> None:
+    """Register the per-attempt hook while a bar is shown, and only then."""
+    from corral.plugins import get_plugin_manager
+
+    manager = get_plugin_manager()
+    if _bars and not manager.has_plugin(_UPDATES_PLUGIN):
+        manager.register(_BarUpdates(), name=_UPDATES_PLUGIN)
+    elif not _bars and manager.has_plugin(_UPDATES_PLUGIN):
+        manager.unregister(name=_UPDATES_PLUGIN)
+
+
 @hookimpl
 def corral_phase_started(event: PhaseStarted) -> None:
     if not event.settings.progress:
@@ -21,20 +53,7 @@ def corral_phase_started(event: PhaseStarted) -> None:
     _bars[(event.stage, event.phase)] = tqdm(
         total=event.tasks, desc=f"stage {event.stage + 1} {event.phase}", unit="task", file=sys.stderr
     )
-
-
-@hookimpl
-def corral_task_finished(event: TaskFinished) -> None:
-    bar = _bars.get((event.stage, event.phase))
-    if bar is None:
-        return
-    if event.speculative:
-        counts = _speculative.setdefault((event.stage, event.phase), [0, 0])
-        counts[0] += 1
-        counts[1] += event.committed
-        bar.set_postfix_str(f"{counts[0]} speculative, {counts[1]} won", refresh=False)
-    if event.committed:
-        bar.update(1)
+    _watch_tasks()
 
 
 @hookimpl
@@ -43,9 +62,11 @@ def corral_phase_finished(event: PhaseFinished) -> None:
     _speculative.pop((event.stage, event.phase), None)
     if bar is not None:
         bar.close()
+    _watch_tasks()
 
 
 @hookimpl
 def corral_job_finished(event: JobFinished) -> None:
     while _bars:
         _bars.popitem()[1].close()
+    _watch_tasks()

@@ -38,6 +38,39 @@ def _state(event: Any) -> LiveState | None:
     return found[0] if found else None
 
 
+class _LiveTasks:
+    """The per-attempt hooks, registered only while a live view is on: a run without ``--ui`` pays
+    nothing a task for them (a TaskStarted and a TaskFinished made for nobody, two hook calls)."""
+
+    @hookimpl
+    def corral_task_started(self, event: TaskStarted) -> None:
+        if (state := _state(event)) is not None:
+            state.on_task_started(event)
+
+    @hookimpl
+    def corral_task_progress(self, event: TaskProgress) -> None:
+        if (state := _state(event)) is not None:
+            state.on_task_progress(event)
+
+    @hookimpl
+    def corral_task_finished(self, event: TaskFinished) -> None:
+        if (state := _state(event)) is not None:
+            state.on_task_finished(event)
+
+
+_TASKS_PLUGIN = "corral.ui.live-tasks"
+
+
+def _watch_tasks(on: bool) -> None:
+    from corral.plugins import get_plugin_manager
+
+    manager = get_plugin_manager()
+    if on and not manager.has_plugin(_TASKS_PLUGIN):
+        manager.register(_LiveTasks(), name=_TASKS_PLUGIN)
+    elif not on and manager.has_plugin(_TASKS_PLUGIN):
+        manager.unregister(name=_TASKS_PLUGIN)
+
+
 @hookimpl
 def corral_job_started(event: JobStarted) -> None:
     settings = event.settings
@@ -58,6 +91,7 @@ def corral_job_started(event: JobStarted) -> None:
     url = server.start()
     state.on_job_started(event)
     _live[id(settings)] = (state, server)
+    _watch_tasks(True)
     print(f"corral: live view at {url}", file=sys.stderr, flush=True)
     if not _is_loopback(settings.ui_host):
         print(f"corral: warning: the live view listens on {settings.ui_host} (--ui-host): other machines can "
@@ -68,24 +102,6 @@ def corral_job_started(event: JobStarted) -> None:
 def corral_phase_started(event: PhaseStarted) -> None:
     if (state := _state(event)) is not None:
         state.on_phase_started(event)
-
-
-@hookimpl
-def corral_task_started(event: TaskStarted) -> None:
-    if (state := _state(event)) is not None:
-        state.on_task_started(event)
-
-
-@hookimpl
-def corral_task_progress(event: TaskProgress) -> None:
-    if (state := _state(event)) is not None:
-        state.on_task_progress(event)
-
-
-@hookimpl
-def corral_task_finished(event: TaskFinished) -> None:
-    if (state := _state(event)) is not None:
-        state.on_task_finished(event)
 
 
 @hookimpl
@@ -109,6 +125,7 @@ def corral_job_finished(event: JobFinished) -> None:
     found = _live.pop(id(settings), None)
     if found is None:
         return
+    _watch_tasks(bool(_live))
     state, server = found
     state.on_job_finished(event)
     if not settings.ui_linger:

@@ -8,6 +8,7 @@ import time
 import pytest
 
 import corral.driver
+from corral.plugins import get_plugin_manager
 from corral.wave import SpeculationPolicy
 
 from . import jobs
@@ -119,16 +120,19 @@ def test_the_progress_bar_counts_speculative_attempts_and_wins(capsys):
     from corral.executor import CANCELLED, Failure, Outcome
     from corral.settings import Settings
 
+    hook = get_plugin_manager().hook
     settings = Settings(progress=True)
+    assert not hook.corral_task_finished.get_hookimpls()  # no bar yet: no per-attempt hook to call
     progress.corral_phase_started(event=PhaseStarted(0, "map", 3, settings))
     won, lost = Outcome(result={}), Outcome(failure=Failure(CANCELLED, "cancelled"))
     for task, attempt, outcome, committed, speculative in [
         ("map-0000", 1, won, True, False), ("map-0001", 2, won, True, True), ("map-0001", 1, lost, False, False),
         ("map-0002", 2, lost, False, True), ("map-0002", 1, won, True, False),
     ]:
-        progress.corral_task_finished(event=TaskFinished(0, "map", task, attempt, outcome, committed, False,
-                                                         settings, speculative=speculative))
+        hook.corral_task_finished(event=TaskFinished(0, "map", task, attempt, outcome, committed, False,
+                                                     settings, speculative=speculative))
     progress.corral_phase_finished(event=PhaseFinished(0, "map", 3, 1.0, settings))
+    assert not hook.corral_task_finished.get_hookimpls()
     shown = capsys.readouterr().err
     assert "stage 1 map: 100%" in shown and "3/3" in shown
     assert shown.rstrip().endswith("2 speculative, 1 won]")
