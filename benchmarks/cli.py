@@ -152,9 +152,13 @@ def format_report(report: dict[str, Any]) -> str:
         if row["benchmark"] == "driver-overhead":
             runs = ", ".join(f"{n} tasks: {r['seconds']:.1f} s, driver CPU {r['cpu_s'] - r['tasks_cpu_s']:.2f} s, "
                              f"peak {r['peak_rss_mb']:.0f} MB" for n, r in row["runs"].items())
-            lines += ["", f"driver overhead (no-op map tasks, threads): {runs}; {row['driver_us_per_task']} us and "
-                          f"{row['driver_bytes_per_task']} bytes a task (wall {row['wall_us_per_task']} us a task); "
-                          f"target {row['target']}: {_fmt(row['meets_target'])}"]
+            each = ", ".join(f"{us} us {size} B ({fixed} us)" for us, size, fixed in row.get("rounds", ()))
+            lines += ["", f"driver overhead (no-op map tasks, threads), last round: {runs}; medians of "
+                          f"{len(row.get('rounds', ())) or 1} rounds ({each}): {row['driver_us_per_task']} us and "
+                          f"{row['driver_bytes_per_task']} bytes a task more ("
+                          f"{row.get('driver_us_per_task_with_fixed_cost')} us a task with the run's fixed cost; "
+                          f"wall {row['wall_us_per_task']} us a task); target {row['target']}: "
+                          f"{_fmt(row['meets_target'])}"]
         if row["benchmark"] == "planning":
             lines += ["", f"planning {row['files'][0]} and {row['files'][1]} files: target {row['target']}: "
                           f"{_fmt(row['meets_target'])}"]

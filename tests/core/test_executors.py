@@ -491,3 +491,25 @@ def test_a_thread_tasks_cpu_is_its_own_not_the_drivers_process(tmp_path):
         spinner.join()
     (attempt,) = m["stages"][0]["tasks"]["map-0000"]["attempts"]
     assert attempt["stats"]["seconds"] >= 0.6 and attempt["stats"]["cpu_seconds"] < 0.15
+
+
+def test_a_thread_tasks_cpu_includes_its_own_start_and_end(tmp_path, monkeypatch):
+    """What ``run_task`` does for an attempt before and after the job's code (reading its memory here)
+    is the attempt's CPU, on its thread, not the driver's: the driver-overhead benchmark subtracts
+    the attempts' CPU from the process's."""
+    import corral.worker
+
+    real_rss = corral.worker.rss_mb
+
+    def busy_rss():
+        deadline = time.thread_time() + 0.05
+        while time.thread_time() < deadline:
+            pass
+        return real_rss()
+
+    monkeypatch.setattr(corral.worker, "rss_mb", busy_rss)
+    data = tmp_path / "in.txt"
+    data.write_text("one line\n")
+    m = run(jobs.Cat, data, tmp_path / "out", max_concurrency=1)
+    (attempt,) = m["stages"][0]["tasks"]["map-0000"]["attempts"]
+    assert attempt["stats"]["cpu_seconds"] >= 0.05
