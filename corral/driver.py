@@ -689,7 +689,7 @@ class Driver:
     def _output(self, stage_dir: str, task: str, attempt: int, suffix: str) -> str:
         """An attempt's own output name: attempts of a task never share one (its number), nor do an
         earlier driver's (this driver's token, drawn once, not one ``os.urandom`` call an attempt)."""
-        return f"{stage_dir}/{task}.a{attempt}-{self._attempt_token}{suffix}"  # join's, for a folder join made
+        return f"{stage_dir}/{task}.a{attempt}-{self._attempt_token}{suffix}"  # join(): stage_dir has no trailing /
 
     def _final_names(self, results: list[Committed]) -> list[tuple[str, str]]:
         """(committed part file, final name in OUT) for the last stage's outputs: ``part-00003.csv.gz``, or
@@ -796,19 +796,21 @@ class Driver:
             })
             if many and self._keeper is not None:  # written now, not held to the journal's interval
                 self._keeper.flush_soon()
-        if self.hook.corral_task_finished.get_hookimpls():
-            self.hook.corral_task_finished(event=TaskFinished(
-                stage, phase, attempt.state.name, attempt.entry["attempt"], outcome, committed, will_retry,
-                self.settings, speculative=bool(attempt.entry.get("speculative")),
-            ))
+        self._tell_finished(stage, phase, attempt, outcome, committed, will_retry)
 
     def _leftover_ended(self, attempt: Attempt, outcome: Outcome) -> None:
         attempt.entry["end"] = round(time.time() - self.started, 3)
         self._running.pop((attempt.state.name, attempt.entry["attempt"]), None)
-        self.hook.corral_task_finished(event=TaskFinished(
-            attempt.spec.stage, attempt.spec.kind, attempt.state.name, attempt.entry["attempt"], outcome, False,
-            False, self.settings, speculative=bool(attempt.entry.get("speculative")),
-        ))
+        self._tell_finished(attempt.spec.stage, attempt.spec.kind, attempt, outcome, False, False)
+
+    def _tell_finished(
+        self, stage: int, phase: str, attempt: Attempt, outcome: Outcome, committed: bool, will_retry: bool
+    ) -> None:
+        if self.hook.corral_task_finished.get_hookimpls():  # no event made for nobody (corral.progress)
+            self.hook.corral_task_finished(event=TaskFinished(
+                stage, phase, attempt.state.name, attempt.entry["attempt"], outcome, committed, will_retry,
+                self.settings, speculative=bool(attempt.entry.get("speculative")),
+            ))
 
     def _failure_message(self, stage: int, exc: TaskFailedError) -> str:
         where = f"stage {stage + 1} " if len(self.stages) > 1 or stage else ""
@@ -822,7 +824,7 @@ class Driver:
     def _task_progress(self, report: dict[str, Any]) -> None:
         """``executor.progress``: a running attempt's counter deltas, passed on to the observers."""
         where = self._running.get((report.get("task"), report.get("attempt")))  # type: ignore[arg-type]
-        if where is None:  # the attempt ended meanwhile: its totals came with its result
+        if where is None or not self.hook.corral_task_progress.get_hookimpls():  # ended meanwhile, or nobody listens
             return
         self.hook.corral_task_progress(event=TaskProgress(
             where[0], where[1], report["task"], report["attempt"],

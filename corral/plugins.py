@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Callable
 from functools import cache
 
 import pluggy
@@ -43,6 +44,17 @@ def get_plugin_manager() -> pluggy.PluginManager:
     except pluggy.PluginValidationError as exc:
         raise UsageError(_invalid_plugin(pm, exc)) from None
     return pm
+
+
+def registered_while(name: str, make: Callable[[], object], wanted: bool) -> None:
+    """Keep the plugin ``name`` (made by ``make``) registered exactly while ``wanted``: a built-in
+    plugin's per-task hooks are registered only while it shows something, so that a run nobody
+    watches makes no task event (corral.ui.plugin, corral.progress)."""
+    manager = get_plugin_manager()
+    if wanted and not manager.has_plugin(name):
+        manager.register(make(), name=name)
+    elif not wanted and manager.has_plugin(name):
+        manager.unregister(name=name)
 
 
 def _invalid_plugin(pm: pluggy.PluginManager, exc: pluggy.PluginValidationError) -> str:

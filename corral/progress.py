@@ -30,18 +30,10 @@ class _BarUpdates:
             bar.update(1)
 
 
-_UPDATES_PLUGIN = "corral.progress.bar-updates"
-
-
 def _watch_tasks() -> None:
-    """Register the per-attempt hook while a bar is shown, and only then."""
-    from corral.plugins import get_plugin_manager
+    from corral.plugins import registered_while
 
-    manager = get_plugin_manager()
-    if _bars and not manager.has_plugin(_UPDATES_PLUGIN):
-        manager.register(_BarUpdates(), name=_UPDATES_PLUGIN)
-    elif not _bars and manager.has_plugin(_UPDATES_PLUGIN):
-        manager.unregister(name=_UPDATES_PLUGIN)
+    registered_while("corral.progress.bar-updates", _BarUpdates, bool(_bars))
 
 
 @hookimpl

@@ -193,7 +193,8 @@ def _failure_record(failure: Failure | None) -> dict[str, Any]:
 
 
 class _Holding:
-    """``with wave._holding():`` (a class, not a generator: taken twice a task)."""
+    """The wave's lock, noting which thread holds it (``Wave._pump``); a class, not a generator
+    context manager: it is taken twice a task."""
 
     __slots__ = ("wave",)
 
@@ -265,6 +266,7 @@ class Wave:
         self._error: BaseException | None = None  # what settling raised on another thread
         self._over = False  # run() has returned or raised: nothing more is settled or submitted here
         self._holder: int | None = None  # the thread holding the lock
+        self._holding = _Holding(self)  # ``with self._holding:`` takes the lock, noting the holder
         self._skipped = False  # an attempt ended on the thread holding the lock, which settles it
 
     def run(self) -> None:
@@ -274,7 +276,7 @@ class Wave:
             if pumping:
                 self.leftovers.pump = self._pump
             while True:
-                with self._holding():
+                with self._holding:
                     self._settle(taken)
                     if not self.left:
                         return
@@ -300,13 +302,9 @@ class Wave:
                     taken = self.leftovers.ended(timeout)
         finally:
             self.leftovers.pump = None
-            with self._holding():
+            with self._holding:
                 self._over = True
                 self._let_go()
-
-    def _holding(self) -> _Holding:
-        """The wave's lock, noting which thread holds it (``_pump``)."""
-        return _Holding(self)
 
     def _settle(self, taken: list[Future[Outcome]]) -> None:
         """Settle the attempts that ended (``taken``, and those queued since); raise what settling
@@ -347,7 +345,7 @@ class Wave:
         if self._holder == threading.get_ident():
             self._skipped = True
             return
-        with self._holding():
+        with self._holding:
             if self._error is not None or self._over:
                 return
             try:

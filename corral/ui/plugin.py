@@ -58,17 +58,10 @@ class _LiveTasks:
             state.on_task_finished(event)
 
 
-_TASKS_PLUGIN = "corral.ui.live-tasks"
+def _watch_tasks(wanted: bool) -> None:
+    from corral.plugins import registered_while
 
-
-def _watch_tasks(on: bool) -> None:
-    from corral.plugins import get_plugin_manager
-
-    manager = get_plugin_manager()
-    if on and not manager.has_plugin(_TASKS_PLUGIN):
-        manager.register(_LiveTasks(), name=_TASKS_PLUGIN)
-    elif not on and manager.has_plugin(_TASKS_PLUGIN):
-        manager.unregister(name=_TASKS_PLUGIN)
+    registered_while("corral.ui.live-tasks", _LiveTasks, wanted)
 
 
 @hookimpl
