@@ -192,22 +192,24 @@ def _failure_record(failure: Failure | None) -> dict[str, Any]:
     return {"kind": failure.kind, "message": failure.describe(), "traceback": failure.traceback}
 
 
-class _Holding:
-    """The wave's lock, noting which thread holds it (``Wave._pump``); a class, not a generator
-    context manager: it is taken twice a task."""
+class _HeldLock:
+    """A lock that notes which thread holds it (``Wave._pump``). A class, not a generator context
+    manager (it is taken twice a task), and one that does not point back at its wave: a cycle would
+    keep a finished wave's 10,000 task states alive until a full collection."""
 
-    __slots__ = ("wave",)
+    __slots__ = ("holder", "lock")
 
-    def __init__(self, wave: Wave) -> None:
-        self.wave = wave
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.holder: int | None = None
 
     def __enter__(self) -> None:
-        self.wave._lock.acquire()
-        self.wave._holder = threading.get_ident()
+        self.lock.acquire()
+        self.holder = threading.get_ident()
 
     def __exit__(self, *exc: object) -> None:
-        self.wave._holder = None
-        self.wave._lock.release()
+        self.holder = None
+        self.lock.release()
 
 
 class Wave:
@@ -261,12 +263,10 @@ class Wave:
         self.durations: list[float] = []  # of this wave's committed attempts, sorted
         self.speculative = 0  # duplicate attempts launched
         self.speculative_won = 0
-        self._lock = threading.Lock()  # the wave's state, when other threads settle attempts too
         self._woken = threading.Event()  # set by them: the wave is done or failed, or a retry waits
         self._error: BaseException | None = None  # what settling raised on another thread
         self._over = False  # run() has returned or raised: nothing more is settled or submitted here
-        self._holder: int | None = None  # the thread holding the lock
-        self._holding = _Holding(self)  # ``with self._holding:`` takes the lock, noting the holder
+        self._holding = _HeldLock()  # the wave's state, when other threads settle attempts too
         self._skipped = False  # an attempt ended on the thread holding the lock, which settles it
 
     def run(self) -> None:
@@ -342,7 +342,7 @@ class Wave:
     def _pump(self) -> None:
         """On the thread that ended an attempt: settle what ended and submit what is ready, once the
         thread holding the wave lets go (if that is this thread, it does so itself before it lets go)."""
-        if self._holder == threading.get_ident():
+        if self._holding.holder == threading.get_ident():
             self._skipped = True
             return
         with self._holding:
