@@ -13,7 +13,8 @@ import math
 from bisect import bisect_left
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
-from itertools import accumulate, pairwise
+from itertools import accumulate, pairwise, repeat
+from operator import attrgetter, methodcaller
 
 from corral.errors import CorralError, UsageError
 from corral.fs import COMPRESSED_ENDINGS, FileInfo, compression_of, display, get_filesystem
@@ -28,6 +29,8 @@ LOCAL_INPUT_PER_BUDGET = 4
 #: How many task counts above the first one a plan with a user's --map-bin-size tries before it packs
 #: tasks first-fit (which keeps every task within the size, but not balanced).
 _BALANCE_TRIES = 3
+
+_url, _size = attrgetter("url"), attrgetter("size")
 
 
 def list_inputs(urls: Sequence[str]) -> list[FileInfo]:
@@ -111,16 +114,22 @@ def plan_map_tasks(
     Tasks differ in size by at most about the largest file that cannot be cut (compressed, csv) or
     ``MIN_PIECE``, whichever is larger.
     """
-    kind_is_cut = _kind_is_cut(kind, whole_files)  # _cuttable, without a call per file
-    sized = [(info.url, info.size, kind_is_cut and not info.url.endswith(COMPRESSED_ENDINGS))
-             for info in files if info.size > 0]
-    if not sized:
+    # the files' names and sizes taken out in C loops (20,000 small logs: no tuple made per file)
+    urls, sizes = list(map(_url, files)), list(map(_size, files))
+    if not all(sizes):  # an empty file has no split
+        urls = [url for url, size in zip(urls, sizes, strict=True) if size]
+        sizes = [size for size in sizes if size]
+    if not urls:
         return []
-    total = sum([size for _, size, _ in sized])
+    total = sum(sizes)
     min_piece = max(1, min(MIN_PIECE, split_size))
-    any_cut = kind_is_cut and any([cuttable for _, _, cuttable in sized])
+    # _cuttable, without a call per file: whether any file is plain text to cut (not compressed)
+    kind_is_cut = _kind_is_cut(kind, whole_files)
+    any_cut = kind_is_cut and not all(map(methodcaller("endswith", COMPRESSED_ENDINGS), urls))
+    sized = [(url, size, kind_is_cut and not url.endswith(COMPRESSED_ENDINGS))
+             for url, size in zip(urls, sizes, strict=True)] if any_cut or fixed_bin_size else []
     # the most tasks the input can make: a piece of min_piece per cuttable file's share, a file each else
-    most = sum(max(1, size // min_piece) if cuttable else 1 for _, size, cuttable in sized) if any_cut else len(sized)
+    most = sum(max(1, size // min_piece) if cuttable else 1 for _, size, cuttable in sized) if any_cut else len(urls)
     count = max(1, math.ceil(total / bin_size))
     if not fixed_bin_size and count > 1:  # one task is the planner's choice for inputs under 1 MiB a worker
         count = min(-(-count // workers) * workers, most)
@@ -128,8 +137,8 @@ def plan_map_tasks(
             count -= count % workers
     count = min(count, most)
     if not any_cut and not fixed_bin_size:  # whole files only (20,000 small logs): their splits at once
-        return [[Split(url, 0, size, kind) for url, size, _ in sized[a:b]]
-                for a, b in _whole_file_tasks(sized, total, count)]
+        return [list(map(Split._make, zip(urls[a:b], repeat(0), sizes[a:b], repeat(kind))))
+                for a, b in _whole_file_tasks(sizes, total, count)]
     for extra in range(_BALANCE_TRIES + 1 if fixed_bin_size else 1):
         pieces = _balanced(sized, min(most, count + extra), min_piece)
         if not fixed_bin_size or all(_fits(task, bin_size) for task in pieces):
@@ -162,7 +171,7 @@ def _balanced(sized: list[tuple[str, int, bool]], count: int, min_piece: int) ->
     edge), a file that cannot be cut given to the task its middle falls in. Empty tasks are left out."""
     total = sum(size for _, size, _ in sized)
     if not any(cuttable for _, _, cuttable in sized):
-        ranges = _whole_file_tasks(sized, total, count)
+        ranges = _whole_file_tasks([size for _, size, _ in sized], total, count)
         return [[(url, 0, size, False) for url, size, _ in sized[a:b]] for a, b in ranges]
     bounds = [total * k // count for k in range(1, count)]
     tasks: list[list[Piece]] = [[]]
@@ -195,13 +204,19 @@ def _balanced(sized: list[tuple[str, int, bool]], count: int, min_piece: int) ->
     return [task for task in tasks if task]
 
 
-def _whole_file_tasks(sized: list[tuple[str, int, bool]], total: int, count: int) -> list[tuple[int, int]]:
-    """``_balanced``'s tasks of files none of which can be cut, as ``[start, end)`` ranges of ``sized``:
-    a task starts at the first file whose middle is at or past its boundary ``k * total // count``,
-    found by bisecting the files' middles (20,000 small gzip logs: no loop over them in Python)."""
-    ends = list(accumulate([size for _, size, _ in sized]))
-    middles = [2 * end - size for end, (_, size, _) in zip(ends, sized, strict=True)]  # twice each middle
-    starts = [0, *(bisect_left(middles, 2 * (total * k // count)) for k in range(1, count)), len(sized)]
+def _whole_file_tasks(sizes: list[int], total: int, count: int) -> list[tuple[int, int]]:
+    """``_balanced``'s tasks of files none of which can be cut, as ``[start, end)`` ranges of the files
+    (their ``sizes``, none 0): a task starts at the first file whose middle is at or past its boundary
+    ``k * total // count``. That file ends at or past the boundary: it is the first such (found by
+    bisecting the running totals, no loop over 20,000 small logs in Python), or the one after it,
+    which starts there."""
+    ends = list(accumulate(sizes))
+    starts = [0]
+    for k in range(1, count):
+        boundary = total * k // count
+        first = bisect_left(ends, boundary)
+        starts.append(first if 2 * ends[first] - sizes[first] >= 2 * boundary else first + 1)
+    starts.append(len(sizes))
     return [(a, b) for a, b in pairwise(starts) if b > a]
 
 

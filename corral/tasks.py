@@ -4,12 +4,12 @@ The driver builds a ``MapSpec`` or ``ReduceSpec`` per attempt, journals what it 
 ``spec.to_json()`` to the executor (executors see plain JSON-able dicts); the worker turns the dict
 back into a spec with ``spec_from_json``. The wire format is flat: ``{"kind": "map", "job", "args",
 "stage", "task", "attempt", "memory_budget", "files", "output", "output_kind", "splits",
-"partitions", "input_format", "input_errors", "input_header"}`` (each split ``[url, start, end]``, or
-``[url, start, end, kind]`` when not "text"; a ``Split.to_json`` dict is read too) and ``{"kind": "reduce", …,
-"partition", "sources": [[url, offset, length], …]}``. ``output_kind`` is ``"shuffle"`` (one indexed
-object for the reducers), ``"text"`` (the final part files, written as ``"output_spec"`` says: see
-``corral.output.OutputSpec``) or ``"records"`` (a stage feeding the next stage). A final task's result
-lists its part files (``"parts"``), which the driver commits.
+"partitions", "input_format", "input_errors", "input_header"}`` (each split ``(url, start, end)``, or
+``(url, start, end, kind)`` when not "text", lists in JSON; a ``Split.to_json`` dict is read too) and
+``{"kind": "reduce", …, "partition", "sources": [[url, offset, length], …]}``. ``output_kind`` is
+``"shuffle"`` (one indexed object for the reducers), ``"text"`` (the final part files, written as
+``"output_spec"`` says: see ``corral.output.OutputSpec``) or ``"records"`` (a stage feeding the next
+stage). A final task's result lists its part files (``"parts"``), which the driver commits.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from corral.shuffle import (
     range_blocks,
     spill_dir,
 )
-from corral.split import Split, iter_text_records, read_ahead
+from corral.split import Split, iter_text_records, read_ahead, splits_to_wire
 from corral.total_order import KEYS_PER_WINDOW, RangePartition
 
 _first = itemgetter(0)
@@ -87,7 +87,7 @@ class MapSpec(TaskSpec):
 
     def to_json(self) -> dict[str, Any]:
         return {
-            **TaskSpec.to_json(self), "splits": [s.to_wire() for s in self.splits], "partitions": self.partitions,
+            **TaskSpec.to_json(self), "splits": splits_to_wire(self.splits), "partitions": self.partitions,
             "input_format": self.input_format, "input_errors": self.input_errors,
             "input_header": self.input_header, **({"bounds": list(self.bounds)} if self.bounds else {}),
         }
@@ -115,8 +115,8 @@ def spec_from_json(data: dict[str, Any]) -> MapSpec | ReduceSpec:
     if data["kind"] == "map":
         splits = data["splits"]
         return MapSpec(
-            # the payload's compact lists made splits in one C loop (10,000 a task over small files)
-            **common, splits=tuple(starmap(Split, splits)) if splits and type(splits[0]) is list
+            # the payload's compact tuples (lists, through JSON) made splits in one C loop (10,000 a task)
+            **common, splits=tuple(starmap(Split, splits)) if splits and type(splits[0]) in (tuple, list)
             else tuple(Split.from_json(s) for s in splits),
             partitions=data.get("partitions", 0), input_format=data.get("input_format", "lines"),
             input_errors=data.get("input_errors", "strict"), input_header=bool(data.get("input_header")),

@@ -117,6 +117,21 @@ def test_an_output_inside_the_input_folder_is_fine(tmp_path, capsys):
 # --- defect 5: an unwritable OUT --------------------------------------------------------------------------
 
 
+def test_an_earlier_output_inside_the_input_folder_is_refused_as_input(tmp_path, capsys):
+    """The second run into ``data/out`` would read the first one's part files as input, then replace
+    them: refused, the part kept. (Many files in folders without links are settled a folder at a time:
+    here the folder of the part files is inside OUT, and that is seen.)"""
+    (tmp_path / "data" / "logs").mkdir(parents=True)
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / "data" / "logs" / name).write_text(TEXT)
+    (tmp_path / "data" / "out").mkdir()
+    (tmp_path / "data" / "out" / "part-00000").write_text(TEXT)
+    err = _refused(capsys, tmp_path / "data", tmp_path / "data" / "out",
+                   kept=(tmp_path / "data" / "out" / "part-00000"))
+    assert err == (f"corral: error: input {tmp_path / 'data' / 'out' / 'part-00000'} is inside the output "
+                   f"folder {tmp_path / 'data' / 'out'}")
+
+
 def test_an_output_where_nothing_can_be_written_is_one_line_and_exit_2(tmp_path):
     """/sys refuses to make folders, to root too (a read-only mount behaves the same)."""
     (tmp_path / "in.txt").write_text(TEXT)
