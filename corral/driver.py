@@ -50,7 +50,7 @@ from corral.fs import (
 from corral.interrupts import Interrupted, InterruptGuard
 from corral.job import Job, Step, listed
 from corral.journal import Journal, read_journal
-from corral.jsontext import TextKept, chunks, encode, pieces
+from corral.jsontext import chunks, encode, pieces
 from corral.lease import Keeper, Lease, LeaseLostError
 from corral.output import OutputSpec, output_spec, part_names
 from corral.planner import choose_reducers, count_splits, list_inputs, plan_map_tasks, task_sizes
@@ -194,6 +194,11 @@ def _executor_report(executor: Executor) -> dict[str, Any]:
 
 
 _url, _size = attrgetter("url"), attrgetter("size")
+
+
+def _local(url: str) -> bool:
+    """Whether ``url`` is on this machine's disks (a path or file://), so are the files listed there."""
+    return "://" not in url or url.startswith("file://")
 
 #: Splits smaller than SMALL_SPLIT are for small inputs: a plan of more than MAX_SMALL_SPLITS of them is
 #: refused (``--split-size 1`` on a 1 MB file would make a million tasks' worth of splits and manifest).
@@ -470,7 +475,7 @@ class Driver:
         # inside OUT only if its folder is, or if it is OUT itself (its name is OUT's). Local files in
         # folders holding no link, outside OUT, none named as OUT (20,000 small logs in 20 folders):
         # settled by looking at each folder, with no loop over the files in Python
-        if "://" not in "".join(urls) and not any(map(methodcaller("endswith", "/" + out_name), urls)):
+        if all("://" not in i for i in self.inputs) and not any(map(methodcaller("endswith", "/" + out_name), urls)):
             folders = {url[: url.rfind("/")] for url in urls}
             if all(path and not path.endswith("/") for path in folders) and all(
                 links == frozenset() and not folder_inside for _, links, folder_inside in map(folder, folders)
@@ -621,10 +626,9 @@ class Driver:
         settings = self.settings
         total = sum(map(_size, files))
         # tasks on this machine's cores, reading its files: bigger map tasks (corral.planner.task_sizes)
-        local = self.executor_info.get("cores") is not None and (
-            "://" not in "".join(map(_url, files))  # local paths (one search, no loop over 20,000 files)
-            or all("://" not in f.url or f.url.startswith("file://") for f in files)
-        )
+        # the files are where what was listed is: the inputs for the first stage, the working folder after
+        listed = self.inputs if index == self.first_stage else [self.work]
+        local = self.executor_info.get("cores") is not None and all(map(_local, listed))
         split_size, bin_size = task_sizes(
             total, settings.split_size, settings.map_bin_size, settings.explicit, self.concurrency,
             local_budget=settings.memory_budget if local else None,
@@ -648,7 +652,7 @@ class Driver:
         plan = {
             "t": "stage", "stage": index, "map_tasks": len(bins), "reduce_tasks": partitions,
             "split_size": split_size, "input_bytes": total,
-            "plan": TextKept(tuple(map(url_start_end, b)) for b in bins),  # a tuple is the smaller
+            "plan": tuple(tuple(map(url_start_end, b)) for b in bins),  # a tuple is the smaller
         }
         if step.total_order:
             plan["bounds"] = self._sample_bounds(index, step, bins, partitions)

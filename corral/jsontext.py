@@ -22,22 +22,11 @@ BATCH = 8 << 10
 encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
-class TextKept(tuple):  # type: ignore[type-arg]
-    """A tuple whose JSON text ``chunks`` keeps once it made it: the plan of a stage, written into the
-    journal and then into the manifest, is encoded once (20,000 small files: 1.8 MB, ~12 ms)."""
-
-    text: str | None = None
-
-
 def chunks(value: Any, depth: int) -> Iterator[str]:
     """The text of ``json.dumps(value, separators=(",", ":"), default=str)``, in chunks: dicts and
     lists down to ``depth`` levels are written item by item (the last level's small items about ``BATCH``
-    bytes at a time), what lies deeper is encoded whole; a ``TextKept`` value's text is made once."""
-    if isinstance(value, TextKept):
-        if value.text is None:
-            value.text = "".join(_batched(value)) if value else "[]"
-        yield value.text
-    elif depth <= 0 or not value or not isinstance(value, dict | list | tuple):
+    bytes at a time), what lies deeper is encoded whole."""
+    if depth <= 0 or not value or not isinstance(value, dict | list | tuple):
         yield encode(value)
     elif isinstance(value, dict):
         if not all(isinstance(key, str) for key in value):  # json turns other keys into strings itself

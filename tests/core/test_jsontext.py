@@ -34,18 +34,3 @@ def test_small_items_are_encoded_many_at_a_time_and_big_ones_alone():
     big = list(chunks([["x" * BATCH]] * 20, 1))
     assert max(len(text) for text in big) < 3 * BATCH  # a big item at a time
 
-
-
-@pytest.mark.parametrize("plan", [(), ((("/in/a.gz", 0, 10),),), tuple(((f"/in/{i}.gz", 0, i),) for i in range(3_000))])
-def test_a_kept_text_is_made_once_and_is_json_dumps_text(plan, monkeypatch):
-    """A stage's plan goes into the journal, then into the manifest: its text is made the first time and
-    the same text is written the second time, without encoding the plan again."""
-    from corral import jsontext
-
-    kept = jsontext.TextKept(plan)
-    record = {"t": "stage", "plan": kept}
-    assert "".join(chunks(record, 2)) == _dumps(record)
-    monkeypatch.setattr(jsontext, "_batched", lambda items: pytest.fail(f"encoded again: {items!r:.60}"))
-    manifest = {"stages": [{"stage": 0, "plan": kept}]}
-    assert "".join(chunks(manifest, 3)) == _dumps({"stages": [{"stage": 0, "plan": plan}]})
-    assert kept == plan
