@@ -205,7 +205,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a job", description="Run a MapReduce job.")
     run.add_argument("job", metavar="JOB", help="path/to/job.py, path/to/job.py:Class or module:Class")
     run.add_argument("inputs", nargs="+", metavar="INPUT", help="input files, folders, globs or URLs")
-    _add_settings(run)
+    if invoked in (None, "run"):
+        _add_settings(run)
     deploy = sub.add_parser(
         "deploy", help="deploy a job to a remote backend without running it",
         description="Deploy JOB where --backend runs tasks (e.g. a Lambda function and its role). INPUT and "
@@ -213,13 +214,15 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                     "grants its own locations anyway).")
     deploy.add_argument("job", metavar="JOB", help="path/to/job.py, path/to/job.py:Class or module:Class")
     deploy.add_argument("inputs", nargs="*", default=[], metavar="INPUT", help="input URLs the job will read")
-    _add_settings(deploy, out="optional")
+    if invoked in (None, "deploy"):  # each command's ~60 options are made only for the command run
+        _add_settings(deploy, out="optional")
     undeploy = sub.add_parser(
         "undeploy", help="remove what `corral deploy` / `corral run` deployed for a job",
         description="Remove what --backend deployed for JOB (e.g. the Lambda function, and the role and "
                     "policy corral created for it), and nothing else.")
     undeploy.add_argument("job", metavar="JOB", help="path/to/job.py, path/to/job.py:Class or module:Class")
-    _add_settings(undeploy, out="none")
+    if invoked in (None, "undeploy"):
+        _add_settings(undeploy, out="none")
     sub.add_parser("backends", help="list executors and filesystems, and who provides them")
     for commands in get_plugin_manager().hook.corral_commands():
         for command in commands:
