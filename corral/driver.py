@@ -200,6 +200,7 @@ def _local(url: str) -> bool:
     """Whether ``url`` is on this machine's disks (a path or file://), so are the files listed there."""
     return "://" not in url or url.startswith("file://")
 
+
 #: Splits smaller than SMALL_SPLIT are for small inputs: a plan of more than MAX_SMALL_SPLITS of them is
 #: refused (``--split-size 1`` on a 1 MB file would make a million tasks' worth of splits and manifest).
 SMALL_SPLIT = 64 << 10
