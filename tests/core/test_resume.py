@@ -329,37 +329,42 @@ import json, os, time
 import corral
 
 class WatchJournal(corral.Job):
-    """Each line: wait, then say whether the run's journal holds its plan yet."""
+    """Each line "name wait": wait that many seconds, then say whether the run's journal holds its plan."""
     def map(self, key, line):
-        time.sleep(float(self.args["wait"]))
+        name, wait = line.split()
+        time.sleep(float(wait))
         path = os.path.join(self.args["out"], "_corral", "journal.jsonl")
         try:
             with open(path, "rb") as f:
                 records = [json.loads(r) for r in f.read().split(b"\\n") if r.strip()]
         except FileNotFoundError:
             records = []
-        yield line, any(r.get("t") == "stage" for r in records)
+        yield name, any(r.get("t") == "stage" for r in records)
 '''
 
 
-@pytest.mark.parametrize("files, expected", [(2, "false"), (1, "true")])
-def test_the_plan_is_journaled_once_a_worker_is_free(tmp_path, files, expected):
+@pytest.mark.parametrize("waits, expected", [((0.3, 1.5), [False, True]), ((0.6,), [True])],
+                         ids=["both-workers-busy", "one-worker-idle"])
+def test_the_plan_is_journaled_once_a_worker_is_free(tmp_path, waits, expected):
     """The plan and run records (4 MB for 20,000 small files) are encoded and written while a worker
     is idle: at once when the first round of tasks leaves one idle (one task, two workers), else when
-    the first task ends; never, within the journal's 2 s interval, while every worker has a task."""
+    the first task ends; never, within the journal's 2 s interval, while every worker has a task.
+
+    Two tasks look at the journal at 0.3 s and 1.5 s: the first while both workers are busy, the second
+    after the first task has ended (1.2 s of slack for one worker starting late), under the 2 s interval."""
     job = tmp_path / "watch.py"
     job.write_text(WATCH_JOURNAL_JOB)
     folder = tmp_path / "in"
     folder.mkdir()
-    for n in range(files):
-        (folder / f"f{n}.txt").write_text(f"line{n}\n")
+    for n, wait in enumerate(waits):
+        (folder / f"f{n}.txt").write_text(f"line{n} {wait}\n")
     out = tmp_path / "out"
     done = run_command("corral", "run", job, folder, "--out", out, "--backend", "processes", "--max-concurrency",
-                       "2", "--map-bin-size", "6", "--arg", "wait=0.6", "--arg", f"out={out}", "-q")
+                       "2", "--map-bin-size", "10", "--arg", f"out={out}", "-q")
     assert (done.returncode, done.stderr) == (0, "")
-    assert manifest(out)["stages"][0]["map_tasks"] == files
+    assert manifest(out)["stages"][0]["map_tasks"] == len(waits)
     assert sorted(line for lines in part_lines(out) for line in lines) == [
-        f"line{n}\t{expected}" for n in range(files)]
+        f"line{n}\t{str(seen).lower()}" for n, seen in enumerate(expected)]
 
 
 def test_the_next_phase_starts_while_the_journal_is_written(tmp_path, monkeypatch):
