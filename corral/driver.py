@@ -19,7 +19,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from operator import attrgetter, methodcaller
+from operator import methodcaller
 from typing import Any
 
 from corral import __version__, speedups
@@ -41,6 +41,8 @@ from corral.fs import (
     canonical,
     disk_full,
     display,
+    file_size,
+    file_url,
     get_filesystem,
     join,
     remove_quietly,
@@ -193,7 +195,6 @@ def _executor_report(executor: Executor) -> dict[str, Any]:
         return {}
 
 
-_url, _size = attrgetter("url"), attrgetter("size")
 
 
 def _local(url: str) -> bool:
@@ -471,7 +472,7 @@ class Driver:
                 known = real_folders[path] = (real_folder, _symbolic_links(path), inside(real_folder))
             return known
 
-        urls = [*(_absolute(i) for i in self.inputs), *map(_url, files)]
+        urls = [*(_absolute(i) for i in self.inputs), *map(file_url, files)]
         # realpath walks every component: once per folder, not per file. A file that is no link is
         # inside OUT only if its folder is, or if it is OUT itself (its name is OUT's). Local files in
         # folders holding no link, outside OUT, none named as OUT (20,000 small logs in 20 folders):
@@ -625,7 +626,7 @@ class Driver:
         if journaled is not None:
             return journaled
         settings = self.settings
-        total = sum(map(_size, files))
+        total = sum(map(file_size, files))
         # tasks on this machine's cores, reading its files: bigger map tasks (corral.planner.task_sizes)
         # the files are where what was listed is: the inputs for the first stage, the working folder after
         listed = self.inputs if index == self.first_stage else [self.work]

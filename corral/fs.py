@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import IO
 
 from corral.errors import CorralError, UsageError
@@ -49,6 +50,10 @@ class FileInfo:
     size: int
     #: what changes when the file does, where the store says: its ETag, generation or mtime
     version: str | None = field(default=None, compare=False)
+
+
+#: A FileInfo's url and its size: ``map(file_url, files)`` takes them out of 20,000 files in a C loop.
+file_url, file_size = attrgetter("url"), attrgetter("size")
 
 
 @dataclass(frozen=True)

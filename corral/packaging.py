@@ -2,8 +2,8 @@
 
 The zip holds, at its root (a Lambda or GCF function's code folder):
 
-- the third-party packages: corral's own runtime dependencies (msgpack, pluggy, fsspec, zstandard when
-  installed here, pinned to the versions installed here) and the job's declared requirements,
+- the third-party packages: corral's own runtime dependencies (msgpack, pluggy, fsspec; zstandard and
+  deflate when installed here; pinned to the versions installed here) and the job's declared requirements,
   installed with ``pip install --target`` for the *target* platform (Linux wheels), cached by
   requirement set under ``~/.cache/corral/wheels`` so that repeat builds are instant;
 - the ``corral`` package itself (its source files);
@@ -47,9 +47,10 @@ from corral.sidefiles import package_files
 #: The default target: AWS Lambda's python3.11 runtime (and the emulator's Debian bookworm image).
 DEFAULT_PLATFORM = "manylinux2014_x86_64"
 DEFAULT_PYTHON_VERSION = "3.11"
-#: What a worker imports besides the standard library (zstandard only for .zst input; optional).
+#: What a worker imports besides the standard library (optional: zstandard only for .zst input; deflate,
+#: libdeflate, inflates small gzip files faster, else zlib does).
 RUNTIME_DEPENDENCIES = ("msgpack", "pluggy", "fsspec")
-OPTIONAL_RUNTIME_DEPENDENCIES = ("zstandard",)
+OPTIONAL_RUNTIME_DEPENDENCIES = ("zstandard", "deflate")
 
 #: Built zips kept in the cache (``~/.cache/corral/packages``).
 ZIP_CACHE_SIZE = 32

@@ -14,10 +14,10 @@ from bisect import bisect_left
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from itertools import accumulate, pairwise, repeat
-from operator import attrgetter, methodcaller
+from operator import methodcaller
 
 from corral.errors import CorralError, UsageError
-from corral.fs import COMPRESSED_ENDINGS, FileInfo, compression_of, display, get_filesystem
+from corral.fs import COMPRESSED_ENDINGS, FileInfo, compression_of, display, file_size, file_url, get_filesystem
 from corral.split import Split
 
 #: A file is not cut at a task boundary into a piece smaller than this (each piece is a read, a
@@ -30,7 +30,6 @@ LOCAL_INPUT_PER_BUDGET = 4
 #: tasks first-fit (which keeps every task within the size, but not balanced).
 _BALANCE_TRIES = 3
 
-_url, _size = attrgetter("url"), attrgetter("size")
 
 
 def list_inputs(urls: Sequence[str]) -> list[FileInfo]:
@@ -115,7 +114,7 @@ def plan_map_tasks(
     ``MIN_PIECE``, whichever is larger.
     """
     # the files' names and sizes taken out in C loops (20,000 small logs: no tuple made per file)
-    urls, sizes = list(map(_url, files)), list(map(_size, files))
+    urls, sizes = list(map(file_url, files)), list(map(file_size, files))
     if not all(sizes):  # an empty file has no split
         urls = [url for url, size in zip(urls, sizes, strict=True) if size]
         sizes = [size for size in sizes if size]

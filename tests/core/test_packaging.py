@@ -58,6 +58,7 @@ def test_package_is_reproducible_and_complete(project, isolated):
     for dist in ("msgpack", "pluggy", "fsspec"):
         assert f"{dist}/__init__.py" in files
     assert any(f.startswith("msgpack/") and f.endswith("x86_64-linux-gnu.so") for f in files)
+    assert "deflate/_deflate.abi3.so" in files  # libdeflate, for small gzip files (an optional one, installed here)
     archive = zipfile.ZipFile(io.BytesIO(first.zip_bytes))
     assert [i.filename for i in archive.infolist()] == sorted(files)
     for info in archive.infolist():
@@ -137,6 +138,7 @@ def test_runtime_requirements_are_pinned_to_what_runs_here():
     pinned = runtime_requirements()
     assert f"msgpack=={importlib.metadata.version('msgpack')}" in pinned
     assert f"fsspec=={importlib.metadata.version('fsspec')}" in pinned
+    assert f"deflate=={importlib.metadata.version('deflate')}" in pinned  # a remote worker inflates with it too
 
 
 def test_location_requirements():

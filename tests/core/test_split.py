@@ -5,6 +5,7 @@ from __future__ import annotations
 import bz2
 import contextlib
 import gzip
+import io
 import json
 import os
 
@@ -311,6 +312,68 @@ def test_concatenated_gzip_members(tmp_path):
     path = tmp_path / "in.gz"
     path.write_bytes(gzip.compress(b"a\nb\n") + gzip.compress(b"c\n"))
     assert read_all(path, 1) == ["a", "b", "c"]
+
+
+def _gzip_shapes() -> dict[str, bytes]:
+    """Small gzip files of every shape a reader must tell apart (one member or not, damage, padding)."""
+    text = b"".join(b"GET /models/%d.bin 200 %s\n" % (i, b"x" * (i % 7)) for i in range(400))
+    one = gzip.compress(text, mtime=0)
+    flipped = bytearray(one)
+    flipped[len(one) // 2] ^= 0x55
+    return {
+        "one member": one,
+        "the same member twice (cat a.gz a.gz)": one + one,
+        "two members": one + gzip.compress(b"last line\n"),
+        "zero padding": one + b"\0" * 5,
+        "trailing garbage": one + b"garbage!",
+        "damaged": bytes(flipped),
+        "wrong CRC": one[:-8] + bytes(4) + one[-4:],
+        "truncated": one[:-3],
+        "empty member": gzip.compress(b"", mtime=0),
+        "header only": one[:10],
+    }
+
+
+def _read_gzip_file(tmp_path, name, data):
+    """What a map task reads of a small gzip file: its lines, or its error's message."""
+    path = tmp_path / (name.replace(" ", "-").replace("/", "") + ".txt.gz")
+    path.write_bytes(data)
+    try:
+        return read_all(path, 1 << 20)
+    except corral.errors.InputError as exc:
+        return f"error: {exc}"
+
+
+@pytest.mark.parametrize("shape", sorted(_gzip_shapes()))
+def test_small_gzip_files_read_alike_with_libdeflate_or_zlib(tmp_path, monkeypatch, shape):
+    """libdeflate inflates a small file only when it is one member and nothing else: every other shape
+    goes to zlib, so the lines (and the errors, word for word) are what the gzip module gives."""
+    pytest.importorskip("deflate")
+    data = _gzip_shapes()[shape]
+    fast = _read_gzip_file(tmp_path, shape, data)
+    monkeypatch.setattr(corral.split, "_libdeflate_gunzip", None)
+    assert _read_gzip_file(tmp_path, shape, data) == fast
+    try:
+        expected = gzip.GzipFile(fileobj=io.BytesIO(data)).read().decode().split("\n")[:-1]
+    except (OSError, EOFError):
+        assert isinstance(fast, str) and "cannot read it as gzip data (" in fast
+    else:
+        assert fast == expected
+
+
+def test_a_small_gzip_file_of_one_member_is_inflated_by_libdeflate(tmp_path, monkeypatch):
+    """One member (most small files) is inflated by libdeflate, not zlib (half the time); with
+    several members, zlib reads them all."""
+    pytest.importorskip("deflate")
+    shapes = _gzip_shapes()
+    expected = gzip.decompress(shapes["one member"]).decode().split("\n")[:-1]
+    zlib_streams = []
+    real = corral.split.zlib.decompressobj
+    monkeypatch.setattr(corral.split.zlib, "decompressobj", lambda *a, **k: zlib_streams.append(a) or real(*a, **k))
+    assert _read_gzip_file(tmp_path, "one", shapes["one member"]) == expected
+    assert zlib_streams == []
+    assert _read_gzip_file(tmp_path, "twice", shapes["the same member twice (cat a.gz a.gz)"]) == expected * 2
+    assert zlib_streams != []
 
 
 CORRUPT = {
