@@ -663,9 +663,11 @@ class FailReduceWhile(SlowCounted):
 
 class SleepingWordCount(WordCount):
     """WordCount whose map sleeps ``--arg sleep=S`` seconds in one call (not cooperative: a task on a
-    thread cannot be stopped before it wakes)."""
+    thread cannot be stopped before it wakes), having made the file ``--arg started=PATH`` if given."""
 
     def map(self, key, line):
+        if "started" in self.args:
+            open(self.args["started"], "a").close()
         time.sleep(float(self.args.get("sleep", "60")))
         yield from super().map(key, line)
 

@@ -37,6 +37,17 @@ def _wait_for_plan(out: Path, process: subprocess.Popen, timeout: float = 30) ->
         time.sleep(0.02)
 
 
+def _wait_for_a_commit(out: Path, process: subprocess.Popen, timeout: float = 30) -> None:
+    """Until the journal holds a committed task (there is something to resume): a late worker only
+    delays it, where a fixed sleep would signal a run that had committed nothing yet."""
+    journal = out / "_corral" / "journal.jsonl"
+    deadline = time.monotonic() + timeout
+    while not (journal.exists() and '"t":"commit"' in journal.read_text()):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no task committed"
+        time.sleep(0.02)
+
+
 def _finish(process: subprocess.Popen, timeout: float) -> tuple[int, str, float]:
     started = time.monotonic()
     try:
@@ -58,7 +69,7 @@ def slow_run(tmp_path):
         (folder / f"{n}.txt").write_text(body)
         text += body
     argv = ["run", f"{jobs.__file__}:SlowCounted", folder, "--out", tmp_path / "out", "--map-bin-size", "1",
-            "--reducers", "2", "--max-concurrency", "2", "--arg", "sleep=0.04"]
+            "--reducers", "2", "--max-concurrency", "2", "--arg", "sleep=0.1"]
     return argv, tmp_path / "out", word_counter(text)
 
 
@@ -68,8 +79,7 @@ def slow_run(tmp_path):
 def test_a_signal_to_the_driver_alone_stops_the_run_and_resume_finishes_it(slow_run, sig, code, backend):
     argv, out, expected = slow_run
     process = _start([*argv, "--backend", backend])
-    _wait_for_plan(out, process)
-    time.sleep(1.0)  # tasks of 0.4 s on two workers: some have committed (journaled at the interrupt)
+    _wait_for_a_commit(out, process)  # tasks of 1 s on two workers: a map wave of 5 s
     process.send_signal(sig)  # to the driver only, not its workers (not a terminal's whole group)
     returncode, err, seconds = _finish(process, timeout=15)
     assert (returncode, err.splitlines()[-1]) == (code, "corral: interrupted; resume with --resume")
@@ -90,8 +100,7 @@ def test_ctrl_c_in_a_terminal_reaches_every_process_and_stops_cleanly(slow_run):
     """A terminal's Ctrl-C signals the whole process group: the driver and its workers."""
     argv, out, _ = slow_run
     process = _start([*argv, "--backend", "processes"])
-    _wait_for_plan(out, process)
-    time.sleep(1.0)
+    _wait_for_a_commit(out, process)
     os.killpg(process.pid, signal.SIGINT)
     returncode, err, _ = _finish(process, timeout=15)
     assert returncode == 130
@@ -116,10 +125,14 @@ def test_ctrl_c_stops_a_threads_run_whose_task_will_not_stop(tmp_path):
 
 def test_a_second_ctrl_c_exits_at_once(tmp_path):
     (tmp_path / "in.txt").write_text("a b\n")
+    started = tmp_path / "started"
     process = _start(["run", f"{jobs.__file__}:SleepingWordCount", tmp_path / "in.txt", "--out", tmp_path / "out",
-                      "--backend", "threads", "--arg", "sleep=60"])
-    _wait_for_plan(tmp_path / "out", process)
-    time.sleep(0.3)
+                      "--backend", "threads", "--arg", "sleep=60", "--arg", f"started={started}"])
+    deadline = time.monotonic() + 30
+    while not started.exists():  # the task is in its sleep: the first Ctrl-C has a task to wait for
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the task did not start"
+        time.sleep(0.02)
     process.send_signal(signal.SIGINT)  # the driver now waits a few seconds for the stuck task
     time.sleep(0.5)
     process.send_signal(signal.SIGINT)

@@ -4,6 +4,7 @@ sharing a ``--work-dir`` never touch each other's data (defect 2)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -36,8 +37,12 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 30) -> dic
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    time.sleep(0.05)
-    return json.loads(path.read_text()) if path.is_file() else {}
+    while path.is_file():  # made first, then written: a driver held up in between leaves it empty for a while
+        with contextlib.suppress(ValueError):
+            return json.loads(path.read_text())
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return {}
 
 
 @pytest.fixture
@@ -109,12 +114,14 @@ def test_the_heartbeat_is_renewed_while_the_run_goes_on(slow_input, tmp_path):
     folder, _ = slow_input
     out = tmp_path / "out"
     process = _start(["run", f"{jobs.__file__}:SlowCounted", folder, "--out", out, "--map-bin-size", "1",
-                      "--backend", "threads", "--max-concurrency", "2", "--arg", "sleep=0.03", "--lease-timeout", "2",
+                      "--backend", "threads", "--max-concurrency", "2", "--arg", "sleep=0.1", "--lease-timeout", "2",
                       "-q"])
     try:
         first = _wait_for(out / "_corral" / "lock", process)["heartbeat"]
-        time.sleep(1.5)  # a heartbeat every timeout / 4 = 0.5 s
-        later = json.loads((out / "_corral" / "lock").read_text())["heartbeat"]
+        deadline = time.monotonic() + 30
+        while (later := _wait_for(out / "_corral" / "lock", process)["heartbeat"]) <= first + 0.4:
+            assert time.monotonic() < deadline, "the heartbeat was not renewed"  # every timeout / 4 = 0.5 s
+            time.sleep(0.1)
         assert later > first + 0.4
         assert process.wait(60) == 0
     finally:
@@ -229,7 +236,7 @@ class SlowDeploy(ThreadExecutor):
 
     def deploy(self, job):
         SlowDeploy.seen.append(json.loads(Path(SlowDeploy.lock).read_text())["heartbeat"])
-        time.sleep(1.5)
+        time.sleep(3.0)  # renewals every 0.25 s: 1 s of them leaves 2 s for a late heartbeat thread
         SlowDeploy.seen.append(json.loads(Path(SlowDeploy.lock).read_text())["heartbeat"])
 
 

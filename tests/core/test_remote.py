@@ -322,8 +322,8 @@ def test_throttling_is_backpressure_and_server_errors_are_retried(stand_in_backe
 
 
 def test_still_throttled_at_the_deadline_and_server_errors_past_their_attempts():
-    executor = StandIn(config=RemoteConfig(deadline=time.time() + 0.5, api_attempts=3),
-                       script=[Throttled("429")] * 1000)
+    executor = StandIn(config=RemoteConfig(api_attempts=3), script=[Throttled("429")] * 1000)
+    executor.deadline = time.time() + 0.5  # from here, not from making the executor
     started = time.monotonic()
     outcome = executor.invoke({"task": "map-0000", "attempt": 1})
     assert 0.4 < time.monotonic() - started < 5
@@ -365,16 +365,18 @@ def test_a_cancelled_attempts_retries_stop(monkeypatch):
     one it was waiting to send), and the cancelled attempt's stats say how often it was throttled."""
     import tenacity
 
-    monkeypatch.setattr(tenacity, "wait_random_exponential", lambda **_: lambda state: 0.6)  # waits of 0.6 s
+    monkeypatch.setattr(tenacity, "wait_random_exponential", lambda **_: lambda state: 1.0)  # waits of 1 s
     executor = StandIn(script=[Throttled("429")] * 1000)
     future = executor.submit({"task": "map-0000", "attempt": 1})
-    time.sleep(0.9)  # two invokes so far (at 0 and 0.6 s), both throttled; the third is due at 1.2 s
-    assert len(executor.bodies) == 2
+    deadline = time.monotonic() + 20
+    while len(executor.bodies) < 2:  # two invokes, both throttled; the third is due 1 s after the second
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     executor.cancel(future)
     outcome = future.result(timeout=1)
     assert outcome.failure.kind == CANCELLED
     assert outcome.stats == {"throttles": 2, "invoke_attempts": 2}
-    time.sleep(1.0)
+    time.sleep(1.5)
     assert len(executor.bodies) == 2  # no more invocations after the cancel
     executor.close()
 

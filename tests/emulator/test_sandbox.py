@@ -62,7 +62,7 @@ def handler(event, context):
     assert 2.0 <= elapsed < 6.0
     assert response["FunctionError"] == "Unhandled"
     assert payload["errorType"] == "Sandbox.Timedout"
-    assert re.search(r"Task timed out after 2\.0\d seconds", payload["errorMessage"])
+    assert re.search(r"Task timed out after 2\.\d\d seconds", payload["errorMessage"])  # a loaded host is late
     assert headers_of(response)["x-corral-error-type"] == "Sandbox.Timedout"
     remaining, response = call(name, {"sleep": 0})
     assert "FunctionError" not in response

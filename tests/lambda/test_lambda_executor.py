@@ -73,9 +73,10 @@ def test_throttling_is_retried_counted_and_logged_not_failed(caplog):
 
 
 def test_throttling_is_retried_until_the_deadline_then_the_attempt_fails_as_throttled():
-    executor, stub = make_executor(deadline=time.time() + 0.5)
+    executor, stub = make_executor()
     for _ in range(60):
         stub.add_client_error("invoke", "TooManyRequestsException", "Rate Exceeded.", 429)
+    executor.deadline = time.time() + 0.5  # from here: making the client above may take longer than that
     started = time.monotonic()
     with stub:
         outcome = executor.invoke({"task": "map-0000", "attempt": 2})

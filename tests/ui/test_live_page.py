@@ -107,8 +107,8 @@ def test_live_page_moves_while_the_job_runs_and_agrees_with_the_manifest(tmp_pat
         # the end: the page shows the final state, the JSON agrees with the manifest
         wait_until(lambda: page.locator("#status").inner_text() == "succeeded", 60, "the job's end")
         pushes.join(timeout=10)
-        gaps = [b - a for a, b in itertools.pairwise(arrived)]  # a new state at least every 2 s (the tick: 1 s)
-        assert len(gaps) >= 3 and max(gaps) < 2.0, gaps
+        gaps = [b - a for a, b in itertools.pairwise(arrived)]  # the tick is 1 s; 3 s allows for a loaded host
+        assert len(gaps) >= 3 and max(gaps) < 3.0, gaps
         run.wait_for_line("corral: the live view stays at ")
         run.wait_for_line("corral: job succeeded in ")  # the run is over while its page stays up …
         assert not (out / "_corral" / "lock").exists()  # … and OUT is free for the next run
