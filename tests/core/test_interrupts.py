@@ -28,23 +28,15 @@ def _start(argv: list) -> subprocess.Popen:
     )
 
 
-def _wait_for_plan(out: Path, process: subprocess.Popen, timeout: float = 30) -> None:
+def _wait_for_journal(out: Path, process: subprocess.Popen, record: str, timeout: float = 30) -> None:
+    """Until the run's journal holds a record of type ``record``: "stage" (the plan: the run has got
+    going) or "commit" (a task committed: something to resume). A late worker only delays it, where a
+    fixed sleep would signal a run that had not got so far."""
     journal = out / "_corral" / "journal.jsonl"
     deadline = time.monotonic() + timeout
-    while not (journal.exists() and '"t":"stage"' in journal.read_text()):
+    while not (journal.exists() and f'"t":"{record}"' in journal.read_text()):
         assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "the run did not get going"
-        time.sleep(0.02)
-
-
-def _wait_for_a_commit(out: Path, process: subprocess.Popen, timeout: float = 30) -> None:
-    """Until the journal holds a committed task (there is something to resume): a late worker only
-    delays it, where a fixed sleep would signal a run that had committed nothing yet."""
-    journal = out / "_corral" / "journal.jsonl"
-    deadline = time.monotonic() + timeout
-    while not (journal.exists() and '"t":"commit"' in journal.read_text()):
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "no task committed"
+        assert time.monotonic() < deadline, f"no {record} record within {timeout} s"
         time.sleep(0.02)
 
 
@@ -79,7 +71,7 @@ def slow_run(tmp_path):
 def test_a_signal_to_the_driver_alone_stops_the_run_and_resume_finishes_it(slow_run, sig, code, backend):
     argv, out, expected = slow_run
     process = _start([*argv, "--backend", backend])
-    _wait_for_a_commit(out, process)  # tasks of 1 s on two workers: a map wave of 5 s
+    _wait_for_journal(out, process, "commit")  # tasks of 1 s on two workers: a map wave of 5 s
     process.send_signal(sig)  # to the driver only, not its workers (not a terminal's whole group)
     returncode, err, seconds = _finish(process, timeout=15)
     assert (returncode, err.splitlines()[-1]) == (code, "corral: interrupted; resume with --resume")
@@ -100,7 +92,7 @@ def test_ctrl_c_in_a_terminal_reaches_every_process_and_stops_cleanly(slow_run):
     """A terminal's Ctrl-C signals the whole process group: the driver and its workers."""
     argv, out, _ = slow_run
     process = _start([*argv, "--backend", "processes"])
-    _wait_for_a_commit(out, process)
+    _wait_for_journal(out, process, "commit")
     os.killpg(process.pid, signal.SIGINT)
     returncode, err, _ = _finish(process, timeout=15)
     assert returncode == 130
@@ -113,7 +105,7 @@ def test_ctrl_c_stops_a_threads_run_whose_task_will_not_stop(tmp_path):
     (tmp_path / "in.txt").write_text("a b\n")
     process = _start(["run", f"{jobs.__file__}:SleepingWordCount", tmp_path / "in.txt", "--out", tmp_path / "out",
                       "--backend", "threads", "--arg", "sleep=60"])
-    _wait_for_plan(tmp_path / "out", process)
+    _wait_for_journal(tmp_path / "out", process, "stage")
     time.sleep(0.3)
     process.send_signal(signal.SIGINT)
     returncode, err, seconds = _finish(process, timeout=20)
