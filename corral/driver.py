@@ -195,8 +195,6 @@ def _executor_report(executor: Executor) -> dict[str, Any]:
         return {}
 
 
-
-
 def _local(url: str) -> bool:
     """Whether ``url`` is on this machine's disks (a path or file://), so are the files listed there."""
     return "://" not in url or url.startswith("file://")

@@ -31,7 +31,6 @@ LOCAL_INPUT_PER_BUDGET = 4
 _BALANCE_TRIES = 3
 
 
-
 def list_inputs(urls: Sequence[str]) -> list[FileInfo]:
     """Every input file named by ``urls`` (files, folders recursively, globs), in a stable order."""
     files: list[FileInfo] = []
