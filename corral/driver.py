@@ -35,6 +35,7 @@ from corral.events import (
     TaskStarted,
 )
 from corral.executor import Executor, ExecutorSpec, JobSource, Outcome
+from corral.filesystems.local import is_local
 from corral.fs import (
     FileInfo,
     FileSystem,
@@ -193,11 +194,6 @@ def _executor_report(executor: Executor) -> dict[str, Any]:
     except Exception as exc:
         log.warning("the %s executor could not report: %s", executor.name or "executor", exc)
         return {}
-
-
-def _local(url: str) -> bool:
-    """Whether ``url`` is on this machine's disks (a path or file://), so are the files listed there."""
-    return "://" not in url or url.startswith("file://")
 
 
 #: Splits smaller than SMALL_SPLIT are for small inputs: a plan of more than MAX_SMALL_SPLITS of them is
@@ -628,7 +624,7 @@ class Driver:
         # tasks on this machine's cores, reading its files: bigger map tasks (corral.planner.task_sizes)
         # the files are where what was listed is: the inputs for the first stage, the working folder after
         listed = self.inputs if index == self.first_stage else [self.work]
-        local = self.executor_info.get("cores") is not None and all(map(_local, listed))
+        local = self.executor_info.get("cores") is not None and all(map(is_local, listed))
         split_size, bin_size = task_sizes(
             total, settings.split_size, settings.map_bin_size, settings.explicit, self.concurrency,
             local_budget=settings.memory_budget if local else None,
